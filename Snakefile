@@ -1,0 +1,22 @@
+# sslstudy: when does self-supervised visual representation learning work?
+# The table of contents; each stage lives in workflow/rules/. Config: params/study.yaml
+# (validated against workflow/schemas/config.schema.yaml before any job runs).
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "params/study.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        "results/report.html",
+    default_target: True

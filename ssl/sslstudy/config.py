@@ -1,0 +1,136 @@
+"""Study config: load, validate against workflow/schemas/config.schema.yaml (defaults filled in,
+unknown keys rejected), and expand into the runs of the grid."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from .errors import UserError
+
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def _with_defaults(validator_cls):
+    set_props = validator_cls.VALIDATORS["properties"]
+
+    def fill(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if "default" in sub and key not in instance:
+                    instance[key] = copy.deepcopy(sub["default"])
+        yield from set_props(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_cls, {"properties": fill})
+
+
+_Validator = _with_defaults(jsonschema.Draft7Validator)
+
+
+def load_schema() -> dict:
+    return yaml.safe_load(SCHEMA.read_text())
+
+
+def _coerce(schema: dict, value):
+    """Snakemake's --config parses nested values with YAML's BaseLoader (all strings): give strings
+    the scalar type the schema asks for, so `--config "eval={'knn_k': 5}"` works."""
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        return {k: _coerce(props.get(k, {}), v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_coerce(schema.get("items", {}), v) for v in value]
+    if not isinstance(value, str):
+        return value
+    types = schema.get("type", [])
+    types = [types] if isinstance(types, str) else types
+    if "string" in types:
+        return None if "null" in types and value in ("null", "~") else value
+    parsed = yaml.safe_load(value) if value.strip() else None
+    ok = {"integer": lambda v: isinstance(v, int) and not isinstance(v, bool), "number": lambda v: isinstance(v, (int, float)),
+          "boolean": lambda v: isinstance(v, bool), "null": lambda v: v is None}
+    enum = schema.get("enum")
+    if any(ok[t](parsed) for t in types if t in ok) or (enum and parsed in enum and not isinstance(parsed, str)):
+        return parsed
+    return value
+
+
+def validate(config: dict, source: str = "config") -> dict:
+    """Return a validated copy of config with defaults filled; raise UserError on the first problem."""
+    config = _coerce(load_schema(), copy.deepcopy(config))
+    errors = sorted(_Validator(load_schema()).iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        e = errors[0]
+        where = ".".join(str(p) for p in e.absolute_path) or "top level"
+        raise UserError(f"{source}: {where}: {e.message}; fix it (allowed keys and types: {SCHEMA.relative_to(SCHEMA.parents[2])})")
+    p = config["pretrain"]
+    if p["optim"]["warmup_epochs"] >= p["epochs"]:
+        raise UserError(f"{source}: pretrain.optim.warmup_epochs ({p['optim']['warmup_epochs']}) must be smaller than "
+                        f"pretrain.epochs ({p['epochs']}); lower it")
+    return config
+
+
+def load(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such params file; pass an existing one (e.g. params/study.yaml)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}:{line} is not valid YAML; fix the syntax") from None
+    return validate(raw, str(path))
+
+
+def subset_tag(size: float) -> str:
+    """study.subsets entries: a number <= 1 is a fraction of the train split, an integer > 1 a count."""
+    if size <= 1:
+        return f"frac{size:g}"
+    if size != int(size):
+        raise UserError(f"subset size {size} is neither a fraction <= 1 nor a whole number of images; fix study.subsets in params")
+    return f"n{int(size)}"
+
+
+def run_id(method: str, domain: str, subset: str, seed: int, quality: str = "clean") -> str:
+    """Paths read like the study's table: simclr/natural_frac0.25_clean/seed0."""
+    return f"{method}/{domain}_{subset}_{quality}/seed{seed}"
+
+
+def runs(config: dict) -> list[dict]:
+    s = config["study"]
+    tags = [subset_tag(v) for v in s["subsets"]]
+    return [dict(method=m, domain=d, subset=t, seed=sd, quality="clean", id=run_id(m, d, t, sd))
+            for m in s["methods"] for d in s["domains"] for t in tags for sd in s["seeds"]]
+
+
+def dataset_path(config: dict, domain: str) -> str:
+    return f"{config['data']['root']}/{domain}"
+
+
+def check_datasets(config: dict) -> None:
+    """Every domain of the grid has its packed folder (full checks happen when a job loads it)."""
+    for d in config["study"]["domains"]:
+        path = Path(dataset_path(config, d))
+        if not (path / "images.npy").is_file():
+            hint = "run `sslstudy synth`" if config["data"]["root"] == "data/synth" else "ingest it or fix data.root"
+            raise UserError(f"{path}: no such dataset folder (domain {d!r} in study.domains); {hint}, or `dvc checkout data.dvc`")
+
+
+def subset_path(config: dict, domain: str, subset: str) -> str:
+    return f"results/subsets/{domain}/seed{config['seed']}/{subset}.npy"
+
+
+def pretrain_spec(config: dict, run: dict) -> dict:
+    """Everything one pretraining run depends on (saved in every checkpoint)."""
+    p = config["pretrain"]
+    if run["method"] not in config["methods"]:
+        raise UserError(f"method {run['method']!r} has no hyper-parameters under methods: in params; add them")
+    return dict(
+        run=run["id"], seed=run["seed"], epochs=p["epochs"], batch_size=p["batch_size"],
+        checkpoint_every=p["checkpoint_every"], threads=p["threads"],
+        backbone=p["backbone"], optim=p["optim"], views=p["views"],
+        method=dict(name=run["method"], params=config["methods"][run["method"]]),
+        data=dict(dataset=dataset_path(config, run["domain"]), subset=subset_path(config, run["domain"], run["subset"])),
+    )

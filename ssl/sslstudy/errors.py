@@ -1,0 +1,5 @@
+"""User-facing errors: one line that names the file and the fix."""
+
+
+class UserError(Exception):
+    """Bad input from the user (config, dataset, paths). The CLI prints it as one line."""

@@ -1,0 +1,15 @@
+"""SSL methods by name. Each module holds its loss as a pure function and a small nn.Module
+(heads, queues, targets) that the shared trainer drives through `Method`'s interface."""
+from __future__ import annotations
+
+from ..errors import UserError
+from .base import Method
+from .simclr import SimCLR
+
+REGISTRY: dict[str, type[Method]] = {"simclr": SimCLR}
+
+
+def build_method(name: str, backbone, cfg: dict, views: dict) -> Method:
+    if name not in REGISTRY:
+        raise UserError(f"unknown method {name!r}; choose one of {', '.join(sorted(REGISTRY))} (study.methods in params)")
+    return REGISTRY[name](backbone, cfg, views)

@@ -1,0 +1,35 @@
+"""SimCLR (Chen et al. 2020): NT-Xent over the 2N views of a batch."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..models import mlp
+from .base import Method
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """z1, z2: (N, D) projections of two views of the same N images -> scalar.
+
+    Each of the 2N views is an anchor whose positive is the other view of its image and whose
+    negatives are the other 2N-2 views; cross-entropy over cosine similarity / temperature,
+    averaged over the 2N anchors. (google-research/simclr sums the two directions: twice this.)
+    """
+    n = z1.shape[0]
+    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
+    logits = z @ z.T / temperature
+    self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
+    logits = logits.masked_fill(self_mask, float("-inf"))
+    positives = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(logits, positives)
+
+
+class SimCLR(Method):
+    def __init__(self, backbone, cfg: dict, views: dict):
+        super().__init__(backbone, cfg, views)
+        self.projector = mlp(backbone.out_dim, cfg["proj_hidden"], cfg["proj_dim"], cfg["proj_layers"], last_bn=True)
+
+    def loss(self, views):
+        z1, z2 = (self.projector(self.backbone(v)) for v in views)
+        loss = nt_xent(z1, z2, self.cfg["temperature"])
+        return loss, {}

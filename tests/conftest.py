@@ -1,0 +1,49 @@
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """Two small synthetic domains (256 images each, 32 px)."""
+    from sslstudy.data.synth import generate
+
+    root = tmp_path_factory.mktemp("data") / "synth"
+    generate(root, domains=("natural", "aerial"), n_images=256, image_size=32, seed=0)
+    return root
+
+
+def tiny_spec(dataset: Path, subset: Path, **over) -> dict:
+    spec = dict(
+        run="simclr/natural_frac1_clean/seed0", seed=0, epochs=3, batch_size=32, checkpoint_every=1, threads=1,
+        backbone=dict(arch="cnn4", width=4, small_stem=True),
+        optim=dict(name="lars", lr=1.0, final_lr=0.0, momentum=0.9, weight_decay=1e-6, eta=1e-3, warmup_epochs=1),
+        views=dict(size=32, scale=[0.2, 1.0]),
+        method=dict(name="simclr", params=dict(temperature=0.2, proj_hidden=16, proj_dim=8, proj_layers=2)),
+        data=dict(dataset=str(dataset), subset=str(subset)),
+    )
+    spec.update(over)
+    return spec
+
+
+def run(cmd, cwd, check=True, timeout=900, **kw) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}")
+    p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, **kw)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return p
+
+
+def copy_workflow(dst: Path) -> Path:
+    """The workflow's files (not data/results) in a fresh folder, so tests never touch the checkout."""
+    for name in ("Snakefile", "workflow", "params"):
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dst / name)
+    return dst

@@ -1,0 +1,81 @@
+"""The shared trainer: schedules, LARS, checkpoints, resume, divergence."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_spec
+from sslstudy.data.packed import load_dataset
+from sslstudy.data.subsets import nested_subsets, save_indices
+from sslstudy.errors import UserError
+from sslstudy.train import LARS, Diverged, cosine_schedule, list_checkpoints, load_backbone, train
+
+
+@pytest.fixture()
+def subset(tiny_data, tmp_path):
+    ds = load_dataset(tiny_data / "natural")
+    path = tmp_path / "subset.npy"
+    save_indices(path, nested_subsets(ds.labels, [128], seed=0)[128])
+    return path
+
+
+def test_cosine_schedule():
+    s = cosine_schedule(1.0, 0.1, total_steps=100, warmup_steps=10)
+    assert len(s) == 100 and s[0] == 0.0 and s[10] == pytest.approx(1.0)
+    assert np.all(np.diff(s[:11]) > 0) and np.all(np.diff(s[10:]) <= 1e-12)
+    assert s[-1] == pytest.approx(0.1, abs=1e-3)
+
+
+def test_lars_step_matches_formula():
+    w = torch.nn.Parameter(torch.tensor([[3.0, 4.0]]))  # ||w|| = 5
+    b = torch.nn.Parameter(torch.tensor([1.0]))
+    w.grad, b.grad = torch.tensor([[0.6, 0.8]]), torch.tensor([0.5])
+    opt = LARS([dict(params=[w], weight_decay=0.1), dict(params=[b], weight_decay=0.0, lars=False)], lr=0.5, eta=0.01)
+    opt.step()
+    d = np.array([0.6, 0.8]) + 0.1 * np.array([3.0, 4.0])  # grad + wd * w, norm 1.5
+    trust = 0.01 * 5.0 / np.linalg.norm(d)
+    np.testing.assert_allclose(w.detach().numpy()[0], np.array([3.0, 4.0]) - 0.5 * trust * d, rtol=1e-6)
+    assert b.item() == pytest.approx(1.0 - 0.5 * 0.5)  # exempt group: plain SGD, no decay
+
+
+def test_train_writes_checkpoints_and_resumes_exactly(tiny_data, subset, tmp_path):
+    spec = tiny_spec(tiny_data / "natural", subset)
+    full = tmp_path / "full"
+    train(spec, full)
+    assert [p.name for p in list_checkpoints(full)] == ["ep000.pt", "ep001.pt", "ep002.pt", "ep003.pt"]
+    lines = [json.loads(x) for x in (full / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in lines)
+    state = torch.load(full / "final.pt", weights_only=False)
+    assert state["config"] == spec and state["epoch"] == 3
+
+    # an interrupted run: only its first epoch's checkpoint survived
+    part = tmp_path / "part"
+    train(spec, part)
+    for name in ("final.pt", "checkpoints/ep003.pt", "checkpoints/ep002.pt"):
+        (part / name).unlink()
+    train(spec, part)
+    assert "resumed from ep001.pt" in (part / "train.log").read_text()
+    a = torch.load(full / "final.pt", weights_only=False)["model"]
+    b = torch.load(part / "final.pt", weights_only=False)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    # epoch 0 is the random initialisation of this seed, and differs from the trained weights
+    rand, _ = load_backbone(full / "checkpoints" / "ep000.pt")
+    trained, cfg = load_backbone(full / "final.pt")
+    assert cfg == spec
+    assert not torch.equal(rand.state_dict()["features.0.weight"], trained.state_dict()["features.0.weight"])
+    assert not any(p.name.startswith(".") for p in (full / "checkpoints").iterdir())  # no temp files left
+
+
+def test_nonfinite_loss_stops_at_once(tiny_data, subset, tmp_path):
+    spec = tiny_spec(tiny_data / "natural", subset, optim=dict(name="sgd", lr=1e12, final_lr=0.0, momentum=0.9,
+                                                               weight_decay=0.0, eta=1e-3, warmup_epochs=0))
+    with pytest.raises(Diverged, match="lower pretrain.optim.lr"):
+        train(spec, tmp_path / "run")
+    assert not (tmp_path / "run" / "final.pt").exists()
+
+
+def test_batch_larger_than_subset(tiny_data, subset, tmp_path):
+    with pytest.raises(UserError, match="fewer than one batch"):
+        train(tiny_spec(tiny_data / "natural", subset, batch_size=1024), tmp_path / "run")

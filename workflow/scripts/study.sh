@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The default study end to end: install, regenerate the built-in data (checked against data.dvc),
+# `dvc repro` (which runs Snakemake). Leaves results/report.html. Opens nothing.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+t0=$(date +%s)
+bash workflow/scripts/setup.sh
+export PATH="$PWD/.venv/bin:$PATH"
+if [ ! -f data/synth/natural/images.npy ]; then
+  echo "generating the built-in synthetic data into data/synth" >&2
+  sslstudy synth --params params/study.yaml --out data/synth
+fi
+if [ -n "$(dvc status data.dvc --json 2>/dev/null | tr -d '{}[:space:]')" ]; then
+  echo "error: data/ differs from the version recorded in data.dvc; restore it (dvc checkout data.dvc)" \
+       "or, if the change is intended, record it with 'dvc add data'" >&2
+  exit 1
+fi
+dvc repro --quiet
+echo "report: results/report.html (study took $(( $(date +%s) - t0 )) s)"

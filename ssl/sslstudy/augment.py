@@ -143,14 +143,8 @@ class ViewSpec:
 # conversion, normalisation
 
 
-def to_float(images: Tensor) -> Tensor:
-    """(B, H, W, 3) or (B, 3, H, W) uint8 -> (B, 3, H, W) float32 in [0, 1].
-
-    Channels-last input stays channels-last in memory (a permuted view is converted, no copy to
-    NCHW): that is what ``(B, H, W, 3)`` storage gives for free and it is what the convolutional
-    backbones use on GPU. If the second dimension is 3 the input is read as (B, 3, H, W). Float
-    input is taken to be in [0, 1] already and only cast to float32.
-    """
+def _chw(images: Tensor) -> Tensor:
+    """Validate a 4-D image batch and view it as (B, 3, H, W) (no copy)."""
     if not isinstance(images, Tensor) or images.ndim != 4:
         raise ValueError(f"expected a (B, H, W, 3) or (B, 3, H, W) tensor, got "
                          f"{tuple(images.shape) if isinstance(images, Tensor) else type(images)}")
@@ -160,11 +154,23 @@ def to_float(images: Tensor) -> Tensor:
         x = images.permute(0, 3, 1, 2)
     else:
         raise ValueError(f"expected 3 channels first or last, got shape {tuple(images.shape)}")
+    if x.dtype != torch.uint8 and not x.is_floating_point():
+        raise ValueError(f"expected uint8 (or float in [0, 1]) images, got {x.dtype}")
+    return x
+
+
+def to_float(images: Tensor) -> Tensor:
+    """(B, H, W, 3) or (B, 3, H, W) uint8 -> (B, 3, H, W) float32 in [0, 1].
+
+    Channels-last input stays channels-last in memory (the permuted view is converted, no copy to
+    NCHW): that is what ``(B, H, W, 3)`` storage gives for free, and ``grid_sample`` reads it as
+    fast (measured on CPU). If the second dimension is 3 the input is read as (B, 3, H, W). Float
+    input is taken to be in [0, 1] already and only cast to float32.
+    """
+    x = _chw(images)
     if x.dtype == torch.uint8:
         return x.to(torch.float32).div_(255.0)
-    if x.is_floating_point():
-        return x.to(torch.float32)
-    raise ValueError(f"expected uint8 (or float in [0, 1]) images, got {x.dtype}")
+    return x.to(torch.float32)
 
 
 def _stats(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -402,25 +408,36 @@ def _jitter(x: Tensor, params: dict[str, Tensor], spec: ViewSpec) -> Tensor:
     return x.index_copy_(0, idx_dev, sub)
 
 
-def apply_params(x01: Tensor, params: dict[str, Tensor], spec: ViewSpec) -> Tensor:
-    """Make the views that ``params`` (from :func:`sample_params`) describe.
+#: On the CPU, batches are processed in blocks of samples whose float input + output take about
+#: this many bytes: every temporary then stays below glibc's mmap threshold (32 MiB), so it is not
+#: page-faulted in afresh on every call, and a block stays cache-friendly. Measured 1.7x faster for
+#: 224 px views of 256 px images (1 thread); small images are never split. CUDA batches are never
+#: split (its caching allocator has no such cost, and fewer, larger kernels are better there).
+CPU_BLOCK_BYTES = 24 * 2 ** 20
 
-    ``x01``: (B, 3, H, W) float images in [0, 1] on any device (not modified). Returns
-    (B, 3, spec.size, spec.size) float32 normalised views on the same device. All per-sample
-    decisions are read from the CPU ``params``, so there is no device -> host synchronisation.
-    """
-    if x01.ndim != 4 or x01.shape[1] != 3 or not x01.is_floating_point():
-        raise ValueError(f"expected (B, 3, H, W) float images in [0, 1], got {tuple(x01.shape)} {x01.dtype}")
-    b, _, height, width = x01.shape
+
+def _block(device: torch.device, batch: int, height: int, width: int, size: int) -> int:
+    if device.type != "cpu":
+        return batch
+    return max(1, CPU_BLOCK_BYTES // (3 * 4 * (height * width + size * size)))
+
+
+def _slice_params(params: dict[str, Tensor], sl: slice) -> dict[str, Tensor]:
+    return {k: (v if k == "image_hw" else v[sl]) for k, v in params.items()}
+
+
+def _check(x: Tensor, params: dict[str, Tensor]) -> None:
+    b, _, height, width = x.shape
     hw = tuple(int(v) for v in params["image_hw"])
     if hw != (height, width) or params["box"].shape[0] != b:
         raise ValueError(f"params were drawn for {params['box'].shape[0]} images of {hw}, "
                          f"got {b} of {(height, width)}")
-    x01 = x01.to(torch.float32)
-    if b == 0:
-        return x01.new_empty(0, 3, spec.size, spec.size)
-    dev, size = x01.device, spec.size
 
+
+def _views(x01: Tensor, params: dict[str, Tensor], spec: ViewSpec) -> Tensor:
+    """The whole pipeline on one block: (n, 3, H, W) float32 -> (n, 3, size, size) normalised."""
+    b, _, height, width = x01.shape
+    dev, size = x01.device, spec.size
     theta = _crop_theta(params["box"], params["flip"], height, width)
     grid = F.affine_grid(theta.to(torch.float32).to(dev, non_blocking=True), [b, 3, size, size],
                          align_corners=False)
@@ -434,15 +451,46 @@ def apply_params(x01: Tensor, params: dict[str, Tensor], spec: ViewSpec) -> Tens
     return _normalize_(x)
 
 
+def _blocked(images: Tensor, params: dict[str, Tensor], spec: ViewSpec, convert) -> Tensor:
+    b, _, height, width = images.shape
+    block = _block(images.device, b, height, width, spec.size)
+    if block >= b:
+        return _views(convert(images), params, spec)
+    out = torch.empty(b, 3, spec.size, spec.size, dtype=torch.float32, device=images.device)
+    for start in range(0, b, block):          # blocks of samples (CPU only), each fully vectorised
+        sl = slice(start, start + block)
+        out[sl] = _views(convert(images[sl]), _slice_params(params, sl), spec)
+    return out
+
+
+def apply_params(x01: Tensor, params: dict[str, Tensor], spec: ViewSpec) -> Tensor:
+    """Make the views that ``params`` (from :func:`sample_params`) describe.
+
+    ``x01``: (B, 3, H, W) float images in [0, 1] on any device (not modified). Returns
+    (B, 3, spec.size, spec.size) float32 normalised views on the same device. All per-sample
+    decisions are read from the CPU ``params``, so there is no device -> host synchronisation.
+    """
+    if x01.ndim != 4 or x01.shape[1] != 3 or not x01.is_floating_point():
+        raise ValueError(f"expected (B, 3, H, W) float images in [0, 1], got {tuple(x01.shape)} {x01.dtype}")
+    _check(x01, params)
+    if x01.shape[0] == 0:
+        return torch.empty(0, 3, spec.size, spec.size, dtype=torch.float32, device=x01.device)
+    return _blocked(x01, params, spec, lambda x: x.to(torch.float32))
+
+
 def make_views(images: Tensor, spec: ViewSpec, generator: torch.Generator) -> Tensor:
     """Augmented, normalised (B, 3, spec.size, spec.size) float32 views of a uint8 batch.
 
     ``images``: (B, H, W, 3) or (B, 3, H, W) uint8 on any device; ``generator``: a CPU
     ``torch.Generator`` (parameters are drawn on the CPU, so CPU and GPU runs agree).
+    Same result as ``apply_params(to_float(images), sample_params(...), spec)``.
     """
-    x = to_float(images)
-    b, _, h, w = x.shape
-    return apply_params(x, sample_params(spec, b, h, w, generator), spec)
+    chw = _chw(images)
+    b, _, h, w = chw.shape
+    params = sample_params(spec, b, h, w, generator)
+    if b == 0:
+        return torch.empty(0, 3, spec.size, spec.size, dtype=torch.float32, device=chw.device)
+    return _blocked(chw, params, spec, to_float)   # converts block by block on the CPU
 
 
 def eval_view(images: Tensor, size: int) -> Tensor:

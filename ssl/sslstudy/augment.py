@@ -30,12 +30,16 @@ Design
   ops (as torchvision's per-image ``ColorJitter`` does). It is done in four stages; at stage ``k``
   the samples are grouped by the op at position ``k`` of their permutation and each op runs once on
   its group, so every op still touches every jittered sample exactly once -- the same arithmetic as
-  a per-batch order, plus gathers/scatters of the groups. Measured on 2 CPU cores, batch 256
-  (``benchmarks/bench_augment.py`` prints it): the whole ``make_views`` costs about 1.5x (32 px) /
-  1.1x (224 px) that of a per-batch order, i.e. more at 32 px where the extra kernel launches
-  dominate, little at 224 px; we take that for per-image-faithful statistics.
-  (A per-batch order is obtained by giving every row of ``params["order"]`` the same permutation;
-  :func:`apply_params` then runs each stage as one op on the whole subset, no extra gathers.)
+  a per-batch order, plus gathers/scatters of the groups and about 4x as many (smaller) kernels.
+  Measured against a per-batch order (apply_params, batch 256, 32-224 px, this 2-core CPU;
+  ``benchmarks/bench_augment.py`` prints it too): 1 thread 0.84-0.97x the time (the smaller
+  groups stay in cache), 2 threads 0.86-1.4x (best of N rounds). Caveat: while other processes
+  load the CPU, multi-threaded runs of many small kernels stall at OpenMP barriers, and the
+  median was up to 3x worse at 32 px. On a GPU it adds roughly 100 small kernel launches per call
+  (an estimate, not measured: no GPU was available). We keep the per-sample order for
+  per-image-faithful statistics. A per-batch order is obtained by giving every row of
+  ``params["order"]`` the same permutation; :func:`apply_params` then runs each stage as one op
+  on the whole subset, with no extra gathers.
   Hue is shifted with a batched RGB -> (hue, chroma, max) -> RGB conversion equivalent to
   torchvision's RGB -> HSV -> RGB round trip.
 * Grayscale uses the ITU-R 601-2 luma weights 0.299/0.587/0.114 (torchvision uses 0.2989 for red).
@@ -45,14 +49,15 @@ Design
   reflect padding, like ``torchvision.transforms.v2.functional.gaussian_blur``.
 * Solarize (BYOL): ``x -> 1 - x`` where ``x >= 0.5``.
 * Order of the pipeline (SimCLR/BYOL): crop+flip, colour jitter, grayscale, blur, solarize,
-  normalise. Computation is in float32. No Python loop over samples anywhere.
+  normalise. Computation is in float32. No Python loop over samples anywhere; on the CPU only,
+  large batches go through the pipeline in blocks of samples (see ``CPU_BLOCK_BYTES``).
 
 Multi-crop: call :func:`make_views` once per crop with a different :class:`ViewSpec`.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -76,10 +81,6 @@ CROP_TRIES = 10
 #: Solarize threshold on [0, 1] images (BYOL).
 SOLARIZE_THRESHOLD = 0.5
 
-# Indices of the colour-jitter ops, as in ViewSpec.jitter and params["factors"].
-BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
-
-
 @dataclass(frozen=True)
 class ViewSpec:
     """How one view is made. Lists (from YAML) are accepted for the tuple fields."""
@@ -96,40 +97,36 @@ class ViewSpec:
     solarize_p: float = 0.0               # probability of solarize (BYOL's second view: 0.2); threshold 0.5
 
     def __post_init__(self):
-        def tup(name, n):
-            v = getattr(self, name)
+        def fail(name, what):
+            raise UserError(f"ViewSpec.{name} {what}, got {getattr(self, name)!r}")
+
+        def number(v, name, what):
             try:
-                v = tuple(float(a) for a in v)
-            except TypeError:
-                raise UserError(f"ViewSpec.{name}: expected a list of {n} numbers, got {v!r}") from None
-            if len(v) != n:
-                raise UserError(f"ViewSpec.{name}: expected {n} numbers, got {len(v)} ({v!r})")
-            object.__setattr__(self, name, v)
+                return float(v)
+            except (TypeError, ValueError):
+                fail(name, what)
 
         for name, n in (("scale", 2), ("ratio", 2), ("jitter", 4), ("blur_sigma", 2)):
-            tup(name, n)
-        if isinstance(self.size, bool) or int(self.size) != self.size or self.size < 2:
-            raise UserError(f"ViewSpec.size must be an integer >= 2, got {self.size!r}")
-        object.__setattr__(self, "size", int(self.size))
-        lo, hi = self.scale
-        if not 0 < lo <= hi:
-            raise UserError(f"ViewSpec.scale must satisfy 0 < min <= max, got {self.scale}")
-        lo, hi = self.ratio
-        if not 0 < lo <= hi:
-            raise UserError(f"ViewSpec.ratio must satisfy 0 < min <= max, got {self.ratio}")
-        for f in fields(self):
-            if f.name in ("hflip", "jitter_p", "gray_p", "blur_p", "solarize_p"):
-                p = getattr(self, f.name)
-                if not 0.0 <= float(p) <= 1.0:
-                    raise UserError(f"ViewSpec.{f.name} is a probability in [0, 1], got {p!r}")
-                object.__setattr__(self, f.name, float(p))
+            v = getattr(self, name)
+            if isinstance(v, str) or not hasattr(v, "__len__") or len(v) != n:
+                fail(name, f"must be a list of {n} numbers")
+            object.__setattr__(self, name, tuple(number(a, name, f"must be a list of {n} numbers") for a in v))
+        size = number(self.size, "size", "must be an integer >= 2")
+        if isinstance(self.size, bool) or size != int(size) or size < 2:
+            fail("size", "must be an integer >= 2")
+        object.__setattr__(self, "size", int(size))
+        for name in ("hflip", "jitter_p", "gray_p", "blur_p", "solarize_p"):
+            p = number(getattr(self, name), name, "must be a probability in [0, 1]")
+            if not 0.0 <= p <= 1.0:
+                fail(name, "must be a probability in [0, 1]")
+            object.__setattr__(self, name, p)
+        for name in ("scale", "ratio", "blur_sigma"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi:
+                fail(name, "must satisfy 0 < min <= max")
         b, c, s, h = self.jitter
         if min(b, c, s) < 0 or not 0.0 <= h <= 0.5:
-            raise UserError(f"ViewSpec.jitter: brightness, contrast, saturation must be >= 0 and hue in "
-                            f"[0, 0.5], got {self.jitter}")
-        lo, hi = self.blur_sigma
-        if not 0 < lo <= hi:
-            raise UserError(f"ViewSpec.blur_sigma must satisfy 0 < min <= max, got {self.blur_sigma}")
+            fail("jitter", "needs brightness, contrast, saturation >= 0 and hue in [0, 0.5]")
 
     @property
     def blur_kernel(self) -> int:

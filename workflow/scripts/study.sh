@@ -10,10 +10,16 @@ if [ ! -f data/synth/natural/images.npy ]; then
   echo "generating the built-in synthetic data into data/synth" >&2
   sslstudy synth --params params/study.yaml --out data/synth
 fi
-if [ -n "$(dvc status data.dvc --json 2>/dev/null | tr -d '{}[:space:]')" ]; then
-  echo "error: data/ differs from the version recorded in data.dvc; restore it (dvc checkout data.dvc)" \
-       "or, if the change is intended, record it with 'dvc add data'" >&2
+# A fresh clone has no DVC cache: hash data/ (dvc add) and compare with the recorded version.
+recorded=$(grep -m1 'md5:' data.dvc)
+cp data.dvc .data.dvc.recorded
+dvc add -q data
+if [ "$(grep -m1 'md5:' data.dvc)" != "$recorded" ]; then
+  mv .data.dvc.recorded data.dvc
+  echo "error: data/ differs from the version recorded in data.dvc ($recorded); restore it" \
+       "(dvc checkout data.dvc) or, if the change is intended, record it with 'dvc add data'" >&2
   exit 1
 fi
+rm .data.dvc.recorded
 dvc repro --quiet
 echo "report: results/report.html (study took $(( $(date +%s) - t0 )) s)"

@@ -79,3 +79,23 @@ def test_nonfinite_loss_stops_at_once(tiny_data, subset, tmp_path):
 def test_batch_larger_than_subset(tiny_data, subset, tmp_path):
     with pytest.raises(UserError, match="fewer than one batch"):
         train(tiny_spec(tiny_data / "natural", subset, batch_size=1024), tmp_path / "run")
+
+
+@pytest.mark.parametrize("arch,dim", [("resnet18", 512), ("resnet50", 2048), ("cnn4", 64)])
+def test_backbones(arch, dim):
+    from sslstudy.models import build_backbone
+
+    net = build_backbone(arch, width=8, small_stem=True).eval()
+    with torch.no_grad():
+        out = net(torch.zeros(2, 3, 32, 32))
+    assert out.shape == (2, dim) and net.out_dim == dim
+    if arch != "cnn4":
+        assert net.net.conv1.kernel_size == (3, 3) and isinstance(net.net.maxpool, torch.nn.Identity)
+        assert build_backbone(arch, small_stem=False).net.conv1.kernel_size == (7, 7)
+
+
+def test_unknown_backbone():
+    from sslstudy.models import build_backbone
+
+    with pytest.raises(UserError, match="pretrain.backbone.arch"):
+        build_backbone("vgg")

@@ -410,3 +410,13 @@ def test_cpu_blocking_gives_the_same_views(monkeypatch):
 def test_empty_batch():
     v = make_views(torch.zeros(0, 8, 8, 3, dtype=torch.uint8), ViewSpec(size=8), torch.Generator())
     assert v.shape == (0, 3, 8, 8)
+
+
+def test_runs_on_another_device_without_reading_its_data():
+    """On the 'meta' device tensors have no data: any .item(), nonzero() or bool() on device
+    tensors (a host sync on CUDA), or a CPU tensor mixed into a device op, would raise here."""
+    imgs = torch.empty(16, 32, 32, 3, dtype=torch.uint8, device="meta")
+    for spec in (ViewSpec(solarize_p=0.5), ViewSpec(size=16, scale=(0.05, 0.14), jitter=(0.8, 0.8, 0.8, 0.2))):
+        v = make_views(imgs, spec, torch.Generator().manual_seed(19))
+        assert v.device.type == "meta" and v.shape == (16, 3, spec.size, spec.size)
+    assert eval_view(imgs, 24).shape == (16, 3, 24, 24)

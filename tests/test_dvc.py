@@ -23,3 +23,9 @@ def test_dvc_yaml_stage_is_valid():
     assert stages["study"]["cmd"].startswith("snakemake ")
     p = run(["dvc", "stage", "list"], cwd=ROOT)
     assert "study" in p.stdout
+
+
+def test_dvc_lock_is_not_git_ignored():
+    # DVC refuses to run (`'dvc.lock' is git-ignored`) when it is: seen once, keep it out of .gitignore
+    p = run(["git", "check-ignore", "-q", "dvc.lock"], cwd=ROOT, check=False)
+    assert p.returncode == 1

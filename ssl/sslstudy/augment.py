@@ -159,10 +159,11 @@ def _chw(images: Tensor) -> Tensor:
 def to_float(images: Tensor) -> Tensor:
     """(B, H, W, 3) or (B, 3, H, W) uint8 -> (B, 3, H, W) float32 in [0, 1].
 
-    Channels-last input stays channels-last in memory (the permuted view is converted, no copy to
-    NCHW): that is what ``(B, H, W, 3)`` storage gives for free, and ``grid_sample`` reads it as
-    fast (measured on CPU). If the second dimension is 3 the input is read as (B, 3, H, W). Float
-    input is taken to be in [0, 1] already and only cast to float32.
+    Channels-last input stays channels-last in memory (the permuted view is converted; no extra
+    copy to NCHW): that is what ``(B, H, W, 3)`` storage gives for free, and an NCHW copy before
+    ``grid_sample`` made no measurable difference to make_views on CPU (within +-10%, 32 and
+    224 px). If the second dimension is 3 the input is read as (B, 3, H, W). Float input is taken
+    to be in [0, 1] already and only cast to float32.
     """
     x = _chw(images)
     if x.dtype == torch.uint8:

@@ -1,7 +1,6 @@
 """Bad input: one clear line naming the file and the fix, exit code 2, nothing half-written."""
 import shutil
 
-import numpy as np
 import pytest
 
 from conftest import copy_workflow, run

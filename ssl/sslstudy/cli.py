@@ -3,18 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 from .errors import UserError
-
-
-def _atomic_csv(df, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
 
 
 def cmd_validate(a) -> None:
@@ -58,6 +50,7 @@ def cmd_pretrain(a) -> None:
 def cmd_evaluate(a) -> None:
     import torch
 
+    from .atomic import write_bytes
     from .data.packed import load_dataset
     from .eval.frozen import evaluate
     from .train import load_backbone
@@ -70,7 +63,7 @@ def cmd_evaluate(a) -> None:
     for col, val in reversed(list(dict(run=a.run, **json.loads(a.ids), weights=a.weights, epoch=state_epoch,
                                         eval_domain=ds.meta["name"]).items())):
         df.insert(0, col, val)
-    _atomic_csv(df, Path(a.out))
+    write_bytes(a.out, df.to_csv(index=False).encode())
 
 
 def cmd_report(a) -> None:

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import submitit
 from submitit.core.utils import FailedJobError, UncompletedJobError
 
+from .atomic import write_bytes
 from .errors import UserError
 
 
@@ -55,9 +55,7 @@ def launch_pretrain(spec: dict, run_dir: str | Path, launch: dict) -> Path:
     job = _reattach(run_dir, launch)
     if job is None:
         job = executor(run_dir, launch, spec["threads"]).submit(PretrainJob(spec, str(run_dir)))
-        tmp = run_dir / f".job.json.tmp-{os.getpid()}"
-        tmp.write_text(json.dumps(dict(job_id=str(job.job_id), cluster=launch["cluster"])) + "\n")
-        os.replace(tmp, run_dir / "job.json")
+        write_bytes(run_dir / "job.json", (json.dumps(dict(job_id=str(job.job_id), cluster=launch["cluster"])) + "\n").encode())
     try:
         return Path(job.result())
     except UserError:

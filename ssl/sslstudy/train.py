@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import os
 import time
 from pathlib import Path
 
@@ -12,6 +10,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .atomic import atomic_path
 from .augment import make_views
 from .data.packed import load_dataset
 from .data.subsets import load_indices
@@ -86,10 +85,8 @@ def cosine_schedule(base: float, final: float, total_steps: int, warmup_steps: i
 
 # ----------------------------------------------------------------------------- checkpoints
 def atomic_torch_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:

@@ -18,6 +18,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from sslstudy.atomic import atomic_path
 from sslstudy.errors import UserError
 
 
@@ -107,15 +108,8 @@ def save_indices(path: str | os.PathLike, idx: np.ndarray) -> None:
     if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
         raise UserError(f"{path}: indices must be a 1-D integer array, got {arr.dtype} {arr.shape}")
     arr = arr.astype(np.int64, copy=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            np.save(fh, arr, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, arr, allow_pickle=False)
 
 
 def load_indices(path: str | os.PathLike) -> np.ndarray:

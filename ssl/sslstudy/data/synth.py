@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 
 from sslstudy.data.packed import write_dataset
+from sslstudy.atomic import write_bytes
 from sslstudy.errors import UserError
 
 GENERATOR_VERSION = 1
@@ -489,11 +490,7 @@ def write_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
         + chunk(b"IDAT", zlib.compress(raw, 9))
         + chunk(b"IEND", b"")
     )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(png)
-    os.replace(tmp, path)
+    write_bytes(path, png)
 
 
 def contact_sheet(

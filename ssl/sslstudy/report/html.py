@@ -6,7 +6,6 @@ import html
 import importlib.metadata as md
 import io
 import json
-import os
 import platform
 from pathlib import Path
 
@@ -18,24 +17,18 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 import yaml  # noqa: E402
 
+from ..atomic import write_bytes  # noqa: E402
 from ..errors import UserError  # noqa: E402
 
 PACKAGES = ("torch", "torchvision", "faiss-cpu", "snakemake", "dvc", "submitit", "numpy", "pandas", "seaborn", "scikit-learn")
 METRIC_NAMES = {"knn": "kNN accuracy", "linear": "linear accuracy", "nmi": "k-means NMI", "ari": "k-means ARI"}
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _png(fig, path: Path) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    _atomic_write(path, buf.getvalue())
+    write_bytes(path, buf.getvalue())
     return base64.b64encode(buf.getvalue()).decode()
 
 
@@ -114,8 +107,8 @@ def build_report(inputs: list[Path], config: dict, out: Path) -> None:
     df = load_tables(inputs)
     out_dir = out.parent
     fig_dir = out_dir / "figures"
-    _atomic_write(out_dir / "metrics.csv", df.to_csv(index=False).encode())
-    _atomic_write(out_dir / "metrics.json", (json.dumps(summary(df), indent=2, sort_keys=True) + "\n").encode())
+    write_bytes(out_dir / "metrics.csv", df.to_csv(index=False).encode())
+    write_bytes(out_dir / "metrics.json", (json.dumps(summary(df), indent=2, sort_keys=True) + "\n").encode())
 
     wide = (df.pivot_table(index=["run", "weights"], columns=["level_index", "level", "metric"], values="value")
             .sort_index(axis=1).droplevel(0, axis=1))
@@ -145,4 +138,4 @@ body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:
 table{{border-collapse:collapse;font-size:13px}} td,th{{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}}
 figure{{margin:1em 0}} img{{max-width:100%}} figcaption{{color:#555;font-size:14px}} pre{{background:#f6f6f6;padding:1em;font-size:12px}}
 </style></head><body>{''.join(sections)}</body></html>"""
-    _atomic_write(out, page.encode())
+    write_bytes(out, page.encode())

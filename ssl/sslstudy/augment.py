@@ -32,10 +32,10 @@ Design
   its group, so every op still touches every jittered sample exactly once -- the same arithmetic as
   a per-batch order, plus gathers/scatters of the groups and about 4x as many (smaller) kernels.
   Measured against a per-batch order (apply_params, batch 256, 32-224 px, this 2-core CPU;
-  ``benchmarks/bench_augment.py`` prints it too): 1 thread 0.84-0.97x the time (the smaller
-  groups stay in cache), 2 threads 0.86-1.4x (best of N rounds). Caveat: while other processes
-  load the CPU, multi-threaded runs of many small kernels stall at OpenMP barriers, and the
-  median was up to 3x worse at 32 px. On a GPU it adds roughly 100 small kernel launches per call
+  ``benchmarks/bench_augment.py`` prints it too): 1 thread 0.84-1.06x the time (the smaller
+  groups stay in cache), 2 threads 0.86-1.4x (best of N rounds, quiet machine). Caveat: while
+  other processes load the CPU, multi-threaded runs of many small kernels stall at OpenMP
+  barriers and the per-sample order suffered more (up to 1.9x best / 3x median in such runs). On a GPU it adds roughly 100 small kernel launches per call
   (an estimate, not measured: no GPU was available). We keep the per-sample order for
   per-image-faithful statistics. A per-batch order is obtained by giving every row of
   ``params["order"]`` the same permutation; :func:`apply_params` then runs each stage as one op

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -183,7 +184,8 @@ def train(cfg: dict, run_dir: str | Path) -> Path:
             _save(run_dir, epoch + 1, model, opt, cfg)
     metrics.close()
     final = run_dir / "final.pt"
-    atomic_torch_save(load_checkpoint(list_checkpoints(run_dir)[-1]), final)
+    with atomic_path(final) as tmp:
+        shutil.copyfile(list_checkpoints(run_dir)[-1], tmp)  # the last epoch is always checkpointed
     log.info("done: %s", final)
     return final
 

@@ -9,7 +9,7 @@ from .simclr import SimCLR
 REGISTRY: dict[str, type[Method]] = {"simclr": SimCLR}
 
 
-def build_method(name: str, backbone, cfg: dict, views: dict) -> Method:
+def build_method(name: str, backbone, cfg: dict, views: list, n_train: int, global_batch: int) -> Method:
     if name not in REGISTRY:
         raise UserError(f"unknown method {name!r}; choose one of {', '.join(sorted(REGISTRY))} (study.methods in params)")
-    return REGISTRY[name](backbone, cfg, views)
+    return REGISTRY[name](backbone, cfg, views, n_train, global_batch)

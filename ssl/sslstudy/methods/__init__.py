@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from ..errors import UserError
+from .barlow import BarlowTwins
 from .base import Method
+from .byol import BYOL
+from .moco import MoCo
 from .simclr import SimCLR
 
-REGISTRY: dict[str, type[Method]] = {"simclr": SimCLR}
+REGISTRY: dict[str, type[Method]] = {"simclr": SimCLR, "moco": MoCo, "byol": BYOL, "barlow": BarlowTwins}
 
 
 def build_method(name: str, backbone, cfg: dict, views: list, n_train: int, global_batch: int) -> Method:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from ..errors import UserError
 from .base import Method
+from .densecl import DenseCL
 from .simclr import SimCLR
 
-REGISTRY: dict[str, type[Method]] = {"simclr": SimCLR}
+REGISTRY: dict[str, type[Method]] = {"simclr": SimCLR, "densecl": DenseCL}
 
 
 def build_method(name: str, backbone, cfg: dict, views: list, n_train: int, global_batch: int) -> Method:

@@ -61,8 +61,12 @@ def correspondence_figure(view1: torch.Tensor, view2: torch.Tensor, match: torch
     mean, std = torch.tensor(MEAN)[:, None, None], torch.tensor(STD)[:, None, None]
     show = lambda v: (v.float().cpu() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()  # noqa: E731
     centre = lambda i: ((i % gw + 0.5) * s / gw - 0.5, (i // gw + 0.5) * s / gh - 0.5)  # noqa: E731
-    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 1.6), squeeze=False)
-    for j, ax in enumerate(axes[0]):
+    cols = min(n, 3)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 1.9 * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_axis_off()
+    for j, ax in enumerate(axes.flat[:n]):
         ax.imshow(np.concatenate([show(view1[j]), np.ones((s, 2, 3)), show(view2[j])], axis=1))
         ok = near(match[j:j + 1], truth[j:j + 1], gw)[0] if truth is not None else None
         for i in range(gh * gw):
@@ -111,7 +115,7 @@ def run_matches(checkpoint: Path, n_images: int = 6, seed: int = 0) -> dict:
 def write_matches_figure(checkpoint: Path, out: Path, n_images: int = 6, seed: int = 0) -> float:
     """The figure of `run_matches` written to `out` (atomically); returns its accuracy."""
     r = run_matches(checkpoint, n_images, seed)
-    title = (f"{checkpoint}: cosine argmax of backbone features; {100 * r['accuracy']:.0f}% of matches "
-             f"within one cell of the true location (green), red: further, grey: outside view 2")
+    title = (f"{checkpoint}\nview-1 cell -> view-2 cell of most similar backbone feature; {100 * r['accuracy']:.0f}%\n"
+             f"within one cell of the true location (green); red: further; grey: outside view 2")
     write_bytes(out, correspondence_figure(r["view1"], r["view2"], r["match"], r["grid"], r["truth"], title))
     return r["accuracy"]

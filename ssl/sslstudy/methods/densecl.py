@@ -87,12 +87,13 @@ class DenseCL(Method):
             packed = shuffled_forward(lambda x: _pack(encode(self.key_backbone, self.key_heads, x)), v2,
                                       c["shuffle_groups"], batch.gen)
             k, k_grid, k_map = _unpack(packed, q_grid.shape, q_map.shape)
-        match = match_locations(q_map, k_map)
-        q, q_grid = F.normalize(q.float(), dim=1), F.normalize(q_grid.flatten(2).float(), dim=1)
-        k, k2 = F.normalize(k.float(), dim=1), F.normalize(k_grid.float().mean(dim=2), dim=1)
-        k_grid = F.normalize(k_grid.float(), dim=1)
-        loss_global = info_nce(q, k, self.queue.keys.clone(), c["temperature"])
-        loss_dense = dense_loss(q_grid, k_grid, match, self.queue2.keys.clone(), c["temperature"])
+        with torch.autocast(v1.device.type, enabled=False):  # similarities and losses in float32
+            match = match_locations(q_map, k_map)
+            q, q_grid = F.normalize(q.float(), dim=1), F.normalize(q_grid.flatten(2).float(), dim=1)
+            k, k2 = F.normalize(k.float(), dim=1), F.normalize(k_grid.float().mean(dim=2), dim=1)
+            k_grid = F.normalize(k_grid.float(), dim=1)
+            loss_global = info_nce(q, k, self.queue.keys.clone(), c["temperature"])
+            loss_dense = dense_loss(q_grid, k_grid, match, self.queue2.keys.clone(), c["temperature"])
         self.queue.push(k)
         self.queue2.push(k2)
         lam = c["loss_lambda"]

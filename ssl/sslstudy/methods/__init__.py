@@ -6,10 +6,11 @@ from ..errors import UserError
 from .barlow import BarlowTwins
 from .base import Method
 from .byol import BYOL
+from .densecl import DenseCL
 from .moco import MoCo
 from .simclr import SimCLR
 
-REGISTRY: dict[str, type[Method]] = {"simclr": SimCLR, "moco": MoCo, "byol": BYOL, "barlow": BarlowTwins}
+REGISTRY: dict[str, type[Method]] = {"simclr": SimCLR, "moco": MoCo, "byol": BYOL, "barlow": BarlowTwins, "densecl": DenseCL}
 
 
 def build_method(name: str, backbone, cfg: dict, views: list, n_train: int, global_batch: int) -> Method:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from ..errors import UserError
 from .base import Method
 from .simclr import SimCLR
+from .swav import SwAV
 
-REGISTRY: dict[str, type[Method]] = {"simclr": SimCLR}
+REGISTRY: dict[str, type[Method]] = {"simclr": SimCLR, "swav": SwAV}
 
 
 def build_method(name: str, backbone, cfg: dict, views: list, n_train: int, global_batch: int) -> Method:

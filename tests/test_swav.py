@@ -216,30 +216,53 @@ def test_swav_loss_decreases_under_optimisation():
     assert loss.item() < 0.7 * first
 
 
-SINKHORN_DDP = """
+SWAV_DDP = """
 import sys, numpy as np, torch
+sys.path.insert(0, sys.argv[3])
 from sslstudy import distributed as D
 from sslstudy.methods.swav import sinkhorn
+from test_swav import _local_steps
 D.init_from_env()
 s = torch.from_numpy(np.load(sys.argv[1]))
-mine = sinkhorn(s[D.local_slice(s.shape[0])], 0.05, 3)
-np.save(sys.argv[2] + f"{D.rank()}.npy", mine.numpy())
+np.save(sys.argv[2] + f"codes{D.rank()}.npy", sinkhorn(s[D.local_slice(s.shape[0])], 0.05, 3).numpy())
+losses, queue = _local_steps()
+np.save(sys.argv[2] + f"loss{D.rank()}.npy", losses)
+np.save(sys.argv[2] + f"queue{D.rank()}.npy", queue)
 """
 
 
-def test_distributed_sinkhorn_equals_one_process(tmp_path):
+def _local_steps():
+    """Three SwAV steps (eval-mode BN, so ranks see the same statistics) on this rank's share of a
+    global batch of 8, with a queue of 16 that is full at the third step -> (losses, queue keys)."""
+    from sslstudy import distributed as D
+
+    m = _model(queue_length=16).eval()
+    losses = []
+    for seed in (1, 2, 3):
+        b, rows = _batch(m, epoch=0, seed=seed), D.local_slice(8)
+        m.before_step(0, 1)
+        losses.append(m(Batch([v[rows] for v in b.views], b.index[rows], 0, 10, 0, b.gen))[0].item())
+    return np.array(losses), m.queues[0].keys.numpy()
+
+
+def test_two_processes_give_the_codes_queue_and_loss_of_one(tmp_path):
     s = cosine_scores(np.random.default_rng(5), 24, 7)
     np.save(tmp_path / "s.npy", s)
     port, procs = _free_port(), []
     for r in range(2):
         env = dict(os.environ, WORLD_SIZE="2", RANK=str(r), LOCAL_RANK=str(r), MASTER_ADDR="127.0.0.1",
                    MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen([sys.executable, "-c", SINKHORN_DDP, str(tmp_path / "s.npy"), str(tmp_path / "q")],
+        procs.append(subprocess.Popen([sys.executable, "-c", SWAV_DDP, str(tmp_path / "s.npy"), str(tmp_path / "r"),
+                                       os.path.dirname(__file__)],
                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
-    got = np.concatenate([np.load(tmp_path / f"q{r}.npy") for r in range(2)])
-    np.testing.assert_allclose(got, sinkhorn(torch.from_numpy(s), 0.05, 3).numpy(), rtol=1e-5, atol=1e-8)
+    codes = np.concatenate([np.load(tmp_path / f"rcodes{r}.npy") for r in range(2)])
+    np.testing.assert_allclose(codes, sinkhorn(torch.from_numpy(s), 0.05, 3).numpy(), rtol=1e-5, atol=1e-8)
+    losses, queue = _local_steps()  # one process, the whole batch
+    np.testing.assert_allclose(np.mean([np.load(tmp_path / f"rloss{r}.npy") for r in range(2)], axis=0), losses, rtol=1e-5)
+    for r in range(2):  # both ranks hold the whole queue (the keys of all ranks), as one process does
+        np.testing.assert_allclose(np.load(tmp_path / f"rqueue{r}.npy"), queue, atol=1e-6)
 
 
 def test_mid_epoch_resume_with_the_queue_is_exact(tiny_data, subset128, tmp_path):

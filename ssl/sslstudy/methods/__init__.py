@@ -9,8 +9,10 @@ from .byol import BYOL
 from .densecl import DenseCL
 from .moco import MoCo
 from .simclr import SimCLR
+from .swav import SwAV
 
-REGISTRY: dict[str, type[Method]] = {"simclr": SimCLR, "moco": MoCo, "byol": BYOL, "barlow": BarlowTwins, "densecl": DenseCL}
+REGISTRY: dict[str, type[Method]] = {"simclr": SimCLR, "moco": MoCo, "byol": BYOL, "swav": SwAV, "barlow": BarlowTwins,
+                                     "densecl": DenseCL}
 
 
 def build_method(name: str, backbone, cfg: dict, views: list, n_train: int, global_batch: int) -> Method:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from ..errors import UserError
 from .base import Method
+from .deepcluster import DeepCluster
+from .pcl import PCL
 from .simclr import SimCLR
 
-REGISTRY: dict[str, type[Method]] = {"simclr": SimCLR}
+REGISTRY: dict[str, type[Method]] = {"simclr": SimCLR, "deepcluster": DeepCluster, "pcl": PCL}
 
 
 def build_method(name: str, backbone, cfg: dict, views: list, n_train: int, global_batch: int) -> Method:

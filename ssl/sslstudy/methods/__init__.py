@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from ..errors import UserError
+from .barlow import BarlowTwins
 from .base import Method
+from .byol import BYOL
 from .deepcluster import DeepCluster
+from .moco import MoCo
 from .pcl import PCL
 from .simclr import SimCLR
 
-REGISTRY: dict[str, type[Method]] = {"simclr": SimCLR, "deepcluster": DeepCluster, "pcl": PCL}
+REGISTRY: dict[str, type[Method]] = {"simclr": SimCLR, "moco": MoCo, "byol": BYOL, "barlow": BarlowTwins,
+                                     "deepcluster": DeepCluster, "pcl": PCL}
 
 
 def build_method(name: str, backbone, cfg: dict, views: list, n_train: int, global_batch: int) -> Method:

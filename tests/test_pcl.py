@@ -1,5 +1,5 @@
-"""PCL: the concentration, InfoNCE and ProtoNCE against loop implementations written here, the E-step's
-state, the negative sampling and the errors for bad K / r."""
+"""PCL: the concentration and ProtoNCE against loop implementations written here, the E-step's
+state, the negative sampling and the errors for bad K / r (InfoNCE: moco.info_nce, tests/test_losses.py)."""
 import math
 
 import numpy as np
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from sslstudy.errors import UserError
-from sslstudy.methods.pcl import PCL, concentration, info_nce, proto_nce, sample_negatives
+from sslstudy.methods.pcl import PCL, concentration, proto_nce, sample_negatives
 from sslstudy.models import build_backbone
 
 CFG = dict(temperature=0.2, proj_hidden=16, proj_dim=8, queue=64, momentum=0.99, shuffle_groups=2,
@@ -58,17 +58,6 @@ def test_concentration_all_singletons_is_temperature():
 
 def _normed(*shape, seed):
     return F.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64), dim=-1)
-
-
-def test_info_nce_matches_loops():
-    q, k, queue = _normed(5, 8, seed=1), _normed(5, 8, seed=2), _normed(7, 8, seed=3).T
-    t = 0.2
-    want = 0.0
-    for i in range(5):
-        pos = math.exp(float(q[i] @ k[i]) / t)
-        negs = sum(math.exp(float(q[i] @ queue[:, j]) / t) for j in range(7))
-        want += -math.log(pos / (pos + negs))
-    assert float(info_nce(q, k, queue, t)) == pytest.approx(want / 5, rel=1e-10)
 
 
 def test_proto_nce_matches_loops():

@@ -13,19 +13,13 @@ from torch import nn
 from ..errors import UserError
 from .base import Method, Queue, ema_update, momentum_copy, shuffled_forward
 from .clustering import check_k, shared_kmeans, stream_seed
+from .moco import info_nce, mlp_head
 
 log = logging.getLogger("sslstudy.methods.pcl")
 
 # salesforce/PCL main_pcl.py run_kmeans
 KMEANS = dict(niter=20, nredo=5, max_points_per_centroid=1000)
 ALPHA = 10.0  # smoothing constant of the concentration
-
-
-def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
-    """MoCo's loss. q, k: (N, D) L2-normalised queries and their positive keys; queue: (D, K)
-    L2-normalised negatives -> scalar: cross-entropy over [q.k, q.queue] / temperature, positive first."""
-    logits = torch.cat([(q * k).sum(1, keepdim=True), q @ queue], dim=1) / temperature
-    return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
 
 
 def concentration(sq_dist: np.ndarray, assign: np.ndarray, k: int, temperature: float, alpha: float = ALPHA) -> np.ndarray:
@@ -63,11 +57,6 @@ def proto_nce(q: torch.Tensor, prototypes: torch.Tensor, phi: torch.Tensor, pos:
     return F.cross_entropy(logits, torch.arange(q.shape[0], device=q.device))
 
 
-def _head(in_dim: int, hidden: int, out: int) -> nn.Sequential:
-    """MoCo v2's --mlp head: Linear, ReLU, Linear (no BN)."""
-    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out))
-
-
 class PCL(Method):
     def __init__(self, *args):
         super().__init__(*args)
@@ -77,7 +66,7 @@ class PCL(Method):
         if c["proto_negatives"] >= min(self.ks):
             raise UserError(f"methods.pcl.proto_negatives = {c['proto_negatives']} must be smaller than the smallest of "
                             f"methods.pcl.num_clusters ({min(self.ks)}); lower it in params")
-        self.head = _head(self.backbone.out_dim, c["proj_hidden"], c["proj_dim"])
+        self.head = mlp_head(self.backbone.out_dim, c["proj_hidden"], c["proj_dim"])
         self.key = momentum_copy(nn.Sequential(self.backbone, self.head))
         self.queue = Queue(c["proj_dim"], c["queue"], self.global_batch, "methods.pcl.queue")
         for i, k in enumerate(self.ks):  # the E-step's result, per granularity

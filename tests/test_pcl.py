@@ -133,7 +133,7 @@ def test_e_step_fills_prototypes_and_concentrations():
     m.before_epoch(0, ctx)  # still warming up: nothing clustered
     assert not m.assign1.any() and (m.phi1 == 1).all()
     m.before_epoch(1, ctx)
-    x = F.normalize(ctx.features(m.key), dim=1)
+    x = F.normalize(ctx.features(torch.nn.Sequential(m.key_backbone, m.key_head)), dim=1)
     for i, k in enumerate(CFG["num_clusters"]):
         assign, protos, phi = m.clustering(i)
         assert protos.norm(dim=1).sub(1).abs().max() < 1e-5

@@ -67,7 +67,7 @@ class PCL(Method):
             raise UserError(f"methods.pcl.proto_negatives = {c['proto_negatives']} must be smaller than the smallest of "
                             f"methods.pcl.num_clusters ({min(self.ks)}); lower it in params")
         self.head = mlp_head(self.backbone.out_dim, c["proj_hidden"], c["proj_dim"])
-        self.key = momentum_copy(nn.Sequential(self.backbone, self.head))
+        self.key_backbone, self.key_head = momentum_copy(self.backbone), momentum_copy(self.head)
         self.queue = Queue(c["proj_dim"], c["queue"], self.global_batch, "methods.pcl.queue")
         for i, k in enumerate(self.ks):  # the E-step's result, per granularity
             self.register_buffer(f"assign{i}", torch.zeros(self.n_train, dtype=torch.long))
@@ -81,7 +81,7 @@ class PCL(Method):
     def before_epoch(self, epoch, ctx):
         if epoch < self.cfg["proto_warmup_epochs"]:
             return
-        x = F.normalize(ctx.features(self.key), dim=1)
+        x = F.normalize(ctx.features(nn.Sequential(self.key_backbone, self.key_head)), dim=1)
         for i, k in enumerate(self.ks):
             centroids, assign, sq = shared_kmeans(x, k, stream_seed(ctx.seed, epoch, i), **KMEANS)
             phi = concentration(sq.cpu().numpy(), assign.cpu().numpy(), k, self.cfg["temperature"])
@@ -92,12 +92,17 @@ class PCL(Method):
             log.info("epoch %d: E-step k=%d, %d empty clusters, phi %.3f-%.3f", epoch + 1, k,
                      int((torch.bincount(assign, minlength=k) == 0).sum()), float(f.min()), float(f.max()))
 
+    def before_step(self, step, total_steps):
+        # as MoCo: update the key encoder, then compute this step's keys
+        ema_update(self.key_backbone, self.backbone, self.cfg["momentum"])
+        ema_update(self.key_head, self.head, self.cfg["momentum"])
+
     def forward(self, batch):
         c = self.cfg
         q = F.normalize(self.head(self.backbone(batch.views[0])).float(), dim=1)
-        with torch.no_grad():  # MoCo: momentum update first, then the keys (shuffle-BN)
-            ema_update(self.key, nn.Sequential(self.backbone, self.head), c["momentum"])
-            k = F.normalize(shuffled_forward(self.key, batch.views[1], c["shuffle_groups"], batch.gen).float(), dim=1)
+        with torch.no_grad():
+            k = shuffled_forward(lambda x: self.key_head(self.key_backbone(x)), batch.views[1], c["shuffle_groups"], batch.gen)
+            k = F.normalize(k.float(), dim=1)
         loss = nce = info_nce(q, k, self.queue.keys.clone(), c["temperature"])
         logs = {"infonce": nce.item()}
         if batch.epoch >= c["proto_warmup_epochs"]:

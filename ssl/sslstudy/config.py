@@ -106,7 +106,8 @@ def runs(config: dict) -> list[dict]:
 
 
 def dataset_path(config: dict, domain: str) -> str:
-    return f"{config['data']['root']}/{domain}"
+    """A domain's packed folder: data.datasets[domain] (ingested data) or data.root/domain."""
+    return config["data"].get("datasets", {}).get(domain) or f"{config['data']['root']}/{domain}"
 
 
 def check_datasets(config: dict) -> None:
@@ -114,7 +115,12 @@ def check_datasets(config: dict) -> None:
     for d in config["study"]["domains"]:
         path = Path(dataset_path(config, d))
         if not (path / "images.npy").is_file():
-            hint = "run `sslstudy synth`" if config["data"]["root"] == "data/synth" else "ingest it or fix data.root"
+            if d in config["data"].get("datasets", {}):
+                hint = f"ingest it (`sslstudy ingest <source> <path> --name {path.name}`) or fix data.datasets.{d}"
+            elif config["data"]["root"] == "data/synth":
+                hint = "run `sslstudy synth` (or add it to data.datasets if it is ingested data)"
+            else:
+                hint = "ingest it or fix data.root"
             raise UserError(f"{path}: no such dataset folder (domain {d!r} in study.domains); {hint}, or `dvc checkout data.dvc`")
 
 

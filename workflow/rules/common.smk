@@ -13,7 +13,6 @@ try:
 except UserError as e:
     sys.exit(f"error: {e}")
 
-DATA = C["data"]["root"]
 RUN = "{method}/{domain}_{subset}_{quality}/seed{seed}"
 
 
@@ -38,8 +37,12 @@ def run_of(w):
     return RUNS[rid]
 
 
+def dataset_dir(domain):
+    return studyconfig.dataset_path(C, domain)
+
+
 def dataset_files(domain):
-    return [f"{DATA}/{domain}/{f}" for f in ("images.npy", "labels.csv", "meta.json")]
+    return [f"{dataset_dir(domain)}/{f}" for f in ("images.npy", "labels.csv", "meta.json")]
 
 
 def eval_tables():

@@ -9,7 +9,7 @@ rule subset:
     conda:
         "../envs/sslstudy.yaml"
     params:
-        dataset=lambda w: f"{DATA}/{w.domain}",
+        dataset=lambda w: dataset_dir(w.domain),
     log:
         "logs/subset/{domain}/seed{seed}/{subset}.log",
     shell:

@@ -1,10 +1,12 @@
 """Ingestion of real collections, on small replicas of each source's released on-disk layout."""
 import os
 import pickle
+import re
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 import replicas
 from conftest import BIN, run
@@ -304,3 +306,32 @@ def test_study_config_names_ingested_datasets_as_domains(tmp_path):
         config.check_datasets(cfg)
     with pytest.raises(UserError, match="data.datasets"):
         config.validate({"data": {"datasets": {"bad_name": "x"}}, "study": {"methods": ["simclr"], "domains": ["x"]}})
+
+
+def test_snakemake_ingest_rule_driven_by_params(tmp_path):
+    from conftest import copy_workflow
+
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        for i in range(12):
+            replicas.save(replicas.noise_image(rng), tmp_path / "pets" / c / f"{i}.jpg")
+    wf = tmp_path / "wf"
+    wf.mkdir()
+    copy_workflow(wf)
+    params = yaml.safe_load((wf / "params/study.yaml").read_text())
+    params["data"]["ingest"] = {"pets": {"source": "imagefolder", "path": str(tmp_path / "pets"), "size": 24}}
+    params["study"]["domains"] = ["pets"]
+    (wf / "p.yaml").write_text(yaml.safe_dump(params))
+    run(["snakemake", "data/pets/meta.json", "--cores", "2", "--configfile", "p.yaml"], cwd=wf)
+    ds = load_dataset(wf / "data/pets")
+    assert len(ds) == 24 and ds.image_size == 24 and ds.class_names("class") == ["cat", "dog"]
+    assert "data/pets: 24 images of 24 px" in (wf / "logs/ingest/pets.log").read_text()
+    dry = run(["snakemake", "-n", "--configfile", "p.yaml"], cwd=wf)
+    assert not re.search(r"^ingest\s+\d", dry.stdout + dry.stderr, re.M)  # up to date; the study jobs follow
+    assert re.search(r"^subset\s+1$", dry.stdout + dry.stderr, re.M)
+    changed = run(["snakemake", "-n", "--configfile", "p.yaml", "--config",
+                   "data={'ingest': {'pets': {'source': 'imagefolder', 'path': '%s', 'size': 32}}}" % (tmp_path / "pets")],
+                  cwd=wf)
+    assert re.search(r"^ingest\s+1$", changed.stdout + changed.stderr, re.M)
+    lint = run(["snakemake", "--lint", "--configfile", "p.yaml"], cwd=wf)
+    assert "Congratulations, your workflow is in a good condition!" in lint.stdout + lint.stderr

@@ -1,5 +1,6 @@
 # Validate the config, expand the study grid into runs, name every file.
 import json
+import re
 import shlex
 import sys
 
@@ -17,6 +18,7 @@ RUN = "{method}/{domain}_{subset}_{quality}/seed{seed}"
 
 
 wildcard_constraints:
+    name="|".join(map(re.escape, C["data"]["ingest"])) or "(?!)",
     method="[a-z0-9]+",
     domain="[^/]+",
     subset="frac[0-9.e-]+|n[0-9]+",

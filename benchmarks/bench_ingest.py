@@ -8,16 +8,20 @@ smooth shapes with grain, so they compress like photos rather than like noise) i
 then times the whole ingest (listing, decoding, resizing, writing the packed folder) with 1
 worker process and with one per core, in interleaved rounds, keeping the best round of each (the
 median is printed too), so that load from other processes disturbs the ratio as little as
-possible. Also times, in one process, what JPEG draft decoding buys over decoding every pixel.
+possible. For the ceiling, the same pool runs a pure-Python loop (no I/O, nothing shared) with 1
+and with all workers: on a machine shared with other work, that ratio is what more processes can
+buy at all. Also times, in one process, what JPEG draft decoding buys over decoding every pixel.
 """
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import os
 import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +43,20 @@ def make_tree(root: Path, n: int, n_classes: int = 20) -> None:
         path = root / f"class{i % n_classes:02d}" / f"{i:06d}.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(arr).save(path, quality=90)
+
+
+def burn(n: int) -> int:
+    s = 0
+    for i in range(n):
+        s += i * i
+    return s
+
+
+def burn_seconds(workers: int, tasks: int = 16, n: int = 1_000_000) -> float:
+    t = time.perf_counter()
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as ex:
+        list(ex.map(burn, [n] * tasks))
+    return time.perf_counter() - t
 
 
 def naive(path: Path, size: int) -> np.ndarray:
@@ -78,6 +96,8 @@ def main() -> None:
         for w, ts in times.items():
             print(f"  {w:3d} process(es): {a.n / min(ts):8.0f} images/s (best of {len(ts)}; median {a.n / statistics.median(ts):.0f})")
         print(f"ingest to {a.size} px, {cores} cores vs 1 process: {min(times[1]) / min(times[cores]):.2f}x")
+        ceiling = {w: min(burn_seconds(w) for _ in range(a.rounds)) for w in times}
+        print(f"ceiling (pure-Python loop, same pool), {cores} vs 1 process: {ceiling[1] / ceiling[cores]:.2f}x")
         files = sorted((tmp / "tree").rglob("*.jpg"))[: min(a.n, 300)]
         per = {}
         for name, fn in (("draft", lambda p: square(Image.open(p), a.size)), ("full decode", lambda p: naive(p, a.size))):

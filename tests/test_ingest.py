@@ -282,7 +282,7 @@ def test_cli_ingest_prints_counts_and_errors_in_one_line(tmp_path):
     replicas.truncated_jpeg(rng, tmp_path / "pets" / "dog" / "9.jpg")
     p = run([str(BIN / "sslstudy"), "ingest", "imagefolder", "pets", "--name", "pets", "--size", "24",
              "--max-failed", "0.2"], cwd=tmp_path)
-    assert "data/pets: 10 images of 24 px (classes: class 2); 1 unreadable, listed in data/pets.ingest-report.csv" in p.stdout
+    assert "data/pets: 10 images of 24 px (classes: class 2); 1 unreadable (listed in data/pets.ingest-report.csv)" in p.stdout
     p = run([str(BIN / "sslstudy"), "ingest", "imagefolder", "pets", "--name", "pets", "--size", "24",
              "--max-failed", "0.2"], cwd=tmp_path)
     assert "data/pets: up to date" in p.stdout

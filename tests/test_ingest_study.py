@@ -36,7 +36,7 @@ def real_study(tmp_path_factory, tiny_data):
 
 def test_5000_image_tree_ingests(real_study):
     wf, ingest = real_study
-    assert "data/shapes: 5000 images of 32 px (classes: coarse 4, mid 16, fine 64); 0 unreadable" in ingest.stdout
+    assert "data/shapes: 5000 images of 32 px (classes: coarse 4, mid 16, fine 64); 0 unreadable (listed in" in ingest.stdout
     assert yaml.safe_load((wf / "data.dvc").read_text())["outs"][0]["nfiles"] == 4  # 3 files + the report
     meta = json.loads((wf / "data/shapes/meta.json").read_text())
     assert meta["n_images"] == 5000 and meta["source"]["ingest"] == "imagefolder"

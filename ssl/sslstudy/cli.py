@@ -37,8 +37,8 @@ def cmd_ingest(a) -> None:
     if r["skipped"]:
         print(f"{r['out']}: up to date ({r['kept']} images listed, same files and options); --force re-ingests")
         return
-    print(f"{r['out']}: {r['images']} images of {a.size} px (classes: {classes}); {r['failed']} unreadable, "
-          f"listed in {r['report']}; {r['per_second']:.0f} images/s on {r['workers']} worker(s), {r['seconds']:.1f} s")
+    print(f"{r['out']}: {r['images']} images of {a.size} px (classes: {classes}); {r['failed']} unreadable "
+          f"(listed in {r['report']}); {r['per_second']:.0f} images/s on {r['workers']} worker(s), {r['seconds']:.1f} s")
 
 
 def cmd_subset(a) -> None:

@@ -278,10 +278,10 @@ def ingest(source: str, root: str | os.PathLike, out: str | os.PathLike, *, size
                    report=str(report_path(out)), levels={lv: len(p["classes"][lv]) for lv in p["levels"]})
     done = None if force else _finished(out, fp)
     if done:
-        _check_failed(out, done["n_failed"], done["n_listed"], max_failed)
+        _check_failed(out, done["n_failed"], done["n_tried"], max_failed)
         return dict(summary, skipped=True, failed=done["n_failed"])
 
-    work = out.parent / f".{out.name}.ingest-{fp[:16]}"
+    work = out.parent / f".{out.name}.ingest-{fp[:16]}-{CHUNK}"
     for stale in out.parent.glob(f".{out.name}.ingest-*"):
         if stale != work:
             shutil.rmtree(stale, ignore_errors=True)
@@ -311,7 +311,7 @@ def ingest(source: str, root: str | os.PathLike, out: str | os.PathLike, *, size
     labels["file"] = np.asarray(names, dtype=object)[ok]
     meta = dict(name=out.name, levels=p["levels"], classes=p["classes"], parents=p["parents"], image_size=size,
                 n_images=at, source=dict(options, ingest=source, source_dir=Path(listing.root).name,
-                                         fingerprint=fp, resize=RESIZE, n_listed=n, n_failed=n_failed,
+                                         fingerprint=fp, resize=RESIZE, n_tried=n, n_failed=n_failed,
                                          splits="drawn (class-balanced, seeded)" if p["drawn"] else "the source's"))
     write_dataset(out, images, labels, meta)
     del images

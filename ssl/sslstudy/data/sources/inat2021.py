@@ -25,7 +25,7 @@ def taxonomy_from_dir(name: str) -> tuple[str, ...]:
     return (*parts[1:7], f"{parts[6]} {parts[7].replace('_', ' ')}")
 
 
-def _from_json(root: Path, split_dir: str, json_path: Path, listing_split: str, listing: Listing, cls: dict) -> None:
+def _from_json(json_path: Path, listing_split: str, listing: Listing, cls: dict) -> None:
     try:
         d = json.loads(json_path.read_text(encoding="utf-8"))
         images = {int(im["id"]): im["file_name"] for im in d["images"]}
@@ -70,7 +70,7 @@ def scan(root: str | Path, train_split: str = "train") -> Listing:
     for split_dir, split in ((train_split, "train"), ("val", "test")):
         json_path = root / f"{split_dir}.json"
         if json_path.is_file():
-            _from_json(root, split_dir, json_path, split, listing, cls)
+            _from_json(json_path, split, listing, cls)
         else:
             _from_dirs(root, split_dir, split, listing, cls)
     if not listing.refs:

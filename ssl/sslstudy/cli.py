@@ -24,6 +24,23 @@ def cmd_synth(a) -> None:
     generate(a.out, domains=s["domains"], n_images=s["n_images"], image_size=s["image_size"], seed=s["seed"])
 
 
+def cmd_ingest(a) -> None:
+    from .data.ingest import ingest
+
+    levels = [x.strip() for x in a.levels.split(",") if x.strip()] if a.levels else None
+    r = ingest(a.source, a.path, a.out_root / a.name, size=a.size, levels=levels, hierarchy=a.hierarchy,
+               train_split=a.train_split, val_fraction=a.val_fraction, test_fraction=a.test_fraction, seed=a.seed,
+               max_per_class=a.max_per_class, max_failed=a.max_failed, workers=a.workers, force=a.force)
+    for note in r["notes"]:
+        print(f"{a.path}: {note}")
+    classes = ", ".join(f"{lv} {n}" for lv, n in r["levels"].items())
+    if r["skipped"]:
+        print(f"{r['out']}: up to date ({r['kept']} images listed, same files and options); --force re-ingests")
+        return
+    print(f"{r['out']}: {r['images']} images of {a.size} px (classes: {classes}); {r['failed']} unreadable "
+          f"(listed in {r['report']}); {r['per_second']:.0f} images/s on {r['workers']} worker(s), {r['seconds']:.1f} s")
+
+
 def cmd_subset(a) -> None:
     from .data.packed import load_dataset
     from .data.subsets import fractions_to_sizes, nested_subsets, save_indices
@@ -94,6 +111,27 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--params", type=Path, default=Path("params/study.yaml"))
     s.add_argument("--out", type=Path, default=Path("data/synth"))
     s.set_defaults(fn=cmd_synth)
+
+    from .data.sources import SOURCES
+
+    s = sub.add_parser("ingest", help="pack a real image collection from disk into data/<name> (see README)")
+    s.add_argument("source", choices=sorted(SOURCES), help="the collection's on-disk layout")
+    s.add_argument("path", type=Path, help="the collection's folder")
+    s.add_argument("--name", required=True, help="dataset (and study domain) name: letters, digits, '.', '-'")
+    s.add_argument("--size", type=int, default=64, help="stored resolution: shorter side resized, centre crop (64)")
+    s.add_argument("--out-root", type=Path, default=Path("data"), help="writes <out-root>/<name> (data)")
+    s.add_argument("--hierarchy", type=Path, help="CSV: class,parent,grandparent,... with a header naming the levels "
+                   "(imagefolder, imagenet, places365)")
+    s.add_argument("--levels", help="comma-separated subset of the source's levels to keep (e.g. class,family,species)")
+    s.add_argument("--train-split", choices=["train", "train_mini"], help="inat2021: which training set (train)")
+    s.add_argument("--val-fraction", type=float, default=0.1, help="per class, when the source has no splits (0.1)")
+    s.add_argument("--test-fraction", type=float, default=0.2, help="per class, when the source has no splits (0.2)")
+    s.add_argument("--seed", type=int, default=0, help="seeds the drawn splits and --max-per-class (0)")
+    s.add_argument("--max-per-class", type=int, help="keep at most this many images per class and split (seeded)")
+    s.add_argument("--max-failed", type=float, default=0.01, help="stop if a larger share is unreadable (0.01)")
+    s.add_argument("--workers", type=int, help="decoding processes (default: all cores)")
+    s.add_argument("--force", action="store_true", help="re-ingest even if the output is up to date")
+    s.set_defaults(fn=cmd_ingest)
 
     s = sub.add_parser("subset", help="write a nested, class-balanced pretraining subset (index list)")
     s.add_argument("--dataset", type=Path, required=True)

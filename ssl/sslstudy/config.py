@@ -41,7 +41,9 @@ def _coerce(schema: dict, value, root: dict | None = None):
         schema = root["definitions"][schema["$ref"].rsplit("/", 1)[-1]]
     if isinstance(value, dict):
         props = schema.get("properties", {})
-        return {k: _coerce(props.get(k, {}), v, root) for k, v in value.items()}
+        rest = schema.get("additionalProperties")
+        rest = rest if isinstance(rest, dict) else {}
+        return {k: _coerce(props.get(k, rest), v, root) for k, v in value.items()}
     if isinstance(value, list):
         return [_coerce(schema.get("items", {}), v, root) for v in value]
     if not isinstance(value, str):
@@ -109,16 +111,50 @@ def runs(config: dict) -> list[dict]:
             for m in s["methods"] for d in s["domains"] for t in tags for sd in s["seeds"]]
 
 
+INGEST_ROOT = "data"  # where the ingest rule writes data.ingest entries (as `sslstudy ingest` does by default)
+
+
 def dataset_path(config: dict, domain: str) -> str:
-    return f"{config['data']['root']}/{domain}"
+    """A domain's packed folder: data.datasets[domain], data/<domain> for data.ingest entries, or
+    data.root/<domain> (the synthetic domains)."""
+    d = config["data"]
+    if domain in d.get("datasets", {}):
+        return d["datasets"][domain]
+    if domain in d.get("ingest", {}):
+        return f"{INGEST_ROOT}/{domain}"
+    return f"{d['root']}/{domain}"
+
+
+def ingest_args(config: dict, name: str) -> list[str]:
+    """`sslstudy ingest` arguments for the data.ingest entry ``name``."""
+    s = config["data"]["ingest"][name]
+    args = [s["source"], s["path"], "--name", name, "--out-root", INGEST_ROOT, "--size", str(s["size"]),
+            "--val-fraction", str(s["val_fraction"]), "--test-fraction", str(s["test_fraction"]),
+            "--seed", str(s["seed"]), "--max-failed", str(s["max_failed"])]
+    for key in ("hierarchy", "train_split", "max_per_class"):
+        if s[key] is not None:
+            args += [f"--{key.replace('_', '-')}", str(s[key])]
+    if s["levels"]:
+        args += ["--levels", ",".join(s["levels"])]
+    return args
 
 
 def check_datasets(config: dict) -> None:
     """Every domain of the grid has its packed folder (full checks happen when a job loads it)."""
+    clash = sorted(set(config["data"].get("datasets", {})) & set(config["data"].get("ingest", {})))
+    if clash:
+        raise UserError(f"data.datasets and data.ingest both name {', '.join(clash)}; keep one")
     for d in config["study"]["domains"]:
+        if d in config["data"].get("ingest", {}):
+            continue  # the ingest rule writes it
         path = Path(dataset_path(config, d))
         if not (path / "images.npy").is_file():
-            hint = "run `sslstudy synth`" if config["data"]["root"] == "data/synth" else "ingest it or fix data.root"
+            if d in config["data"].get("datasets", {}):
+                hint = f"ingest it (`sslstudy ingest <source> <path> --name {path.name}`) or fix data.datasets.{d}"
+            elif config["data"]["root"] == "data/synth":
+                hint = "run `sslstudy synth` (or add it to data.datasets if it is ingested data)"
+            else:
+                hint = "ingest it or fix data.root"
             raise UserError(f"{path}: no such dataset folder (domain {d!r} in study.domains); {hint}, or `dvc checkout data.dvc`")
 
 

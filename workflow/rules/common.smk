@@ -1,5 +1,6 @@
 # Validate the config, expand the study grid into runs, name every file.
 import json
+import re
 import shlex
 import sys
 
@@ -13,11 +14,11 @@ try:
 except UserError as e:
     sys.exit(f"error: {e}")
 
-DATA = C["data"]["root"]
 RUN = "{method}/{domain}_{subset}_{quality}/seed{seed}"
 
 
 wildcard_constraints:
+    name="|".join(map(re.escape, C["data"]["ingest"])) or "(?!)",
     method="[a-z0-9]+",
     domain="[^/]+",
     subset="frac[0-9.e-]+|n[0-9]+",
@@ -38,8 +39,12 @@ def run_of(w):
     return RUNS[rid]
 
 
+def dataset_dir(domain):
+    return studyconfig.dataset_path(C, domain)
+
+
 def dataset_files(domain):
-    return [f"{DATA}/{domain}/{f}" for f in ("images.npy", "labels.csv", "meta.json")]
+    return [f"{dataset_dir(domain)}/{f}" for f in ("images.npy", "labels.csv", "meta.json")]
 
 
 def eval_tables():

@@ -14,7 +14,7 @@ rule evaluate:
         eval=q(C["eval"]),
         ids=lambda w: q({k: run_of(w)[k] for k in ("method", "domain", "subset", "quality", "seed")}),
         run=lambda w: run_of(w)["id"],
-        dataset=lambda w: f"{DATA}/{w.domain}",
+        dataset=lambda w: dataset_dir(w.domain),
     threads: C["pretrain"]["threads"]
     conda:
         "../envs/sslstudy.yaml"

@@ -79,14 +79,15 @@ def loss_figure(runs_dir: Path, run_ids: list[str], out_dir: Path) -> tuple[str 
 
 
 def data_figures(config: dict, out_dir: Path) -> list[str]:
+    from ..config import dataset_path
     from ..data.packed import load_dataset
     from ..data.synth import contact_sheet
 
     figs = []
     for domain in dict.fromkeys(config["study"]["domains"]):
-        ds = load_dataset(Path(config["data"]["root"]) / domain)
+        ds = load_dataset(dataset_path(config, domain))
         path = out_dir / f"data_{domain}.png"
-        contact_sheet(ds.images, ds.labels, path)
+        contact_sheet(ds.images, ds.labels, path, level=ds.levels[0])
         caption = (f"Domain {domain}: {ds.meta['n_images']} images of {ds.meta['image_size']} px; "
                    + ", ".join(f"{lv} {ds.n_classes(lv)} classes" for lv in ds.levels) + ".")
         figs.append(_figure(base64.b64encode(path.read_bytes()).decode(), caption))

@@ -89,3 +89,19 @@ def test_two_gloo_processes_train_and_agree(method, tiny_data, subset128, tmp_pa
     assert (tmp_path / "rank0" / "final.pt").is_file() and not (tmp_path / "run" / "final.pt").exists()
     lines = (tmp_path / "rank0" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2 and all(np.isfinite(json.loads(x)["loss"]) for x in lines)
+
+
+def test_official_defaults_validate():
+    """params/methods/<method>.yaml holds each method's official hyper-parameters (sources in
+    comments): one file per registered method, each valid against the schema."""
+    import yaml
+
+    files = sorted((config.SCHEMA.parents[2] / "params" / "methods").glob("*.yaml"))
+    assert [f.stem for f in files] == METHODS
+    for f in files:
+        block = yaml.safe_load(f.read_text())["methods"]
+        assert list(block) == [f.stem]
+        cfg = config.validate(dict(study=dict(methods=[f.stem], domains=["natural"]), methods=block,
+                                   pretrain=dict(epochs=100)), str(f))
+        spec = config.pretrain_spec(cfg, config.runs(cfg)[0])
+        assert spec["views"][0]["size"] == 224

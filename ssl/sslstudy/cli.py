@@ -72,6 +72,16 @@ def cmd_report(a) -> None:
     build_report([Path(p) for p in a.inputs], json.loads(a.config), Path(a.out))
 
 
+def cmd_densecl_matches(a) -> None:
+    from .report.matches import write_matches_figure
+
+    ckpt = a.run_dir / "final.pt" if a.epoch is None else a.run_dir / "checkpoints" / f"ep{a.epoch:03d}.pt"
+    if not ckpt.is_file():
+        raise UserError(f"{ckpt}: no such checkpoint; train the run first or pick an existing --epoch")
+    acc = write_matches_figure(ckpt, a.out, a.images, a.seed)
+    print(f"{a.out}: {100 * acc:.1f}% of matches within one cell of the true location")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="sslstudy", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -114,6 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--out", required=True)
     s.add_argument("inputs", nargs="+")
     s.set_defaults(fn=cmd_report)
+
+    s = sub.add_parser("densecl-matches", help="draw DenseCL's matched locations between two views of test images")
+    s.add_argument("run_dir", type=Path)
+    s.add_argument("--out", type=Path, required=True, help="PNG file")
+    s.add_argument("--epoch", type=int, default=None, help="use checkpoints/epNNN.pt (0: random weights) instead of final.pt")
+    s.add_argument("--images", type=int, default=6)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=cmd_densecl_matches)
 
     a = p.parse_args(argv)
     try:

@@ -71,7 +71,7 @@ class SwAV(Method):
                             "list them under methods.swav.views in params")
         self.projector = mlp(self.backbone.out_dim, c["proj_hidden"], c["proj_dim"], 2)
         self.prototypes = nn.Linear(c["proj_dim"], c["prototypes"], bias=False)
-        self.freeze_steps = c["freeze_prototypes_epochs"] * (self.n_train // self.global_batch if self.global_batch else 0)
+        self.freeze_steps = c["freeze_prototypes_epochs"] * (self.n_train // self.global_batch)  # steps/epoch: drop_last
         self.queues = nn.ModuleList()
         if c["queue_length"]:
             self.queues.extend(Queue(c["proj_dim"], c["queue_length"], self.global_batch, "methods.swav.queue_length")

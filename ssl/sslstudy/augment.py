@@ -369,6 +369,23 @@ def _gaussian_kernels(sigma: Tensor, k: int) -> Tensor:
     return torch.softmax(logits, dim=1)
 
 
+#: Outer blur taps that carry less than this weight on each side, for every sample blurred together,
+#: are dropped: the result moves by < 2^-24 per pass (below float32 rounding of values <= 1), and a
+#: small sigma then costs a short kernel (at 224 px the kernel has 23 taps, sigma <= 2 px needs <= 23).
+TAIL_MASS = 2.0 ** -25
+
+
+def _trim_taps(kernels: Tensor, rows: Tensor) -> Tensor:
+    """(n, K) symmetric kernels -> (n, K - 2 d), d outer taps per side dropped (see TAIL_MASS), as
+    far as the ``rows`` (a CPU bool mask) allow."""
+    k = kernels.shape[1]
+    if not bool(rows.any()):
+        return kernels
+    outer = kernels[rows].cumsum(dim=1).amax(dim=0)          # weight of the first j + 1 taps, worst row
+    d = min(int((outer < TAIL_MASS).sum()), (k - 1) // 2)
+    return kernels[:, d:k - d]
+
+
 def _on_subset(x: Tensor, select: Tensor, fn, *args: Tensor) -> Tensor:
     """Apply ``fn(x[select], *args[select])`` to the samples a CPU bool mask selects; the others are
     left untouched. ``x`` must be owned by the caller (it is updated in place); returns the result."""
@@ -425,18 +442,27 @@ def _jitter(x: Tensor, params: dict[str, Tensor], spec: ViewSpec) -> Tensor:
     return x.index_copy_(0, idx_dev, sub)
 
 
-#: On the CPU, batches are processed in blocks of samples whose float input + output take about
-#: this many bytes: every temporary then stays below glibc's mmap threshold (32 MiB), so it is not
-#: page-faulted in afresh on every call, and a block stays cache-friendly. Measured 1.7x faster for
-#: 224 px views of 256 px images (1 thread); small images are never split. CUDA batches are never
-#: split (its caching allocator has no such cost, and fewer, larger kernels are better there).
+#: On the CPU, a batch larger than this (float input + output) is processed in blocks of samples that
+#: fit: every temporary then stays below glibc's mmap threshold (32 MiB), so it is not page-faulted
+#: in afresh on every call, and a block stays cache-friendly (measured 1.7x faster for 224 px views
+#: of 256 px images, 1 thread). Each block holds samples of one group (see :func:`_cpu_blocks`).
+#: CUDA batches are never split (its caching allocator has no such cost, and fewer, larger kernels
+#: are better there).
 CPU_BLOCK_BYTES = 24 * 2 ** 20
+
+#: A smaller CPU batch is split into one contiguous part per torch thread when each part has at least
+#: this many bytes; below that one thread does it all.
+CPU_MIN_PART_BYTES = 2 ** 20
+
+
+def _sample_bytes(height: int, width: int, size: int) -> int:
+    return 3 * 4 * (height * width + size * size)
 
 
 def _block(device: torch.device, batch: int, height: int, width: int, size: int) -> int:
     if device.type != "cpu":
         return batch
-    return max(1, CPU_BLOCK_BYTES // (3 * 4 * (height * width + size * size)))
+    return max(1, CPU_BLOCK_BYTES // _sample_bytes(height, width, size))
 
 
 def _check(x: Tensor, params: dict[str, Tensor]) -> None:
@@ -456,7 +482,7 @@ def _views(x01: Tensor, params: dict[str, Tensor], spec: ViewSpec) -> Tensor:
 
     x = _jitter(x, params, spec)
     x = _on_subset(x, params["gray"], _grayscale)
-    kernels = _gaussian_kernels(params["sigma"], spec.blur_kernel)
+    kernels = _trim_taps(_gaussian_kernels(params["sigma"], spec.blur_kernel), params["blur"])
     x = _on_subset(x, params["blur"], _blur, kernels)
     x = _on_subset(x, params["solarize"], _solarize)
     return _normalize_(x)
@@ -484,8 +510,9 @@ GROUP_FLAGS = ("gray", "blur", "solarize")
 def _cpu_blocks(params: dict[str, Tensor], spec: ViewSpec, block: int) -> list[Tensor]:
     """Index tensors of at most ``block`` samples that share one group key each (so within a
     block every op applies to all samples or to none: no gathers/scatters of subsets)."""
-    key = _group_keys(params, spec)
-    key, perm = key.sort(stable=True)
+    by_sigma = params["sigma"].argsort(stable=True)     # similar sigmas blur together (_trim_taps)
+    key, perm = _group_keys(params, spec)[by_sigma].sort(stable=True)
+    perm = by_sigma[perm]
     bounds = (torch.nonzero(key[1:] != key[:-1]).flatten() + 1).tolist()
     out = []
     for start, stop in zip([0] + bounds, bounds + [key.numel()]):
@@ -497,32 +524,42 @@ def _take(params: dict[str, Tensor], idx: Tensor) -> dict[str, Tensor]:
     return {k: (v if k == "image_hw" else v[idx]) for k, v in params.items()}
 
 
+def _cpu_parts(params: dict[str, Tensor], spec: ViewSpec, b: int, height: int, width: int,
+               threads: int) -> list[Tensor]:
+    """How a CPU batch is cut: index tensors of the samples processed together."""
+    block = _block(torch.device("cpu"), b, height, width, spec.size)
+    if block < b:
+        return _cpu_blocks(params, spec, block)
+    n = min(threads, b * _sample_bytes(height, width, spec.size) // CPU_MIN_PART_BYTES)
+    return list(torch.arange(b).chunk(max(1, n)))
+
+
 def _blocked(images: Tensor, params: dict[str, Tensor], spec: ViewSpec, convert) -> Tensor:
     b, _, height, width = images.shape
-    block = _block(images.device, b, height, width, spec.size)
-    if block >= b:
+    threads = torch.get_num_threads()
+    parts = _cpu_parts(params, spec, b, height, width, threads) if images.device.type == "cpu" else []
+    if len(parts) <= 1:
         return _views(convert(images), params, spec)
     out = torch.empty(b, 3, spec.size, spec.size, dtype=torch.float32, device=images.device)
 
-    def run(idx: Tensor) -> None:          # rows of different blocks are disjoint
+    def run(idx: Tensor) -> None:          # rows of different parts are disjoint
         out.index_copy_(0, idx, _views(convert(images[idx]), _take(params, idx), spec))
 
-    blocks = _cpu_blocks(params, spec, block)
-    threads = torch.get_num_threads()
-    workers = min(threads, len(blocks))
+    workers = min(threads, len(parts))
     if workers <= 1:
-        for idx in blocks:
+        for idx in parts:
             run(idx)
         return out
-    # One single-threaded block per thread (torch releases the GIL inside its kernels) instead of
-    # every small kernel split across the threads: no OpenMP barrier per op, which on a loaded
-    # machine stalled whenever one thread was descheduled.
+    # Parts run single-threaded, one per worker thread (torch releases the GIL inside its kernels),
+    # instead of every small kernel split across the threads: no OpenMP barrier per op. On a loaded
+    # machine those barriers stalled whenever one thread was descheduled (2 threads, 32 px: ~20x
+    # slower than 1 thread at a load average of 14, measured).
     try:
         with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-            for f in [pool.submit(run, idx) for idx in blocks]:
+            for f in [pool.submit(run, idx) for idx in parts]:
                 f.result()
     finally:
-        torch.set_num_threads(threads)     # the workers' setting is process-wide in part
+        torch.set_num_threads(threads)     # set_num_threads is partly process-wide: restore it
     return out
 
 

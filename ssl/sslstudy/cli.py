@@ -58,7 +58,7 @@ def cmd_evaluate(a) -> None:
     torch.set_num_threads(a.threads)
     backbone, run_cfg = load_backbone(a.checkpoint)
     ds = load_dataset(a.dataset)
-    df = evaluate(backbone, ds, json.loads(a.eval), size=run_cfg["views"]["size"])
+    df = evaluate(backbone, ds, json.loads(a.eval), size=run_cfg["views"][0]["size"])
     state_epoch = int(Path(a.checkpoint).stem.removeprefix("ep")) if a.checkpoint.name.startswith("ep") else run_cfg["epochs"]
     for col, val in reversed(list(dict(run=a.run, **json.loads(a.ids), weights=a.weights, epoch=state_epoch,
                                         eval_domain=ds.meta["name"]).items())):
@@ -70,6 +70,16 @@ def cmd_report(a) -> None:
     from .report.html import build_report
 
     build_report([Path(p) for p in a.inputs], json.loads(a.config), Path(a.out))
+
+
+def cmd_densecl_matches(a) -> None:
+    from .report.matches import write_matches_figure
+
+    ckpt = a.run_dir / "final.pt" if a.epoch is None else a.run_dir / "checkpoints" / f"ep{a.epoch:03d}.pt"
+    if not ckpt.is_file():
+        raise UserError(f"{ckpt}: no such checkpoint; train the run first or pick an existing --epoch")
+    acc = write_matches_figure(ckpt, a.out, a.images, a.seed)
+    print(f"{a.out}: {100 * acc:.1f}% of matches within one cell of the true location")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,6 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--out", required=True)
     s.add_argument("inputs", nargs="+")
     s.set_defaults(fn=cmd_report)
+
+    s = sub.add_parser("densecl-matches", help="draw DenseCL's matched locations between two views of test images")
+    s.add_argument("run_dir", type=Path)
+    s.add_argument("--out", type=Path, required=True, help="PNG file")
+    s.add_argument("--epoch", type=int, default=None, help="use checkpoints/epNNN.pt (0: random weights) instead of final.pt")
+    s.add_argument("--images", type=int, default=6)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=cmd_densecl_matches)
 
     a = p.parse_args(argv)
     try:

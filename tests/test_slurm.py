@@ -30,8 +30,9 @@ SLURM = dict(gpus_per_node=0, cpus_per_task=1, mem_gb=1.5)
 
 
 def slurm_launch(**slurm) -> dict:
-    return studyconfig.validate({"launch": dict(cluster="slurm", timeout_min=10, poll_s=0.5,
-                                                slurm=dict(SLURM, **slurm))})["launch"]
+    params = yaml.safe_load((ROOT / "params/study.yaml").read_text())
+    params["launch"] = dict(cluster="slurm", timeout_min=30, poll_s=0.5, slurm=dict(SLURM, **slurm))
+    return studyconfig.validate(params)["launch"]  # schema defaults filled in
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +131,7 @@ def test_out_of_memory_and_scancel_fail_with_the_log(slurm_cluster, tiny_data, s
     err = p.stderr
     log = re.search(r"log: (\S+)", err).group(1)
     assert Path(log).is_file() and log.startswith(str(tmp_path / "oom" / "submitit"))
-    assert "ended FAILED" in err and "exceeded memory limit" in err, err
+    assert "ended FAILED" in err and "exceeded memory limit" in err and "raise launch.slurm.mem_gb" in err, err
     # scancel while it runs
     t = Background(spec, tmp_path / "cancel", slurm_launch())
     wait_for(lambda: (tmp_path / "cancel" / "checkpoints" / "ep001.pt").exists(), "the job to train")

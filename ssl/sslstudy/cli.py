@@ -146,9 +146,9 @@ def _strip_launch(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     a = parser().parse_args(argv)
-    if getattr(a, "launch", None) and a.job_dir is None:
-        parser().error("--launch needs --job-dir")
-    if getattr(a, "launch", None):
+    if a.cmd == "evaluate" and a.launch:
+        if a.job_dir is None:
+            parser().error("evaluate: --launch needs --job-dir")
         a.argv = _strip_launch(sys.argv[1:] if argv is None else argv)
     try:
         a.fn(a)

@@ -221,7 +221,7 @@ def _wait(job, launch: dict, what: str):
         raise UserError(_failure(job, what, _last_error(str(e)))) from None
 
 
-def _wait_slurm(job, poll_s: float, grace_s: float = 30) -> SlurmState | None:
+def _wait_slurm(job, poll_s: float, grace_s: float = 15) -> SlurmState | None:
     """Wait for the job's result file; None when it is there, else the state the job ended in."""
     warned = False
     while not job.paths.result_pickle.exists():
@@ -230,7 +230,9 @@ def _wait_slurm(job, poll_s: float, grace_s: float = 30) -> SlurmState | None:
             log.warning("SLURM controller not answering (%s); still waiting for job %s", state.detail, job.job_id)
             warned = True
         if not state.active:
-            deadline = time.time() + grace_s  # a shared filesystem may show the result file late
+            # a job that ran to its end wrote a result (a shared filesystem may show it late);
+            # one that SLURM killed (cancelled, out of memory, time limit) never will
+            deadline = time.time() + (grace_s if state.name in ("COMPLETED", "FAILED") else 0)
             while not job.paths.result_pickle.exists() and time.time() < deadline:
                 time.sleep(1)
             return None if job.paths.result_pickle.exists() else state
@@ -239,11 +241,19 @@ def _wait_slurm(job, poll_s: float, grace_s: float = 30) -> SlurmState | None:
 
 
 def _failure(job, what: str, headline: str) -> str:
-    """Job id, what failed, the SLURM/submitit log path and the log's last meaningful lines."""
+    """Job id, what failed, the fix when known, the log path and the log's last meaningful lines."""
     err = Path(job.paths.stderr)
     tail = _tail(err) or _tail(Path(job.paths.stdout)) or ["(log empty or missing)"]
-    return (f"{what}: job {job.job_id} {headline}; log: {err}\n  last lines of the log:\n"
+    hint = next((h for key, h in HINTS if key in headline or any(key in ln for ln in tail)), "")
+    return (f"{what}: job {job.job_id} {headline}{hint}; log: {err}\n  last lines of the log:\n"
             + "\n".join(f"    {ln}" for ln in tail))
+
+
+HINTS = (("memory limit", " - out of memory: raise launch.slurm.mem_gb"),
+         ("OUT_OF_MEMORY", " - out of memory: raise launch.slurm.mem_gb"),
+         ("TIMEOUT", " - time limit: raise launch.timeout_min"),
+         ("CANCELLED", " - cancelled (scancel or an admin): run again to resume from the last checkpoint"),
+         ("NODE_FAIL", " - node failure: run again to resume from the last checkpoint"))
 
 
 def _tail(path: Path, n: int = 6) -> list[str]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -39,9 +40,15 @@ def cmd_subset(a) -> None:
     save_indices(a.out, idx)
 
 
+def _log_launcher() -> None:
+    """The launcher's messages (submitted, re-attached, requeued) go to stderr = the rule's log."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
 def cmd_pretrain(a) -> None:
     from .launch import launch_pretrain
 
+    _log_launcher()
     spec = json.loads(a.spec)
     launch = json.loads(a.launch)
     launch_pretrain(spec, a.run_dir, launch)
@@ -51,6 +58,7 @@ def cmd_evaluate(a) -> None:
     if a.launch:  # run this same command as a cluster job, and wait for it
         from .launch import CommandJob, run_job
 
+        _log_launcher()
         run_job(CommandJob(a.argv), a.job_dir, json.loads(a.launch), a.threads, what=f"evaluation {a.out}")
         return
     import torch

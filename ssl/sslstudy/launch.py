@@ -182,6 +182,7 @@ def run_job(fn: Callable, folder: Path, launch: dict, threads: int, what: str,
             except UserError as e:
                 log.warning("previous job failed, submitting again: %s", e)
         job = executor(folder, launch, threads, name=job_name(folder)).submit(fn)
+        log.info("submitted %s job %s for %s", launch["cluster"], job.job_id, what)
         write_bytes(folder / "job.json", (json.dumps(dict(job_id=str(job.job_id), cluster=launch["cluster"],
                                                           submitted=time.time())) + "\n").encode())
         with _cancel_local_on_exit(job, launch):

@@ -14,8 +14,11 @@ PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
 BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel", "sinfo")
 
 
+SEARCH = f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin"
+
+
 def missing() -> list[str]:
-    return [b for b in BINARIES if not shutil.which(b, path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")]
+    return [b for b in BINARIES if not shutil.which(b, path=SEARCH)]
 
 
 def install() -> str | None:
@@ -113,7 +116,8 @@ class LocalSlurm:
         return self
 
     def _spawn(self, cmd: list[str], env: dict) -> None:
-        log = open(self.root / "log" / f"{Path(cmd[0]).name}.out", "w")
+        log = open(self.root / "log" / f"{cmd[0]}.out", "w")
+        cmd = [shutil.which(cmd[0], path=SEARCH), *cmd[1:]]  # daemons live in /usr/sbin
         self.procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
 
     def _wait(self, ok, what: str, timeout: float = 60) -> None:

@@ -67,6 +67,14 @@ class Background(threading.Thread):
             self.error = e
 
 
+@pytest.fixture()
+def idle_cluster(slurm_cluster):
+    """The cluster once the jobs of earlier tests have left the queue (a job whose launcher already
+    has its result may still be COMPLETING): tests that count jobs in squeue start from zero."""
+    wait_for(lambda: not slurm_cluster.jobs(), "an empty queue", timeout=120)
+    return slurm_cluster
+
+
 def job_id(run_dir: Path) -> str:
     return json.loads((run_dir / "job.json").read_text())["job_id"]
 
@@ -106,6 +114,7 @@ def test_preempted_and_requeued_job_resumes_to_identical_weights(slurm_cluster, 
     assert not list(run_dir.rglob(".*.tmp-*"))  # no half-written file left by the kills
 
 
+@pytest.mark.usefixtures("idle_cluster")
 def test_two_launchers_of_one_run_share_one_job(slurm_cluster, tiny_data, subset, tmp_path):
     """Two launchers started at once for the same run folder (e.g. `--nolock`, or a launcher
     orphaned by a killed Snakemake): one SLURM job, both get its result."""
@@ -195,14 +204,15 @@ def test_profile_study_on_slurm_matches_local_run(slurm_cluster, tiny_data, tmp_
     jobs = [json.loads(p.read_text()) for p in (wf / "results/runs").rglob("job.json")]
     jobs += [json.loads(p.read_text()) for p in (wf / "logs/evaluate").rglob("job.json")]
     assert len(jobs) == 1 + 2 and {j["cluster"] for j in jobs} == {"slurm"}
-    for j in jobs:
-        assert slurm_cluster.job(j["job_id"])["JobState"] == "COMPLETED"
+    for j in jobs:  # the last one may still be COMPLETING
+        wait_for(lambda: slurm_cluster.job(j["job_id"])["JobState"] == "COMPLETED", f"job {j} to complete", 60)
     a, b = (pd.read_csv(d / "results/metrics.csv") for d in (local, wf))
     assert len(a) == 2 * 3 * 4
     pd.testing.assert_frame_equal(a, b, check_exact=True)  # CPU, same seeds and threads: same numbers
 
 
 @pytest.mark.parametrize("kill", ["ctrl-c", "sigkill"])
+@pytest.mark.usefixtures("idle_cluster")
 def test_killed_snakemake_reattaches_to_its_running_job(slurm_cluster, tiny_data, tmp_path, kill):
     """Ctrl-C (SIGINT to Snakemake's process group: Snakemake and our launcher stop) or SIGKILL of
     Snakemake alone (our launcher lives on, orphaned): either way the SLURM job runs on, and the

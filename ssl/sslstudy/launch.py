@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -193,7 +194,7 @@ def run_job(fn: Callable, folder: Path, launch: dict, threads: int, what: str,
 def _cancel_local_on_exit(job, launch: dict) -> Iterator[None]:
     """A local submitit job ignores SIGTERM and cannot be re-attached: when the launcher is stopped
     (Snakemake killed), stop its job too, so a restart never runs two on one folder."""
-    if launch["cluster"] != "local":
+    if launch["cluster"] != "local" or threading.current_thread() is not threading.main_thread():
         yield
         return
 

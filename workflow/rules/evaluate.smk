@@ -1,13 +1,8 @@
 # Frozen-feature evaluation of a run's final weights and of its epoch-0 (random) weights:
 # kNN, linear probe (finest labels, mapped up) and k-means NMI/ARI at every label level.
 # launch.evaluate=cluster sends each one to launch.cluster through submitit (the rule then waits).
+# ep000.pt is written by pretraining but not declared (see pretrain.smk): both wait for final.pt.
 EVAL_REMOTE = C["launch"]["evaluate"] == "cluster"
-
-
-def eval_checkpoint(w):
-    """ep000.pt is written by pretraining but not declared (see pretrain.smk): wait for final.pt."""
-    run = run_of(w)["id"]
-    return f"results/runs/{run}/" + ("final.pt" if w.weights == "pretrained" else "checkpoints/ep000.pt")
 
 
 rule evaluate:
@@ -17,7 +12,9 @@ rule evaluate:
     output:
         f"results/eval/{RUN}/{{weights}}.csv",
     params:
-        ckpt=eval_checkpoint,
+        ckpt=lambda w: "results/runs/{}/{}".format(
+            run_of(w)["id"], "final.pt" if w.weights == "pretrained" else "checkpoints/ep000.pt"
+        ),
         eval=q(C["eval"]),
         ids=lambda w: q({k: run_of(w)[k] for k in ("method", "domain", "subset", "quality", "seed")}),
         run=lambda w: run_of(w)["id"],

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -56,15 +57,27 @@ def cmd_subset(a) -> None:
     save_indices(a.out, idx)
 
 
+def _log_launcher() -> None:
+    """The launcher's messages (submitted, re-attached, requeued) go to stderr = the rule's log."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
 def cmd_pretrain(a) -> None:
     from .launch import launch_pretrain
 
+    _log_launcher()
     spec = json.loads(a.spec)
     launch = json.loads(a.launch)
     launch_pretrain(spec, a.run_dir, launch)
 
 
 def cmd_evaluate(a) -> None:
+    if a.launch:  # run this same command as a cluster job, and wait for it
+        from .launch import CommandJob, run_job
+
+        _log_launcher()
+        run_job(CommandJob(a.argv), a.job_dir, json.loads(a.launch), a.threads, what=f"evaluation {a.out}")
+        return
     import torch
 
     from .atomic import write_bytes
@@ -99,7 +112,7 @@ def cmd_densecl_matches(a) -> None:
     print(f"{a.out}: {100 * acc:.1f}% of matches within one cell of the true location")
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sslstudy", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
 
@@ -155,7 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--weights", required=True, help="label of the weights, e.g. pretrained or random")
     s.add_argument("--threads", type=int, default=2)
     s.add_argument("--out", type=Path, required=True)
-    s.set_defaults(fn=cmd_evaluate)
+    s.add_argument("--launch", help="JSON: launch settings; run as a submitit job on launch.cluster")
+    s.add_argument("--job-dir", type=Path, help="with --launch: the job's folder (job.json, submitit logs)")
+    s.set_defaults(fn=cmd_evaluate, argv=None)
 
     s = sub.add_parser("report", help="tables, figures and results/report.html from evaluation CSVs")
     s.add_argument("--config", required=True, help="JSON: the validated study config")
@@ -171,7 +186,34 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(fn=cmd_densecl_matches)
 
-    a = p.parse_args(argv)
+    return p
+
+
+def run_command(argv: list[str]) -> None:
+    """Run one subcommand; errors raise (for cluster jobs, whose log keeps the trace)."""
+    a = parser().parse_args(argv)
+    a.fn(a)
+
+
+def _strip_launch(argv: list[str]) -> list[str]:
+    """The same command without its --launch/--job-dir options (what the cluster job runs)."""
+    out, skip = [], False
+    for x in argv:
+        if skip:
+            skip = False
+        elif x in ("--launch", "--job-dir"):
+            skip = True
+        elif not x.startswith(("--launch=", "--job-dir=")):
+            out.append(x)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parser().parse_args(argv)
+    if a.cmd == "evaluate" and a.launch:
+        if a.job_dir is None:
+            parser().error("evaluate: --launch needs --job-dir")
+        a.argv = _strip_launch(sys.argv[1:] if argv is None else argv)
     try:
         a.fn(a)
     except UserError as e:
@@ -182,3 +224,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+

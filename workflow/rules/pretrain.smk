@@ -1,5 +1,7 @@
 # One run = method x domain view x seed. A local rule: the compute goes through submitit
 # (debug / local / slurm from launch.cluster), which resumes from the run's checkpoints.
+# Only final.pt is declared: Snakemake deletes the declared outputs of a killed or incomplete job,
+# so the checkpoints it resumes from (checkpoints/epNNN.pt, ep000.pt = the random weights) are not.
 
 
 rule pretrain:
@@ -8,12 +10,11 @@ rule pretrain:
         subset=lambda w: studyconfig.subset_path(C, w.domain, w.subset),
     output:
         final=f"results/runs/{RUN}/final.pt",
-        random=f"results/runs/{RUN}/checkpoints/ep000.pt",
     params:
         spec=lambda w: q(studyconfig.pretrain_spec(C, run_of(w))),
         launch=q(C["launch"]),
         run_dir=lambda w: f"results/runs/{run_of(w)['id']}",
-    threads: C["pretrain"]["threads"]
+    threads: 1 if C["launch"]["cluster"] == "slurm" else C["pretrain"]["threads"]
     localrule: True
     conda:
         "../envs/sslstudy.yaml"
@@ -21,3 +22,4 @@ rule pretrain:
         f"logs/pretrain/{RUN}.log",
     shell:
         "sslstudy pretrain --run-dir {params.run_dir} --spec {params.spec} --launch {params.launch} 2> {log}"
+        " || {{ tail -n 12 {log} >&2; exit 1; }}"

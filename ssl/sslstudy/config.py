@@ -45,6 +45,13 @@ def _coerce(schema: dict, value):
         return value
     types = schema.get("type", [])
     types = [types] if isinstance(types, str) else types
+    if "anyOf" in schema:  # e.g. [integer, "all"]: the first branch the string parses as
+        for branch in schema["anyOf"]:
+            v = _coerce(branch, value)
+            if not _Validator(branch).is_valid(v):
+                continue
+            return v
+        return value
     if "string" in types:
         return None if "null" in types and value in ("null", "~") else value
     parsed = yaml.safe_load(value) if value.strip() else None
@@ -99,10 +106,10 @@ def run_id(method: str, domain: str, subset: str, seed: int, quality: str = "cle
 
 
 def runs(config: dict) -> list[dict]:
-    s = config["study"]
-    tags = [subset_tag(v) for v in s["subsets"]]
-    return [dict(method=m, domain=d, subset=t, seed=sd, quality="clean", id=run_id(m, d, t, sd))
-            for m in s["methods"] for d in s["domains"] for t in tags for sd in s["seeds"]]
+    """Every pretraining run: study.{methods,domains,subsets,seeds} and what the axes add (sslstudy.axes)."""
+    from .axes import ssl_runs
+
+    return ssl_runs(config)
 
 
 def dataset_path(config: dict, domain: str) -> str:
@@ -111,7 +118,9 @@ def dataset_path(config: dict, domain: str) -> str:
 
 def check_datasets(config: dict) -> None:
     """Every domain of the grid has its packed folder (full checks happen when a job loads it)."""
-    for d in config["study"]["domains"]:
+    from .axes import check
+
+    for d in check(config):
         path = Path(dataset_path(config, d))
         if not (path / "images.npy").is_file():
             hint = "run `sslstudy synth`" if config["data"]["root"] == "data/synth" else "ingest it or fix data.root"
@@ -124,13 +133,17 @@ def subset_path(config: dict, domain: str, subset: str) -> str:
 
 def pretrain_spec(config: dict, run: dict) -> dict:
     """Everything one pretraining run depends on (saved in every checkpoint)."""
+    from .axes import dataset_dir
+    from .data.corrupt import image_size_after
+
     p = config["pretrain"]
     if run["method"] not in config["methods"]:
         raise UserError(f"method {run['method']!r} has no hyper-parameters under methods: in params; add them")
+    views = dict(p["views"], size=min(p["views"]["size"], image_size_after(run["quality"], p["views"]["size"])))  # lowres
     return dict(
         run=run["id"], seed=run["seed"], epochs=p["epochs"], batch_size=p["batch_size"],
         checkpoint_every=p["checkpoint_every"], threads=p["threads"],
-        backbone=p["backbone"], optim=p["optim"], views=p["views"],
+        backbone=p["backbone"], optim=p["optim"], views=views,
         method=dict(name=run["method"], params=config["methods"][run["method"]]),
-        data=dict(dataset=dataset_path(config, run["domain"]), subset=subset_path(config, run["domain"], run["subset"])),
+        data=dict(dataset=dataset_dir(config, run["domain"], run["quality"]), subset=subset_path(config, run["domain"], run["subset"])),
     )

@@ -6,7 +6,8 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 from sslstudy import axes, config
-from sslstudy.data.corrupt import corrupt_dataset, corrupt_images, parse_quality
+from sslstudy.data.corrupt import corrupt_dataset, corrupt_images
+from sslstudy.names import parse_quality
 from sslstudy.data.packed import load_dataset
 from sslstudy.data.pool import pool_dataset
 from sslstudy.errors import UserError

@@ -11,10 +11,8 @@ Axes other than quantity use each domain's *reference* subset: the largest of ``
 from __future__ import annotations
 
 from .config import run_id, subset_tag
-from .data.corrupt import KINDS, quality_tag
-from .data.pool import pool_members, pool_name
 from .errors import UserError
-from .eval.lowshot import ALL, labels_tag
+from .names import ALL, KINDS, labels_tag, pool_members, pool_name, quality_tag
 
 SUPERVISED = "supervised"
 
@@ -26,6 +24,11 @@ def _pick(config: dict, axis: str, key: str) -> list:
 
 def reference_subset(config: dict) -> str:
     return subset_tag(max(config["study"]["subsets"]))
+
+
+def quality_subset(config: dict) -> str:
+    v = config["quality"]["subset"]
+    return reference_subset(config) if v is None else subset_tag(v)
 
 
 def qualities(config: dict) -> list[str]:
@@ -61,7 +64,7 @@ def ssl_runs(config: dict) -> list[dict]:
         out += [_run(m, d, t, sd) for m in _pick(config, "quantity", "methods") for d in _pick(config, "quantity", "domains")
                 for t in dict.fromkeys([ref, *map(subset_tag, q["subsets"])]) for sd in seeds]
     if qualities(config):
-        out += [_run(m, d, ref, sd, ql) for m in _pick(config, "quality", "methods") for d in _pick(config, "quality", "domains")
+        out += [_run(m, d, quality_subset(config), sd, ql) for m in _pick(config, "quality", "methods") for d in _pick(config, "quality", "domains")
                 for ql in ["clean", *qualities(config)] for sd in seeds]
     dom = config["domain"]
     out += [_run(m, d, ref, sd) for m in _pick(config, "domain", "methods") for d in dom["domains"] + pools(config) for sd in seeds]
@@ -128,7 +131,7 @@ def evaluations(config: dict) -> list[tuple[str, str, str]]:
     out = [(run_id(m, d, subset_tag(v), sd), w, d) for m in s["methods"] for d in s["domains"] for v in s["subsets"]
            for sd in s["seeds"] for w in ("pretrained", "random")]
     if qualities(config):
-        out += [(run_id(m, d, ref, sd, ql), "pretrained", d) for m in _pick(config, "quality", "methods")
+        out += [(run_id(m, d, quality_subset(config), sd, ql), "pretrained", d) for m in _pick(config, "quality", "methods")
                 for d in _pick(config, "quality", "domains") for ql in ["clean", *qualities(config)] for sd in s["seeds"]]
     dom = config["domain"]
     on = dom["evaluate_on"] if dom["evaluate_on"] is not None else list(dict.fromkeys(

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .errors import UserError
+from .names import parse_labels_tag
 
 
 def cmd_validate(a) -> None:
@@ -118,7 +119,7 @@ def cmd_lowshot(a) -> None:
     backbone, run_cfg = load_backbone(a.checkpoint)
     ds = load_dataset(a.dataset)
     cfg = json.loads(a.eval)
-    train = lowshot.labelled_indices(ds, lowshot.parse_labels_tag(a.labels), cfg["cluster_seed"])
+    train = lowshot.labelled_indices(ds, parse_labels_tag(a.labels), cfg["cluster_seed"])
     if a.mode == "linear":
         df = lowshot.frozen_linear(backbone, ds, train, cfg, a.size)
     else:
@@ -141,7 +142,7 @@ def cmd_supervised(a) -> None:
     torch.set_num_threads(a.threads)
     ds = load_dataset(a.dataset)
     ft, arch = json.loads(a.finetune), json.loads(a.backbone)
-    train = lowshot.labelled_indices(ds, lowshot.parse_labels_tag(a.labels), a.label_seed)
+    train = lowshot.labelled_indices(ds, parse_labels_tag(a.labels), a.label_seed)
     torch.manual_seed(a.seed)
     model = lowshot.train_classifier(build_backbone(**arch), ds, train, ft, a.size, a.seed)
     df = lowshot.trained_rows(model, ds, a.size, "supervised")

@@ -134,7 +134,7 @@ def subset_path(config: dict, domain: str, subset: str) -> str:
 def pretrain_spec(config: dict, run: dict) -> dict:
     """Everything one pretraining run depends on (saved in every checkpoint)."""
     from .axes import dataset_dir
-    from .data.corrupt import image_size_after
+    from .names import image_size_after
 
     p = config["pretrain"]
     if run["method"] not in config["methods"]:

@@ -1,6 +1,6 @@
 # Derived data: pretraining subsets (index lists, no image copies), corrupted copies of a domain
 # (quality axis) and equal-size pools of domains (domain axis), all fixed by the config's seed.
-from sslstudy.data.pool import pool_members
+from sslstudy.names import pool_members
 
 PACKED = ("images.npy", "labels.csv", "meta.json")
 

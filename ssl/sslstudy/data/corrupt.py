@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import math
-import re
 import zlib
 from pathlib import Path
 
@@ -25,31 +24,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import UserError
+from ..names import image_size_after, parse_quality
 from .packed import load_dataset, write_dataset
 
-KINDS = ("downup", "jpeg", "saltpepper", "blur", "lowres")
-_TAG = re.compile(rf"^({'|'.join(KINDS)})([0-9]+(?:\.[0-9]+)?)$")
 _CHUNK = 1024  # images per block, to bound memory on large domains
-
-
-def quality_tag(kind: str, strength: float) -> str:
-    return f"{kind}{float(strength):g}"
-
-
-def parse_quality(tag: str) -> tuple[str, float]:
-    """``"jpeg10"`` -> ``("jpeg", 10.0)``; raises UserError for an unknown tag."""
-    m = _TAG.match(tag)
-    if not m:
-        raise UserError(f"unknown corruption {tag!r}; use one of {', '.join(k + '<strength>' for k in KINDS)} (quality: in params)")
-    return m.group(1), float(m.group(2))
-
-
-def image_size_after(tag: str, size: int) -> int:
-    """Side of the corrupted images (only lowres changes it)."""
-    if tag == "clean":
-        return size
-    kind, s = parse_quality(tag)
-    return int(s) if kind == "lowres" else size
 
 
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:

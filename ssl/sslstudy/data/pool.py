@@ -15,19 +15,9 @@ import numpy as np
 import pandas as pd
 
 from ..errors import UserError
+from ..names import pool_name
 from .packed import SPLITS, load_dataset, write_dataset
 from .subsets import balanced_order
-
-SEP = "+"
-
-
-def pool_name(domains: list[str]) -> str:
-    return SEP.join(domains)
-
-
-def pool_members(name: str) -> list[str]:
-    return name.split(SEP)
-
 
 def _same_hierarchy(metas: list[dict]) -> bool:
     keys = ("levels", "classes", "parents")

@@ -24,25 +24,9 @@ from ..augment import ViewSpec, make_views
 from ..data.packed import PackedDataset
 from ..data.subsets import balanced_order
 from ..errors import UserError
+from ..names import ALL
 from .frozen import embed, level_accuracy
 from .probes import linear_probe
-
-ALL = "all"
-
-
-def labels_tag(per_class: int | str) -> str:
-    """Labelled images per class as a path component: 10 -> l10, "all" -> lall."""
-    return f"l{per_class}"
-
-
-def parse_labels_tag(tag: str) -> int | str:
-    body = tag.removeprefix("l")
-    if body == ALL:
-        return ALL
-    if not body.isdigit() or int(body) < 1:
-        raise UserError(f"labelled count {tag!r}: expected l<images per class> or lall")
-    return int(body)
-
 
 def labelled_indices(ds: PackedDataset, per_class: int | str, seed: int) -> np.ndarray:
     """Sorted train indices: ``per_class`` images of every finest class (nested in ``per_class``)."""

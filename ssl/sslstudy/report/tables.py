@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..axes import SUPERVISED, pools, qualities, reference_subset
-from ..data.corrupt import KINDS, parse_quality
+from ..axes import SUPERVISED, pools, qualities, quality_subset, reference_subset
+from ..names import KINDS, parse_quality
 from ..errors import UserError
 
 KIND_ORDER = {k: i for i, k in enumerate(KINDS)}
@@ -57,7 +57,7 @@ def quality_drop(frozen: pd.DataFrame, config: dict) -> pd.DataFrame:
         return pd.DataFrame()
     keys = ["method", "domain", "seed", "eval_domain", "level_index", "level", "metric"]
     d = frozen.query("weights == 'pretrained' and subset == @ref and eval_domain == domain",
-                     local_dict=dict(ref=reference_subset(config)))
+                     local_dict=dict(ref=quality_subset(config)))
     d = d[d["method"].isin(_axis(config, "quality", "methods")) & d["domain"].isin(_axis(config, "quality", "domains"))]
     clean = d[d["quality"] == "clean"][keys + ["value"]].rename(columns={"value": "clean"})
     out = d[d["quality"].isin(tags)].merge(clean, on=keys)
@@ -97,7 +97,8 @@ def fusion_table(fusion: pd.DataFrame) -> pd.DataFrame:
     if fusion.empty:
         return pd.DataFrame()
     d = finest(fusion).groupby(["pair", "eval_domain", "member"])["value"].mean().unstack("member")
-    d = d.rename(columns={"a": "member a", "b": "member b", "a+b": "fused"})
+    d = d.rename(columns={"a": "member a", "b": "member b", "a+b": "fused"})[["member a", "member b", "fused"]]
+    d.columns.name = None
     d["gain over best member"] = d["fused"] - d[["member a", "member b"]].max(axis=1)
     return d.reset_index()
 

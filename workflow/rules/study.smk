@@ -12,7 +12,7 @@ rule lowshot:
         f"results/lowshot/{RUN}/{{mode}}_{{labels}}.csv",
     params:
         eval=q(C["eval"]),
-        finetune=q(C["finetune"]),
+        finetune=lambda w: q(C["finetune"] if w.mode == "finetune" else {}),
         ids=lambda w: ids(run_of(w)),
         run=lambda w: run_of(w)["id"],
         dataset=lambda w: dataset_dir(w.domain),

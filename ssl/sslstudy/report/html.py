@@ -195,8 +195,9 @@ def build_report(inputs: dict[str, list[Path]], config: dict, out: Path, caption
                    .rename(columns={"sum": "pretrain seconds", "count": "epochs"}), digits=1, index=True)
     wall = tables.walltime(out_dir / "benchmarks")
     if not wall.empty:
-        page.add(f'<h3>Wall time per stage</h3><p>From Snakemake benchmark files (seconds; '
-                 f'<a href="{page.csv("walltime", wall)}">CSV</a>); jobs of a stage may run in parallel.</p>')
+        page.add(f'<h3>Wall time per stage</h3><p>From Snakemake benchmark files (seconds of wall clock and of CPU; '
+                 f'<a href="{page.csv("walltime", wall)}">CSV</a>); jobs of a stage may run in parallel, and the '
+                 'report itself is not included.</p>')
         page.table(wall, digits=1)
 
     dvc_file = Path("data.dvc")

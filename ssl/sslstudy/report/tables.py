@@ -108,10 +108,12 @@ def walltime(bench_dir: Path) -> pd.DataFrame:
     rows = []
     for f in sorted(Path(bench_dir).rglob("*.tsv")):
         t = pd.read_csv(f, sep="\t")
-        rows.append(dict(stage=f.relative_to(bench_dir).parts[0], seconds=float(t["s"].iloc[-1])))
+        rows.append(dict(stage=f.relative_to(bench_dir).parts[0], seconds=float(t["s"].iloc[-1]),
+                         cpu=float(t["cpu_time"].iloc[-1])))
     if not rows:
         return pd.DataFrame()
-    d = pd.DataFrame(rows).groupby("stage")["seconds"].agg(jobs="count", total="sum", longest="max")
-    return d.sort_values("total", ascending=False).reset_index()
+    d = pd.DataFrame(rows).groupby("stage").agg(jobs=("seconds", "count"), wall_total=("seconds", "sum"),
+                                                 wall_longest=("seconds", "max"), cpu_total=("cpu", "sum"))
+    return d.sort_values("cpu_total", ascending=False).reset_index()
 
 

@@ -10,6 +10,7 @@ rule evaluate:
     output:
         f"results/eval/{RUN}/{{weights}}_on_{{on}}.csv",
     params:
+        size=SIZE,
         eval=q(C["eval"]),
         ids=lambda w: ids(run_of(w)),
         run=lambda w: run_of(w)["id"],
@@ -22,6 +23,6 @@ rule evaluate:
     benchmark:
         f"results/benchmarks/evaluate/{RUN}/{{weights}}_on_{{on}}.tsv"
     shell:
-        "sslstudy evaluate --checkpoint {input.ckpt} --dataset {params.dataset} --eval {params.eval} --size " + str(SIZE) +
+        "sslstudy evaluate --checkpoint {input.ckpt} --dataset {params.dataset} --eval {params.eval} --size {params.size}"
         " --run {params.run} --ids {params.ids} --weights {wildcards.weights} --threads {threads}"
         " --out {output} 2> {log}"

@@ -15,7 +15,7 @@ rule report:
         summary="results/metrics.json",
     params:
         config=q(C),
-        captions=f"{workflow.basedir}/workflow/report",
+        captions=lambda w, input: os.path.dirname(input.captions[0]),
     conda:
         "../envs/sslstudy.yaml"
     log:

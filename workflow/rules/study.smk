@@ -11,6 +11,7 @@ rule lowshot:
     output:
         f"results/lowshot/{RUN}/{{mode}}_{{labels}}.csv",
     params:
+        size=SIZE,
         eval=q(C["eval"]),
         finetune=lambda w: q(C["finetune"] if w.mode == "finetune" else {}),
         ids=lambda w: ids(run_of(w)),
@@ -25,7 +26,7 @@ rule lowshot:
         f"results/benchmarks/lowshot/{RUN}/{{mode}}_{{labels}}.tsv"
     shell:
         "sslstudy lowshot --checkpoint {input.ckpt} --dataset {params.dataset} --mode {wildcards.mode}"
-        " --labels {wildcards.labels} --eval {params.eval} --finetune {params.finetune} --size " + str(SIZE) +
+        " --labels {wildcards.labels} --eval {params.eval} --finetune {params.finetune} --size {params.size}"
         " --run {params.run} --ids {params.ids} --threads {threads} --out {output} 2> {log}"
 
 
@@ -36,6 +37,7 @@ rule supervised:
         scores="results/supervised/{domain}_{labels}/seed{seed}/scores.csv",
         ckpt="results/supervised/{domain}_{labels}/seed{seed}/final.pt",
     params:
+        size=SIZE,
         finetune=q(C["finetune"]),
         backbone=q(C["pretrain"]["backbone"]),
         label_seed=C["eval"]["cluster_seed"],
@@ -51,7 +53,7 @@ rule supervised:
         "results/benchmarks/supervised/{domain}_{labels}/seed{seed}.tsv"
     shell:
         "sslstudy supervised --dataset {params.dataset} --labels {wildcards.labels} --seed {wildcards.seed}"
-        " --label-seed {params.label_seed} --backbone {params.backbone} --finetune {params.finetune} --size " + str(SIZE) +
+        " --label-seed {params.label_seed} --backbone {params.backbone} --finetune {params.finetune} --size {params.size}"
         " --run {params.run} --ids {params.ids}"
         " --threads {threads} --checkpoint {output.ckpt} --out {output.scores} 2> {log}"
 
@@ -67,6 +69,7 @@ rule fusion:
         a="[a-z0-9]+@[^/@_]+",
         b="[a-z0-9]+@[^/@_]+",
     params:
+        size=SIZE,
         eval=q(C["eval"]),
         dataset=lambda w: dataset_dir(w.on),
     threads: THREADS
@@ -78,7 +81,7 @@ rule fusion:
         "results/benchmarks/fusion/seed{seed}/{a}/{b}/on_{on}.tsv"
     shell:
         "sslstudy fusion --a {input.a} --b {input.b} --name-a {wildcards.a} --name-b {wildcards.b} --seed {wildcards.seed}"
-        " --dataset {params.dataset} --eval {params.eval} --size " + str(SIZE) + " --threads {threads} --out {output} 2> {log}"
+        " --dataset {params.dataset} --eval {params.eval} --size {params.size} --threads {threads} --out {output} 2> {log}"
 
 
 rule cluster:
@@ -88,6 +91,7 @@ rule cluster:
     output:
         f"results/clusters/{RUN}.csv",
     params:
+        size=SIZE,
         eval=q(C["eval"]),
         ids=lambda w: ids(run_of(w)),
         run=lambda w: run_of(w)["id"],
@@ -102,4 +106,4 @@ rule cluster:
         f"results/benchmarks/cluster/{RUN}.tsv"
     shell:
         "sslstudy cluster --run-dir {params.run_dir} --datasets {params.datasets} --eval {params.eval}"
-        " --size " + str(SIZE) + " --run {params.run} --ids {params.ids} --threads {threads} --out {output} 2> {log}"
+        " --size {params.size} --run {params.run} --ids {params.ids} --threads {threads} --out {output} 2> {log}"

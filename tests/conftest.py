@@ -25,7 +25,7 @@ def tiny_spec(dataset: Path, subset: Path, **over) -> dict:
         run="simclr/natural_frac1_clean/seed0", seed=0, epochs=3, batch_size=32, checkpoint_every=1, threads=1,
         backbone=dict(arch="cnn4", width=4, small_stem=True),
         optim=dict(name="lars", lr=1.0, final_lr=0.0, momentum=0.9, weight_decay=1e-6, eta=1e-3, warmup_epochs=1),
-        views=dict(size=32, scale=[0.2, 1.0]),
+        views=[dict(size=32, scale=[0.2, 1.0])] * 2,
         method=dict(name="simclr", params=dict(temperature=0.2, proj_hidden=16, proj_dim=8, proj_layers=2)),
         data=dict(dataset=str(dataset), subset=str(subset)),
     )

@@ -26,7 +26,7 @@ def test_wrong_type_and_bad_yaml(tmp_path, capsys):
     p.write_text("study: {methods: [simclr], domains: [natural]}\npretrain: {epochs: many}\n")
     assert "pretrain.epochs" in one_line_error(capsys, ["validate", str(p)])
     p.write_text("study: {methods: [simclr], domains: [natural]}\npretrain: {epochs: 2}\n")
-    assert "warmup_epochs (3) must be smaller than pretrain.epochs (2)" in one_line_error(capsys, ["validate", str(p)])
+    assert "warmup_epochs (3, for simclr) must be smaller than pretrain.epochs (2)" in one_line_error(capsys, ["validate", str(p)])
     p.write_text("study: {methods: [simclr]\n")
     assert "not valid YAML" in one_line_error(capsys, ["validate", str(p)])
 

@@ -9,7 +9,7 @@ from conftest import tiny_spec
 from sslstudy.data.packed import load_dataset
 from sslstudy.data.subsets import nested_subsets, save_indices
 from sslstudy.errors import UserError
-from sslstudy.train import LARS, Diverged, cosine_schedule, list_checkpoints, load_backbone, train
+from sslstudy.train import LARS, Diverged, Stopped, cosine_schedule, list_checkpoints, load_backbone, train
 
 
 @pytest.fixture()
@@ -49,16 +49,21 @@ def test_train_writes_checkpoints_and_resumes_exactly(tiny_data, subset, tmp_pat
     state = torch.load(full / "final.pt", weights_only=False)
     assert state["config"] == spec and state["epoch"] == 3
 
-    # an interrupted run: only its first epoch's checkpoint survived
+    # an interrupted run, stopped mid-epoch (4 steps per epoch) as a preemption would stop it
     part = tmp_path / "part"
+    with pytest.raises(Stopped):
+        train(spec, part, stop_after=6)
+    assert not (part / "final.pt").exists()
     train(spec, part)
-    for name in ("final.pt", "checkpoints/ep003.pt", "checkpoints/ep002.pt"):
-        (part / name).unlink()
-    train(spec, part)
-    assert "resumed from ep001.pt" in (part / "train.log").read_text()
+    assert "resumed from last.pt (epoch 1 of 3, step 2 of 4)" in (part / "train.log").read_text()
     a = torch.load(full / "final.pt", weights_only=False)["model"]
     b = torch.load(part / "final.pt", weights_only=False)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (full / "metrics.jsonl").read_text().count("\n") == (part / "metrics.jsonl").read_text().count("\n") == 3
+
+    # a changed config does not resume from the old checkpoints
+    train(dict(spec, epochs=2), part)
+    assert "made with another config; starting over" in (part / "train.log").read_text()
 
     # epoch 0 is the random initialisation of this seed, and differs from the trained weights
     rand, _ = load_backbone(full / "checkpoints" / "ep000.pt")

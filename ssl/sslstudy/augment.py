@@ -476,16 +476,21 @@ def apply_params(x01: Tensor, params: dict[str, Tensor], spec: ViewSpec) -> Tens
     return _blocked(x01, params, spec, lambda x: x.to(torch.float32))
 
 
-def make_views(images: Tensor, spec: ViewSpec, generator: torch.Generator) -> Tensor:
+def make_views(images: Tensor, spec: ViewSpec, generator: torch.Generator, rows: slice | None = None,
+               batch: int | None = None) -> Tensor:
     """Augmented, normalised (B, 3, spec.size, spec.size) float32 views of a uint8 batch.
 
     ``images``: (B, H, W, 3) or (B, 3, H, W) uint8 on any device; ``generator``: a CPU
     ``torch.Generator`` (parameters are drawn on the CPU, so CPU and GPU runs agree).
     Same result as ``apply_params(to_float(images), sample_params(...), spec)``.
+    Data-parallel ranks pass their ``rows`` of a global ``batch``: parameters are drawn for the
+    whole global batch (every rank draws the same) and ``images`` holds only those rows.
     """
     chw = _chw(images)
     b, _, h, w = chw.shape
-    params = sample_params(spec, b, h, w, generator)
+    params = sample_params(spec, b if batch is None else batch, h, w, generator)
+    if rows is not None:
+        params = {k: v if k == "image_hw" else v[rows] for k, v in params.items()}
     if b == 0:
         return torch.empty(0, 3, spec.size, spec.size, dtype=torch.float32, device=chw.device)
     return _blocked(chw, params, spec, to_float)   # converts block by block on the CPU

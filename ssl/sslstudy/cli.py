@@ -59,7 +59,7 @@ def cmd_evaluate(a) -> None:
     torch.set_num_threads(a.threads)
     backbone, run_cfg = load_backbone(a.checkpoint)
     ds = load_dataset(a.dataset)
-    df = evaluate(backbone, ds, json.loads(a.eval), size=a.size or run_cfg["views"]["size"])
+    df = evaluate(backbone, ds, json.loads(a.eval), size=a.size or run_cfg["views"][0]["size"])
     state_epoch = int(Path(a.checkpoint).stem.removeprefix("ep")) if a.checkpoint.name.startswith("ep") else run_cfg["epochs"]
     for col, val in reversed(list(dict(run=a.run, **json.loads(a.ids), weights=a.weights, epoch=state_epoch,
                                         eval_domain=ds.meta["name"]).items())):
@@ -151,7 +151,7 @@ def cmd_supervised(a) -> None:
     # the checkpoint format of pretraining runs, so load_backbone (evaluate, fusion) reads it
     state = {"backbone." + k: v for k, v in model.backbone.state_dict().items()}
     state.update({"head." + k: v for k, v in model.head.state_dict().items()})
-    atomic_torch_save(dict(epoch=0, model=state, config=dict(run=a.run, seed=a.seed, backbone=arch, views=dict(size=a.size),
+    atomic_torch_save(dict(epoch=0, model=state, config=dict(run=a.run, seed=a.seed, backbone=arch, views=[dict(size=a.size)],
                                                              epochs=0, finetune=ft, data=dict(dataset=str(a.dataset)))),
                       a.checkpoint)
     _write_csv(a.out, _with_ids(df, ids))
@@ -247,6 +247,16 @@ def _axis_parsers(sub) -> None:
     s.set_defaults(fn=cmd_cluster)
 
 
+def cmd_densecl_matches(a) -> None:
+    from .report.matches import write_matches_figure
+
+    ckpt = a.run_dir / "final.pt" if a.epoch is None else a.run_dir / "checkpoints" / f"ep{a.epoch:03d}.pt"
+    if not ckpt.is_file():
+        raise UserError(f"{ckpt}: no such checkpoint; train the run first or pick an existing --epoch")
+    acc = write_matches_figure(ckpt, a.out, a.images, a.seed)
+    print(f"{a.out}: {100 * acc:.1f}% of matches within one cell of the true location")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="sslstudy", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -294,6 +304,14 @@ def main(argv: list[str] | None = None) -> int:
     for k in TABLES:
         s.add_argument(f"--{k}", nargs="*", default=[], help=f"{k} evaluation CSVs")
     s.set_defaults(fn=cmd_report)
+
+    s = sub.add_parser("densecl-matches", help="draw DenseCL's matched locations between two views of test images")
+    s.add_argument("run_dir", type=Path)
+    s.add_argument("--out", type=Path, required=True, help="PNG file")
+    s.add_argument("--epoch", type=int, default=None, help="use checkpoints/epNNN.pt (0: random weights) instead of final.pt")
+    s.add_argument("--images", type=int, default=6)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=cmd_densecl_matches)
 
     a = p.parse_args(argv)
     try:

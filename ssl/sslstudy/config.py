@@ -33,14 +33,17 @@ def load_schema() -> dict:
     return yaml.safe_load(SCHEMA.read_text())
 
 
-def _coerce(schema: dict, value):
+def _coerce(schema: dict, value, root: dict | None = None):
     """Snakemake's --config parses nested values with YAML's BaseLoader (all strings): give strings
     the scalar type the schema asks for, so `--config "eval={'knn_k': 5}"` works."""
+    root = schema if root is None else root
+    if "$ref" in schema:  # only local refs: "#/definitions/name"
+        schema = root["definitions"][schema["$ref"].rsplit("/", 1)[-1]]
     if isinstance(value, dict):
         props = schema.get("properties", {})
-        return {k: _coerce(props.get(k, {}), v) for k, v in value.items()}
+        return {k: _coerce(props.get(k, {}), v, root) for k, v in value.items()}
     if isinstance(value, list):
-        return [_coerce(schema.get("items", {}), v) for v in value]
+        return [_coerce(schema.get("items", {}), v, root) for v in value]
     if not isinstance(value, str):
         return value
     types = schema.get("type", [])
@@ -72,9 +75,10 @@ def validate(config: dict, source: str = "config") -> dict:
         where = ".".join(str(p) for p in e.absolute_path) or "top level"
         raise UserError(f"{source}: {where}: {e.message}; fix it (allowed keys and types: {SCHEMA.relative_to(SCHEMA.parents[2])})")
     p = config["pretrain"]
-    if p["optim"]["warmup_epochs"] >= p["epochs"]:
-        raise UserError(f"{source}: pretrain.optim.warmup_epochs ({p['optim']['warmup_epochs']}) must be smaller than "
-                        f"pretrain.epochs ({p['epochs']}); lower it")
+    for m in config["study"]["methods"]:
+        warm = config["methods"].get(m, {}).get("optim", {}).get("warmup_epochs", p["optim"]["warmup_epochs"])
+        if warm >= p["epochs"]:
+            raise UserError(f"{source}: warmup_epochs ({warm}, for {m}) must be smaller than pretrain.epochs ({p['epochs']}); lower it")
     return config
 
 
@@ -139,11 +143,16 @@ def pretrain_spec(config: dict, run: dict) -> dict:
     p = config["pretrain"]
     if run["method"] not in config["methods"]:
         raise UserError(f"method {run['method']!r} has no hyper-parameters under methods: in params; add them")
-    views = dict(p["views"], size=min(p["views"]["size"], image_size_after(run["quality"], p["views"]["size"])))  # lowres
+    params = copy.deepcopy(config["methods"][run["method"]])
+    optim = dict(p["optim"], **params.pop("optim", {}))
+    views = [dict(p["views"], **{k: v for k, v in o.items() if k != "repeat"})
+             for o in params.pop("views", [{}, {}]) for _ in range(o.get("repeat", 1))]
+    shrink = image_size_after(run["quality"], p["views"]["size"]) / p["views"]["size"]  # lowres: smaller views
+    views = [dict(v, size=max(2, round(v["size"] * shrink))) if shrink < 1 else v for v in views]
     return dict(
         run=run["id"], seed=run["seed"], epochs=p["epochs"], batch_size=p["batch_size"],
         checkpoint_every=p["checkpoint_every"], threads=p["threads"],
-        backbone=p["backbone"], optim=p["optim"], views=views,
-        method=dict(name=run["method"], params=config["methods"][run["method"]]),
+        backbone=p["backbone"], optim=optim, views=views,
+        method=dict(name=run["method"], params=params),
         data=dict(dataset=dataset_dir(config, run["domain"], run["quality"]), subset=subset_path(config, run["domain"], run["subset"])),
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -12,11 +14,13 @@ import torch
 from tqdm import tqdm
 
 from .atomic import atomic_path
-from .augment import make_views
+from . import distributed as D
+from .augment import ViewSpec, eval_view, make_views
 from .data.packed import load_dataset
 from .data.subsets import load_indices
 from .errors import UserError
 from .methods import build_method
+from .methods.base import Batch, Method
 from .models import build_backbone
 
 log = logging.getLogger("sslstudy.train")
@@ -55,17 +59,8 @@ class LARS(torch.optim.Optimizer):
                 p.add_(buf, alpha=-g["lr"])
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Decay (and LARS-adapt) only weight matrices/kernels; biases and norm parameters are exempt."""
-    decay, exempt = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.dim() >= 2 else exempt).append(p)
-    return [dict(params=decay, weight_decay=weight_decay), dict(params=exempt, weight_decay=0.0, lars=False)]
-
-
-def build_optimizer(model: torch.nn.Module, cfg: dict, lr: float) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg["weight_decay"])
+def build_optimizer(model, cfg: dict, lr: float) -> torch.optim.Optimizer:
+    groups = model.optim_groups(cfg["weight_decay"])
     if cfg["name"] == "lars":
         return LARS(groups, lr=lr, momentum=cfg["momentum"], eta=cfg["eta"])
     if cfg["name"] == "sgd":
@@ -106,93 +101,214 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 # ----------------------------------------------------------------------------- training
-def build_model(cfg: dict) -> torch.nn.Module:
+class Stopped(Exception):
+    """Training stopped at a step boundary on request (tests, preemption); checkpoints/last.pt holds it."""
+
+
+class Context:
+    """What `Method.before_epoch` may use: the training subset and a way to embed all of it."""
+
+    def __init__(self, ds, idx: np.ndarray, device: torch.device, cfg: dict):
+        self.dataset, self.idx, self.device, self.cfg = ds, idx, device, cfg
+        self.seed = cfg["seed"]
+
+    @torch.no_grad()
+    def features(self, encoder: torch.nn.Module, batch_size: int = 256) -> torch.Tensor:
+        """encoder (in eval mode) on the centre view of every training image -> (n_train, D) float32
+        on the device, in subset order; with several ranks each embeds a shard and all gather."""
+        was_training = encoder.training
+        encoder.eval()
+        n, w = len(self.idx), D.world()
+        per = -(-n // w)
+        mine = self.idx[np.minimum(np.arange(D.rank() * per, (D.rank() + 1) * per), n - 1)]
+        size = self.cfg["views"][0]["size"]
+        out = []
+        for i in range(0, per, batch_size):
+            x = torch.from_numpy(np.asarray(self.dataset.images[mine[i:i + batch_size]])).to(self.device)
+            with torch.autocast(**_amp(self.device)):
+                out.append(encoder(eval_view(x, size).contiguous(memory_format=torch.channels_last)).float())
+        encoder.train(was_training)
+        return D.gather(torch.cat(out))[:n]
+
+
+def _amp(device: torch.device) -> dict:
+    return dict(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def build_model(cfg: dict, n_train: int = 0) -> Method:
     torch.manual_seed(cfg["seed"])
     backbone = build_backbone(**cfg["backbone"])
-    return build_method(cfg["method"]["name"], backbone, cfg["method"]["params"], cfg["views"])
+    views = [ViewSpec(**v) for v in cfg["views"]]
+    return build_method(cfg["method"]["name"], backbone, cfg["method"]["params"], views, n_train, cfg["batch_size"])
 
 
-def train(cfg: dict, run_dir: str | Path) -> Path:
-    """Pretrain one run; resumes from the newest checkpoint in run_dir. Returns final.pt."""
+def train(cfg: dict, run_dir: str | Path, stop_after: int | None = None) -> Path:
+    """Pretrain one run; resumes from checkpoints/last.pt (mid-epoch included). Returns final.pt.
+
+    stop_after: stop (raising Stopped) once this many steps are done in this call, as a
+    preemption would; SIGUSR2 (SLURM's preemption/timeout warning) does the same at the next step
+    boundary and is then passed on to the previous handler (submitit's, which requeues the job).
+    """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _log_to(run_dir / "train.log")
+    D.init_from_env()
+    lead = D.rank() == 0
+    if lead:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _log_to(run_dir / "train.log")
     torch.set_num_threads(cfg["threads"])
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
 
     ds = load_dataset(cfg["data"]["dataset"])
     idx = np.sort(load_indices(cfg["data"]["subset"]))
-    bs = cfg["batch_size"]
+    bs, world = cfg["batch_size"], D.world()
+    if bs % world:
+        raise UserError(f"{cfg['run']}: pretrain.batch_size {bs} (the global batch) is not divisible by {world} processes; change it in params")
     if len(idx) < bs:
         raise UserError(f"{cfg['data']['subset']}: {len(idx)} images, fewer than one batch of {bs}; lower pretrain.batch_size")
     steps_per_epoch = len(idx) // bs  # drop_last: every step sees a full batch
     epochs = cfg["epochs"]
     total = steps_per_epoch * epochs
     ocfg = cfg["optim"]
-    lr = ocfg["lr"] * bs / 256
+    lr = ocfg["lr"] * bs / 256  # bs is the global batch: the rate does not change with the GPU count
     lr_sched = cosine_schedule(lr, ocfg["final_lr"] * bs / 256, total, ocfg["warmup_epochs"] * steps_per_epoch)
 
-    model = build_model(cfg).to(device, memory_format=torch.channels_last)
+    model = build_model(cfg, len(idx)).to(device, memory_format=torch.channels_last)
     opt = build_optimizer(model, ocfg, lr)
-    if not (run_dir / "checkpoints" / "ep000.pt").is_file():
-        _save(run_dir, 0, model, opt, cfg)  # epoch 0 = the random-weights baseline of this seed
-    start = 0
-    ckpts = list_checkpoints(run_dir)
-    if len(ckpts) > 1:
-        state = load_checkpoint(ckpts[-1])
+    ctx = Context(ds, idx, device, cfg)
+    state = _resume_state(run_dir, cfg)
+    if state is None:
+        if lead:
+            _save(run_dir / "checkpoints" / "ep000.pt", dict(epoch=0), model, opt, cfg)  # the random-weights baseline
+        epoch, it, gen_state, order, sums = 0, 0, None, None, {}
+        log.info("starting %s: %d images, %d steps/epoch, %d epochs, %d process(es)", run_dir, len(idx), steps_per_epoch, epochs, world)
+    else:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        start = state["epoch"]
-        log.info("resumed from %s (epoch %d of %d)", ckpts[-1].name, start, epochs)
-    else:
-        log.info("starting %s: %d images, %d steps/epoch, %d epochs", run_dir, len(idx), steps_per_epoch, epochs)
+        epoch, it, gen_state, order, sums = state["epoch"], state["it"], state["gen"], state["order"], state["sums"]
+        log.info("resumed from %s (epoch %d of %d, step %d of %d)", state["path"].name, epoch, epochs, it, steps_per_epoch)
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
 
-    amp = dict(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    metrics = (run_dir / "metrics.jsonl").open("a")
-    bar = tqdm(range(start, epochs), initial=start, total=epochs, desc=run_dir.name, disable=None, mininterval=5)
-    for epoch in bar:
-        gen = torch.Generator().manual_seed(epoch_seed(cfg["seed"], epoch))
-        order = idx[torch.randperm(len(idx), generator=gen).numpy()]
-        model.train()
-        model.before_epoch(epoch, None)
-        t0, losses = time.time(), []
-        for it in range(steps_per_epoch):
-            step = epoch * steps_per_epoch + it
-            for g in opt.param_groups:
-                g["lr"] = lr_sched[step]
-            batch = torch.from_numpy(np.asarray(ds.images[np.sort(order[it * bs:(it + 1) * bs])])).to(device)
-            views = [make_views(batch, spec, gen).contiguous(memory_format=torch.channels_last) for spec in model.view_specs]
-            with torch.autocast(**amp):
-                loss, _ = model.loss(views)
-            if not torch.isfinite(loss):
-                raise Diverged(f"{run_dir}: loss is {loss.item()} at epoch {epoch + 1} step {it}; "
-                               f"lower pretrain.optim.lr (now {ocfg['lr']}) in params")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            model.after_step(step, total)
-            losses.append(loss.item())
-        dt = time.time() - t0
-        rec = dict(epoch=epoch + 1, step=(epoch + 1) * steps_per_epoch, loss=float(np.mean(losses)),
-                   lr=float(lr_sched[step]), seconds=round(dt, 3),
-                   views_per_s=round(len(model.view_specs) * bs * steps_per_epoch / dt, 1))
-        metrics.write(json.dumps(rec) + "\n")
-        metrics.flush()
-        bar.set_postfix(loss=f"{rec['loss']:.3f}")
-        log.info("epoch %d/%d loss %.4f lr %.4g %.1fs", epoch + 1, epochs, rec["loss"], rec["lr"], dt)
-        if (epoch + 1) % cfg["checkpoint_every"] == 0 or epoch + 1 == epochs:
-            _save(run_dir, epoch + 1, model, opt, cfg)
-    metrics.close()
+    metrics = (run_dir / "metrics.jsonl").open("a") if lead else None
+    bar = tqdm(total=epochs, initial=epoch, desc=cfg["run"], disable=None if lead else True, mininterval=5)
+    done_here = 0
+    with _DeferredSignal() as preempt:
+        while epoch < epochs:
+            model.train()
+            gen = torch.Generator()
+            if gen_state is None:
+                gen.manual_seed(epoch_seed(cfg["seed"], epoch))
+                model.before_epoch(epoch, ctx)
+                order = model.epoch_order(epoch, gen)
+            else:
+                gen.set_state(gen_state)
+            t0 = time.time()
+            while it < steps_per_epoch:
+                if (stop_after is not None and done_here >= stop_after) or preempt.requested():
+                    _save(run_dir / "checkpoints" / "last.pt", dict(epoch=epoch, it=it, gen=gen.get_state(), order=order, sums=sums),
+                          model, opt, cfg, lead)
+                    log.info("stopped at epoch %d step %d; state in checkpoints/last.pt", epoch, it)
+                    preempt.pass_on()
+                    raise Stopped(f"{run_dir}: stopped at epoch {epoch} step {it}")
+                step = epoch * steps_per_epoch + it
+                for g in opt.param_groups:
+                    g["lr"] = lr_sched[step]
+                pos = np.sort(order[it * bs:(it + 1) * bs])
+                rows = D.local_slice(bs)
+                images = torch.from_numpy(np.asarray(ds.images[idx[pos[rows]]])).to(device, non_blocking=True)
+                views = [make_views(images, spec, gen, rows, bs).contiguous(memory_format=torch.channels_last)
+                         for spec in model.view_specs]
+                batch = Batch(views, torch.from_numpy(pos[rows]).to(device), step, total, epoch, gen)
+                model.before_step(step, total)
+                with torch.autocast(**_amp(device)):
+                    loss, logs = net(batch)
+                if not torch.isfinite(loss):
+                    raise Diverged(f"{run_dir}: loss is {loss.item()} at epoch {epoch + 1} step {it}; "
+                                   f"lower pretrain.optim.lr (now {ocfg['lr']}) in params")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                model.before_optimizer_step(step)
+                opt.step()
+                model.after_step(step, total)
+                for k, v in dict(loss=loss.item(), **logs).items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                it += 1
+                done_here += 1
+            dt = time.time() - t0
+            rec = dict(epoch=epoch + 1, step=(epoch + 1) * steps_per_epoch, **{k: v / steps_per_epoch for k, v in sums.items()},
+                       lr=float(lr_sched[step]), seconds=round(dt, 3),
+                       views_per_s=round(len(model.view_specs) * bs * steps_per_epoch / max(dt, 1e-9), 1))
+            epoch, it, gen_state, sums = epoch + 1, 0, None, {}
+            if lead:
+                metrics.write(json.dumps(rec) + "\n")
+                metrics.flush()
+                bar.update(1)
+                bar.set_postfix(loss=f"{rec['loss']:.3f}")
+                log.info("epoch %d/%d loss %.4f lr %.4g %.1fs", epoch, epochs, rec["loss"], rec["lr"], dt)
+            if epoch % cfg["checkpoint_every"] == 0 or epoch == epochs:
+                _save(run_dir / "checkpoints" / f"ep{epoch:03d}.pt", dict(epoch=epoch), model, opt, cfg, lead)
+            _save(run_dir / "checkpoints" / "last.pt", dict(epoch=epoch, it=0, gen=None, order=None, sums={}), model, opt, cfg, lead)
+    bar.close()
     final = run_dir / "final.pt"
-    with atomic_path(final) as tmp:
-        shutil.copyfile(list_checkpoints(run_dir)[-1], tmp)  # the last epoch is always checkpointed
-    log.info("done: %s", final)
+    if lead:
+        metrics.close()
+        with atomic_path(final) as tmp:
+            shutil.copyfile(run_dir / "checkpoints" / f"ep{epochs:03d}.pt", tmp)
+        log.info("done: %s", final)
     return final
 
 
-def _save(run_dir: Path, epoch: int, model, opt, cfg: dict) -> None:
-    state = dict(epoch=epoch, model=model.state_dict(), optimizer=opt.state_dict(), config=cfg)
-    atomic_torch_save(state, run_dir / "checkpoints" / f"ep{epoch:03d}.pt")
+def _resume_state(run_dir: Path, cfg: dict) -> dict | None:
+    """The state to resume from: last.pt if it was written for this config (else the run starts over)."""
+    path = run_dir / "checkpoints" / "last.pt"
+    if not path.is_file():
+        return None
+    state = load_checkpoint(path)
+    if state.get("config") != cfg:
+        log.info("checkpoints in %s were made with another config; starting over", run_dir)
+        for p in (run_dir / "checkpoints").glob("*.pt"):
+            p.unlink()
+        return None
+    return dict(state, path=path)
+
+
+def _save(path: Path, extra: dict, model, opt, cfg: dict, lead: bool = True) -> None:
+    if lead:
+        atomic_torch_save(dict(extra, model=model.state_dict(), optimizer=opt.state_dict(), config=cfg), path)
+
+
+class _DeferredSignal:
+    """Holds SIGUSR2 until the trainer reaches a step boundary (so the state it saves is
+    consistent), then hands it to the handler that was installed before (submitit's)."""
+
+    def __init__(self):
+        self._flag = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGUSR2, self._hold)
+        return self
+
+    def _hold(self, signum, frame):
+        self._flag = True
+
+    def requested(self) -> bool:
+        flag = torch.tensor(float(self._flag))
+        return bool(D.all_reduce_sum(flag) > 0)  # every rank stops at the same step
+
+    def pass_on(self) -> None:
+        if self._previous is not None and self._flag:
+            prev, self._previous = self._previous, None
+            signal.signal(signal.SIGUSR2, prev)
+            if callable(prev):
+                prev(signal.SIGUSR2, None)
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGUSR2, self._previous)
+        return False
 
 
 def _log_to(path: Path) -> None:

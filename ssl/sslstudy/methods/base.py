@@ -1,30 +1,130 @@
-"""What the trainer needs from a method."""
+"""What the trainer needs from a method, and the small pieces several methods share."""
 from __future__ import annotations
 
+import copy
+import math
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 from torch import nn
 
+from .. import distributed as D
 from ..augment import ViewSpec
 
 
-class Method(nn.Module):
-    """A backbone plus the method's heads and state (buffers are saved with the checkpoint).
+@dataclass
+class Batch:
+    """One step's input on this rank."""
+    views: list[torch.Tensor]  # one (n, 3, s, s) tensor per view spec, in spec order
+    index: torch.Tensor        # (n,) positions of the images in the training subset (0..n_train-1)
+    step: int                  # global step, 0-based
+    total_steps: int
+    epoch: int                 # 0-based
+    gen: torch.Generator       # CPU generator: the only source of randomness a method may use
 
-    The trainer calls, per step: `view_specs` to make the batch's views, `loss(views)`, then
-    `after_step(step, total_steps)` (EMA targets, queues); per epoch: `before_epoch(...)`.
+
+class Method(nn.Module):
+    """A backbone plus the method's heads and state. State that must survive a resume (queues,
+    targets, prototypes, cluster assignments) lives in parameters or buffers, so it is saved
+    with the checkpoint.
+
+    The trainer calls, per epoch: `before_epoch` (which may embed the training set through
+    `ctx.features`), then `epoch_order`; per step: `before_step`, `forward(batch)` (through DDP
+    when several processes train), backward, `before_optimizer_step`, the optimiser, `after_step`.
     """
 
-    def __init__(self, backbone: nn.Module, cfg: dict, views: dict):
+    def __init__(self, backbone: nn.Module, cfg: dict, views: list[ViewSpec], n_train: int, global_batch: int):
         super().__init__()
         self.backbone = backbone
         self.cfg = cfg
-        self.view_specs = [ViewSpec(**views), ViewSpec(**views)]
+        self.view_specs = views
+        self.n_train = n_train          # images in the training subset (0 when only the backbone is needed)
+        self.global_batch = global_batch
 
-    def loss(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, dict]:
+        """-> (scalar loss, dict of floats to log)."""
         raise NotImplementedError
+
+    def before_epoch(self, epoch: int, ctx) -> None:
+        pass
+
+    def epoch_order(self, epoch: int, gen: torch.Generator) -> np.ndarray:
+        """The order in which the epoch visits the training subset (positions 0..n_train-1)."""
+        return torch.randperm(self.n_train, generator=gen).numpy()
+
+    def before_step(self, step: int, total_steps: int) -> None:
+        pass
+
+    def before_optimizer_step(self, step: int) -> None:
+        pass
 
     def after_step(self, step: int, total_steps: int) -> None:
         pass
 
-    def before_epoch(self, epoch: int, trainer) -> None:
-        pass
+    def optim_groups(self, weight_decay: float) -> list[dict]:
+        """Decay (and LARS-adapt) only weight matrices/kernels; biases and norm parameters are exempt."""
+        decay, exempt = [], []
+        for p in self.parameters():
+            if p.requires_grad:
+                (decay if p.dim() >= 2 else exempt).append(p)
+        return [dict(params=decay, weight_decay=weight_decay), dict(params=exempt, weight_decay=0.0, lars=False)]
+
+
+# ----------------------------------------------------------------------------- shared pieces
+def momentum_copy(module: nn.Module) -> nn.Module:
+    """A frozen copy (the key / target network): trained only through `ema_update`."""
+    target = copy.deepcopy(module)
+    for p in target.parameters():
+        p.requires_grad_(False)
+    return target
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, online: nn.Module, m: float) -> None:
+    """target = m * target + (1 - m) * online over parameters; BN running stats stay the target's own."""
+    for t, o in zip(target.parameters(), online.parameters()):
+        t.mul_(m).add_(o.detach(), alpha=1 - m)
+
+
+def cosine_momentum(base: float, step: int, total_steps: int) -> float:
+    """BYOL's schedule: 1 - (1 - base) * (cos(pi * step / total) + 1) / 2, from base up to 1."""
+    return 1 - (1 - base) * (math.cos(math.pi * step / total_steps) + 1) / 2
+
+
+class Queue(nn.Module):
+    """A ring buffer of L2-normalised keys (dim x length, as MoCo), saved with the checkpoint.
+    It takes the keys of all ranks, so its length must be a multiple of the global batch."""
+
+    def __init__(self, dim: int, length: int, global_batch: int, what: str):
+        super().__init__()
+        if length % global_batch:
+            from ..errors import UserError
+            raise UserError(f"{what}: queue length {length} is not a multiple of the global batch {global_batch}; "
+                            f"set it to {max(global_batch, length // global_batch * global_batch)} in params")
+        self.register_buffer("keys", nn.functional.normalize(torch.randn(dim, length), dim=0))
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def push(self, k: torch.Tensor) -> None:
+        """k: (n, dim) keys of this rank's batch."""
+        k = D.gather(k.float())
+        p = int(self.ptr)
+        self.keys[:, p:p + k.shape[0]] = k.T
+        self.ptr.fill_((p + k.shape[0]) % self.keys.shape[1])
+
+
+def shuffled_forward(encoder: nn.Module, x: torch.Tensor, groups: int, gen: torch.Generator) -> torch.Tensor:
+    """encoder(x) with batch-norm statistics taken over random subsets of the global batch
+    (MoCo's shuffle-BN): the key of an image never shares BN statistics with exactly the same
+    images as its query, so BN cannot leak which images are positives. Gathers x over ranks,
+    permutes it, and forwards this rank's slice in `groups` chunks; groups=1 on one process is
+    a plain forward."""
+    xg = D.gather(x)
+    perm = torch.randperm(xg.shape[0], generator=gen).to(x.device)
+    mine = perm[D.local_slice(xg.shape[0])]
+    out = torch.cat([encoder(c) for c in xg[mine].chunk(groups)])
+    out_all = D.gather(out)
+    inverse = torch.empty_like(perm)
+    inverse[perm] = torch.arange(perm.numel(), device=perm.device)
+    return out_all[inverse][D.local_slice(xg.shape[0])]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .. import distributed as D
 from ..models import mlp
 from .base import Method
 
@@ -25,11 +26,11 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
 
 
 class SimCLR(Method):
-    def __init__(self, backbone, cfg: dict, views: dict):
-        super().__init__(backbone, cfg, views)
-        self.projector = mlp(backbone.out_dim, cfg["proj_hidden"], cfg["proj_dim"], cfg["proj_layers"], last_bn=True)
+    def __init__(self, *args):
+        super().__init__(*args)
+        c = self.cfg
+        self.projector = mlp(self.backbone.out_dim, c["proj_hidden"], c["proj_dim"], c["proj_layers"], last_bn=True)
 
-    def loss(self, views):
-        z1, z2 = (self.projector(self.backbone(v)) for v in views)
-        loss = nt_xent(z1, z2, self.cfg["temperature"])
-        return loss, {}
+    def forward(self, batch):
+        z1, z2 = (D.gather_with_grad(self.projector(self.backbone(v))) for v in batch.views[:2])
+        return nt_xent(z1, z2, self.cfg["temperature"]), {}

@@ -1,0 +1,41 @@
+"""BYOL (Grill et al. 2020): an online network predicts a slowly moving target network's
+projection of the other view (google-deepmind/deepmind-research byol/)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..models import mlp
+from .base import Method, cosine_momentum, ema_update, momentum_copy
+
+
+def regression_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """p, z: (N, D) -> (N,): ||p/|p| - z/|z|||^2 = 2 - 2 cos(p, z)."""
+    return 2 - 2 * F.cosine_similarity(p.float(), z.float(), dim=1)
+
+
+def byol_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+    """p_i: online predictions of view i; z_i: target projections of view i (gradient stopped) ->
+    scalar: batch mean of the symmetrised sum, as the official repr_loss."""
+    return (regression_loss(p1, z2.detach()) + regression_loss(p2, z1.detach())).mean()
+
+
+class BYOL(Method):
+    def __init__(self, *args):
+        super().__init__(*args)
+        c = self.cfg
+        self.projector = mlp(self.backbone.out_dim, c["proj_hidden"], c["proj_dim"], 2)
+        self.predictor = mlp(c["proj_dim"], c["pred_hidden"], c["proj_dim"], 2)
+        self.target_backbone, self.target_projector = momentum_copy(self.backbone), momentum_copy(self.projector)
+
+    def forward(self, batch):
+        v1, v2 = batch.views[:2]
+        p1, p2 = (self.predictor(self.projector(self.backbone(v))) for v in (v1, v2))
+        with torch.no_grad():
+            z1, z2 = (self.target_projector(self.target_backbone(v)) for v in (v1, v2))
+        return byol_loss(p1, p2, z1, z2), {}
+
+    def after_step(self, step, total_steps):
+        tau = cosine_momentum(self.cfg["momentum"], step, total_steps)
+        ema_update(self.target_backbone, self.backbone, tau)
+        ema_update(self.target_projector, self.projector, tau)

@@ -1,0 +1,37 @@
+"""What the clustering methods (DeepCluster, PCL) share: the check of k against the training set,
+seeds for their per-epoch random choices, and k-means run once (rank 0) and shared with all ranks."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .. import distributed as D
+from ..errors import UserError
+from ..eval.cluster import kmeans
+
+
+def check_k(ks: list[int], n_train: int, key: str) -> None:
+    """Every k <= the number of training images (faiss would fail deep inside otherwise)."""
+    too_big = [k for k in ks if k > n_train]
+    if n_train and too_big:
+        raise UserError(f"{key} = {too_big[0]} clusters but the training subset has only {n_train} images; "
+                        f"lower {key} in params to at most {n_train}")
+
+
+def stream_seed(seed: int, epoch: int, stream: int) -> int:
+    """A seed for one random choice of one epoch (stream tells the choices apart), from the run seed."""
+    return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1)[0]) % 2**31
+
+
+def shared_kmeans(x: torch.Tensor, k: int, seed: int, **kw) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The project's faiss k-means (GPU index when faiss has GPUs) of x (N, d), run on rank 0 and
+    sent to every rank, so all ranks train on the same pseudo-labels.
+    -> (centroids (k, d) float32, assignments (N,) int64, squared distances (N,) float32) on x's device."""
+    n, d = x.shape
+    if D.rank() == 0:
+        c, a, sq = kmeans(x.detach().float().cpu().numpy(), k, seed=seed, **kw)
+        out = [torch.from_numpy(v).to(x.device) for v in (c, a, sq)]
+    else:
+        out = [torch.zeros(k, d, device=x.device), torch.zeros(n, dtype=torch.long, device=x.device),
+               torch.zeros(n, device=x.device)]
+    return tuple(D.all_reduce_sum(v) for v in out)  # the other ranks add zeros: rank 0's values, exactly

@@ -1,0 +1,118 @@
+"""PCL, Prototypical Contrastive Learning (Li et al. 2021): MoCo plus, after warm-up epochs, an E-step
+each epoch (k-means at several K on the momentum encoder's features, with a concentration per
+cluster) and the ProtoNCE loss that pulls each query to its prototypes."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UserError
+from .base import Method, Queue, ema_update, momentum_copy, shuffled_forward
+from .clustering import check_k, shared_kmeans, stream_seed
+from .moco import info_nce, mlp_head
+
+log = logging.getLogger("sslstudy.methods.pcl")
+
+# salesforce/PCL main_pcl.py run_kmeans
+KMEANS = dict(niter=20, nredo=5, max_points_per_centroid=1000)
+ALPHA = 10.0  # smoothing constant of the concentration
+
+
+def concentration(sq_dist: np.ndarray, assign: np.ndarray, k: int, temperature: float, alpha: float = ALPHA) -> np.ndarray:
+    """phi (k,) of each cluster from k-means' squared distances (N,) and assignments (N,):
+    mean distance to the centroid / log(members + alpha) for clusters with >= 2 members, the largest
+    of those for the others, clipped to the 10th-90th percentile, rescaled to mean `temperature`."""
+    n = np.bincount(assign, minlength=k)
+    dist = np.bincount(assign, weights=np.sqrt(sq_dist.astype(np.float64)), minlength=k)
+    many = n > 1
+    phi = np.zeros(k)
+    phi[many] = dist[many] / n[many] / np.log(n[many] + alpha)
+    if not many.any():  # every cluster a singleton: no spread to measure (the official code divides by 0)
+        return np.full(k, temperature)
+    phi[~many] = phi[many].max()
+    phi = np.clip(phi, np.percentile(phi, 10), np.percentile(phi, 90))
+    return temperature * phi / phi.mean()
+
+
+def sample_negatives(pos: torch.Tensor, k: int, r: int, gen: torch.Generator) -> torch.Tensor:
+    """r cluster ids drawn without replacement among the k clusters that are no query's own (pos);
+    fewer when the batch leaves fewer than r (the official code would fail there)."""
+    free = torch.ones(k, dtype=torch.bool)
+    free[pos.cpu()] = False
+    ids = free.nonzero()[:, 0]
+    return ids[torch.randperm(len(ids), generator=gen)[:r]].to(pos.device)
+
+
+def proto_nce(q: torch.Tensor, prototypes: torch.Tensor, phi: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """The prototype term of ProtoNCE at one granularity. q: (N, D) L2-normalised queries;
+    prototypes: (K, D) L2-normalised centroids; phi: (K,) concentrations; pos: (N,) each query's
+    cluster; neg: (r,) sampled other clusters -> scalar: cross-entropy of query i over
+    [its prototype, the other queries' prototypes, the r negatives], each logit q.c / phi_c."""
+    ids = torch.cat([pos, neg])
+    logits = q @ prototypes[ids].T / phi[ids]
+    return F.cross_entropy(logits, torch.arange(q.shape[0], device=q.device))
+
+
+class PCL(Method):
+    def __init__(self, *args):
+        super().__init__(*args)
+        c = self.cfg
+        self.ks = list(c["num_clusters"])
+        check_k(self.ks, self.n_train, "methods.pcl.num_clusters")
+        if c["proto_negatives"] >= min(self.ks):
+            raise UserError(f"methods.pcl.proto_negatives = {c['proto_negatives']} must be smaller than the smallest of "
+                            f"methods.pcl.num_clusters ({min(self.ks)}); lower it in params")
+        self.head = mlp_head(self.backbone.out_dim, c["proj_hidden"], c["proj_dim"])
+        self.key_backbone, self.key_head = momentum_copy(self.backbone), momentum_copy(self.head)
+        self.queue = Queue(c["proj_dim"], c["queue"], self.global_batch, "methods.pcl.queue")
+        for i, k in enumerate(self.ks):  # the E-step's result, per granularity
+            self.register_buffer(f"assign{i}", torch.zeros(self.n_train, dtype=torch.long))
+            self.register_buffer(f"prototypes{i}", torch.zeros(k, c["proj_dim"]))
+            self.register_buffer(f"phi{i}", torch.ones(k))
+
+    def clustering(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return getattr(self, f"assign{i}"), getattr(self, f"prototypes{i}"), getattr(self, f"phi{i}")
+
+    @torch.no_grad()
+    def before_epoch(self, epoch, ctx):
+        if epoch < self.cfg["proto_warmup_epochs"]:
+            return
+        x = F.normalize(ctx.features(nn.Sequential(self.key_backbone, self.key_head)), dim=1)
+        for i, k in enumerate(self.ks):
+            centroids, assign, sq = shared_kmeans(x, k, stream_seed(ctx.seed, epoch, i), **KMEANS)
+            phi = concentration(sq.cpu().numpy(), assign.cpu().numpy(), k, self.cfg["temperature"])
+            a, p, f = self.clustering(i)
+            a.copy_(assign)
+            p.copy_(F.normalize(centroids, dim=1))
+            f.copy_(torch.from_numpy(phi))
+            log.info("epoch %d: E-step k=%d, %d empty clusters, phi %.3f-%.3f", epoch + 1, k,
+                     int((torch.bincount(assign, minlength=k) == 0).sum()), float(f.min()), float(f.max()))
+
+    def before_step(self, step, total_steps):
+        # as MoCo: update the key encoder, then compute this step's keys
+        ema_update(self.key_backbone, self.backbone, self.cfg["momentum"])
+        ema_update(self.key_head, self.head, self.cfg["momentum"])
+
+    def forward(self, batch):
+        c = self.cfg
+        q = F.normalize(self.head(self.backbone(batch.views[0])).float(), dim=1)
+        with torch.no_grad():
+            k = shuffled_forward(lambda x: self.key_head(self.key_backbone(x)), batch.views[1], c["shuffle_groups"], batch.gen)
+            k = F.normalize(k.float(), dim=1)
+        loss = nce = info_nce(q, k, self.queue.keys.clone(), c["temperature"])
+        logs = {"infonce": nce.item()}
+        if batch.epoch >= c["proto_warmup_epochs"]:
+            proto = 0.0
+            for i, kk in enumerate(self.ks):
+                assign, prototypes, phi = self.clustering(i)
+                pos = assign[batch.index]
+                proto = proto + proto_nce(q, prototypes, phi, pos, sample_negatives(pos, kk, c["proto_negatives"], batch.gen))
+            proto = proto / len(self.ks)
+            loss = loss + proto
+            logs["proto"] = proto.item()
+        self.queue.push(k)
+        return loss, logs

@@ -163,7 +163,7 @@ def test_each_axis_adds_its_runs_for_its_own_methods_and_domains():
         ("simclr/natural_frac1_clean/seed0", "supervised/natural_lall_clean/seed0"),
         ("simclr/natural_frac1_clean/seed0", "simclr/aerial_frac1_clean/seed0")]
     spec = config.pretrain_spec(c, next(r for r in axes.ssl_runs(c) if r["quality"] == "lowres16"))
-    assert spec["views"]["size"] == 16 and spec["data"]["dataset"] == "results/data/seed0/aerial_lowres16"
+    assert [v["size"] for v in spec["views"]] == [16, 16] and spec["data"]["dataset"] == "results/data/seed0/aerial_lowres16"
 
 
 def test_bad_axis_values_are_one_line_errors():
@@ -171,5 +171,5 @@ def test_bad_axis_values_are_one_line_errors():
         grid(quality=dict(jpeg=[0]))
     with pytest.raises(UserError, match="fuses a model with itself"):
         axes.fusion_pairs(grid(fusion=dict(pairs=[["simclr@natural", "simclr@natural"]])))
-    with pytest.raises(UserError, match="method.*byol.*no hyper-parameters"):
-        axes.check(grid(quality=dict(methods=["byol"], jpeg=[10])))
+    with pytest.raises(UserError, match="method.*nosuch.*no hyper-parameters"):
+        axes.check(grid(quality=dict(methods=["nosuch"], jpeg=[10])))

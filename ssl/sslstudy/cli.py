@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .errors import UserError
+from .names import parse_labels_tag
 
 
 def cmd_validate(a) -> None:
@@ -88,7 +89,7 @@ def cmd_evaluate(a) -> None:
     torch.set_num_threads(a.threads)
     backbone, run_cfg = load_backbone(a.checkpoint)
     ds = load_dataset(a.dataset)
-    df = evaluate(backbone, ds, json.loads(a.eval), size=run_cfg["views"][0]["size"])
+    df = evaluate(backbone, ds, json.loads(a.eval), size=a.size or run_cfg["views"][0]["size"])
     state_epoch = int(Path(a.checkpoint).stem.removeprefix("ep")) if a.checkpoint.name.startswith("ep") else run_cfg["epochs"]
     for col, val in reversed(list(dict(run=a.run, **json.loads(a.ids), weights=a.weights, epoch=state_epoch,
                                         eval_domain=ds.meta["name"]).items())):
@@ -99,7 +100,181 @@ def cmd_evaluate(a) -> None:
 def cmd_report(a) -> None:
     from .report.html import build_report
 
-    build_report([Path(p) for p in a.inputs], json.loads(a.config), Path(a.out))
+    build_report({k: [Path(p) for p in getattr(a, k)] for k in TABLES}, json.loads(a.config), Path(a.out), Path(a.captions))
+
+
+# ---------------------------------------------------------------------------- the study's axes
+TABLES = ("frozen", "lowshot", "supervised", "fusion", "clusters")
+
+
+def _with_ids(df, ids: dict):
+    for col, val in reversed(list(ids.items())):
+        df.insert(0, col, val)
+    return df
+
+
+def _write_csv(path: Path, df) -> None:
+    from .atomic import write_bytes
+
+    write_bytes(path, df.to_csv(index=False).encode())
+
+
+def cmd_corrupt(a) -> None:
+    from .data.corrupt import corrupt_dataset
+
+    corrupt_dataset(a.dataset, a.out, a.quality, a.seed)
+
+
+def cmd_pool(a) -> None:
+    from .data.pool import pool_dataset
+
+    pool_dataset(a.datasets, a.out, a.seed)
+
+
+def _count(subset_file: str) -> int:
+    from .data.subsets import load_indices
+
+    return len(load_indices(subset_file))
+
+
+def cmd_lowshot(a) -> None:
+    """Frozen linear or fine-tuning of one SSL run with n labelled images per class."""
+    import torch
+
+    from .data.packed import load_dataset
+    from .eval import lowshot
+    from .train import load_backbone
+
+    torch.set_num_threads(a.threads)
+    backbone, run_cfg = load_backbone(a.checkpoint)
+    ds = load_dataset(a.dataset)
+    cfg = json.loads(a.eval)
+    train = lowshot.labelled_indices(ds, parse_labels_tag(a.labels), cfg["cluster_seed"])
+    if a.mode == "linear":
+        df = lowshot.frozen_linear(backbone, ds, train, cfg, a.size)
+    else:
+        model = lowshot.train_classifier(backbone, ds, train, json.loads(a.finetune), a.size, run_cfg["seed"])
+        df = lowshot.trained_rows(model, ds, a.size, "finetune")
+    ids = dict(run=a.run, **json.loads(a.ids), mode=a.mode, labels=a.labels, labelled_images=len(train),
+               pretrain_images=_count(run_cfg["data"]["subset"]), eval_domain=ds.name)
+    _write_csv(a.out, _with_ids(df, ids))
+
+
+def cmd_supervised(a) -> None:
+    """The backbone trained from scratch on n labelled images per class: scores and a checkpoint."""
+    import torch
+
+    from .data.packed import load_dataset
+    from .eval import lowshot
+    from .models import build_backbone
+    from .train import atomic_torch_save
+
+    torch.set_num_threads(a.threads)
+    ds = load_dataset(a.dataset)
+    ft, arch = json.loads(a.finetune), json.loads(a.backbone)
+    train = lowshot.labelled_indices(ds, parse_labels_tag(a.labels), a.label_seed)
+    torch.manual_seed(a.seed)
+    model = lowshot.train_classifier(build_backbone(**arch), ds, train, ft, a.size, a.seed)
+    df = lowshot.trained_rows(model, ds, a.size, "supervised")
+    ids = dict(run=a.run, **json.loads(a.ids), mode="supervised", labels=a.labels, labelled_images=len(train),
+               pretrain_images=0, eval_domain=ds.name)
+    # the checkpoint format of pretraining runs, so load_backbone (evaluate, fusion) reads it
+    state = {"backbone." + k: v for k, v in model.backbone.state_dict().items()}
+    state.update({"head." + k: v for k, v in model.head.state_dict().items()})
+    atomic_torch_save(dict(epoch=0, model=state, config=dict(run=a.run, seed=a.seed, backbone=arch, views=[dict(size=a.size)],
+                                                             epochs=0, finetune=ft, data=dict(dataset=str(a.dataset)))),
+                      a.checkpoint)
+    _write_csv(a.out, _with_ids(df, ids))
+
+
+def cmd_fusion(a) -> None:
+    import torch
+
+    from .data.packed import load_dataset
+    from .eval.fusion import fusion_scores
+    from .train import load_backbone
+
+    torch.set_num_threads(a.threads)
+    (ma, _), (mb, _) = load_backbone(a.a), load_backbone(a.b)
+    ds = load_dataset(a.dataset)
+    df = fusion_scores(ma, mb, ds, json.loads(a.eval), a.size)
+    names = {"a": a.name_a, "b": a.name_b, "a+b": f"{a.name_a} + {a.name_b}"}
+    df.insert(0, "model", df["member"].map(names))
+    _write_csv(a.out, _with_ids(df, dict(pair=f"{a.name_a} + {a.name_b}", seed=a.seed, eval_domain=ds.name)))
+
+
+def cmd_cluster(a) -> None:
+    import torch
+
+    from .data.packed import load_dataset
+    from .eval.periodic import cluster_checkpoints
+
+    torch.set_num_threads(a.threads)
+    df = cluster_checkpoints(a.run_dir, [load_dataset(d) for d in a.datasets], json.loads(a.eval), a.size)
+    _write_csv(a.out, _with_ids(df, dict(run=a.run, **json.loads(a.ids))))
+
+
+def _axis_parsers(sub) -> None:
+    s = sub.add_parser("corrupt", help="write a corrupted copy of a packed domain (quality axis)")
+    s.add_argument("--dataset", type=Path, required=True)
+    s.add_argument("--quality", required=True, help="e.g. downup2, jpeg10, saltpepper0.01, blur1, lowres16")
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--out", type=Path, required=True)
+    s.set_defaults(fn=cmd_corrupt)
+
+    s = sub.add_parser("pool", help="write an equal-size pool of packed domains (domain axis)")
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("datasets", nargs="+", type=Path)
+    s.set_defaults(fn=cmd_pool)
+
+    def common(s, checkpoint=True):
+        if checkpoint:
+            s.add_argument("--checkpoint", type=Path, required=True)
+        s.add_argument("--dataset", type=Path, required=True)
+        s.add_argument("--eval", default="{}", help="JSON: eval settings")
+        s.add_argument("--size", type=int, required=True, help="evaluation image side (clean resolution)")
+        s.add_argument("--run", default="")
+        s.add_argument("--ids", default="{}", help="JSON: columns identifying the run")
+        s.add_argument("--threads", type=int, default=1)
+        s.add_argument("--out", type=Path, required=True)
+
+    s = sub.add_parser("lowshot", help="linear (frozen) or fine-tuning accuracy with n labelled images per class")
+    common(s)
+    s.add_argument("--mode", choices=("linear", "finetune"), required=True)
+    s.add_argument("--labels", required=True, help="l<images per class> or lall")
+    s.add_argument("--finetune", default="{}", help="JSON: fine-tuning settings")
+    s.set_defaults(fn=cmd_lowshot)
+
+    s = sub.add_parser("supervised", help="train the backbone from scratch on n labelled images per class")
+    common(s, checkpoint=False)
+    s.add_argument("--labels", required=True, help="l<images per class> or lall")
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--label-seed", type=int, required=True, help="seed of the labelled subset (eval.cluster_seed)")
+    s.add_argument("--backbone", required=True, help="JSON: pretrain.backbone")
+    s.add_argument("--finetune", required=True, help="JSON: training settings")
+    s.add_argument("--checkpoint", type=Path, required=True, help="where to save the trained network")
+    s.set_defaults(fn=cmd_supervised)
+
+    s = sub.add_parser("fusion", help="linear accuracy of two models' concatenated frozen features")
+    common(s, checkpoint=False)
+    s.add_argument("--a", type=Path, required=True)
+    s.add_argument("--b", type=Path, required=True)
+    s.add_argument("--name-a", required=True)
+    s.add_argument("--name-b", required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=cmd_fusion)
+
+    s = sub.add_parser("cluster", help="faiss k-means NMI/ARI of every checkpoint of a run")
+    s.add_argument("--run-dir", type=Path, required=True)
+    s.add_argument("--datasets", type=Path, nargs="+", required=True)
+    s.add_argument("--eval", default="{}")
+    s.add_argument("--size", type=int, required=True)
+    s.add_argument("--run", default="")
+    s.add_argument("--ids", default="{}")
+    s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--out", type=Path, required=True)
+    s.set_defaults(fn=cmd_cluster)
 
 
 def cmd_densecl_matches(a) -> None:
@@ -167,15 +342,20 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--ids", default="{}", help="JSON: columns identifying the run (method, domain, ...)")
     s.add_argument("--weights", required=True, help="label of the weights, e.g. pretrained or random")
     s.add_argument("--threads", type=int, default=2)
+    s.add_argument("--size", type=int, default=None, help="evaluation image side (default: the run's view size)")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--launch", help="JSON: launch settings; run as a submitit job on launch.cluster")
     s.add_argument("--job-dir", type=Path, help="with --launch: the job's folder (job.json, submitit logs)")
     s.set_defaults(fn=cmd_evaluate, argv=None)
 
-    s = sub.add_parser("report", help="tables, figures and results/report.html from evaluation CSVs")
+    _axis_parsers(sub)
+
+    s = sub.add_parser("report", help="tables, figures and results/report.html from the evaluation CSVs")
     s.add_argument("--config", required=True, help="JSON: the validated study config")
     s.add_argument("--out", required=True)
-    s.add_argument("inputs", nargs="+")
+    s.add_argument("--captions", default="workflow/report", help="folder of one-sentence figure captions (*.rst)")
+    for k in TABLES:
+        s.add_argument(f"--{k}", nargs="*", default=[], help=f"{k} evaluation CSVs")
     s.set_defaults(fn=cmd_report)
 
     s = sub.add_parser("densecl-matches", help="draw DenseCL's matched locations between two views of test images")

@@ -50,6 +50,13 @@ def _coerce(schema: dict, value, root: dict | None = None):
         return value
     types = schema.get("type", [])
     types = [types] if isinstance(types, str) else types
+    if "anyOf" in schema:  # e.g. [integer, "all"]: the first branch the string parses as
+        for branch in schema["anyOf"]:
+            v = _coerce(branch, value)
+            if not _Validator(branch).is_valid(v):
+                continue
+            return v
+        return value
     if "string" in types:
         return None if "null" in types and value in ("null", "~") else value
     parsed = yaml.safe_load(value) if value.strip() else None
@@ -105,10 +112,10 @@ def run_id(method: str, domain: str, subset: str, seed: int, quality: str = "cle
 
 
 def runs(config: dict) -> list[dict]:
-    s = config["study"]
-    tags = [subset_tag(v) for v in s["subsets"]]
-    return [dict(method=m, domain=d, subset=t, seed=sd, quality="clean", id=run_id(m, d, t, sd))
-            for m in s["methods"] for d in s["domains"] for t in tags for sd in s["seeds"]]
+    """Every pretraining run: study.{methods,domains,subsets,seeds} and what the axes add (sslstudy.axes)."""
+    from .axes import ssl_runs
+
+    return ssl_runs(config)
 
 
 INGEST_ROOT = "data"  # where the ingest rule writes data.ingest entries (as `sslstudy ingest` does by default)
@@ -144,7 +151,9 @@ def check_datasets(config: dict) -> None:
     clash = sorted(set(config["data"].get("datasets", {})) & set(config["data"].get("ingest", {})))
     if clash:
         raise UserError(f"data.datasets and data.ingest both name {', '.join(clash)}; keep one")
-    for d in config["study"]["domains"]:
+    from .axes import check
+
+    for d in check(config):
         if d in config["data"].get("ingest", {}):
             continue  # the ingest rule writes it
         path = Path(dataset_path(config, d))
@@ -164,6 +173,9 @@ def subset_path(config: dict, domain: str, subset: str) -> str:
 
 def pretrain_spec(config: dict, run: dict) -> dict:
     """Everything one pretraining run depends on (saved in every checkpoint)."""
+    from .axes import dataset_dir
+    from .names import image_size_after
+
     p = config["pretrain"]
     if run["method"] not in config["methods"]:
         raise UserError(f"method {run['method']!r} has no hyper-parameters under methods: in params; add them")
@@ -171,10 +183,12 @@ def pretrain_spec(config: dict, run: dict) -> dict:
     optim = dict(p["optim"], **params.pop("optim", {}))
     views = [dict(p["views"], **{k: v for k, v in o.items() if k != "repeat"})
              for o in params.pop("views", [{}, {}]) for _ in range(o.get("repeat", 1))]
+    shrink = image_size_after(run["quality"], p["views"]["size"]) / p["views"]["size"]  # lowres: smaller views
+    views = [dict(v, size=max(2, round(v["size"] * shrink))) if shrink < 1 else v for v in views]
     return dict(
         run=run["id"], seed=run["seed"], epochs=p["epochs"], batch_size=p["batch_size"],
         checkpoint_every=p["checkpoint_every"], threads=p["threads"],
         backbone=p["backbone"], optim=optim, views=views,
         method=dict(name=run["method"], params=params),
-        data=dict(dataset=dataset_path(config, run["domain"]), subset=subset_path(config, run["domain"], run["subset"])),
+        data=dict(dataset=dataset_dir(config, run["domain"], run["quality"]), subset=subset_path(config, run["domain"], run["subset"])),
     )

@@ -61,6 +61,12 @@ def test_train_writes_checkpoints_and_resumes_exactly(tiny_data, subset, tmp_pat
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (full / "metrics.jsonl").read_text().count("\n") == (part / "metrics.jsonl").read_text().count("\n") == 3
 
+    # a line of an epoch that last.pt does not hold (killed between the two writes) and a cut line go
+    with (part / "metrics.jsonl").open("a") as f:
+        f.write('{"epoch": 4, "loss": 1.0}\n{"epo')
+    train(dict(spec, threads=2), part)  # another thread count still resumes (a run may move to a SLURM node)
+    assert [json.loads(x)["epoch"] for x in (part / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
     # a changed config does not resume from the old checkpoints
     train(dict(spec, epochs=2), part)
     assert "made with another config; starting over" in (part / "train.log").read_text()

@@ -265,12 +265,29 @@ def _resume_state(run_dir: Path, cfg: dict) -> dict | None:
     if not path.is_file():
         return None
     state = load_checkpoint(path)
-    if state.get("config") != cfg:
+    if _same_run(state.get("config") or {}) != _same_run(cfg):
         log.info("checkpoints in %s were made with another config; starting over", run_dir)
         for p in (run_dir / "checkpoints").glob("*.pt"):
             p.unlink()
         return None
+    metrics = run_dir / "metrics.jsonl"  # drop lines of epochs redone after a kill without warning
+    if metrics.is_file():
+        kept = [ln for ln in metrics.read_text().splitlines(keepends=True) if _epoch_of(ln) <= state["epoch"]]
+        with atomic_path(metrics) as tmp:
+            tmp.write_text("".join(kept))
     return dict(state, path=path)
+
+
+def _epoch_of(line: str) -> float:
+    try:
+        return json.loads(line)["epoch"]
+    except (ValueError, KeyError):
+        return float("inf")  # a line cut short by a kill
+
+
+def _same_run(cfg: dict) -> dict:
+    """What must match to resume: everything but the thread count (a run may move to a SLURM node)."""
+    return {k: v for k, v in cfg.items() if k != "threads"}
 
 
 def _save(path: Path, extra: dict, model, opt, cfg: dict, lead: bool = True) -> None:

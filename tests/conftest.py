@@ -47,3 +47,32 @@ def copy_workflow(dst: Path) -> Path:
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, dst / name)
     return dst
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A real one-node SLURM cluster (tests/slurm_cluster.py), installed with apt-get if missing,
+    started for the session and stopped at its end; SLURM_CONF points the clients at it."""
+    import slurm_cluster
+
+    why = slurm_cluster.install()
+    if why and os.environ.get("SSLSTUDY_REQUIRE_SLURM"):  # CI (.ci/run): never skip these
+        pytest.fail(why)
+    if why:
+        pytest.skip(why)
+    cluster = slurm_cluster.LocalSlurm(tmp_path_factory.mktemp("slurm"))
+    old = os.environ.get("SLURM_CONF")
+    try:
+        cluster.start()
+        os.environ.update(cluster.env)
+        yield cluster
+    finally:
+        cluster.stop()
+        if old is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = old
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slurm: runs jobs on the real one-node SLURM cluster the tests start")

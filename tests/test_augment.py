@@ -394,17 +394,83 @@ def test_crop_fallback_is_torchvision_centre_crop():
 
 def test_cpu_blocking_gives_the_same_views(monkeypatch):
     import sslstudy.augment as aug
-    imgs = noise_images(20, 36, 36)
+    imgs = noise_images(40, 36, 36)
     spec = ViewSpec(size=24, solarize_p=0.3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     whole = make_views(imgs, spec, torch.Generator().manual_seed(18))
-    monkeypatch.setattr(aug, "CPU_BLOCK_BYTES", 3 * 4 * (36 * 36 + 24 * 24) * 6)   # blocks of 6 samples
-    assert aug._block(torch.device("cpu"), 20, 36, 36, 24) == 6
+    monkeypatch.setattr(aug, "CPU_BLOCK_BYTES", 3 * 4 * (36 * 36 + 24 * 24) * 6)   # blocks of <= 6 samples
+    assert aug._block(torch.device("cpu"), 40, 36, 36, 24) == 6
+    # blocks: every sample once, <= 6 samples, one op sequence per block
+    p = sample_params(spec, 40, 36, 36, torch.Generator().manual_seed(18))
+    blocks = aug._cpu_parts(p, spec, 40, 36, 36, threads=1)
+    assert torch.equal(torch.cat(blocks).sort().values, torch.arange(40))
+    assert max(len(i) for i in blocks) <= 6 and len(blocks) >= 40 / 6
+    for idx in blocks:
+        for flag in ("jitter", "gray", "blur", "solarize"):
+            assert len(set(p[flag][idx].tolist())) == 1, flag
+        if p["jitter"][idx[0]]:
+            assert len({tuple(r) for r in p["order"][idx].tolist()}) == 1
     blocked = make_views(imgs, spec, torch.Generator().manual_seed(18))
     # same arithmetic per sample; only multi-threaded reductions (contrast mean) may round differently
     assert (blocked - whole).abs().max() < FLOAT_ATOL
     x = to_float(imgs)
-    p = sample_params(spec, 20, 36, 36, torch.Generator().manual_seed(18))
     assert (apply_params(x, p, spec) - whole).abs().max() < FLOAT_ATOL
+    # two threads: blocks go to two single-threaded workers; same numbers, thread count restored
+    torch.set_num_threads(2)
+    try:
+        assert torch.equal(make_views(imgs, spec, torch.Generator().manual_seed(18)), blocked)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_small_cpu_batches_split_across_threads_only_when_worth_it(monkeypatch):
+    import sslstudy.augment as aug
+    spec = ViewSpec(size=32)
+    p = sample_params(spec, 64, 32, 32, torch.Generator().manual_seed(20))
+    per = 3 * 4 * (32 * 32 + 32 * 32)
+    assert len(aug._cpu_parts(p, spec, 64, 32, 32, threads=2)) == 1            # 1.5 MiB in all: one part
+    monkeypatch.setattr(aug, "CPU_MIN_PART_BYTES", per * 16)
+    parts = aug._cpu_parts(p, spec, 64, 32, 32, threads=2)
+    assert [len(i) for i in parts] == [32, 32] and torch.equal(torch.cat(parts), torch.arange(64))
+    imgs = noise_images(64, 32, 32)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        two = make_views(imgs, spec, torch.Generator().manual_seed(21))
+        torch.set_num_threads(1)
+        one = make_views(imgs, spec, torch.Generator().manual_seed(21))
+    finally:
+        torch.set_num_threads(threads)
+    assert (two - one).abs().max() < FLOAT_ATOL
+
+
+def test_blur_drops_only_negligible_outer_taps():
+    import sslstudy.augment as aug
+    sigma = torch.tensor([0.1, 0.5, 1.0, 2.0, 3.0])
+    full = aug._gaussian_kernels(sigma, 23)
+    for i, s in enumerate(sigma.tolist()):
+        rows = torch.zeros(5, dtype=torch.bool)
+        rows[i] = True
+        k = aug._trim_taps(full, rows)
+        d = (23 - k.shape[1]) // 2
+        assert torch.equal(k, full[:, d:23 - d])                       # the same weights, centred
+        assert full[i, :d].sum() < aug.TAIL_MASS                       # what is dropped is negligible
+        assert d == 0 or full[i, :d + 1].sum() >= aug.TAIL_MASS        # and no more than that
+        if s <= 0.5:
+            assert k.shape[1] <= 7
+        if s >= 2.0:
+            assert k.shape[1] >= 21
+    # the block's widest kernel decides
+    assert aug._trim_taps(full, torch.tensor([True, False, False, True, False])).shape[1] == \
+        aug._trim_taps(full, torch.tensor([False, False, False, True, False])).shape[1]
+    # end to end: trimmed (here to 11 taps) and full kernels blur alike to float32 rounding
+    small = full[:3]
+    trimmed = aug._trim_taps(small, torch.ones(3, dtype=torch.bool))
+    assert trimmed.shape[1] == 11
+    x = torch.rand(3, 3, 40, 40)
+    assert (aug._blur(x, trimmed.float()) - aug._blur(x, small.float())).abs().max() < 1e-6
 
 
 def test_empty_batch():

@@ -257,8 +257,9 @@ def test_packed_roundtrip_and_api(good_dataset):
     assert np.intersect1d(tr, te).size == 0
     assert ds.n_classes("fine") == 64 and ds.levels == ["coarse", "mid", "fine"]
     assert np.array_equal(ds.label_array("coarse", tr), ds.labels["coarse"].to_numpy()[tr])
+    assert ds.split_indices("val").size == 0  # a split ingested data may have; synthetic data has none
     with pytest.raises(UserError, match="unknown split"):
-        ds.split_indices("val")
+        ds.split_indices("valid")
     with pytest.raises(UserError, match="unknown label level"):
         ds.n_classes("species")
 

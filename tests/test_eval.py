@@ -332,7 +332,7 @@ def test_kmeans_spherical_unit_centroids_and_thread_count_restored():
     np.testing.assert_allclose(np.linalg.norm(cent, axis=1), 1.0, rtol=1e-5)
 
 
-@pytest.mark.skipif(faiss.get_num_gpus() > 0, reason="only meaningful without a GPU")
+@pytest.mark.skipif(faiss.get_num_gpus() > 0 or torch.cuda.is_available(), reason="only meaningful without a GPU")
 def test_kmeans_gpu_true_without_gpu_is_a_user_error():
     with pytest.raises(UserError, match="GPU"):
         kmeans(np.ones((10, 2)), 2, gpu=True)

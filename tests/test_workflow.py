@@ -1,52 +1,87 @@
-"""The Snakemake workflow end to end on a tiny config, in a scratch copy of the workflow."""
+"""The Snakemake workflow end to end on a tiny config with every axis, in a scratch copy of the workflow."""
 import json
 import re
+import shutil
+import subprocess
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
 from conftest import copy_workflow, run
 
+RUN = "simclr/natural_frac1_clean/seed0"
+
+
+def tiny_params(params: dict, data_root) -> dict:
+    """params/study.yaml shrunk to seconds: every axis kept, tiny network, 2 epochs, few steps."""
+    params["data"]["root"] = str(data_root)
+    params["pretrain"].update(epochs=2, batch_size=32, checkpoint_every=1, backbone=dict(arch="cnn4", width=4))
+    params["pretrain"]["optim"]["warmup_epochs"] = 1
+    params["eval"]["linear_epochs"] = 5
+    params["finetune"].update(epochs=1, min_steps=3, batch_size=16)
+    params["quantity"].update(subsets=[0.5], labels=[1, "all"])
+    params["quality"].update(subset=0.5, downup=[2], jpeg=[10], saltpepper=[0.01], blur=[1.0], lowres=[16])
+    params["domain"]["evaluate_on"] = None  # the pretraining domains (tiny_data has natural and aerial)
+    return params
+
 
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory, tiny_data):
     wf = copy_workflow(tmp_path_factory.mktemp("wf"))
-    params = yaml.safe_load((wf / "params/study.yaml").read_text())
-    params["data"]["root"] = str(tiny_data)
-    params["study"].update(domains=["natural"], subsets=[0.5, 1.0])
-    params["pretrain"].update(epochs=2, batch_size=32, checkpoint_every=1, backbone=dict(arch="cnn4", width=4))
-    params["pretrain"]["optim"]["warmup_epochs"] = 1
-    params["eval"]["linear_epochs"] = 5
+    params = tiny_params(yaml.safe_load((wf / "params/study.yaml").read_text()), tiny_data)
     (wf / "tiny.yaml").write_text(yaml.safe_dump(params))
     first = run(["snakemake", "--cores", "2", "--configfile", "tiny.yaml", "--quiet", "rules"], cwd=wf)
     return wf, first
 
 
-def test_report_and_tables(tiny_study):
+def test_report_has_every_section_and_tidy_tables(tiny_study):
     wf, _ = tiny_study
     html = (wf / "results/report.html").read_text()
-    assert html.count('src="data:image/png;base64,') >= 3  # results, loss curve, data sheet: inlined
-    for section in ("Results", "Pretraining", "Data", "Config", "Versions"):
-        assert f"<h2>{section}</h2>" in html
+    for section in ("Results", "Quantity", "Domain", "Quality", "Granularity", "Fusion", "Periodic clustering",
+                    "Pretraining", "Data", "Config", "Versions"):
+        assert re.search(rf"<h2[^>]*>{section}</h2>", html), section
+    assert "Not in this study" not in html
+    figures = re.findall(r'<figure id="fig-([a-z_]+)"><img alt="([^"]+)" src="data:image/png;base64,[^"]+">'
+                         r"<figcaption>([^<]+)(?:<a href=\"([^\"]+)\">)?", html)
+    keys = {f[0] for f in figures}
+    assert {"accuracy_per_level", "quantity", "domain", "quality", "granularity", "fusion", "clustering"} <= keys
+    for key, alt, caption, link in figures:
+        assert caption.strip().endswith(".") and caption.count(". ") == 0, (key, caption)  # one sentence
+        if not key.startswith("data_"):
+            assert link and (wf / "results" / link).is_file(), key
     df = pd.read_csv(wf / "results/metrics.csv")
-    assert set(df["run"]) == {"simclr/natural_frac0.5_clean/seed0", "simclr/natural_frac1_clean/seed0"}
-    assert set(df["weights"]) == {"pretrained", "random"} and set(df["level"]) == {"coarse", "mid", "fine"}
-    assert set(df["metric"]) == {"knn", "linear", "nmi", "ari"}
-    assert len(df) == 2 * 2 * 3 * 4 and df["value"].between(-1, 1).all()
+    assert set(df["eval"]) == {"frozen", "lowshot", "supervised", "fusion", "clusters"}
+    assert df["value"].between(-1, 1).all()
+    frozen = df[df["eval"] == "frozen"]
+    assert not frozen.duplicated(["run", "weights", "eval_domain", "level", "metric"]).any()
+    # the periodic clustering covers every checkpoint (epochs 0, 1, 2) of every run at every level
+    clusters = df[df["eval"] == "clusters"]
+    runs = [p.parent.parent.relative_to(wf / "results/runs").as_posix() for p in (wf / "results/runs").rglob("final.pt")]
+    assert set(clusters["run"]) == set(runs) and len(runs) == 9
+    assert set(clusters["epoch"]) == {0, 1, 2} and len(clusters) == (len(runs) + 1) * 3 * 3 * 2  # the pool: 2 domains
     summary = json.loads((wf / "results/metrics.json").read_text())
-    assert summary["simclr/natural_frac1_clean/seed0"]["random"]["coarse"]["knn"] == pytest.approx(
-        df.query("run == 'simclr/natural_frac1_clean/seed0' and weights == 'random' and level == 'coarse' "
-                 "and metric == 'knn'")["value"].item(), abs=1e-4)
-    # the nested subsets: half inside the whole
-    import numpy as np
+    assert summary[RUN]["random"]["natural"]["coarse"]["knn"] == pytest.approx(frozen.query(
+        "run == @RUN and weights == 'random' and level == 'coarse' and metric == 'knn'")["value"].item(), abs=1e-4)
+
+
+def test_axes_produce_their_data(tiny_study):
+    wf, _ = tiny_study
     half = np.load(wf / "results/subsets/natural/seed0/frac0.5.npy")
     whole = np.load(wf / "results/subsets/natural/seed0/frac1.npy")
     assert len(half) * 2 == len(whole) and set(half) <= set(whole)
-    # every run folder describes itself
-    run_dir = wf / "results/runs/simclr/natural_frac1_clean/seed0"
+    assert np.load(wf / "results/data/seed0/natural_lowres16/images.npy", mmap_mode="r").shape[1:] == (16, 16, 3)
+    import torch
+    spec = torch.load(wf / "results/runs/simclr/natural_frac0.5_lowres16/seed0/final.pt", weights_only=False)["config"]
+    assert [v["size"] for v in spec["views"]] == [16, 16]
+    low = pd.read_csv(wf / "results/lowshot/simclr/natural_frac0.5_clean/seed0/finetune_l1.csv")
+    assert set(low["labelled_images"]) == {64} and set(low["pretrain_images"]) == {len(half)}
+    run_dir = wf / "results/runs" / RUN
     assert (run_dir / "job.json").is_file() and (run_dir / "train.log").is_file()
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
+    wall = pd.read_csv(wf / "results/tables/walltime.csv")
+    assert {"pretrain", "evaluate", "lowshot", "supervised", "fusion", "cluster", "corrupt", "pool"} <= set(wall["stage"])
 
 
 def test_rerun_does_nothing(tiny_study):
@@ -55,18 +90,60 @@ def test_rerun_does_nothing(tiny_study):
     assert "Nothing to be done" in p.stdout + p.stderr
 
 
+def counts(out: str) -> dict:
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^([a-z_]+)\s+(\d+)$", out, re.M)}
+
+
 def test_dry_run_lists_dag_and_lint_is_clean(tiny_study):
     wf, _ = tiny_study
     p = run(["snakemake", "-n", "--forceall", "--configfile", "tiny.yaml"], cwd=wf)
-    out = p.stdout + p.stderr
-    for rule, n in (("subset", 2), ("pretrain", 2), ("evaluate", 4), ("report", 1)):
-        assert re.search(rf"^{rule}\s+{n}$", out, re.M), out
+    n = counts(p.stdout + p.stderr)
+    assert n == dict(subset=4, corrupt=5, pool=1, pretrain=9, evaluate=16, lowshot=8, supervised=3, fusion=4,
+                     cluster=9, report=1, all=1, total=61), n
     lint = run(["snakemake", "--lint", "--configfile", "tiny.yaml"], cwd=wf)
     assert "Congratulations, your workflow is in a good condition!" in lint.stdout + lint.stderr
 
 
-def test_changing_a_param_reruns_what_depends_on_it(tiny_study):
+@pytest.mark.parametrize("section, change, expected", [
+    # one more JPEG quality: its copy, run, clean-image evaluation, clustering; then the report
+    ("quality", {"jpeg": [10, 50]}, dict(corrupt=1, pretrain=1, evaluate=1, cluster=1, report=1)),
+    # one more labelled count: linear + fine-tuning of both quantity runs, one supervised baseline
+    ("quantity", {"labels": [1, 5, "all"]}, dict(lowshot=4, supervised=1, report=1)),
+    # a training setting: fine-tuning jobs, supervised networks and what reads them; no pretraining
+    ("finetune", {"lr": 0.02}, dict(lowshot=4, supervised=3, evaluate=2, fusion=2, report=1)),
+])
+def test_changing_one_axis_value_reruns_only_what_depends_on_it(tiny_study, section, change, expected):
     wf, _ = tiny_study
-    p = run(["snakemake", "-n", "--configfile", "tiny.yaml", "--config", "eval={'knn_k': 5}"], cwd=wf)
-    out = p.stdout + p.stderr
-    assert re.search(r"^evaluate\s+4$", out, re.M) and not re.search(r"^pretrain\s+\d", out, re.M), out
+    params = yaml.safe_load((wf / "tiny.yaml").read_text())
+    params[section].update(change)
+    (wf / "changed.yaml").write_text(yaml.safe_dump(params))
+    p = run(["snakemake", "-n", "--configfile", "changed.yaml"], cwd=wf)
+    n = counts(p.stdout + p.stderr)
+    n.pop("all", None), n.pop("total", None)
+    assert n == expected, p.stdout[-3000:]
+
+
+def test_report_renders_in_headless_chromium(tiny_study, tmp_path):
+    """Every figure decodes (naturalWidth > 0) in a real browser, and a full-page screenshot is taken."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+    wf, _ = tiny_study
+    html = (wf / "results/report.html").read_text()
+    probe = """<script>window.addEventListener('load', () => {
+      const imgs = [...document.images].map(i => ({ok: i.complete && i.naturalWidth > 0, w: i.naturalWidth, alt: i.alt}));
+      const pre = document.createElement('pre'); pre.id = 'probe'; pre.textContent = JSON.stringify(imgs);
+      document.body.appendChild(pre);});</script>"""
+    (tmp_path / "probe.html").write_text(html.replace("</body>", probe + "</body>"))
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000"]
+    dom = subprocess.run(flags + ["--dump-dom", f"file://{tmp_path / 'probe.html'}"], capture_output=True, text=True, timeout=120)
+    found = re.search(r'<pre id="probe">(.*?)</pre>', dom.stdout, re.S)
+    assert found, dom.stderr[-2000:]
+    imgs = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">"))
+    assert len(imgs) >= 9 and all(i["ok"] for i in imgs), [i for i in imgs if not i["ok"]]
+    shot = tmp_path / "report.png"
+    subprocess.run(flags + ["--window-size=1200,4000", f"--screenshot={shot}", f"file://{wf / 'results/report.html'}"],
+                   capture_output=True, timeout=120)
+    from PIL import Image
+    img = np.asarray(Image.open(shot).convert("L"))
+    assert img.shape == (4000, 1200) and img.std() > 10  # not a blank page

@@ -57,6 +57,7 @@ Multi-crop: call :func:`make_views` once per crop with a different :class:`ViewS
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -283,7 +284,7 @@ def sample_params(spec: ViewSpec, batch: int, height: int, width: int,
 def _gray(x: Tensor) -> Tensor:
     """(n, 3, H, W) -> (n, 1, H, W) luma."""
     r, g, b = x.unbind(dim=1)
-    return (r * LUMA[0] + g * LUMA[1] + b * LUMA[2]).unsqueeze(1)
+    return torch.add(r * LUMA[0], g, alpha=LUMA[1]).add_(b, alpha=LUMA[2]).unsqueeze(1)
 
 
 def _col(f: Tensor) -> Tensor:
@@ -301,29 +302,37 @@ def _contrast_(x: Tensor, f: Tensor) -> Tensor:
 
 
 def _saturation_(x: Tensor, f: Tensor) -> Tensor:
-    gray = _gray(x)
-    f = _col(f)
-    return x.mul_(f).add_((1.0 - f) * gray).clamp_(0.0, 1.0)
-
-
-_SECTOR_OFFSETS = (5.0, 3.0, 1.0)   # R, G, B in the HSV -> RGB formula f(n) = V - C * clamp(min(k, 4 - k), 0, 1)
+    gray, f = _gray(x), _col(f)
+    return x.mul_(f).addcmul_(gray, 1.0 - f).clamp_(0.0, 1.0)
 
 
 def _hue(x: Tensor, shift: Tensor) -> Tensor:
     """Rotate hue by ``shift`` turns (in [-0.5, 0.5]): the same map as torchvision's RGB -> HSV,
-    ``h = (h + shift) mod 1``, HSV -> RGB, written with V = max, C = max - min and the hue in
-    sextants, ``channel(n) = V - C * clamp(min(k, 4 - k), 0, 1)``, ``k = (n + 6h) mod 6``,
-    n = 5, 3, 1 for R, G, B. The result lies in [min, max] of the input pixel, so in [0, 1]."""
-    maxc, imax = x.max(dim=1, keepdim=True)                       # (n, 1, H, W); ties: any max
-    chroma = maxc - x.amin(dim=1, keepdim=True)                   # channel gives the same hue
-    safe = torch.where(chroma > 0, chroma, 1.0)
-    r, g, b = x.split(1, dim=1)
-    num = torch.where(imax == 0, g - b, torch.where(imax == 1, b - r, r - g))
-    h6 = num.div_(safe).add_(imax * 2.0 + 6.0 * shift.view(-1, 1, 1, 1))   # hue * 6, mod 6 below
-    offsets = torch.tensor(_SECTOR_OFFSETS, dtype=x.dtype).view(1, 3, 1, 1).to(x.device, non_blocking=True)
-    k = torch.remainder(h6 + offsets, 6.0)                        # (n, 3, H, W) in [0, 6)
-    t = k.sub_(2.0).abs_().neg_().add_(2.0).clamp_(0.0, 1.0)      # min(k, 4 - k) = 2 - |k - 2|
-    return torch.addcmul(maxc, chroma, t, value=-1.0)
+    ``h = (h + shift) mod 1``, HSV -> RGB. Written with max, min, chroma C = max - min and the hue
+    in sextants ``h6 = 6 h`` in [0, 6): the rotated pixel is ``min + C * pure(h6)``, where ``pure``
+    is the fully saturated colour of that hue, ``R = clamp(|h6 - 3| - 1, 0, 1)``,
+    ``G = clamp(2 - |h6 - 2|, 0, 1)``, ``B = clamp(2 - |h6 - 4|, 0, 1)`` (so the result lies in
+    [min, max] of the input pixel). Only elementwise ops on (n, 1, H, W) planes, few comparisons
+    and selects: on the CPU a reduction over the 3 channels, ``torch.remainder`` and
+    ``torch.where`` cost several times an add."""
+    r, g, b = x.unbind(dim=1)
+    maxc = torch.maximum(torch.maximum(r, g), b)
+    minc = torch.minimum(torch.minimum(r, g), b)
+    chroma = maxc - minc
+    safe = chroma.clamp_min(torch.finfo(x.dtype).tiny)        # chroma 0: the numerators are 0 too
+    s6 = (6.0 * shift).view(-1, 1, 1)
+    h_r = (g - b).div_(safe).add_(s6)                          # max is r (torchvision's tie order:
+    h_g = (b - r).div_(safe).add_(s6 + 2.0)                    # r, then g, then b)
+    h_b = (r - g).div_(safe).add_(s6 + 4.0)
+    h6 = torch.where(r == maxc, h_r, torch.where(g == maxc, h_g, h_b))
+    h6 = h6.sub_(torch.floor(h6 * (1.0 / 6.0)), alpha=6.0)     # mod 6 (in [-4, 8) before)
+    out = torch.empty_like(x)
+    pure = (h6 - 3.0).abs_().sub_(1.0).clamp_(0.0, 1.0)
+    torch.addcmul(minc, chroma, pure, out=out[:, 0])
+    for c, centre in ((1, 2.0), (2, 4.0)):
+        pure = torch.rsub((h6 - centre).abs_(), 2.0).clamp_(0.0, 1.0)
+        torch.addcmul(minc, chroma, pure, out=out[:, c])
+    return out
 
 
 _JITTER_OPS = (_brightness_, _contrast_, _saturation_, _hue)
@@ -334,15 +343,19 @@ def _grayscale(x: Tensor) -> Tensor:
 
 
 def _blur(x: Tensor, kernels: Tensor) -> Tensor:
-    """Separable Gaussian blur with per-sample 1-D kernels (n, K), reflect padding."""
+    """Separable Gaussian blur with per-sample 1-D kernels (n, K), reflect padding: two depthwise
+    convolutions over the ``n x 3`` channels of one image. On the CPU the padded image is made
+    channels-last first (oneDNN's depthwise kernels ran 1.5-2x faster so, same numbers)."""
     n, c, h, w = x.shape
     k = kernels.shape[1]
     pad = k // 2
     weight = kernels.to(x.dtype).repeat_interleave(c, dim=0)               # (n*c, K)
     y = F.pad(x.reshape(1, n * c, h, w), (pad, pad, pad, pad), mode="reflect")
+    if y.device.type == "cpu":
+        y = y.contiguous(memory_format=torch.channels_last)
     y = F.conv2d(y, weight.view(n * c, 1, 1, k), groups=n * c)
     y = F.conv2d(y, weight.view(n * c, 1, k, 1), groups=n * c)
-    return y.view(n, c, h, w)
+    return y.reshape(n, c, h, w)
 
 
 def _solarize(x: Tensor) -> Tensor:
@@ -354,6 +367,23 @@ def _gaussian_kernels(sigma: Tensor, k: int) -> Tensor:
     t = torch.arange(k, dtype=torch.float64) - (k - 1) / 2
     logits = -(t ** 2) / (2.0 * sigma.to(torch.float64).unsqueeze(1) ** 2)
     return torch.softmax(logits, dim=1)
+
+
+#: Outer blur taps that carry less than this weight on each side, for every sample blurred together,
+#: are dropped: the result moves by < 2^-24 per pass (below float32 rounding of values <= 1), and a
+#: small sigma then costs a short kernel (at 224 px the kernel has 23 taps, sigma <= 2 px needs <= 23).
+TAIL_MASS = 2.0 ** -25
+
+
+def _trim_taps(kernels: Tensor, rows: Tensor) -> Tensor:
+    """(n, K) symmetric kernels -> (n, K - 2 d), d outer taps per side dropped (see TAIL_MASS), as
+    far as the ``rows`` (a CPU bool mask) allow."""
+    k = kernels.shape[1]
+    if not bool(rows.any()):
+        return kernels
+    outer = kernels[rows].cumsum(dim=1).amax(dim=0)          # weight of the first j + 1 taps, worst row
+    d = min(int((outer < TAIL_MASS).sum()), (k - 1) // 2)
+    return kernels[:, d:k - d]
 
 
 def _on_subset(x: Tensor, select: Tensor, fn, *args: Tensor) -> Tensor:
@@ -371,16 +401,22 @@ def _on_subset(x: Tensor, select: Tensor, fn, *args: Tensor) -> Tensor:
     return x.index_copy_(0, idx_dev, fn(x.index_select(0, idx_dev), *args))
 
 
-def _crop_theta(box: Tensor, flip: Tensor, height: int, width: int) -> Tensor:
-    """(B, 2, 3) affine_grid thetas (float64, CPU) mapping output pixel centres onto the crop box."""
+def _crop_grid(box: Tensor, flip: Tensor, height: int, width: int, size: int, device) -> Tensor:
+    """(B, size, size, 2) grid_sample grid (float32, on ``device``) mapping output pixel centres onto
+    the crop boxes: output column ``u`` samples input x ``left + (u + 0.5) * w / size - 0.5`` (mirrored
+    if flipped), row ``v`` input y ``top + (v + 0.5) * h / size - 0.5``, in normalised coordinates
+    (align_corners=False). The crop is axis-aligned, so x depends only on the column and y only on
+    the row: both are computed per sample in float64 on the CPU and broadcast on the device (what
+    ``F.affine_grid`` gives for a diagonal theta, without its (B, size*size, 3) x (3, 2) product)."""
     top, left, h, w = box.to(torch.float64).unbind(dim=1)
-    sx = torch.where(flip, -w / width, w / width)
-    theta = torch.zeros(box.shape[0], 2, 3, dtype=torch.float64)
-    theta[:, 0, 0] = sx
-    theta[:, 0, 2] = (2.0 * left + w) / width - 1.0       # crop centre in normalised coordinates
-    theta[:, 1, 1] = h / height
-    theta[:, 1, 2] = (2.0 * top + h) / height - 1.0
-    return theta
+    u = torch.arange(size, dtype=torch.float64) + 0.5                          # pixel centres
+    gx = (2.0 * left[:, None] + u * (2.0 * w / size)[:, None]) / width - 1.0    # (B, size)
+    gx = torch.where(flip[:, None], gx.flip(1), gx)
+    gy = (2.0 * top[:, None] + u * (2.0 * h / size)[:, None]) / height - 1.0
+    gx = gx.to(torch.float32).to(device, non_blocking=True)
+    gy = gy.to(torch.float32).to(device, non_blocking=True)
+    b = box.shape[0]
+    return torch.stack((gx[:, None, :].expand(b, size, size), gy[:, :, None].expand(b, size, size)), dim=-1)
 
 
 def _jitter(x: Tensor, params: dict[str, Tensor], spec: ViewSpec) -> Tensor:
@@ -406,22 +442,27 @@ def _jitter(x: Tensor, params: dict[str, Tensor], spec: ViewSpec) -> Tensor:
     return x.index_copy_(0, idx_dev, sub)
 
 
-#: On the CPU, batches are processed in blocks of samples whose float input + output take about
-#: this many bytes: every temporary then stays below glibc's mmap threshold (32 MiB), so it is not
-#: page-faulted in afresh on every call, and a block stays cache-friendly. Measured 1.7x faster for
-#: 224 px views of 256 px images (1 thread); small images are never split. CUDA batches are never
-#: split (its caching allocator has no such cost, and fewer, larger kernels are better there).
+#: On the CPU, a batch larger than this (float input + output) is processed in blocks of samples that
+#: fit: every temporary then stays below glibc's mmap threshold (32 MiB), so it is not page-faulted
+#: in afresh on every call, and a block stays cache-friendly (measured 1.7x faster for 224 px views
+#: of 256 px images, 1 thread). Each block holds samples of one group (see :func:`_cpu_blocks`).
+#: CUDA batches are never split (its caching allocator has no such cost, and fewer, larger kernels
+#: are better there).
 CPU_BLOCK_BYTES = 24 * 2 ** 20
+
+#: A smaller CPU batch is split into one contiguous part per torch thread when each part has at least
+#: this many bytes; below that one thread does it all.
+CPU_MIN_PART_BYTES = 2 ** 20
+
+
+def _sample_bytes(height: int, width: int, size: int) -> int:
+    return 3 * 4 * (height * width + size * size)
 
 
 def _block(device: torch.device, batch: int, height: int, width: int, size: int) -> int:
     if device.type != "cpu":
         return batch
-    return max(1, CPU_BLOCK_BYTES // (3 * 4 * (height * width + size * size)))
-
-
-def _slice_params(params: dict[str, Tensor], sl: slice) -> dict[str, Tensor]:
-    return {k: (v if k == "image_hw" else v[sl]) for k, v in params.items()}
+    return max(1, CPU_BLOCK_BYTES // _sample_bytes(height, width, size))
 
 
 def _check(x: Tensor, params: dict[str, Tensor]) -> None:
@@ -436,28 +477,89 @@ def _views(x01: Tensor, params: dict[str, Tensor], spec: ViewSpec) -> Tensor:
     """The whole pipeline on one block: (n, 3, H, W) float32 -> (n, 3, size, size) normalised."""
     b, _, height, width = x01.shape
     dev, size = x01.device, spec.size
-    theta = _crop_theta(params["box"], params["flip"], height, width)
-    grid = F.affine_grid(theta.to(torch.float32).to(dev, non_blocking=True), [b, 3, size, size],
-                         align_corners=False)
+    grid = _crop_grid(params["box"], params["flip"], height, width, size, dev)
     x = F.grid_sample(x01, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
     x = _jitter(x, params, spec)
     x = _on_subset(x, params["gray"], _grayscale)
-    kernels = _gaussian_kernels(params["sigma"], spec.blur_kernel)
+    kernels = _trim_taps(_gaussian_kernels(params["sigma"], spec.blur_kernel), params["blur"])
     x = _on_subset(x, params["blur"], _blur, kernels)
     x = _on_subset(x, params["solarize"], _solarize)
     return _normalize_(x)
 
 
+def _group_keys(params: dict[str, Tensor], spec: ViewSpec) -> Tensor:
+    """(B,) int64: samples with equal keys go through exactly the same sequence of ops (jitter
+    on/off and the relative order of its active ops, grayscale, blur, solarize)."""
+    active = [op for op, strength in enumerate(spec.jitter) if strength > 0]
+    pos = params["order"].argsort(dim=1)              # position of each op in the sample's order
+    code = torch.zeros_like(params["jitter"], dtype=torch.int64)
+    for a_i, a in enumerate(active):                  # the order of the active ops: one bit per pair
+        for b in active[a_i + 1:]:
+            code = code * 2 + (pos[:, a] < pos[:, b]).to(torch.int64)
+    key = torch.where(params["jitter"], code + 1, 0) if active else code
+    for flag in GROUP_FLAGS:
+        key = key * 2 + params[flag].to(torch.int64)
+    return key
+
+
+#: Per-sample flags that also split the CPU blocks into groups (see :func:`_cpu_blocks`).
+GROUP_FLAGS = ("gray", "blur", "solarize")
+
+
+def _cpu_blocks(params: dict[str, Tensor], spec: ViewSpec, block: int) -> list[Tensor]:
+    """Index tensors of at most ``block`` samples that share one group key each (so within a
+    block every op applies to all samples or to none: no gathers/scatters of subsets)."""
+    by_sigma = params["sigma"].argsort(stable=True)     # similar sigmas blur together (_trim_taps)
+    key, perm = _group_keys(params, spec)[by_sigma].sort(stable=True)
+    perm = by_sigma[perm]
+    bounds = (torch.nonzero(key[1:] != key[:-1]).flatten() + 1).tolist()
+    out = []
+    for start, stop in zip([0] + bounds, bounds + [key.numel()]):
+        out.extend(perm[start:stop].split(block))
+    return out
+
+
+def _take(params: dict[str, Tensor], idx: Tensor) -> dict[str, Tensor]:
+    return {k: (v if k == "image_hw" else v[idx]) for k, v in params.items()}
+
+
+def _cpu_parts(params: dict[str, Tensor], spec: ViewSpec, b: int, height: int, width: int,
+               threads: int) -> list[Tensor]:
+    """How a CPU batch is cut: index tensors of the samples processed together."""
+    block = _block(torch.device("cpu"), b, height, width, spec.size)
+    if block < b:
+        return _cpu_blocks(params, spec, block)
+    n = min(threads, b * _sample_bytes(height, width, spec.size) // CPU_MIN_PART_BYTES)
+    return list(torch.arange(b).chunk(max(1, n)))
+
+
 def _blocked(images: Tensor, params: dict[str, Tensor], spec: ViewSpec, convert) -> Tensor:
     b, _, height, width = images.shape
-    block = _block(images.device, b, height, width, spec.size)
-    if block >= b:
+    threads = torch.get_num_threads()
+    parts = _cpu_parts(params, spec, b, height, width, threads) if images.device.type == "cpu" else []
+    if len(parts) <= 1:
         return _views(convert(images), params, spec)
     out = torch.empty(b, 3, spec.size, spec.size, dtype=torch.float32, device=images.device)
-    for start in range(0, b, block):          # blocks of samples (CPU only), each fully vectorised
-        sl = slice(start, start + block)
-        out[sl] = _views(convert(images[sl]), _slice_params(params, sl), spec)
+
+    def run(idx: Tensor) -> None:          # rows of different parts are disjoint
+        out.index_copy_(0, idx, _views(convert(images[idx]), _take(params, idx), spec))
+
+    workers = min(threads, len(parts))
+    if workers <= 1:
+        for idx in parts:
+            run(idx)
+        return out
+    # Parts run single-threaded, one per worker thread (torch releases the GIL inside its kernels),
+    # instead of every small kernel split across the threads: no OpenMP barrier per op. On a loaded
+    # machine those barriers stalled whenever one thread was descheduled (2 threads, 32 px: ~20x
+    # slower than 1 thread at a load average of 14, measured).
+    try:
+        with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            for f in [pool.submit(run, idx) for idx in parts]:
+                f.result()
+    finally:
+        torch.set_num_threads(threads)     # set_num_threads is partly process-wide: restore it
     return out
 
 

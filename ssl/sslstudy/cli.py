@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
 from .errors import UserError
+from .names import parse_labels_tag
 
 
 def cmd_validate(a) -> None:
@@ -24,6 +26,23 @@ def cmd_synth(a) -> None:
     generate(a.out, domains=s["domains"], n_images=s["n_images"], image_size=s["image_size"], seed=s["seed"])
 
 
+def cmd_ingest(a) -> None:
+    from .data.ingest import ingest
+
+    levels = [x.strip() for x in a.levels.split(",") if x.strip()] if a.levels else None
+    r = ingest(a.source, a.path, a.out_root / a.name, size=a.size, levels=levels, hierarchy=a.hierarchy,
+               train_split=a.train_split, val_fraction=a.val_fraction, test_fraction=a.test_fraction, seed=a.seed,
+               max_per_class=a.max_per_class, max_failed=a.max_failed, workers=a.workers, force=a.force)
+    for note in r["notes"]:
+        print(f"{a.path}: {note}")
+    classes = ", ".join(f"{lv} {n}" for lv, n in r["levels"].items())
+    if r["skipped"]:
+        print(f"{r['out']}: up to date ({r['kept']} images listed, same files and options); --force re-ingests")
+        return
+    print(f"{r['out']}: {r['images']} images of {a.size} px (classes: {classes}); {r['failed']} unreadable "
+          f"(listed in {r['report']}); {r['per_second']:.0f} images/s on {r['workers']} worker(s), {r['seconds']:.1f} s")
+
+
 def cmd_subset(a) -> None:
     from .data.packed import load_dataset
     from .data.subsets import fractions_to_sizes, nested_subsets, save_indices
@@ -39,15 +58,27 @@ def cmd_subset(a) -> None:
     save_indices(a.out, idx)
 
 
+def _log_launcher() -> None:
+    """The launcher's messages (submitted, re-attached, requeued) go to stderr = the rule's log."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
 def cmd_pretrain(a) -> None:
     from .launch import launch_pretrain
 
+    _log_launcher()
     spec = json.loads(a.spec)
     launch = json.loads(a.launch)
     launch_pretrain(spec, a.run_dir, launch)
 
 
 def cmd_evaluate(a) -> None:
+    if a.launch:  # run this same command as a cluster job, and wait for it
+        from .launch import CommandJob, run_job
+
+        _log_launcher()
+        run_job(CommandJob(a.argv), a.job_dir, json.loads(a.launch), a.threads, what=f"evaluation {a.out}")
+        return
     import torch
 
     from .atomic import write_bytes
@@ -58,7 +89,7 @@ def cmd_evaluate(a) -> None:
     torch.set_num_threads(a.threads)
     backbone, run_cfg = load_backbone(a.checkpoint)
     ds = load_dataset(a.dataset)
-    df = evaluate(backbone, ds, json.loads(a.eval), size=run_cfg["views"][0]["size"])
+    df = evaluate(backbone, ds, json.loads(a.eval), size=a.size or run_cfg["views"][0]["size"])
     state_epoch = int(Path(a.checkpoint).stem.removeprefix("ep")) if a.checkpoint.name.startswith("ep") else run_cfg["epochs"]
     for col, val in reversed(list(dict(run=a.run, **json.loads(a.ids), weights=a.weights, epoch=state_epoch,
                                         eval_domain=ds.meta["name"]).items())):
@@ -69,10 +100,194 @@ def cmd_evaluate(a) -> None:
 def cmd_report(a) -> None:
     from .report.html import build_report
 
-    build_report([Path(p) for p in a.inputs], json.loads(a.config), Path(a.out))
+    build_report({k: [Path(p) for p in getattr(a, k)] for k in TABLES}, json.loads(a.config), Path(a.out), Path(a.captions))
 
 
-def main(argv: list[str] | None = None) -> int:
+# ---------------------------------------------------------------------------- the study's axes
+TABLES = ("frozen", "lowshot", "supervised", "fusion", "clusters")
+
+
+def _with_ids(df, ids: dict):
+    for col, val in reversed(list(ids.items())):
+        df.insert(0, col, val)
+    return df
+
+
+def _write_csv(path: Path, df) -> None:
+    from .atomic import write_bytes
+
+    write_bytes(path, df.to_csv(index=False).encode())
+
+
+def cmd_corrupt(a) -> None:
+    from .data.corrupt import corrupt_dataset
+
+    corrupt_dataset(a.dataset, a.out, a.quality, a.seed)
+
+
+def cmd_pool(a) -> None:
+    from .data.pool import pool_dataset
+
+    pool_dataset(a.datasets, a.out, a.seed)
+
+
+def _count(subset_file: str) -> int:
+    from .data.subsets import load_indices
+
+    return len(load_indices(subset_file))
+
+
+def cmd_lowshot(a) -> None:
+    """Frozen linear or fine-tuning of one SSL run with n labelled images per class."""
+    import torch
+
+    from .data.packed import load_dataset
+    from .eval import lowshot
+    from .train import load_backbone
+
+    torch.set_num_threads(a.threads)
+    backbone, run_cfg = load_backbone(a.checkpoint)
+    ds = load_dataset(a.dataset)
+    cfg = json.loads(a.eval)
+    train = lowshot.labelled_indices(ds, parse_labels_tag(a.labels), cfg["cluster_seed"])
+    if a.mode == "linear":
+        df = lowshot.frozen_linear(backbone, ds, train, cfg, a.size)
+    else:
+        model = lowshot.train_classifier(backbone, ds, train, json.loads(a.finetune), a.size, run_cfg["seed"])
+        df = lowshot.trained_rows(model, ds, a.size, "finetune")
+    ids = dict(run=a.run, **json.loads(a.ids), mode=a.mode, labels=a.labels, labelled_images=len(train),
+               pretrain_images=_count(run_cfg["data"]["subset"]), eval_domain=ds.name)
+    _write_csv(a.out, _with_ids(df, ids))
+
+
+def cmd_supervised(a) -> None:
+    """The backbone trained from scratch on n labelled images per class: scores and a checkpoint."""
+    import torch
+
+    from .data.packed import load_dataset
+    from .eval import lowshot
+    from .models import build_backbone
+    from .train import atomic_torch_save
+
+    torch.set_num_threads(a.threads)
+    ds = load_dataset(a.dataset)
+    ft, arch = json.loads(a.finetune), json.loads(a.backbone)
+    train = lowshot.labelled_indices(ds, parse_labels_tag(a.labels), a.label_seed)
+    torch.manual_seed(a.seed)
+    model = lowshot.train_classifier(build_backbone(**arch), ds, train, ft, a.size, a.seed)
+    df = lowshot.trained_rows(model, ds, a.size, "supervised")
+    ids = dict(run=a.run, **json.loads(a.ids), mode="supervised", labels=a.labels, labelled_images=len(train),
+               pretrain_images=0, eval_domain=ds.name)
+    # the checkpoint format of pretraining runs, so load_backbone (evaluate, fusion) reads it
+    state = {"backbone." + k: v for k, v in model.backbone.state_dict().items()}
+    state.update({"head." + k: v for k, v in model.head.state_dict().items()})
+    atomic_torch_save(dict(epoch=0, model=state, config=dict(run=a.run, seed=a.seed, backbone=arch, views=[dict(size=a.size)],
+                                                             epochs=0, finetune=ft, data=dict(dataset=str(a.dataset)))),
+                      a.checkpoint)
+    _write_csv(a.out, _with_ids(df, ids))
+
+
+def cmd_fusion(a) -> None:
+    import torch
+
+    from .data.packed import load_dataset
+    from .eval.fusion import fusion_scores
+    from .train import load_backbone
+
+    torch.set_num_threads(a.threads)
+    (ma, _), (mb, _) = load_backbone(a.a), load_backbone(a.b)
+    ds = load_dataset(a.dataset)
+    df = fusion_scores(ma, mb, ds, json.loads(a.eval), a.size)
+    names = {"a": a.name_a, "b": a.name_b, "a+b": f"{a.name_a} + {a.name_b}"}
+    df.insert(0, "model", df["member"].map(names))
+    _write_csv(a.out, _with_ids(df, dict(pair=f"{a.name_a} + {a.name_b}", seed=a.seed, eval_domain=ds.name)))
+
+
+def cmd_cluster(a) -> None:
+    import torch
+
+    from .data.packed import load_dataset
+    from .eval.periodic import cluster_checkpoints
+
+    torch.set_num_threads(a.threads)
+    df = cluster_checkpoints(a.run_dir, [load_dataset(d) for d in a.datasets], json.loads(a.eval), a.size)
+    _write_csv(a.out, _with_ids(df, dict(run=a.run, **json.loads(a.ids))))
+
+
+def _axis_parsers(sub) -> None:
+    s = sub.add_parser("corrupt", help="write a corrupted copy of a packed domain (quality axis)")
+    s.add_argument("--dataset", type=Path, required=True)
+    s.add_argument("--quality", required=True, help="e.g. downup2, jpeg10, saltpepper0.01, blur1, lowres16")
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--out", type=Path, required=True)
+    s.set_defaults(fn=cmd_corrupt)
+
+    s = sub.add_parser("pool", help="write an equal-size pool of packed domains (domain axis)")
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("datasets", nargs="+", type=Path)
+    s.set_defaults(fn=cmd_pool)
+
+    def common(s, checkpoint=True):
+        if checkpoint:
+            s.add_argument("--checkpoint", type=Path, required=True)
+        s.add_argument("--dataset", type=Path, required=True)
+        s.add_argument("--eval", default="{}", help="JSON: eval settings")
+        s.add_argument("--size", type=int, required=True, help="evaluation image side (clean resolution)")
+        s.add_argument("--run", default="")
+        s.add_argument("--ids", default="{}", help="JSON: columns identifying the run")
+        s.add_argument("--threads", type=int, default=1)
+        s.add_argument("--out", type=Path, required=True)
+
+    s = sub.add_parser("lowshot", help="linear (frozen) or fine-tuning accuracy with n labelled images per class")
+    common(s)
+    s.add_argument("--mode", choices=("linear", "finetune"), required=True)
+    s.add_argument("--labels", required=True, help="l<images per class> or lall")
+    s.add_argument("--finetune", default="{}", help="JSON: fine-tuning settings")
+    s.set_defaults(fn=cmd_lowshot)
+
+    s = sub.add_parser("supervised", help="train the backbone from scratch on n labelled images per class")
+    common(s, checkpoint=False)
+    s.add_argument("--labels", required=True, help="l<images per class> or lall")
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--label-seed", type=int, required=True, help="seed of the labelled subset (eval.cluster_seed)")
+    s.add_argument("--backbone", required=True, help="JSON: pretrain.backbone")
+    s.add_argument("--finetune", required=True, help="JSON: training settings")
+    s.add_argument("--checkpoint", type=Path, required=True, help="where to save the trained network")
+    s.set_defaults(fn=cmd_supervised)
+
+    s = sub.add_parser("fusion", help="linear accuracy of two models' concatenated frozen features")
+    common(s, checkpoint=False)
+    s.add_argument("--a", type=Path, required=True)
+    s.add_argument("--b", type=Path, required=True)
+    s.add_argument("--name-a", required=True)
+    s.add_argument("--name-b", required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=cmd_fusion)
+
+    s = sub.add_parser("cluster", help="faiss k-means NMI/ARI of every checkpoint of a run")
+    s.add_argument("--run-dir", type=Path, required=True)
+    s.add_argument("--datasets", type=Path, nargs="+", required=True)
+    s.add_argument("--eval", default="{}")
+    s.add_argument("--size", type=int, required=True)
+    s.add_argument("--run", default="")
+    s.add_argument("--ids", default="{}")
+    s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--out", type=Path, required=True)
+    s.set_defaults(fn=cmd_cluster)
+
+
+def cmd_densecl_matches(a) -> None:
+    from .report.matches import write_matches_figure
+
+    ckpt = a.run_dir / "final.pt" if a.epoch is None else a.run_dir / "checkpoints" / f"ep{a.epoch:03d}.pt"
+    if not ckpt.is_file():
+        raise UserError(f"{ckpt}: no such checkpoint; train the run first or pick an existing --epoch")
+    acc = write_matches_figure(ckpt, a.out, a.images, a.seed)
+    print(f"{a.out}: {100 * acc:.1f}% of matches within one cell of the true location")
+
+
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sslstudy", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
 
@@ -84,6 +299,27 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--params", type=Path, default=Path("params/study.yaml"))
     s.add_argument("--out", type=Path, default=Path("data/synth"))
     s.set_defaults(fn=cmd_synth)
+
+    from .data.sources import SOURCES
+
+    s = sub.add_parser("ingest", help="pack a real image collection from disk into data/<name> (see README)")
+    s.add_argument("source", choices=sorted(SOURCES), help="the collection's on-disk layout")
+    s.add_argument("path", type=Path, help="the collection's folder")
+    s.add_argument("--name", required=True, help="dataset (and study domain) name: letters, digits, '.', '-'")
+    s.add_argument("--size", type=int, default=64, help="stored resolution: shorter side resized, centre crop (64)")
+    s.add_argument("--out-root", type=Path, default=Path("data"), help="writes <out-root>/<name> (data)")
+    s.add_argument("--hierarchy", type=Path, help="CSV: class,parent,grandparent,... with a header naming the levels "
+                   "(imagefolder, imagenet, places365)")
+    s.add_argument("--levels", help="comma-separated subset of the source's levels to keep (e.g. class,family,species)")
+    s.add_argument("--train-split", choices=["train", "train_mini"], help="inat2021: which training set (train)")
+    s.add_argument("--val-fraction", type=float, default=0.1, help="per class, when the source has no splits (0.1)")
+    s.add_argument("--test-fraction", type=float, default=0.2, help="per class, when the source has no splits (0.2)")
+    s.add_argument("--seed", type=int, default=0, help="seeds the drawn splits and --max-per-class (0)")
+    s.add_argument("--max-per-class", type=int, help="keep at most this many images per class and split (seeded)")
+    s.add_argument("--max-failed", type=float, default=0.01, help="stop if a larger share is unreadable (0.01)")
+    s.add_argument("--workers", type=int, help="decoding processes (default: all cores)")
+    s.add_argument("--force", action="store_true", help="re-ingest even if the output is up to date")
+    s.set_defaults(fn=cmd_ingest)
 
     s = sub.add_parser("subset", help="write a nested, class-balanced pretraining subset (index list)")
     s.add_argument("--dataset", type=Path, required=True)
@@ -106,16 +342,58 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--ids", default="{}", help="JSON: columns identifying the run (method, domain, ...)")
     s.add_argument("--weights", required=True, help="label of the weights, e.g. pretrained or random")
     s.add_argument("--threads", type=int, default=2)
+    s.add_argument("--size", type=int, default=None, help="evaluation image side (default: the run's view size)")
     s.add_argument("--out", type=Path, required=True)
-    s.set_defaults(fn=cmd_evaluate)
+    s.add_argument("--launch", help="JSON: launch settings; run as a submitit job on launch.cluster")
+    s.add_argument("--job-dir", type=Path, help="with --launch: the job's folder (job.json, submitit logs)")
+    s.set_defaults(fn=cmd_evaluate, argv=None)
 
-    s = sub.add_parser("report", help="tables, figures and results/report.html from evaluation CSVs")
+    _axis_parsers(sub)
+
+    s = sub.add_parser("report", help="tables, figures and results/report.html from the evaluation CSVs")
     s.add_argument("--config", required=True, help="JSON: the validated study config")
     s.add_argument("--out", required=True)
-    s.add_argument("inputs", nargs="+")
+    s.add_argument("--captions", default="workflow/report", help="folder of one-sentence figure captions (*.rst)")
+    for k in TABLES:
+        s.add_argument(f"--{k}", nargs="*", default=[], help=f"{k} evaluation CSVs")
     s.set_defaults(fn=cmd_report)
 
-    a = p.parse_args(argv)
+    s = sub.add_parser("densecl-matches", help="draw DenseCL's matched locations between two views of test images")
+    s.add_argument("run_dir", type=Path)
+    s.add_argument("--out", type=Path, required=True, help="PNG file")
+    s.add_argument("--epoch", type=int, default=None, help="use checkpoints/epNNN.pt (0: random weights) instead of final.pt")
+    s.add_argument("--images", type=int, default=6)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=cmd_densecl_matches)
+
+    return p
+
+
+def run_command(argv: list[str]) -> None:
+    """Run one subcommand; errors raise (for cluster jobs, whose log keeps the trace)."""
+    a = parser().parse_args(argv)
+    a.fn(a)
+
+
+def _strip_launch(argv: list[str]) -> list[str]:
+    """The same command without its --launch/--job-dir options (what the cluster job runs)."""
+    out, skip = [], False
+    for x in argv:
+        if skip:
+            skip = False
+        elif x in ("--launch", "--job-dir"):
+            skip = True
+        elif not x.startswith(("--launch=", "--job-dir=")):
+            out.append(x)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parser().parse_args(argv)
+    if a.cmd == "evaluate" and a.launch:
+        if a.job_dir is None:
+            parser().error("evaluate: --launch needs --job-dir")
+        a.argv = _strip_launch(sys.argv[1:] if argv is None else argv)
     try:
         a.fn(a)
     except UserError as e:
@@ -126,3 +404,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+

@@ -41,13 +41,22 @@ def _coerce(schema: dict, value, root: dict | None = None):
         schema = root["definitions"][schema["$ref"].rsplit("/", 1)[-1]]
     if isinstance(value, dict):
         props = schema.get("properties", {})
-        return {k: _coerce(props.get(k, {}), v, root) for k, v in value.items()}
+        rest = schema.get("additionalProperties")
+        rest = rest if isinstance(rest, dict) else {}
+        return {k: _coerce(props.get(k, rest), v, root) for k, v in value.items()}
     if isinstance(value, list):
         return [_coerce(schema.get("items", {}), v, root) for v in value]
     if not isinstance(value, str):
         return value
     types = schema.get("type", [])
     types = [types] if isinstance(types, str) else types
+    if "anyOf" in schema:  # e.g. [integer, "all"]: the first branch the string parses as
+        for branch in schema["anyOf"]:
+            v = _coerce(branch, value)
+            if not _Validator(branch).is_valid(v):
+                continue
+            return v
+        return value
     if "string" in types:
         return None if "null" in types and value in ("null", "~") else value
     parsed = yaml.safe_load(value) if value.strip() else None
@@ -103,22 +112,58 @@ def run_id(method: str, domain: str, subset: str, seed: int, quality: str = "cle
 
 
 def runs(config: dict) -> list[dict]:
-    s = config["study"]
-    tags = [subset_tag(v) for v in s["subsets"]]
-    return [dict(method=m, domain=d, subset=t, seed=sd, quality="clean", id=run_id(m, d, t, sd))
-            for m in s["methods"] for d in s["domains"] for t in tags for sd in s["seeds"]]
+    """Every pretraining run: study.{methods,domains,subsets,seeds} and what the axes add (sslstudy.axes)."""
+    from .axes import ssl_runs
+
+    return ssl_runs(config)
+
+
+INGEST_ROOT = "data"  # where the ingest rule writes data.ingest entries (as `sslstudy ingest` does by default)
 
 
 def dataset_path(config: dict, domain: str) -> str:
-    return f"{config['data']['root']}/{domain}"
+    """A domain's packed folder: data.datasets[domain], data/<domain> for data.ingest entries, or
+    data.root/<domain> (the synthetic domains)."""
+    d = config["data"]
+    if domain in d.get("datasets", {}):
+        return d["datasets"][domain]
+    if domain in d.get("ingest", {}):
+        return f"{INGEST_ROOT}/{domain}"
+    return f"{d['root']}/{domain}"
+
+
+def ingest_args(config: dict, name: str) -> list[str]:
+    """`sslstudy ingest` arguments for the data.ingest entry ``name``."""
+    s = config["data"]["ingest"][name]
+    args = [s["source"], s["path"], "--name", name, "--out-root", INGEST_ROOT, "--size", str(s["size"]),
+            "--val-fraction", str(s["val_fraction"]), "--test-fraction", str(s["test_fraction"]),
+            "--seed", str(s["seed"]), "--max-failed", str(s["max_failed"])]
+    for key in ("hierarchy", "train_split", "max_per_class"):
+        if s[key] is not None:
+            args += [f"--{key.replace('_', '-')}", str(s[key])]
+    if s["levels"]:
+        args += ["--levels", ",".join(s["levels"])]
+    return args
 
 
 def check_datasets(config: dict) -> None:
     """Every domain of the grid has its packed folder (full checks happen when a job loads it)."""
-    for d in config["study"]["domains"]:
+    clash = sorted(set(config["data"].get("datasets", {})) & set(config["data"].get("ingest", {})))
+    if clash:
+        raise UserError(f"data.datasets and data.ingest both name {', '.join(clash)}; keep one")
+    from .axes import check
+
+    for d in check(config):
+        if d in config["data"].get("ingest", {}):
+            continue  # the ingest rule writes it
         path = Path(dataset_path(config, d))
         if not (path / "images.npy").is_file():
-            hint = "run `sslstudy synth`" if config["data"]["root"] == "data/synth" else "ingest it or fix data.root"
+            if d in config["data"].get("datasets", {}):
+                hint = f"ingest it (`sslstudy ingest <source> <path> --name {path.name}`) or fix data.datasets.{d}"
+            elif config["data"]["root"] == "data/synth":
+                hint = "run `sslstudy synth` (or add it to data.datasets if it is ingested data)"
+            else:
+                hint = "ingest it or fix data.root"
             raise UserError(f"{path}: no such dataset folder (domain {d!r} in study.domains); {hint}, or `dvc checkout data.dvc`")
 
 
@@ -128,6 +173,9 @@ def subset_path(config: dict, domain: str, subset: str) -> str:
 
 def pretrain_spec(config: dict, run: dict) -> dict:
     """Everything one pretraining run depends on (saved in every checkpoint)."""
+    from .axes import dataset_dir
+    from .names import image_size_after
+
     p = config["pretrain"]
     if run["method"] not in config["methods"]:
         raise UserError(f"method {run['method']!r} has no hyper-parameters under methods: in params; add them")
@@ -135,10 +183,12 @@ def pretrain_spec(config: dict, run: dict) -> dict:
     optim = dict(p["optim"], **params.pop("optim", {}))
     views = [dict(p["views"], **{k: v for k, v in o.items() if k != "repeat"})
              for o in params.pop("views", [{}, {}]) for _ in range(o.get("repeat", 1))]
+    shrink = image_size_after(run["quality"], p["views"]["size"]) / p["views"]["size"]  # lowres: smaller views
+    views = [dict(v, size=max(2, round(v["size"] * shrink))) if shrink < 1 else v for v in views]
     return dict(
         run=run["id"], seed=run["seed"], epochs=p["epochs"], batch_size=p["batch_size"],
         checkpoint_every=p["checkpoint_every"], threads=p["threads"],
         backbone=p["backbone"], optim=optim, views=views,
         method=dict(name=run["method"], params=params),
-        data=dict(dataset=dataset_path(config, run["domain"]), subset=subset_path(config, run["domain"], run["subset"])),
+        data=dict(dataset=dataset_dir(config, run["domain"], run["quality"]), subset=subset_path(config, run["domain"], run["subset"])),
     )

@@ -1,8 +1,25 @@
-"""Pretraining jobs through submitit: in-process (debug), a local subprocess, or SLURM."""
+"""Jobs through submitit: in-process (debug), a local subprocess, or SLURM.
+
+One job folder holds one job at a time: its id is stored in `job.json`, a restarted launcher
+re-attaches to a queued or running SLURM job instead of submitting a second one, and a job that
+ends without a result raises UserError naming its SLURM state, its log and the log's last lines.
+"""
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 import submitit
 from submitit.core.utils import FailedJobError, UncompletedJobError
@@ -10,10 +27,26 @@ from submitit.core.utils import FailedJobError, UncompletedJobError
 from .atomic import write_bytes
 from .errors import UserError
 
+log = logging.getLogger("sslstudy.launch")
+
+#: SLURM states of a job that may still produce a result (squeue(1), "JOB STATE CODES").
+ACTIVE = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
+                    "RESIZING", "SUSPENDED", "PREEMPTED", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD"})
+UNREACHABLE = "UNREACHABLE"  # slurmctld did not answer: keep waiting, the job may be fine
+
+
+# ----------------------------------------------------------------------------- the jobs
+def distributed_env() -> dict:
+    """Inside a cluster job: export MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK for torch DDP
+    (env:// init) from submitit's view of the SLURM/local task layout; returns them."""
+    env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    return dict(master_addr=env.master_addr, master_port=env.master_port, rank=env.rank,
+                world_size=env.world_size, local_rank=env.local_rank)
+
 
 class PretrainJob(submitit.helpers.Checkpointable):
-    """On timeout/preemption submitit calls checkpoint() (inherited): the same job is requeued and
-    train() resumes from the newest checkpoint in the run folder."""
+    """On timeout or preemption (USR2) submitit calls checkpoint() in the job's process, requeues the
+    same job, and the requeued train() resumes from the run folder's newest checkpoint."""
 
     def __init__(self, spec: dict, run_dir: str):
         self.spec = spec
@@ -22,16 +55,48 @@ class PretrainJob(submitit.helpers.Checkpointable):
     def __call__(self) -> str:
         from .train import train  # imported in the job's process
 
+        if os.environ.get("SUBMITIT_EXECUTOR") in ("slurm", "local"):
+            distributed_env()
         return str(train(self.spec, self.run_dir))
 
+    def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
+        # train() caught the USR2 first, finished its step and wrote checkpoints/last.pt
+        log.warning("job interrupted (timeout or preemption): requeued, will resume from the newest checkpoint")
+        return super().checkpoint(*args, **kwargs)
 
-def executor(run_dir: Path, launch: dict, threads: int) -> submitit.Executor:
-    ex = submitit.AutoExecutor(folder=run_dir / "submitit", cluster=launch["cluster"])
-    params = dict(timeout_min=launch["timeout_min"], name=f"sslstudy-{run_dir.parent.name}")
+
+class CommandJob:
+    """An `sslstudy` subcommand run as a cluster job (e.g. an evaluation); raises on its error."""
+
+    def __init__(self, argv: list[str]):
+        self.argv = argv
+
+    def __call__(self) -> None:
+        from .cli import run_command
+
+        run_command(self.argv)
+
+
+# ----------------------------------------------------------------------------- executors
+def slurm_tasks(slurm: dict) -> int:
+    """Tasks per node: one per GPU (DDP world size = nodes x tasks), or as configured."""
+    return slurm["tasks_per_node"] or max(1, slurm["gpus_per_node"])
+
+
+def job_name(folder: Path) -> str:
+    """e.g. sslstudy-simclr_natural_frac1_clean_seed0 for results/runs/simclr/natural_frac1_clean/seed0"""
+    return "sslstudy-" + "_".join(Path(folder).parts[-3:])
+
+
+def executor(folder: Path, launch: dict, threads: int, name: str) -> submitit.Executor:
+    ex = submitit.AutoExecutor(folder=folder / "submitit", cluster=launch["cluster"])
+    params = dict(timeout_min=launch["timeout_min"], name=name)
     if launch["cluster"] == "slurm":
         s = launch["slurm"]
         params.update(slurm_partition=s["partition"], slurm_account=s["account"], gpus_per_node=s["gpus_per_node"],
-                      cpus_per_task=s["cpus_per_task"], mem_gb=s["mem_gb"], tasks_per_node=1, nodes=1)
+                      cpus_per_task=s["cpus_per_task"], mem_gb=s["mem_gb"], tasks_per_node=slurm_tasks(s),
+                      nodes=s["nodes"], slurm_signal_delay_s=s["signal_delay_s"],
+                      slurm_additional_parameters=s["extra"] or None)
         params = {k: v for k, v in params.items() if v is not None}
     elif launch["cluster"] == "local":
         params.update(cpus_per_task=threads, gpus_per_node=0)
@@ -39,37 +104,177 @@ def executor(run_dir: Path, launch: dict, threads: int) -> submitit.Executor:
     return ex
 
 
-def _reattach(run_dir: Path, launch: dict):
-    """A SLURM job of this run that is still queued or running, if a previous launcher left one."""
-    job_file = run_dir / "job.json"
+# ----------------------------------------------------------------------------- SLURM state
+@dataclass
+class SlurmState:
+    name: str  # JobState, e.g. RUNNING, COMPLETED, CANCELLED, OUT_OF_MEMORY; or UNREACHABLE / GONE
+    detail: str = ""  # reason and exit code
+
+    @property
+    def active(self) -> bool:
+        return self.name in ACTIVE or self.name == UNREACHABLE
+
+
+def slurm_state(job_id: str) -> SlurmState:
+    """The controller's view (scontrol; works without accounting), else the accounting database's
+    (sacct) for jobs the controller has already forgotten."""
+    p = _quiet(["scontrol", "show", "job", "-o", job_id])
+    if p is not None and p.returncode == 0 and "JobState=" in p.stdout:
+        f = dict(re.findall(r"\b(JobState|Reason|ExitCode)=(\S+)", p.stdout))
+        return SlurmState(f["JobState"], f"reason {f.get('Reason', '?')}, exit code {f.get('ExitCode', '?')}")
+    if p is None or "Invalid job id" not in p.stderr:
+        return SlurmState(UNREACHABLE, (p.stderr.strip() if p is not None else "scontrol timed out")[:200])
+    q = _quiet(["sacct", "-X", "-n", "-P", "-o", "State,ExitCode", "-j", job_id])
+    if q is not None and q.returncode == 0 and q.stdout.strip():
+        state, code = q.stdout.strip().splitlines()[0].split("|")[:2]
+        return SlurmState(state.split()[0], f"exit code {code}")
+    return SlurmState("GONE", "unknown to slurmctld and to accounting")
+
+
+def _quiet(cmd: list[str]) -> subprocess.CompletedProcess | None:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+# ----------------------------------------------------------------------------- submit / re-attach / wait
+@contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """One launcher per job folder (two Snakemakes with --nolock, or an orphaned launcher): the
+    second waits for the first, then finds its job."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".launch.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def _reattach(folder: Path, launch: dict):
+    """The SLURM job of a previous launcher, if it is still queued/running or left a result."""
+    job_file = folder / "job.json"
     if launch["cluster"] != "slurm" or not job_file.is_file():
         return None
     rec = json.loads(job_file.read_text())
-    job = submitit.SlurmJob(folder=run_dir / "submitit", job_id=rec["job_id"])
-    return None if job.done() else job
+    if rec.get("cluster") != "slurm":
+        return None
+    job = submitit.SlurmJob(folder=folder / "submitit", job_id=rec["job_id"])
+    if job.paths.result_pickle.exists() or slurm_state(job.job_id).active:
+        log.info("re-attached to SLURM job %s", job.job_id)
+        return job
+    return None
 
 
+def run_job(fn: Callable, folder: Path, launch: dict, threads: int, what: str,
+            valid: Callable[[object], bool] = lambda r: True):
+    """Run fn through submitit (or re-attach to the job already running it) and return its result.
+    A re-attached job's result is used only if `valid(result)` (e.g. its files still exist)."""
+    folder = Path(folder)
+    with _folder_lock(folder):
+        job = _reattach(folder, launch)
+        if job is not None:
+            try:
+                result = _wait(job, launch, what)
+                if valid(result):
+                    return result
+            except UserError as e:
+                log.warning("previous job failed, submitting again: %s", e)
+        job = executor(folder, launch, threads, name=job_name(folder)).submit(fn)
+        log.info("submitted %s job %s for %s", launch["cluster"], job.job_id, what)
+        write_bytes(folder / "job.json", (json.dumps(dict(job_id=str(job.job_id), cluster=launch["cluster"],
+                                                          submitted=time.time())) + "\n").encode())
+        with _cancel_local_on_exit(job, launch):
+            return _wait(job, launch, what)
+
+
+@contextmanager
+def _cancel_local_on_exit(job, launch: dict) -> Iterator[None]:
+    """A local submitit job ignores SIGTERM and cannot be re-attached: when the launcher is stopped
+    (Snakemake killed), stop its job too, so a restart never runs two on one folder."""
+    if launch["cluster"] != "local" or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        job.cancel()
+        sys.exit(128 + signum)
+
+    old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _wait(job, launch: dict, what: str):
+    if launch["cluster"] == "slurm":
+        ended = _wait_slurm(job, launch["poll_s"])
+        if ended is not None:
+            raise UserError(_failure(job, what, f"ended {ended.name} ({ended.detail}) without a result"))
+    try:
+        return job.result()
+    except UserError:
+        raise  # debug executor: the job's own one-line error
+    except (FailedJobError, UncompletedJobError) as e:
+        raise UserError(_failure(job, what, _last_error(str(e)))) from None
+
+
+def _wait_slurm(job, poll_s: float, grace_s: float = 15) -> SlurmState | None:
+    """Wait for the job's result file; None when it is there, else the state the job ended in."""
+    warned = False
+    while not job.paths.result_pickle.exists():
+        state = slurm_state(job.job_id)
+        if state.name == UNREACHABLE and not warned:
+            log.warning("SLURM controller not answering (%s); still waiting for job %s", state.detail, job.job_id)
+            warned = True
+        if not state.active:
+            # a job that ran to its end wrote a result (a shared filesystem may show it late);
+            # one that SLURM killed (cancelled, out of memory, time limit) never will
+            deadline = time.time() + (grace_s if state.name in ("COMPLETED", "FAILED") else 0)
+            while not job.paths.result_pickle.exists() and time.time() < deadline:
+                time.sleep(1)
+            return None if job.paths.result_pickle.exists() else state
+        time.sleep(poll_s)
+    return None
+
+
+def _failure(job, what: str, headline: str) -> str:
+    """Job id, what failed, the fix when known, the log path and the log's last meaningful lines."""
+    err = Path(job.paths.stderr)
+    tail = _tail(err) or _tail(Path(job.paths.stdout)) or ["(log empty or missing)"]
+    hint = next((h for key, h in HINTS if key in headline or any(key in ln for ln in tail)), "")
+    return (f"{what}: job {job.job_id} {headline}{hint}; log: {err}\n  last lines of the log:\n"
+            + "\n".join(f"    {ln}" for ln in tail))
+
+
+HINTS = (("memory limit", " - out of memory: raise launch.slurm.mem_gb"),
+         ("OUT_OF_MEMORY", " - out of memory: raise launch.slurm.mem_gb"),
+         ("TIMEOUT", " - time limit: raise launch.timeout_min"),
+         ("CANCELLED", " - cancelled (scancel or an admin): run again to resume from the last checkpoint"),
+         ("NODE_FAIL", " - node failure: run again to resume from the last checkpoint"))
+
+
+def _tail(path: Path, n: int = 6) -> list[str]:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    noise = ("submitit INFO", "submitit WARNING", "Traceback", "  File ", "    ")
+    lines = [ln.rstrip() for ln in lines if ln.strip() and not ln.startswith(noise)]
+    return [ln[:300] for ln in lines[-n:]]
+
+
+def _last_error(message: str) -> str:
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip() and not set(ln.strip()) <= {"-"}]
+    errs = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception|Diverged)\b", ln)]
+    return "failed: " + (errs[-1] if errs else lines[0] if lines else "no message")[:300]
+
+
+# ----------------------------------------------------------------------------- pretraining
 def launch_pretrain(spec: dict, run_dir: str | Path, launch: dict) -> Path:
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    job = _reattach(run_dir, launch)
-    if job is None:
-        job = executor(run_dir, launch, spec["threads"]).submit(PretrainJob(spec, str(run_dir)))
-        write_bytes(run_dir / "job.json", (json.dumps(dict(job_id=str(job.job_id), cluster=launch["cluster"])) + "\n").encode())
-    try:
-        return Path(job.result())
-    except UserError:
-        raise  # debug executor: the trainer's own one-line error
-    except (FailedJobError, UncompletedJobError) as e:
-        tail = _tail(Path(job.paths.stderr))
-        raise UserError(f"pretraining job {job.job_id} of {run_dir} failed ({str(e).splitlines()[0][:200]}); "
-                        f"log: {job.paths.stderr}; last error line: {tail}") from None
-
-
-def _tail(path: Path) -> str:
-    try:
-        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        return "(no log)"
-    errs = [ln for ln in lines if "Error" in ln or "error:" in ln]
-    return (errs or lines or ["(empty log)"])[-1].strip()[:300]
+    if launch["cluster"] == "slurm":
+        spec = dict(spec, threads=launch["slurm"]["cpus_per_task"])  # use the CPUs the job was given
+    result = run_job(PretrainJob(spec, str(run_dir)), run_dir, launch, spec["threads"], what=f"pretraining {run_dir}",
+                     valid=lambda r: Path(r).is_file())
+    return Path(result)

@@ -1,29 +1,40 @@
 # Validate the config, expand the study grid into runs, name every file.
+import glob
 import json
+import os
+import re
 import shlex
 import sys
 
+from sslstudy import axes
 from sslstudy import config as studyconfig
 from sslstudy.errors import UserError
 
 try:
     C = studyconfig.validate(config, " + ".join(map(str, workflow.configfiles)) or "config")
     RUNS = {r["id"]: r for r in studyconfig.runs(C)}
+    MODELS = axes.models(C)
     studyconfig.check_datasets(C)
 except UserError as e:
     sys.exit(f"error: {e}")
 
-DATA = C["data"]["root"]
 RUN = "{method}/{domain}_{subset}_{quality}/seed{seed}"
+SIZE = C["pretrain"]["views"]["size"]  # every evaluation is on clean images at this side
+THREADS = C["pretrain"]["threads"]
 
 
 wildcard_constraints:
+    name="|".join(map(re.escape, C["data"]["ingest"])) or "(?!)",
     method="[a-z0-9]+",
-    domain="[^/]+",
-    subset="frac[0-9.e-]+|n[0-9]+",
-    quality="[a-z0-9-]+",
+    domain="[^/_]+",
+    subset="frac[0-9.e-]+|n[0-9]+|l[0-9]+|lall",
+    quality="clean|[a-z]+[0-9.]+",
     seed="[0-9]+",
     weights="pretrained|random",
+    on="[^/_+]+",
+    labels="l[0-9]+|lall",
+    mode="linear|finetune",
+    member="[a-z0-9]+@[^/@_]+",
 
 
 def q(obj):
@@ -32,15 +43,60 @@ def q(obj):
 
 
 def run_of(w):
+    """The model (SSL run or supervised network) a job's wildcards name."""
     rid = RUN.format(**{k: w[k] for k in ("method", "domain", "subset", "quality", "seed")})
-    if rid not in RUNS:
-        raise ValueError(f"{rid} is not a run of this study")
-    return RUNS[rid]
+    if rid not in MODELS:
+        raise ValueError(f"{rid} is not a model of this study")
+    return MODELS[rid]
 
 
-def dataset_files(domain):
-    return [f"{DATA}/{domain}/{f}" for f in ("images.npy", "labels.csv", "meta.json")]
+def ids(m):
+    """The columns that identify a model in every table."""
+    return q({k: m[k] for k in ("method", "domain", "subset", "quality", "seed")})
 
 
+def checkpoint(m):
+    if m["kind"] == "supervised":
+        return f"results/supervised/{m['domain']}_{m['labels']}/seed{m['seed']}/final.pt"
+    return f"results/runs/{m['id']}/final.pt"
+
+
+def dataset_dir(domain, quality="clean"):
+    return axes.dataset_dir(C, domain, quality)
+
+
+def dataset_files(domain, quality="clean"):
+    return [f"{dataset_dir(domain, quality)}/{f}" for f in ("images.npy", "labels.csv", "meta.json")]
+
+
+def supervised_of(w):
+    m = axes.supervised_model(w.domain, w.labels.removeprefix("l"), int(w.seed))
+    if m["id"] not in MODELS:
+        raise ValueError(f"{m['id']} is not a model of this study")
+    return m
+
+
+def member_of(w, which):
+    return axes.member(C, w[which], int(w.seed))
+
+
+# ---- every table the report reads, one list per kind
 def eval_tables():
-    return [f"results/eval/{rid}/{w}.csv" for rid in RUNS for w in ("pretrained", "random")]
+    return [f"results/eval/{rid}/{w}_on_{on}.csv" for rid, w, on in axes.evaluations(C)]
+
+
+def lowshot_tables():
+    return [f"results/lowshot/{rid}/{mode}_{lab}.csv" for rid, mode, lab in axes.lowshot_jobs(C)]
+
+
+def supervised_tables():
+    return [f"results/supervised/{m['domain']}_{m['labels']}/seed{m['seed']}/scores.csv" for m in axes.supervised_models(C)]
+
+
+def fusion_tables():
+    return [f"results/fusion/seed{a['seed']}/{axes.member_name(a)}/{axes.member_name(b)}/on_{on}.csv"
+            for a, b in axes.fusion_pairs(C) for on in dict.fromkeys(axes.eval_domains(a) + axes.eval_domains(b))]
+
+
+def cluster_tables():
+    return [f"results/clusters/{rid}.csv" for rid in axes.cluster_runs(C)]

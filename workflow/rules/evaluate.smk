@@ -1,26 +1,39 @@
-# Frozen-feature evaluation of a run's final weights and of its epoch-0 (random) weights:
-# kNN, linear probe (finest labels, mapped up) and k-means NMI/ARI at every label level.
+# Frozen-feature evaluation of a model (SSL run or supervised network) on a clean domain: kNN,
+# linear probe (finest labels, mapped up) and k-means NMI/ARI at every label level. `random` is the
+# run's epoch-0 checkpoint (the same backbone at its random initialisation).
+# launch.evaluate=cluster sends each one to launch.cluster through submitit (the rule then waits).
+# ep000.pt is written by pretraining but not declared (see pretrain.smk): both wait for final.pt.
+EVAL_REMOTE = C["launch"]["evaluate"] == "cluster"
 
 
 rule evaluate:
     input:
-        ckpt=lambda w: "results/runs/{run}/{ck}".format(
-            run=run_of(w)["id"], ck="final.pt" if w.weights == "pretrained" else "checkpoints/ep000.pt"
-        ),
-        data=lambda w: dataset_files(w.domain),
+        final=lambda w: checkpoint(run_of(w)),
+        data=lambda w: dataset_files(w.on),
     output:
-        f"results/eval/{RUN}/{{weights}}.csv",
+        f"results/eval/{RUN}/{{weights}}_on_{{on}}.csv",
     params:
+        ckpt=lambda w: checkpoint(run_of(w)) if w.weights == "pretrained" else f"results/runs/{run_of(w)['id']}/checkpoints/ep000.pt",
+        size=SIZE,
         eval=q(C["eval"]),
-        ids=lambda w: q({k: run_of(w)[k] for k in ("method", "domain", "subset", "quality", "seed")}),
+        ids=lambda w: ids(run_of(w)),
         run=lambda w: run_of(w)["id"],
-        dataset=lambda w: f"{DATA}/{w.domain}",
-    threads: C["pretrain"]["threads"]
+        dataset=lambda w: dataset_dir(w.on),
+        cpus=C["launch"]["slurm"]["cpus_per_task"] if EVAL_REMOTE and C["launch"]["cluster"] == "slurm" else THREADS,
+        remote=(
+            lambda w: f"--launch {q(C['launch'])} --job-dir logs/evaluate/{run_of(w)['id']}/{w.weights}_on_{w.on}"
+            if EVAL_REMOTE
+            else ""
+        ),
+    threads: 1 if EVAL_REMOTE else THREADS
+    localrule: EVAL_REMOTE
     conda:
         "../envs/sslstudy.yaml"
     log:
-        f"logs/evaluate/{RUN}/{{weights}}.log",
+        f"logs/evaluate/{RUN}/{{weights}}_on_{{on}}.log",
+    benchmark:
+        f"results/benchmarks/evaluate/{RUN}/{{weights}}_on_{{on}}.tsv"
     shell:
-        "sslstudy evaluate --checkpoint {input.ckpt} --dataset {params.dataset} --eval {params.eval}"
-        " --run {params.run} --ids {params.ids} --weights {wildcards.weights} --threads {threads}"
-        " --out {output} 2> {log}"
+        "sslstudy evaluate --checkpoint {params.ckpt} --dataset {params.dataset} --eval {params.eval} --size {params.size}"
+        " --run {params.run} --ids {params.ids} --weights {wildcards.weights} --threads {params.cpus}"
+        " --out {output} {params.remote} 2> {log} || {{ tail -n 12 {log} >&2; exit 1; }}"

@@ -3,7 +3,8 @@
 A domain is one folder holding exactly three files::
 
     images.npy   uint8 array (N, H, W, 3), written with np.save, read memory-mapped
-    labels.csv   columns: index, split, domain, <level_0>, ..., <level_k> (coarse to fine)
+    labels.csv   columns: index, split (train/val/test), domain, <level_0>, ..., <level_k> (coarse to
+                 fine), then any extra columns (ingested data: file, where each image came from)
     meta.json    name, levels, classes, parents, image_size, n_images, source
 
 Folders are hashed by DVC, so every byte written here is a pure function of the
@@ -35,7 +36,7 @@ IMAGES_FILE = "images.npy"
 LABELS_FILE = "labels.csv"
 META_FILE = "meta.json"
 DATASET_FILES = (IMAGES_FILE, LABELS_FILE, META_FILE)
-SPLITS = ("train", "test")
+SPLITS = ("train", "val", "test")
 BASE_COLUMNS = ("index", "split", "domain")
 META_KEYS = ("name", "levels", "classes", "parents", "image_size", "n_images", "source")
 

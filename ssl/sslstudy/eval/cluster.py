@@ -27,6 +27,10 @@ Faiss behaviour worth knowing, handled here:
   the rest of the process was told to use; small jobs (``N * k * d`` < 16M)
   run on one thread, which is faster there (see :func:`faiss_threads`).
 * On CPU the result is deterministic for a fixed seed and thread count.
+* GPU: faiss's GPU index when faiss sees GPUs; otherwise, where torch sees CUDA (a faiss-cpu
+  install on a GPU machine), the same Lloyd iterations written in torch (:func:`lloyd_torch`,
+  ``init="random"`` only). Its steps mirror faiss's ``Clustering.train``; the tests check it
+  against faiss on the CPU.
 """
 
 from __future__ import annotations
@@ -40,7 +44,8 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from sslstudy.errors import UserError
 
-__all__ = ["kmeans", "cluster_scores", "assignment_scores", "as_float32_matrix", "faiss_threads", "use_gpu"]
+__all__ = ["kmeans", "lloyd_torch", "cluster_scores", "assignment_scores", "as_float32_matrix", "faiss_threads",
+           "use_gpu"]
 
 # faiss stores the seed in a C int.
 _SEED_MODULUS = 2**31
@@ -120,6 +125,102 @@ def use_gpu(gpu: bool | None) -> bool:
     return bool(gpu)
 
 
+def _torch_cuda() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:  # torch missing or broken: no torch fallback
+        return False
+
+
+def _kmeans_backend(gpu: bool | None, init: str) -> str:
+    """``"faiss-gpu"``, ``"torch-cuda"`` or ``"faiss-cpu"`` for a ``gpu`` argument (None: any GPU)."""
+    if gpu is not None and not gpu:
+        return "faiss-cpu"
+    if _num_gpus() > 0:
+        return "faiss-gpu"
+    if _torch_cuda():
+        if init == "random":
+            return "torch-cuda"
+        if gpu:
+            raise UserError(f"kmeans: init={init!r} on a GPU needs faiss-gpu (the torch fallback does "
+                            f"init='random' only); install faiss-gpu, use init='random' or pass gpu=None")
+        return "faiss-cpu"
+    if gpu:
+        raise UserError("gpu=True was requested but neither faiss nor torch sees a GPU (install faiss-gpu "
+                        "or a CUDA build of torch, or pass gpu=None)")
+    return "faiss-cpu"
+
+
+#: Where the torch fallback runs (a module constant so that the tests can run that path on the CPU).
+_TORCH_DEVICE = "cuda"
+
+#: faiss's relative perturbation when it splits a cluster to refill an empty one (Clustering.cpp).
+_SPLIT_EPS = 1.0 / 1024
+
+
+def lloyd_torch(x, k: int, seed: int = 0, niter: int = 20, nredo: int = 1, spherical: bool = False,
+                n_train: int | None = None, device="cpu", init_centroids=None):
+    """faiss's ``Clustering.train`` with a flat L2 index, in torch (for GPUs faiss cannot use).
+
+    ``x``: ``(N, d)`` float32 torch tensor or array. Samples ``n_train`` training points (all if
+    None), starts from ``k`` distinct random training points (or ``init_centroids``), runs ``niter``
+    Lloyd steps (assign by squared L2 via ``|x|^2 - 2 x.c + |c|^2``, as faiss's BLAS path does;
+    mean of the assigned points; an emptied cluster takes a copy of the largest one, both
+    perturbed by +-1/1024 in alternating coordinates, as faiss splits clusters; centroids
+    renormalised if ``spherical``), and keeps the run of ``nredo`` with the lowest final
+    objective. Returns the ``(k, d)`` float32 centroids on ``device``.
+    """
+    import torch
+
+    xt = torch.as_tensor(x, dtype=torch.float32).to(device)
+    g = torch.Generator().manual_seed(int(seed) % _SEED_MODULUS)
+    n = xt.shape[0]
+    if n_train is not None and n_train < n:
+        xt = xt[torch.randperm(n, generator=g)[:n_train].to(device)]
+    best, best_obj = None, float("inf")
+    for _ in range(nredo):
+        if init_centroids is not None:
+            c = torch.as_tensor(init_centroids, dtype=torch.float32).to(device).clone()
+        else:
+            c = xt[torch.randperm(xt.shape[0], generator=g)[:k].to(device)].clone()
+        obj = float("inf")
+        for _ in range(niter):
+            assign, dist = _nearest_torch(xt, c)
+            obj = float(dist.sum())
+            counts = torch.bincount(assign, minlength=k)
+            c = torch.zeros_like(c).index_add_(0, assign, xt) / counts.clamp_min(1).unsqueeze(1).to(c.dtype)
+            for ci in (counts == 0).nonzero().flatten().tolist():      # few; faiss's split, largest first
+                cj = int(counts.argmax())
+                sign = torch.ones(c.shape[1], device=c.device)
+                sign[1::2] = -1
+                c[ci] = c[cj] * (1 + _SPLIT_EPS * sign)
+                c[cj] = c[cj] * (1 - _SPLIT_EPS * sign)
+                counts[ci] = counts[cj] // 2
+                counts[cj] -= counts[ci]
+            if spherical:
+                c = torch.nn.functional.normalize(c, dim=1)
+        if obj < best_obj or best is None:
+            best, best_obj = c, obj
+    return best
+
+
+def _nearest_torch(x, c):
+    """Index and squared L2 distance of each row's nearest centroid, in row chunks of <= 256 MiB."""
+    import torch
+
+    cc = (c * c).sum(1)
+    chunk = max(1, 2**26 // c.shape[0])
+    idx, dist = [], []
+    for xs in x.split(chunk):
+        d2 = torch.addmm(cc, xs, c.T, alpha=-2.0).add_((xs * xs).sum(1, keepdim=True))
+        dmin, imin = d2.min(dim=1)
+        idx.append(imin)
+        dist.append(dmin.clamp_min_(0.0))
+    return torch.cat(idx), torch.cat(dist)
+
+
 def _flat_l2_index(d: int, gpu: bool) -> faiss.Index:
     index = faiss.IndexFlatL2(d)
     if gpu:
@@ -156,7 +257,10 @@ def kmeans(
         max_points_per_centroid: train on a random subsample of
             ``k * max_points_per_centroid`` points when ``N`` is larger;
             ``None`` (default) uses all points.
-        gpu: ``None`` = use the GPU(s) if faiss sees any, else CPU.
+        gpu: ``None``: faiss's GPU index if faiss sees a GPU, else the torch
+            Lloyd (:func:`lloyd_torch`) on CUDA if torch sees one and ``init`` is
+            ``"random"``, else faiss on the CPU. ``True``: one of the two GPU
+            paths or a UserError; ``False``: faiss on the CPU.
         init: ``"random"`` (faiss's default: k distinct random points, as in
             DeepCluster / PCL) or ``"kmeans++"`` (D^2 seeding, much less prone
             to merging two true clusters when k is small; needs a faiss with
@@ -182,7 +286,16 @@ def kmeans(
         raise UserError(f"kmeans: max_points_per_centroid must be >= 1 or None, got {max_points_per_centroid}")
     if init not in _INIT_METHODS:
         raise UserError(f"kmeans: init must be one of {sorted(_INIT_METHODS)}, got {init!r}")
-    on_gpu = use_gpu(gpu)
+    backend = _kmeans_backend(gpu, init)
+    n_train = n if max_points_per_centroid is None else min(n, k * int(max_points_per_centroid))
+    if backend == "torch-cuda":
+        import torch
+
+        c = lloyd_torch(xf, k, seed=seed, niter=int(niter), nredo=int(nredo), spherical=spherical,
+                        n_train=n_train, device=_TORCH_DEVICE)
+        assign, dist = _nearest_torch(torch.from_numpy(xf).to(c.device), c)
+        return (np.ascontiguousarray(c.cpu().numpy(), dtype=np.float32), assign.cpu().numpy().astype(np.int64),
+                dist.cpu().numpy().astype(np.float32))
 
     cp = faiss.ClusteringParameters()
     if init != "random":
@@ -205,7 +318,7 @@ def kmeans(
 
     with faiss_threads(work=float(n) * k * d):
         clus = faiss.Clustering(d, k, cp)
-        index = _flat_l2_index(d, on_gpu)
+        index = _flat_l2_index(d, backend == "faiss-gpu")
         clus.train(xf, index)
         centroids = faiss.vector_to_array(clus.centroids).reshape(k, d).astype(np.float32, copy=False)
         centroids = np.ascontiguousarray(centroids)

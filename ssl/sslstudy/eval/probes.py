@@ -238,7 +238,7 @@ def linear_probe(
     mean32, std32 = mean.astype(np.float32), std.astype(np.float32)
     xtr_t = torch.from_numpy((xtr - mean32) / std32)
     xte_t = torch.from_numpy((xte - mean32) / std32)
-    ytr_t = torch.from_numpy(ytr)
+    ytr_t = torch.from_numpy(np.array(ytr))  # a copy: pandas hands out read-only arrays
 
     n, d = xtr_t.shape
     bs = int(min(batch_size, n))

@@ -7,12 +7,14 @@ from .barlow import BarlowTwins
 from .base import Method
 from .byol import BYOL
 from .deepcluster import DeepCluster
+from .densecl import DenseCL
 from .moco import MoCo
 from .pcl import PCL
 from .simclr import SimCLR
+from .swav import SwAV
 
-REGISTRY: dict[str, type[Method]] = {"simclr": SimCLR, "moco": MoCo, "byol": BYOL, "barlow": BarlowTwins,
-                                     "deepcluster": DeepCluster, "pcl": PCL}
+REGISTRY: dict[str, type[Method]] = {"simclr": SimCLR, "moco": MoCo, "byol": BYOL, "swav": SwAV, "barlow": BarlowTwins,
+                                     "densecl": DenseCL, "deepcluster": DeepCluster, "pcl": PCL}
 
 
 def build_method(name: str, backbone, cfg: dict, views: list, n_train: int, global_batch: int) -> Method:

@@ -13,7 +13,7 @@ def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature:
     """q, k: (N, D) L2-normalised queries and their positive keys; queue: (D, K) normalised
     negatives -> scalar: cross-entropy over [q.k, q.queue] / temperature, the positive at index 0."""
     pos = (q * k).sum(dim=1, keepdim=True)
-    logits = torch.cat([pos, q @ queue], dim=1).float() / temperature
+    logits = torch.cat([pos, q @ queue], dim=1) / temperature  # autocast runs cross_entropy in float32
     return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
 
 

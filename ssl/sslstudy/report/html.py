@@ -1,96 +1,46 @@
-"""One standalone HTML page (figures inlined) plus tidy tables that users can re-plot."""
+"""One standalone HTML page (figures inlined), one section per axis of the study, plus tidy tables
+(results/tables/*.csv, results/metrics.csv) that users can re-plot with pandas.
+
+Every figure has a one-sentence caption, read from ``<captions>/<figure>.rst`` (the workflow ships
+them in workflow/report/), and a link to the CSV it was drawn from.
+"""
 from __future__ import annotations
 
 import base64
 import html
 import importlib.metadata as md
-import io
 import json
 import platform
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
+import yaml
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-import yaml  # noqa: E402
-
-from ..atomic import write_bytes  # noqa: E402
-from ..errors import UserError  # noqa: E402
+from ..atomic import write_bytes
+from ..errors import UserError
+from . import figures, tables
 
 PACKAGES = ("torch", "torchvision", "faiss-cpu", "snakemake", "dvc", "submitit", "numpy", "pandas", "seaborn", "scikit-learn")
-METRIC_NAMES = {"knn": "kNN accuracy", "linear": "linear accuracy", "nmi": "k-means NMI", "ari": "k-means ARI"}
-
-
-def _png(fig, path: Path) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    write_bytes(path, buf.getvalue())
-    return base64.b64encode(buf.getvalue()).decode()
-
-
-def _figure(b64: str, caption: str, csv: str | None = None) -> str:
-    link = f' <a href="{html.escape(csv)}">data (CSV)</a>' if csv else ""
-    return (f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{b64}">'
-            f"<figcaption>{html.escape(caption)}{link}</figcaption></figure>")
-
-
-def load_tables(paths: list[Path]) -> pd.DataFrame:
-    missing = [p for p in paths if not p.is_file()]
-    if missing:
-        raise UserError(f"{missing[0]}: evaluation table missing; run the study (snakemake) to produce it")
-    return pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
+# section title -> what it answers (the first paragraph of each section)
+SECTIONS = {
+    "quantity": ("Quantity", "How much do more pretraining images and more labels help, frozen and fine-tuned, "
+                             "against the same network trained from scratch on the same labels?"),
+    "domain": ("Domain", "Does pretraining on the evaluation domain matter, and does pooling domains (equal total size) help?"),
+    "quality": ("Quality", "How much accuracy on clean images is lost when pretraining images are corrupted?"),
+    "granularity": ("Granularity", "How does accuracy fall from coarse to fine labels, for SSL and for supervised training?"),
+    "fusion": ("Fusion", "Do two models' concatenated features beat the better one alone?"),
+    "clustering": ("Periodic clustering", "How does the cluster structure of the features (faiss k-means, K = classes "
+                                          "per level) develop over pretraining?"),
+}
 
 
 def summary(df: pd.DataFrame) -> dict:
-    """Nested run -> weights -> level -> metric, for `dvc metrics show`."""
+    """Nested run -> weights -> eval domain -> level -> metric, for `dvc metrics show`."""
     out: dict = {}
     for r in df.itertuples():
-        out.setdefault(r.run, {}).setdefault(r.weights, {}).setdefault(r.level, {})[r.metric] = round(float(r.value), 4)
+        out.setdefault(r.run, {}).setdefault(r.weights, {}).setdefault(r.eval_domain, {}).setdefault(r.level, {})[r.metric] = (
+            round(float(r.value), 4))
     return out
-
-
-def accuracy_figure(df: pd.DataFrame, out_dir: Path) -> str:
-    d = df.assign(metric=df["metric"].map(METRIC_NAMES)).sort_values(["level_index"])
-    g = sns.catplot(data=d, x="level", y="value", hue="weights", col="metric", row="run", kind="bar",
-                    height=2.8, aspect=0.9, hue_order=["random", "pretrained"], palette=["#bbbbbb", "#2a6fb0"],
-                    col_order=list(METRIC_NAMES.values()), errorbar=None)
-    g.set_titles("{col_name}" if d["run"].nunique() == 1 else "{row_name}\n{col_name}")
-    g.set(ylim=(0, 1), xlabel="label level (coarse → fine)", ylabel="")
-    return _png(g.figure, out_dir / "accuracy_per_level.png")
-
-
-def loss_figure(runs_dir: Path, run_ids: list[str], out_dir: Path) -> tuple[str | None, pd.DataFrame]:
-    frames = []
-    for rid in run_ids:
-        f = runs_dir / rid / "metrics.jsonl"
-        if f.is_file():
-            frames.append(pd.read_json(f, lines=True).assign(run=rid))
-    if not frames:
-        return None, pd.DataFrame()
-    curves = pd.concat(frames).drop_duplicates(["run", "epoch"], keep="last")
-    fig, ax = plt.subplots(figsize=(5, 3))
-    sns.lineplot(data=curves, x="epoch", y="loss", hue="run", ax=ax)
-    ax.set_title("pretraining loss")
-    return _png(fig, out_dir / "pretrain_loss.png"), curves
-
-
-def data_figures(config: dict, out_dir: Path) -> list[str]:
-    from ..data.packed import load_dataset
-    from ..data.synth import contact_sheet
-
-    figs = []
-    for domain in dict.fromkeys(config["study"]["domains"]):
-        ds = load_dataset(Path(config["data"]["root"]) / domain)
-        path = out_dir / f"data_{domain}.png"
-        contact_sheet(ds.images, ds.labels, path)
-        caption = (f"Domain {domain}: {ds.meta['n_images']} images of {ds.meta['image_size']} px; "
-                   + ", ".join(f"{lv} {ds.n_classes(lv)} classes" for lv in ds.levels) + ".")
-        figs.append(_figure(base64.b64encode(path.read_bytes()).decode(), caption))
-    return figs
 
 
 def versions() -> dict:
@@ -103,39 +53,166 @@ def versions() -> dict:
     return v
 
 
-def build_report(inputs: list[Path], config: dict, out: Path) -> None:
-    df = load_tables(inputs)
-    out_dir = out.parent
-    fig_dir = out_dir / "figures"
-    write_bytes(out_dir / "metrics.csv", df.to_csv(index=False).encode())
-    write_bytes(out_dir / "metrics.json", (json.dumps(summary(df), indent=2, sort_keys=True) + "\n").encode())
+class Page:
+    """Collects sections; writes each figure's PNG and CSV beside the page and links them."""
 
-    wide = (df.pivot_table(index=["run", "weights"], columns=["level_index", "level", "metric"], values="value")
+    def __init__(self, out_dir: Path, captions: Path):
+        self.out_dir, self.captions, self.parts = out_dir, captions, []
+
+    def caption(self, key: str) -> str:
+        f = self.captions / f"{key}.rst"
+        if not f.is_file():
+            raise UserError(f"{f}: caption missing; add a one-sentence caption for figure {key!r}")
+        return " ".join(f.read_text().split())
+
+    def csv(self, name: str, df: pd.DataFrame) -> str:
+        write_bytes(self.out_dir / "tables" / f"{name}.csv", df.to_csv(index=False).encode())
+        return f"tables/{name}.csv"
+
+    def figure(self, key: str, png: bytes | None, data: pd.DataFrame, caption: str | None = None) -> None:
+        if png is None:
+            return
+        write_bytes(self.out_dir / "figures" / f"{key}.png", png)
+        link = self.csv(key, data) if data is not None else None
+        cap = html.escape(caption or self.caption(key))
+        a = f' <a href="{link}">data (CSV)</a>' if link else ""
+        self.parts.append(f'<figure id="fig-{key}"><img alt="{cap}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+                          f"<figcaption>{cap}{a}</figcaption></figure>")
+
+    def table(self, df: pd.DataFrame, digits: int = 3, index: bool = False) -> None:
+        if not df.empty:
+            self.parts.append(df.to_html(float_format=lambda x: f"{x:.{digits}f}", border=0, index=index))
+
+    def add(self, text: str) -> None:
+        self.parts.append(text)
+
+    def section(self, key: str) -> None:
+        title, question = SECTIONS[key]
+        self.parts.append(f'<h2 id="{key}">{title}</h2><p class="q">{html.escape(question)}</p>')
+
+    def empty(self, what: str) -> None:
+        self.parts.append(f"<p><em>Not in this study: {html.escape(what)} is empty in params.</em></p>")
+
+
+def _curves(runs_dir: Path, run_ids: list[str]) -> pd.DataFrame:
+    frames = [pd.read_json(runs_dir / r / "metrics.jsonl", lines=True).assign(run=r)
+              for r in run_ids if (runs_dir / r / "metrics.jsonl").is_file()]
+    return pd.concat(frames).drop_duplicates(["run", "epoch"], keep="last") if frames else pd.DataFrame()
+
+
+def _data_figures(page: Page, config: dict, domains: list[str]) -> None:
+    from ..data.packed import load_dataset
+    from ..data.synth import contact_sheet
+
+    for domain in domains:
+        ds = load_dataset(Path(config["data"]["root"]) / domain)
+        path = page.out_dir / "figures" / f"data_{domain}.png"
+        contact_sheet(ds.images, ds.labels, path)
+        caption = (f"Domain {domain}: {ds.meta['n_images']} images of {ds.meta['image_size']} px; "
+                   + ", ".join(f"{lv} {ds.n_classes(lv)} classes" for lv in ds.levels) + ".")
+        page.figure(f"data_{domain}", path.read_bytes(), None, caption)
+
+
+def build_report(inputs: dict[str, list[Path]], config: dict, out: Path, captions: Path) -> None:
+    t = {k: tables.load(v) for k, v in inputs.items()}
+    frozen = t["frozen"]
+    if frozen.empty:
+        raise UserError("no frozen evaluation tables given; the study has no runs (check study: in params)")
+    out_dir = out.parent
+    page = Page(out_dir, captions)
+
+    tagged = [t[k].assign(eval=k) for k in ("frozen", "lowshot", "supervised", "fusion", "clusters") if not t[k].empty]
+    write_bytes(out_dir / "metrics.csv", pd.concat(tagged, ignore_index=True).to_csv(index=False).encode())
+    write_bytes(out_dir / "metrics.json", (json.dumps(summary(frozen), indent=2, sort_keys=True) + "\n").encode())
+
+    runs = sorted(r for r in frozen["run"].unique())
+    page.add("<h1>sslstudy report</h1>"
+             f"<p>{len(runs)} model(s) evaluated. Linear probes are trained on the finest labels and their predictions "
+             "mapped up the hierarchy; kNN and k-means are scored at each level; every evaluation is on clean images "
+             "of the test split. Tidy tables: <a href=\"metrics.csv\">metrics.csv</a> (every row of every evaluation, "
+             "column <code>eval</code> says which) and one CSV per figure.</p>"
+             "<nav>" + " · ".join(f'<a href="#{k}">{v[0]}</a>' for k, v in SECTIONS.items()) + "</nav>")
+
+    # baseline: the study's own runs, pretrained vs random weights
+    base = frozen[frozen["run"].isin(frozen.loc[frozen["weights"] == "random", "run"])]
+    base = base[base["eval_domain"] == base["domain"]]
+    page.add("<h2>Results</h2>")
+    page.figure("accuracy_per_level", figures.accuracy_per_level(base), base)
+    wide = (base.pivot_table(index=["run", "weights"], columns=["level_index", "level", "metric"], values="value")
             .sort_index(axis=1).droplevel(0, axis=1))
-    loss_b64, curves = loss_figure(out_dir / "runs", sorted(df["run"].unique()), fig_dir)
-    times = (curves.groupby("run")["seconds"].agg(["sum", "count"]).rename(columns={"sum": "pretrain seconds", "count": "epochs"})
-             if len(curves) else pd.DataFrame())
+    page.table(wide, index=True)
+
+    page.section("quantity")
+    quant = tables.quantity(t["lowshot"], t["supervised"])
+    if quant.empty:
+        page.empty("quantity.labels")
+    else:
+        page.figure("quantity", figures.quantity(quant), quant)
+
+    page.section("domain")
+    dm = tables.domain_matrix(frozen, config)
+    if dm.empty:
+        page.empty("domain.domains")
+    else:
+        page.figure("domain", figures.domain_heatmap(dm), dm)
+
+    page.section("quality")
+    qd = tables.quality_drop(frozen, config)
+    if qd.empty:
+        page.empty("quality (every corruption list)")
+    else:
+        page.figure("quality", figures.quality_drop(qd), qd)
+
+    page.section("granularity")
+    gr = tables.granularity(frozen, config)
+    page.figure("granularity", figures.granularity(gr), gr)
+    gap = tables.granularity_gap(gr)
+    if not gap.empty:
+        page.add(f'<p>SSL minus supervised, per level (<a href="{page.csv("granularity_gap", gap)}">CSV</a>):</p>')
+        page.table(gap.pivot_table(index=["domain", "method", "metric"], columns=["level_index", "level"], values="gap")
+                   .droplevel(0, axis=1), index=True)
+
+    page.section("fusion")
+    ft = tables.fusion_table(t["fusion"])
+    if ft.empty:
+        page.empty("fusion.kinds and fusion.pairs")
+    else:
+        page.figure("fusion", figures.fusion(ft), t["fusion"])
+        page.add(f'<p>Each pair vs its members, finest level (<a href="{page.csv("fusion_table", ft)}">CSV</a>):</p>')
+        page.table(ft)
+
+    page.section("clustering")
+    if t["clusters"].empty:
+        page.empty("clustering.enabled")
+    else:
+        page.figure("clustering", figures.clustering(t["clusters"]), t["clusters"])
+
+    curves = _curves(out_dir / "runs", sorted(set(frozen["run"]) | set(t["clusters"].get("run", []))))
+    page.add("<h2>Pretraining</h2>")
+    page.figure("pretrain_loss", figures.loss(curves), curves)
+    if not curves.empty:
+        page.table(curves.groupby("run")["seconds"].agg(["sum", "count"])
+                   .rename(columns={"sum": "pretrain seconds", "count": "epochs"}), digits=1, index=True)
+    wall = tables.walltime(out_dir / "benchmarks")
+    if not wall.empty:
+        page.add(f'<h3>Wall time per stage</h3><p>From Snakemake benchmark files (seconds of wall clock and of CPU; '
+                 f'<a href="{page.csv("walltime", wall)}">CSV</a>); jobs of a stage may run in parallel, and the '
+                 'report itself is not included.</p>')
+        page.table(wall, digits=1)
+
     dvc_file = Path("data.dvc")
     data_version = yaml.safe_load(dvc_file.read_text())["outs"][0]["md5"] if dvc_file.is_file() else "(no data.dvc)"
+    page.add(f"<h2>Data</h2><p>data.dvc md5: <code>{html.escape(str(data_version))}</code></p>")
+    plain = [d for d in dict.fromkeys(frozen["eval_domain"]) if (Path(config["data"]["root"]) / d).is_dir()]
+    _data_figures(page, config, plain)
+    page.add("<h2>Config</h2>" f"<pre>{html.escape(yaml.safe_dump(config, sort_keys=False))}</pre>"
+             "<h2>Versions</h2>" + pd.Series(versions(), name="version").to_frame().to_html(border=0))
 
-    sections = [
-        "<h1>sslstudy report</h1>",
-        f"<p>{df['run'].nunique()} run(s); pretrained weights against the same backbone at its random initialisation "
-        "(epoch 0 of the same seed). Linear probe trained on the finest labels and mapped up the hierarchy; "
-        "kNN and k-means scored at each level.</p>",
-        "<h2>Results</h2>",
-        _figure(accuracy_figure(df, fig_dir), "Accuracy and clustering scores per label level, pretrained vs random weights.", "metrics.csv"),
-        "<h3>Metrics</h3>", wide.to_html(float_format=lambda x: f"{x:.3f}", border=0),
-    ]
-    if loss_b64:
-        sections += ["<h2>Pretraining</h2>", _figure(loss_b64, "Pretraining loss per epoch."),
-                     times.to_html(float_format=lambda x: f"{x:.1f}", border=0)]
-    sections += ["<h2>Data</h2>", f"<p>data.dvc md5: <code>{html.escape(str(data_version))}</code></p>", *data_figures(config, fig_dir),
-                 "<h2>Config</h2>", f"<pre>{html.escape(yaml.safe_dump(config, sort_keys=False))}</pre>",
-                 "<h2>Versions</h2>", pd.Series(versions(), name="version").to_frame().to_html(border=0)]
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>sslstudy report</title><style>
-body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}
-table{{border-collapse:collapse;font-size:13px}} td,th{{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}}
-figure{{margin:1em 0}} img{{max-width:100%}} figcaption{{color:#555;font-size:14px}} pre{{background:#f6f6f6;padding:1em;font-size:12px}}
-</style></head><body>{''.join(sections)}</body></html>"""
-    write_bytes(out, page.encode())
+    body = "".join(page.parts)
+    doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>sslstudy report</title><style>
+body{{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222}}
+table{{border-collapse:collapse;font-size:13px;margin:.5em 0}} td,th{{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}}
+figure{{margin:1em 0}} img{{max-width:100%}} figcaption{{color:#555;font-size:14px}} p.q{{font-style:italic}}
+pre{{background:#f6f6f6;padding:1em;font-size:12px}} nav{{margin:1em 0}}
+</style></head><body>{body}</body></html>"""
+    write_bytes(out, doc.encode())

@@ -1,0 +1,197 @@
+"""The study's axes (quantity, domain, quality, granularity, fusion, periodic clustering) expanded
+from a validated config into what must exist: pretraining runs, supervised baselines, datasets
+(pools, corrupted copies) and evaluation jobs. Pure functions of the config; the Snakemake rules
+only name files after them.
+
+Names: an SSL run is ``<method>/<domain>_<subset>_<quality>/seed<s>`` (domain may be a pool
+``a+b``, quality ``clean`` or a corruption such as ``jpeg10``); a supervised network trained from
+scratch is ``supervised/<domain>_l<n>_clean/seed<s>`` (n labelled images per class, or ``lall``).
+Axes other than quantity use each domain's *reference* subset: the largest of ``study.subsets``.
+"""
+from __future__ import annotations
+
+from .config import run_id, subset_tag
+from .errors import UserError
+from .names import ALL, KINDS, labels_tag, pool_members, pool_name, quality_tag
+
+SUPERVISED = "supervised"
+
+
+def _pick(config: dict, axis: str, key: str) -> list:
+    value = config[axis][key]
+    return list(config["study"][key] if value is None else value)
+
+
+def reference_subset(config: dict) -> str:
+    return subset_tag(max(config["study"]["subsets"]))
+
+
+def quality_subset(config: dict) -> str:
+    v = config["quality"]["subset"]
+    return reference_subset(config) if v is None else subset_tag(v)
+
+
+def qualities(config: dict) -> list[str]:
+    q = config["quality"]
+    return [quality_tag(kind, s) for kind in KINDS for s in q[kind]]
+
+
+def pools(config: dict) -> list[str]:
+    return [pool_name(p) for p in config["domain"]["pools"]]
+
+
+def _run(method: str, domain: str, subset: str, seed: int, quality: str = "clean") -> dict:
+    return dict(method=method, domain=domain, subset=subset, quality=quality, seed=seed, kind="ssl",
+                id=run_id(method, domain, subset, seed, quality))
+
+
+def supervised_model(domain: str, labels, seed: int) -> dict:
+    tag = labels_tag(labels)
+    return dict(method=SUPERVISED, domain=domain, subset=tag, quality="clean", seed=seed, kind="supervised",
+                labels=tag, id=run_id(SUPERVISED, domain, tag, seed))
+
+
+def _unique(items: list[dict]) -> list[dict]:
+    return list({it["id"]: it for it in items}.values())
+
+
+def ssl_runs(config: dict) -> list[dict]:
+    """Every pretraining run of the study, in a stable order, without duplicates."""
+    s, seeds, ref = config["study"], config["study"]["seeds"], reference_subset(config)
+    out = [_run(m, d, subset_tag(v), sd) for m in s["methods"] for d in s["domains"] for v in s["subsets"] for sd in seeds]
+    q = config["quantity"]
+    if q["labels"]:
+        out += [_run(m, d, t, sd) for m in _pick(config, "quantity", "methods") for d in _pick(config, "quantity", "domains")
+                for t in dict.fromkeys([ref, *map(subset_tag, q["subsets"])]) for sd in seeds]
+    if qualities(config):
+        out += [_run(m, d, quality_subset(config), sd, ql) for m in _pick(config, "quality", "methods") for d in _pick(config, "quality", "domains")
+                for ql in ["clean", *qualities(config)] for sd in seeds]
+    dom = config["domain"]
+    out += [_run(m, d, ref, sd) for m in _pick(config, "domain", "methods") for d in dom["domains"] + pools(config) for sd in seeds]
+    out += [_run(m, d, ref, sd) for m in _pick(config, "granularity", "methods") for d in _pick(config, "granularity", "domains")
+            for sd in seeds]
+    out += [m for a, b in fusion_pairs(config) for m in (a, b) if m["kind"] == "ssl"]
+    return _unique(out)
+
+
+def supervised_models(config: dict) -> list[dict]:
+    seeds = config["study"]["seeds"]
+    q = config["quantity"]
+    out = []
+    if q["supervised"]:
+        out += [supervised_model(d, n, sd) for d in _pick(config, "quantity", "domains") for n in q["labels"] for sd in seeds]
+    if config["granularity"]["supervised"]:
+        out += [supervised_model(d, ALL, sd) for d in _pick(config, "granularity", "domains") for sd in seeds]
+    out += [m for a, b in fusion_pairs(config) for m in (a, b) if m["kind"] == "supervised"]
+    return _unique(out)
+
+
+def models(config: dict) -> dict[str, dict]:
+    """Every trained network by id (SSL runs and supervised baselines)."""
+    return {m["id"]: m for m in ssl_runs(config) + supervised_models(config)}
+
+
+def member(config: dict, name: str, seed: int) -> dict:
+    method, _, domain = name.partition("@")
+    if method == SUPERVISED:
+        return supervised_model(domain, ALL, seed)
+    return _run(method, domain, reference_subset(config), seed)
+
+
+def fusion_pairs(config: dict) -> list[tuple[dict, dict]]:
+    """(member a, member b) for every seed: pairs of the kinds asked for, then the explicit ones."""
+    f = config["fusion"]
+    methods, domains = _pick(config, "fusion", "methods"), _pick(config, "fusion", "domains")
+    names = []
+    if "methods" in f["kinds"]:
+        names += [(f"{m1}@{d}", f"{m2}@{d}") for d in domains for i, m1 in enumerate(methods) for m2 in methods[i + 1:]]
+    if "domains" in f["kinds"]:
+        names += [(f"{m}@{d1}", f"{m}@{d2}") for m in methods for i, d1 in enumerate(domains) for d2 in domains[i + 1:]]
+    if "supervised" in f["kinds"]:
+        names += [(f"{m}@{d}", f"{SUPERVISED}@{d}") for m in methods for d in domains]
+    names += [tuple(p) for p in f["pairs"]]
+    for a, b in names:
+        if a == b:
+            raise UserError(f"fusion pair {a} + {b} fuses a model with itself; fix fusion.pairs in params")
+    return [(member(config, a, sd), member(config, b, sd)) for a, b in dict.fromkeys(names) for sd in config["study"]["seeds"]]
+
+
+def member_name(model: dict) -> str:
+    return f"{model['method']}@{model['domain']}"
+
+
+def eval_domains(model: dict) -> list[str]:
+    """Where a model is evaluated by default: its clean domain, or each member of a pool."""
+    return pool_members(model["domain"])
+
+
+def evaluations(config: dict) -> list[tuple[str, str, str]]:
+    """Frozen evaluations as (model id, weights, evaluation domain), without duplicates."""
+    s, ref = config["study"], reference_subset(config)
+    out = [(run_id(m, d, subset_tag(v), sd), w, d) for m in s["methods"] for d in s["domains"] for v in s["subsets"]
+           for sd in s["seeds"] for w in ("pretrained", "random")]
+    if qualities(config):
+        out += [(run_id(m, d, quality_subset(config), sd, ql), "pretrained", d) for m in _pick(config, "quality", "methods")
+                for d in _pick(config, "quality", "domains") for ql in ["clean", *qualities(config)] for sd in s["seeds"]]
+    dom = config["domain"]
+    on = dom["evaluate_on"] if dom["evaluate_on"] is not None else list(dict.fromkeys(
+        dom["domains"] + [d for p in dom["pools"] for d in p]))
+    for m in _pick(config, "domain", "methods"):
+        for d in dom["domains"] + pools(config):
+            out += [(run_id(m, d, ref, sd), "pretrained", e) for sd in s["seeds"] for e in on]
+    g = config["granularity"]
+    for d in _pick(config, "granularity", "domains"):
+        for sd in s["seeds"]:
+            out += [(run_id(m, d, ref, sd), "pretrained", d) for m in _pick(config, "granularity", "methods")]
+            if g["supervised"]:
+                out.append((supervised_model(d, ALL, sd)["id"], "pretrained", d))
+    return list(dict.fromkeys(out))
+
+
+def lowshot_jobs(config: dict) -> list[tuple[str, str, str]]:
+    """(SSL run id, mode, labels tag) of the quantity axis."""
+    q = config["quantity"]
+    runs = [r for r in ssl_runs(config) if r["quality"] == "clean" and r["method"] in _pick(config, "quantity", "methods")
+            and r["domain"] in _pick(config, "quantity", "domains")
+            and r["subset"] in [reference_subset(config), *map(subset_tag, q["subsets"])]]
+    return [(r["id"], mode, labels_tag(n)) for r in runs for mode in q["modes"] for n in q["labels"]] if q["labels"] else []
+
+
+def cluster_runs(config: dict) -> list[str]:
+    return [r["id"] for r in ssl_runs(config)] if config["clustering"]["enabled"] else []
+
+
+def datasets(config: dict) -> dict[str, tuple[str, str]]:
+    """Derived dataset name -> (pool or plain domain, quality), for every pool and corrupted copy."""
+    out = {}
+    for r in ssl_runs(config):
+        if "+" in r["domain"] or r["quality"] != "clean":
+            out[dataset_name(r["domain"], r["quality"])] = (r["domain"], r["quality"])
+    return out
+
+
+def dataset_name(domain: str, quality: str = "clean") -> str:
+    return domain if quality == "clean" else f"{domain}_{quality}"
+
+
+def dataset_dir(config: dict, domain: str, quality: str = "clean") -> str:
+    """Packed folder of a domain: the data root for plain clean domains, results/data/ otherwise."""
+    if quality == "clean" and "+" not in domain:
+        from .config import dataset_path
+
+        return dataset_path(config, domain)
+    return f"results/data/seed{config['seed']}/{dataset_name(domain, quality)}"
+
+
+def check(config: dict, source: str = "params") -> list[str]:
+    """Names an axis uses are well formed and methods have hyper-parameters; returns the plain domains."""
+    plain = {d for r in models(config).values() for d in pool_members(r["domain"])}
+    plain |= {e for _, _, e in evaluations(config)}
+    for d in sorted(plain):
+        if "+" in d or "_" in d:
+            raise UserError(f"{source}: domain name {d!r} may not contain '+' or '_' (they separate pools and run ids)")
+    methods = {r["method"] for r in ssl_runs(config)}
+    missing = sorted(m for m in methods if m not in config["methods"])
+    if missing:
+        raise UserError(f"{source}: method(s) {', '.join(missing)} have no hyper-parameters under methods:; add them")
+    return sorted(plain)

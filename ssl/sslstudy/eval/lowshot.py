@@ -1,0 +1,112 @@
+"""Few labels (the quantity axis): a linear classifier on frozen features, fine-tuning of the whole
+network, and the same network trained from scratch, all on the same n labelled images per class.
+
+Labelled sets are nested and class-balanced (a prefix of the train split's seeded balanced order on
+the finest labels), so 1 image per class is inside 5, inside 10, ... All three are trained on the
+finest labels and scored at every level by mapping predictions up the hierarchy, as the linear
+probe of the frozen evaluation.
+
+Training (fine-tuning and from scratch): SGD with Nesterov momentum, per-step cosine decay to 0,
+L2 weight decay on weights (not biases / BN), cross-entropy, views = random resized crop + flip of
+the batch (no colour changes). Steps = max(min_steps, epochs x batches per epoch), so one labelled
+image per class still gets a useful number of steps.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from ..augment import ViewSpec, make_views
+from ..data.packed import PackedDataset
+from ..data.subsets import balanced_order
+from ..errors import UserError
+from ..names import ALL
+from .frozen import embed, level_accuracy
+from .probes import linear_probe
+
+def labelled_indices(ds: PackedDataset, per_class: int | str, seed: int) -> np.ndarray:
+    """Sorted train indices: ``per_class`` images of every finest class (nested in ``per_class``)."""
+    finest = ds.levels[-1]
+    order = balanced_order(ds.labels, seed, stratify=finest, split="train", dataset=ds.path)
+    if per_class == ALL:
+        return np.sort(order)
+    n = int(per_class) * ds.n_classes(finest)
+    if n > len(order):
+        raise UserError(f"{ds.path}: {per_class} labelled images per class need {n} train images but there are "
+                        f"{len(order)}; lower quantity.labels in params")
+    return np.sort(order[:n])
+
+
+def rows(ds: PackedDataset, pred_fine: np.ndarray, test: np.ndarray, metric: str) -> pd.DataFrame:
+    acc = level_accuracy(ds, pred_fine, test)
+    return pd.DataFrame(dict(level_index=range(len(ds.levels)), level=ds.levels, metric=metric,
+                             value=[acc[lv] for lv in ds.levels]))
+
+
+def frozen_linear(backbone: nn.Module, ds: PackedDataset, train: np.ndarray, cfg: dict, size: int) -> pd.DataFrame:
+    """Linear probe on frozen features of the labelled images, scored on the whole test split."""
+    test = ds.split_indices("test")
+    x_tr, x_te = embed(backbone, ds, train, size, cfg["batch_size"]), embed(backbone, ds, test, size, cfg["batch_size"])
+    finest = ds.levels[-1]
+    pred = linear_probe(x_tr, ds.label_array(finest, train), x_te, ds.n_classes(finest),
+                        epochs=cfg["linear_epochs"], seed=cfg["cluster_seed"])
+    return rows(ds, pred, test, "linear")
+
+
+class Classifier(nn.Module):
+    def __init__(self, backbone: nn.Module, n_classes: int):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.out_dim, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def train_classifier(backbone: nn.Module, ds: PackedDataset, train: np.ndarray, cfg: dict, size: int, seed: int) -> Classifier:
+    """Train backbone + a new linear head end to end on the finest labels of ``train``."""
+    finest = ds.levels[-1]
+    torch.manual_seed(seed)
+    model = Classifier(backbone, ds.n_classes(finest))
+    y = torch.from_numpy(ds.label_array(finest, train))
+    bs = min(cfg["batch_size"], len(train))
+    per_epoch = math.ceil(len(train) / bs)
+    steps = max(cfg["min_steps"], cfg["epochs"] * per_epoch)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.SGD([dict(params=decay, weight_decay=cfg["weight_decay"]), dict(params=rest, weight_decay=0.0)],
+                          lr=cfg["lr"], momentum=0.9, nesterov=True)
+    spec = ViewSpec(size=size, scale=cfg["scale"], hflip=0.5, jitter_p=0.0, gray_p=0.0, blur_p=0.0)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    perm = torch.empty(0, dtype=torch.long)
+    for step in range(steps):
+        if len(perm) < bs:  # next epoch's shuffle
+            perm = torch.cat([perm, torch.randperm(len(train), generator=gen)])
+        pick, perm = perm[:bs], perm[bs:]
+        batch = torch.from_numpy(np.asarray(ds.images[train[np.sort(pick.numpy())]]))
+        views = make_views(batch, spec, gen)
+        for g in opt.param_groups:
+            g["lr"] = cfg["lr"] * 0.5 * (1 + math.cos(math.pi * step / steps))
+        loss = nn.functional.cross_entropy(model(views), y[np.sort(pick.numpy())])
+        if not torch.isfinite(loss):
+            raise UserError(f"{ds.path}: fine-tuning loss is {loss.item()} at step {step}; lower finetune.lr in params")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def predict(model: Classifier, ds: PackedDataset, indices: np.ndarray, size: int, batch_size: int = 512) -> np.ndarray:
+    feats = torch.from_numpy(embed(model.backbone, ds, indices, size, batch_size))
+    return model.head(feats).argmax(dim=1).numpy()
+
+
+def trained_rows(model: Classifier, ds: PackedDataset, size: int, metric: str) -> pd.DataFrame:
+    test = ds.split_indices("test")
+    return rows(ds, predict(model, ds, test, size), test, metric)

@@ -1,0 +1,31 @@
+"""Periodic clustering: every saved checkpoint of a run embedded and clustered with faiss k-means
+(K = number of classes at each level), NMI/ARI against the labels, one row per epoch x level."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ..data.packed import PackedDataset
+from ..errors import UserError
+from .cluster import cluster_scores
+from .frozen import embed
+
+
+def cluster_checkpoints(run_dir: Path, datasets: list[PackedDataset], cfg: dict, size: int) -> pd.DataFrame:
+    from ..train import list_checkpoints, load_backbone
+
+    ckpts = list_checkpoints(Path(run_dir))
+    if not ckpts:
+        raise UserError(f"{run_dir}: no checkpoints/epNNN.pt; re-run its pretraining")
+    out = []
+    for ck in ckpts:
+        backbone, _ = load_backbone(ck)
+        epoch = int(ck.stem.removeprefix("ep"))
+        for ds in datasets:
+            test = ds.split_indices("test")
+            x = embed(backbone, ds, test, size, cfg["batch_size"])
+            for i, level in enumerate(ds.levels):
+                sc = cluster_scores(x, ds.label_array(level, test), k=ds.n_classes(level), seed=cfg["cluster_seed"])
+                out += [(epoch, ds.name, i, level, m, sc[m]) for m in ("nmi", "ari")]
+    return pd.DataFrame(out, columns=["epoch", "eval_domain", "level_index", "level", "metric", "value"])

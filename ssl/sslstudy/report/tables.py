@@ -1,0 +1,119 @@
+"""Tidy tables of the study (one row per model x evaluation x level x metric) and the views of them
+that each section of the report plots. Every function takes and returns plain DataFrames."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ..axes import SUPERVISED, pools, qualities, quality_subset, reference_subset
+from ..names import KINDS, parse_quality
+from ..errors import UserError
+
+KIND_ORDER = {k: i for i, k in enumerate(KINDS)}
+
+
+def load(paths: list[Path]) -> pd.DataFrame:
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise UserError(f"{missing[0]}: evaluation table missing; run the study (snakemake) to produce it")
+    return pd.concat([pd.read_csv(p) for p in paths], ignore_index=True) if paths else pd.DataFrame()
+
+
+def finest(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows of each evaluation domain's finest level."""
+    if df.empty:
+        return df
+    top = df.groupby("eval_domain")["level_index"].transform("max")
+    return df[df["level_index"] == top]
+
+
+def _axis(config: dict, axis: str, key: str) -> list:
+    v = config[axis][key]
+    return list(config["study"][key] if v is None else v)
+
+
+def quantity(lowshot: pd.DataFrame, supervised: pd.DataFrame) -> pd.DataFrame:
+    return pd.concat([lowshot, supervised], ignore_index=True)
+
+
+def domain_matrix(frozen: pd.DataFrame, config: dict) -> pd.DataFrame:
+    """Linear accuracy of every domain-axis model on every evaluation domain (mean over seeds)."""
+    dom = config["domain"]
+    pre = dom["domains"] + pools(config)
+    if frozen.empty or not pre:
+        return pd.DataFrame()
+    d = frozen.query("weights == 'pretrained' and quality == 'clean' and metric == 'linear' and subset == @ref",
+                     local_dict=dict(ref=reference_subset(config)))
+    d = d[d["domain"].isin(pre) & d["method"].isin(_axis(config, "domain", "methods"))]
+    return (d.groupby(["method", "domain", "eval_domain", "level_index", "level"], as_index=False)["value"].mean()
+            .rename(columns={"domain": "pretrain_domain"}))
+
+
+def quality_drop(frozen: pd.DataFrame, config: dict) -> pd.DataFrame:
+    """Accuracy of each corrupted-pretraining run minus its clean twin (same method, domain, seed)."""
+    tags = qualities(config)
+    if frozen.empty or not tags:
+        return pd.DataFrame()
+    keys = ["method", "domain", "seed", "eval_domain", "level_index", "level", "metric"]
+    d = frozen.query("weights == 'pretrained' and subset == @ref and eval_domain == domain",
+                     local_dict=dict(ref=quality_subset(config)))
+    d = d[d["method"].isin(_axis(config, "quality", "methods")) & d["domain"].isin(_axis(config, "quality", "domains"))]
+    clean = d[d["quality"] == "clean"][keys + ["value"]].rename(columns={"value": "clean"})
+    out = d[d["quality"].isin(tags)].merge(clean, on=keys)
+    out["drop"] = out["value"] - out["clean"]
+    parsed = out["quality"].map(parse_quality)
+    out["corruption"] = parsed.str[0]
+    out["strength"] = parsed.str[1]
+    out["order"] = out["corruption"].map(KIND_ORDER) * 1e6 + out["strength"]
+    return out.sort_values(["order", "level_index"]).drop(columns="order")
+
+
+def granularity(frozen: pd.DataFrame, config: dict) -> pd.DataFrame:
+    """Linear (finest, mapped up) and kNN accuracy per level of SSL models and the supervised baseline."""
+    if frozen.empty:
+        return pd.DataFrame()
+    methods = _axis(config, "granularity", "methods") + ([SUPERVISED] if config["granularity"]["supervised"] else [])
+    d = frozen[(frozen["weights"] == "pretrained") & (frozen["quality"] == "clean") & (frozen["eval_domain"] == frozen["domain"])
+               & frozen["method"].isin(methods) & frozen["domain"].isin(_axis(config, "granularity", "domains"))
+               & frozen["metric"].isin(["linear", "knn"])]
+    d = d[(d["subset"] == reference_subset(config)) | (d["method"] == SUPERVISED)]
+    return d.groupby(["method", "domain", "metric", "level_index", "level"], as_index=False)["value"].mean()
+
+
+def granularity_gap(gran: pd.DataFrame) -> pd.DataFrame:
+    """SSL minus supervised accuracy per level (empty without a supervised baseline)."""
+    if gran.empty or SUPERVISED not in set(gran["method"]):
+        return pd.DataFrame()
+    keys = ["domain", "metric", "level_index", "level"]
+    sup = gran[gran["method"] == SUPERVISED][keys + ["value"]].rename(columns={"value": "supervised"})
+    out = gran[gran["method"] != SUPERVISED].merge(sup, on=keys)
+    out["gap"] = out["value"] - out["supervised"]
+    return out
+
+
+def fusion_table(fusion: pd.DataFrame) -> pd.DataFrame:
+    """Per pair and evaluation domain (finest level): each member alone, the pair, and the gain over the better member."""
+    if fusion.empty:
+        return pd.DataFrame()
+    d = finest(fusion).groupby(["pair", "eval_domain", "member"])["value"].mean().unstack("member")
+    d = d.rename(columns={"a": "member a", "b": "member b", "a+b": "fused"})[["member a", "member b", "fused"]]
+    d.columns.name = None
+    d["gain over best member"] = d["fused"] - d[["member a", "member b"]].max(axis=1)
+    return d.reset_index()
+
+
+def walltime(bench_dir: Path) -> pd.DataFrame:
+    """Per-stage wall time from Snakemake's benchmark files (results/benchmarks/<rule>/...)."""
+    rows = []
+    for f in sorted(Path(bench_dir).rglob("*.tsv")):
+        t = pd.read_csv(f, sep="\t")
+        rows.append(dict(stage=f.relative_to(bench_dir).parts[0], seconds=float(t["s"].iloc[-1]),
+                         cpu=float(t["cpu_time"].iloc[-1])))
+    if not rows:
+        return pd.DataFrame()
+    d = pd.DataFrame(rows).groupby("stage").agg(jobs=("seconds", "count"), wall_total=("seconds", "sum"),
+                                                 wall_longest=("seconds", "max"), cpu_total=("cpu", "sum"))
+    return d.sort_values("cpu_total", ascending=False).reset_index()
+
+

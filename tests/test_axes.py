@@ -1,0 +1,175 @@
+"""The study's axes in the package: corruptions, pools, labelled subsets, few-label training, fusion
+and the expansion of params into runs and evaluations."""
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms.v2.functional as TF
+
+from sslstudy import axes, config
+from sslstudy.data.corrupt import corrupt_dataset, corrupt_images
+from sslstudy.names import parse_quality
+from sslstudy.data.packed import load_dataset
+from sslstudy.data.pool import pool_dataset
+from sslstudy.errors import UserError
+from sslstudy.eval import lowshot
+from sslstudy.eval.fusion import fusion_scores
+from sslstudy.models import build_backbone
+
+
+def rng():
+    return np.random.default_rng(0)
+
+
+def checker(n=4, size=32):
+    yy, xx = np.mgrid[:size, :size]
+    img = (((yy + xx) % 2) * 255).astype(np.uint8)
+    return np.repeat(np.repeat(img[None, :, :, None], 3, axis=3), n, axis=0)
+
+
+# ------------------------------------------------------------------------------------ corruptions
+def test_quality_tags_round_trip_and_unknown_is_a_user_error():
+    assert parse_quality("saltpepper0.01") == ("saltpepper", 0.01)
+    assert parse_quality("jpeg10") == ("jpeg", 10.0)
+    with pytest.raises(UserError, match="unknown corruption 'sepia3'"):
+        parse_quality("sepia3")
+
+
+def test_downup_keeps_size_and_removes_the_finest_detail():
+    x = checker()
+    for f, max_std in ((2, 2.0), (4, 2.0)):
+        y = corrupt_images(x, f"downup{f}", rng())
+        assert y.shape == x.shape
+        assert y.std() < max_std, (f, y.std())  # a 1-px checkerboard averages to flat grey
+        assert abs(float(y.mean()) - 127.5) < 2
+    assert np.array_equal(corrupt_images(np.full((2, 32, 32, 3), 77, np.uint8), "downup2", rng()), np.full((2, 32, 32, 3), 77))
+
+
+def test_lowres_makes_smaller_images():
+    x = np.random.default_rng(1).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    assert corrupt_images(x, "lowres16", rng()).shape == (3, 16, 16, 3)
+
+
+def test_blur_matches_torchvision():
+    x = np.random.default_rng(2).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    ours = corrupt_images(x, "blur1.5", rng()).astype(int)
+    ref = TF.gaussian_blur(torch.from_numpy(x).permute(0, 3, 1, 2).float(), kernel_size=[11, 11], sigma=[1.5, 1.5])
+    ref = ref.round().clamp(0, 255).permute(0, 2, 3, 1).numpy().astype(int)
+    assert np.abs(ours - ref).max() <= 1
+
+
+def test_jpeg_loses_detail_more_at_low_quality():
+    x = np.random.default_rng(3).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    err = {q: np.abs(corrupt_images(x, f"jpeg{q}", rng()).astype(int) - x).mean() for q in (10, 90)}
+    assert err[10] > err[90] > 0
+
+
+def test_salt_and_pepper_hits_about_p_of_the_pixels_black_or_white():
+    x = np.full((64, 32, 32, 3), 100, np.uint8)
+    y = corrupt_images(x, "saltpepper0.01", np.random.default_rng(5))
+    hit = (y != 100).any(axis=3)
+    assert 0.008 < hit.mean() < 0.012  # 65,536 pixels: p = 0.01 +- 5 sigma
+    assert set(np.unique(y[hit])) == {0, 255} and (y[hit] == y[hit][:, :1]).all()  # all channels alike
+
+
+def test_corrupted_copy_is_deterministic_per_seed(tiny_data, tmp_path):
+    src = tiny_data / "natural"
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        corrupt_dataset(src, tmp_path / name, "saltpepper0.01", seed)
+    a, b, c = (load_dataset(tmp_path / n) for n in "abc")
+    assert np.array_equal(a.images, b.images) and not np.array_equal(a.images, c.images)
+    assert a.labels.equals(load_dataset(src).labels) and a.meta["source"]["corruption"] == "saltpepper0.01"
+
+
+# ------------------------------------------------------------------------------------------ pools
+def test_pool_is_as_large_as_one_domain_with_equal_parts(tiny_data, tmp_path):
+    pool_dataset([tiny_data / "natural", tiny_data / "aerial"], tmp_path / "pool", seed=0)
+    p, nat = load_dataset(tmp_path / "pool"), load_dataset(tiny_data / "natural")
+    assert p.name == "natural+aerial" and p.levels == nat.levels
+    for split in ("train", "test"):
+        rows = p.labels[p.labels["split"] == split]
+        assert len(rows) == len(nat.split_indices(split))
+        assert rows["domain"].value_counts().to_dict() == {"natural": len(rows) // 2, "aerial": len(rows) - len(rows) // 2}
+    # every pooled image is an image of its source domain with that image's labels
+    for i in (0, len(p) - 1):
+        src = load_dataset(tiny_data / p.labels.loc[i, "domain"])
+        j = [k for k in range(len(src)) if np.array_equal(src.images[k], p.images[i])]
+        assert j and (src.labels.loc[j[0], p.levels] == p.labels.loc[i, p.levels]).all()
+
+
+# -------------------------------------------------------------------------- labelled subsets, training
+def test_labelled_subsets_are_nested_and_balanced(tiny_data):
+    ds = load_dataset(tiny_data / "natural")
+    one, two = (lowshot.labelled_indices(ds, n, seed=0) for n in (1, 2))
+    assert set(one) <= set(two) and set(two) <= set(ds.split_indices("train"))
+    assert (np.bincount(ds.label_array("fine", two), minlength=64) == 2).all()
+    assert len(lowshot.labelled_indices(ds, "all", 0)) == len(ds.split_indices("train"))
+    with pytest.raises(UserError, match="lower quantity.labels"):
+        lowshot.labelled_indices(ds, 1000, 0)
+
+
+def test_training_from_scratch_fits_its_labelled_images(tiny_data):
+    ds = load_dataset(tiny_data / "natural")
+    torch.set_num_threads(1)
+    train = lowshot.labelled_indices(ds, 1, seed=0)  # 64 images, one per fine class
+    cfg = dict(epochs=1, min_steps=60, batch_size=32, lr=0.05, weight_decay=5e-4, scale=[0.9, 1.0])
+    model = lowshot.train_classifier(build_backbone("cnn4", width=8), ds, train, cfg, 32, seed=0)
+    fit = np.mean(lowshot.predict(model, ds, train, 32) == ds.label_array("fine", train))
+    assert fit > 0.5, fit  # chance: 1/64
+    assert len(lowshot.trained_rows(model, ds, 32, "supervised")) == 3
+
+
+def test_fusion_rows_cover_both_members_and_the_pair(tiny_data):
+    ds = load_dataset(tiny_data / "natural")
+    torch.manual_seed(0)
+    a, b = build_backbone("cnn4", width=4).eval(), build_backbone("cnn4", width=8).eval()
+    df = fusion_scores(a, b, ds, dict(batch_size=256, linear_epochs=3, cluster_seed=0), 32)
+    assert sorted(df["member"].unique()) == ["a", "a+b", "b"]
+    dims = df.groupby("member")["dim"].first()
+    assert dims["a+b"] == dims["a"] + dims["b"] == 32 + 64
+    assert len(df) == 3 * 3 and df["value"].between(0, 1).all()
+
+
+# ------------------------------------------------------------------------------- the grid in params
+def grid(**axes_over):
+    raw = dict(study=dict(methods=["simclr"], domains=["natural", "aerial"], subsets=[1.0]))
+    raw.update(axes_over)
+    return config.validate(raw)
+
+
+def test_axes_off_by_default_leave_the_plain_grid():
+    c = grid()
+    assert [r["id"] for r in axes.ssl_runs(c)] == ["simclr/natural_frac1_clean/seed0", "simclr/aerial_frac1_clean/seed0"]
+    assert not axes.supervised_models(c) and not axes.lowshot_jobs(c) and not axes.fusion_pairs(c)
+    assert len(axes.evaluations(c)) == 4 and len(axes.cluster_runs(c)) == 2
+
+
+def test_each_axis_adds_its_runs_for_its_own_methods_and_domains():
+    c = grid(quantity=dict(domains=["natural"], subsets=[0.5], labels=[1, "all"], modes=["linear"]),
+             quality=dict(domains=["aerial"], jpeg=[10, 50], lowres=[16]),
+             domain=dict(domains=["natural", "aerial"], pools=[["natural", "aerial"]], evaluate_on=["natural", "texture"]),
+             fusion=dict(domains=["natural"], kinds=["supervised"], pairs=[["simclr@natural", "simclr@aerial"]]))
+    ids = [r["id"] for r in axes.ssl_runs(c)]
+    for rid in ("simclr/natural_frac0.5_clean/seed0", "simclr/aerial_frac1_jpeg50/seed0",
+                "simclr/aerial_frac1_lowres16/seed0", "simclr/natural+aerial_frac1_clean/seed0"):
+        assert rid in ids
+    assert len(ids) == len(set(ids)) == 2 + 1 + 3 + 1
+    assert {m["id"] for m in axes.supervised_models(c)} == {
+        "supervised/natural_l1_clean/seed0", "supervised/natural_lall_clean/seed0"}
+    assert len(axes.lowshot_jobs(c)) == 2 * 2  # (frac1, frac0.5) x (l1, lall), linear only
+    ev = axes.evaluations(c)
+    assert ("simclr/natural+aerial_frac1_clean/seed0", "pretrained", "texture") in ev
+    assert ("simclr/aerial_frac1_jpeg10/seed0", "pretrained", "aerial") in ev
+    assert [(a["id"], b["id"]) for a, b in axes.fusion_pairs(c)] == [
+        ("simclr/natural_frac1_clean/seed0", "supervised/natural_lall_clean/seed0"),
+        ("simclr/natural_frac1_clean/seed0", "simclr/aerial_frac1_clean/seed0")]
+    spec = config.pretrain_spec(c, next(r for r in axes.ssl_runs(c) if r["quality"] == "lowres16"))
+    assert [v["size"] for v in spec["views"]] == [16, 16] and spec["data"]["dataset"] == "results/data/seed0/aerial_lowres16"
+
+
+def test_bad_axis_values_are_one_line_errors():
+    with pytest.raises(UserError, match="quality.jpeg.0"):
+        grid(quality=dict(jpeg=[0]))
+    with pytest.raises(UserError, match="fuses a model with itself"):
+        axes.fusion_pairs(grid(fusion=dict(pairs=[["simclr@natural", "simclr@natural"]])))
+    with pytest.raises(UserError, match="method.*nosuch.*no hyper-parameters"):
+        axes.check(grid(quality=dict(methods=["nosuch"], jpeg=[10])))

@@ -318,20 +318,20 @@ def test_snakemake_ingest_rule_driven_by_params(tmp_path):
     wf = tmp_path / "wf"
     wf.mkdir()
     copy_workflow(wf)
-    params = yaml.safe_load((wf / "params/study.yaml").read_text())
-    params["data"]["ingest"] = {"pets": {"source": "imagefolder", "path": str(tmp_path / "pets"), "size": 24}}
-    params["study"]["domains"] = ["pets"]
-    (wf / "p.yaml").write_text(yaml.safe_dump(params))
-    run(["snakemake", "data/pets/meta.json", "--cores", "2", "--configfile", "p.yaml"], cwd=wf)
+    params = replicas.tiny_params(dict(ingest={"pets": {"source": "imagefolder", "path": str(tmp_path / "pets"),
+                                                        "size": 24}}), ["pets"])
+    params["study"]["subsets"] = [1.0]
+    (wf / "params/study.yaml").write_text(yaml.safe_dump(params))  # alone: --configfile would merge into it
+    run(["snakemake", "data/pets/meta.json", "--cores", "2"], cwd=wf)
     ds = load_dataset(wf / "data/pets")
     assert len(ds) == 24 and ds.image_size == 24 and ds.class_names("class") == ["cat", "dog"]
     assert "data/pets: 24 images of 24 px" in (wf / "logs/ingest/pets.log").read_text()
-    dry = run(["snakemake", "-n", "--configfile", "p.yaml"], cwd=wf)
+    dry = run(["snakemake", "-n"], cwd=wf)
     assert not re.search(r"^ingest\s+\d", dry.stdout + dry.stderr, re.M)  # up to date; the study jobs follow
     assert re.search(r"^subset\s+1$", dry.stdout + dry.stderr, re.M)
-    changed = run(["snakemake", "-n", "--configfile", "p.yaml", "--config",
+    changed = run(["snakemake", "-n", "--config",
                    "data={'ingest': {'pets': {'source': 'imagefolder', 'path': '%s', 'size': 32}}}" % (tmp_path / "pets")],
                   cwd=wf)
     assert re.search(r"^ingest\s+1$", changed.stdout + changed.stderr, re.M)
-    lint = run(["snakemake", "--lint", "--configfile", "p.yaml"], cwd=wf)
+    lint = run(["snakemake", "--lint"], cwd=wf)
     assert "Congratulations, your workflow is in a good condition!" in lint.stdout + lint.stderr

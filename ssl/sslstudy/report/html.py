@@ -17,6 +17,7 @@ import pandas as pd
 import yaml
 
 from ..atomic import write_bytes
+from ..config import dataset_path
 from ..errors import UserError
 from . import figures, tables
 
@@ -105,9 +106,9 @@ def _data_figures(page: Page, config: dict, domains: list[str]) -> None:
     from ..data.synth import contact_sheet
 
     for domain in domains:
-        ds = load_dataset(Path(config["data"]["root"]) / domain)
+        ds = load_dataset(dataset_path(config, domain))
         path = page.out_dir / "figures" / f"data_{domain}.png"
-        contact_sheet(ds.images, ds.labels, path)
+        contact_sheet(ds.images, ds.labels, path, level=ds.levels[0])
         caption = (f"Domain {domain}: {ds.meta['n_images']} images of {ds.meta['image_size']} px; "
                    + ", ".join(f"{lv} {ds.n_classes(lv)} classes" for lv in ds.levels) + ".")
         page.figure(f"data_{domain}", path.read_bytes(), None, caption)
@@ -203,7 +204,7 @@ def build_report(inputs: dict[str, list[Path]], config: dict, out: Path, caption
     dvc_file = Path("data.dvc")
     data_version = yaml.safe_load(dvc_file.read_text())["outs"][0]["md5"] if dvc_file.is_file() else "(no data.dvc)"
     page.add(f"<h2>Data</h2><p>data.dvc md5: <code>{html.escape(str(data_version))}</code></p>")
-    plain = [d for d in dict.fromkeys(frozen["eval_domain"]) if (Path(config["data"]["root"]) / d).is_dir()]
+    plain = [d for d in dict.fromkeys(frozen["eval_domain"]) if Path(dataset_path(config, d)).is_dir()]  # not pools
     _data_figures(page, config, plain)
     page.add("<h2>Config</h2>" f"<pre>{html.escape(yaml.safe_dump(config, sort_keys=False))}</pre>"
              "<h2>Versions</h2>" + pd.Series(versions(), name="version").to_frame().to_html(border=0))

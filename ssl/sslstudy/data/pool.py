@@ -36,6 +36,8 @@ def pool_dataset(sources: list[str | Path], out: str | Path, seed: int) -> None:
     parts, rows = [], []
     for split in SPLITS:
         n = min(len(ds.split_indices(split)) for ds in dss)
+        if n == 0:
+            continue  # a split some domain lacks (the synthetic data has no val split)
         for j, ds in enumerate(dss):
             take = n // len(dss) + (1 if j < n % len(dss) else 0)
             idx = np.sort(balanced_order(ds.labels, seed, stratify=ds.levels[-1], split=split, dataset=ds.path)[:take])

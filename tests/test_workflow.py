@@ -49,7 +49,8 @@ def test_report_has_every_section_and_tidy_tables(tiny_study):
     keys = {f[0] for f in figures}
     assert {"accuracy_per_level", "quantity", "domain", "quality", "granularity", "fusion", "clustering"} <= keys
     for key, alt, caption, link in figures:
-        assert caption.strip().endswith(".") and caption.count(". ") == 0, (key, caption)  # one sentence
+        caption = caption.strip()
+        assert caption.endswith(".") and caption.count(". ") == 0, (key, caption)  # one sentence
         if not key.startswith("data_"):
             assert link and (wf / "results" / link).is_file(), key
     df = pd.read_csv(wf / "results/metrics.csv")

@@ -60,7 +60,7 @@ def test_report_has_every_section_and_tidy_tables(tiny_study):
     assert not frozen.duplicated(["run", "weights", "eval_domain", "level", "metric"]).any()
     # the periodic clustering covers every checkpoint (epochs 0, 1, 2) of every run at every level
     clusters = df[df["eval"] == "clusters"]
-    runs = [p.parent.parent.relative_to(wf / "results/runs").as_posix() for p in (wf / "results/runs").rglob("final.pt")]
+    runs = [p.parent.relative_to(wf / "results/runs").as_posix() for p in (wf / "results/runs").rglob("final.pt")]
     assert set(clusters["run"]) == set(runs) and len(runs) == 6
     assert set(clusters["epoch"]) == {0, 1, 2} and len(clusters) == (len(runs) + 1) * 3 * 3 * 2  # the pool: 2 domains
     summary = json.loads((wf / "results/metrics.json").read_text())

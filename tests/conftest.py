@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -76,3 +77,18 @@ def slurm_cluster(tmp_path_factory):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slurm: runs jobs on the real one-node SLURM cluster the tests start")
+
+
+class FakeCtx:
+    """Context.features on fixed images: the encoder in eval mode on all of them."""
+    seed = 0
+
+    def __init__(self, x):
+        self.x = x
+
+    @torch.no_grad()
+    def features(self, encoder):
+        encoder.eval()
+        out = encoder(self.x)
+        encoder.train()
+        return out

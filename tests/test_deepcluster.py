@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import FakeCtx
 from sslstudy.errors import UserError
 from sslstudy.methods.base import Batch
 from sslstudy.methods.deepcluster import DeepCluster, pca_whiten, uniform_over_clusters
@@ -52,21 +53,6 @@ def test_sampler_is_uniform_over_clusters_and_seeded():
 def _model(n_train=60, **over):
     torch.manual_seed(0)
     return DeepCluster(build_backbone("cnn4", width=4), dict(CFG, **over), [], n_train, 16)
-
-
-class FakeCtx:
-    """Context.features on fixed images: the encoder in eval mode on all of them."""
-    seed = 0
-
-    def __init__(self, x):
-        self.x = x
-
-    @torch.no_grad()
-    def features(self, encoder):
-        encoder.eval()
-        out = encoder(self.x)
-        encoder.train()
-        return out
 
 
 @pytest.fixture

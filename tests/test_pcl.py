@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import FakeCtx
 from sslstudy.errors import UserError
 from sslstudy.methods.pcl import PCL, concentration, proto_nce, sample_negatives
 from sslstudy.models import build_backbone
@@ -110,21 +111,6 @@ def test_k_and_r_errors_name_the_params_key():
         _model(num_clusters=[10, 50])
     with pytest.raises(UserError, match=r"^methods\.pcl\.proto_negatives = 6 must be smaller than the smallest of methods\.pcl\.num_clusters \(6\)"):
         _model(proto_negatives=6)
-
-
-class FakeCtx:
-    """Context.features on fixed images: the encoder in eval mode on all of them."""
-    seed = 0
-
-    def __init__(self, x):
-        self.x = x
-
-    @torch.no_grad()
-    def features(self, encoder):
-        encoder.eval()
-        out = encoder(self.x)
-        encoder.train()
-        return out
 
 
 def test_e_step_fills_prototypes_and_concentrations():

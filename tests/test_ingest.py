@@ -296,7 +296,10 @@ def test_cli_ingest_prints_counts_and_errors_in_one_line(tmp_path):
     assert p.returncode == 2 and "source cifar100 takes no --hierarchy" in p.stderr
 
 
-def test_study_config_names_ingested_datasets_as_domains(tmp_path):
+def test_study_config_names_ingested_datasets_as_domains(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a clean clone has no data/synth until `sslstudy synth` runs
+    (tmp_path / "data/synth/natural").mkdir(parents=True)
+    np.save(tmp_path / "data/synth/natural/images.npy", np.zeros((1, 1), np.uint8))
     cfg = config.validate({"data": {"datasets": {"pets": str(tmp_path / "pets")}},
                            "study": {"methods": ["simclr"], "domains": ["natural", "pets"]}})
     assert config.dataset_path(cfg, "pets") == str(tmp_path / "pets")

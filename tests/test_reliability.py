@@ -26,7 +26,7 @@ def test_stopped_launcher_stops_its_local_job_and_the_rerun_resumes(tiny_data, t
     killed Snakemake does) must stop the job, so a rerun never trains twice on one folder."""
     ds = load_dataset(tiny_data / "natural")
     save_indices(tmp_path / "subset.npy", nested_subsets(ds.labels, [192], seed=0)[192])
-    spec = tiny_spec(tiny_data / "natural", tmp_path / "subset.npy", epochs=8, batch_size=16)
+    spec = tiny_spec(tiny_data / "natural", tmp_path / "subset.npy", epochs=30, batch_size=16)
     run_dir = tmp_path / "run"
     cmd = [str(BIN / "sslstudy"), "pretrain", "--run-dir", str(run_dir), "--spec", json.dumps(spec),
            "--launch", json.dumps(dict(cluster="local", timeout_min=10, poll_s=1, slurm={}))]

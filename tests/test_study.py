@@ -62,5 +62,10 @@ def test_every_axis_is_in_the_tables(default_study):
 def test_more_labels_help_every_trained_classifier(default_study):
     df = default_study[0]
     d = df[df["eval"].isin(["lowshot", "supervised"]) & (df["level"] == "coarse")]
+    # a supervised baseline is one run per label count (supervised/<domain>_l<n>_clean/seed<s>)
+    d = d.assign(run=d["run"].str.replace(r"^(supervised/[^/]+)_l(all|\d+)_", r"\1_", regex=True))
     acc = d.groupby(["run", "mode", "labels"])["value"].mean().unstack("labels")
+    assert set(acc.index.get_level_values("mode")) >= {"linear", "finetune", "supervised"}, acc
+    acc = acc[acc["l1"].notna()]  # granularity and fusion train other domains' baselines on all labels only
+    assert acc["lall"].notna().all(), acc
     assert (acc["lall"] > acc["l1"] + MARGIN).all(), acc

@@ -21,6 +21,15 @@ def tiny_data(tmp_path_factory) -> Path:
     return root
 
 
+def natural_subset(tiny_data: Path, path: Path, n: int) -> Path:
+    """A nested subset of n images of tiny_data's natural domain (seed 0), saved at path."""
+    from sslstudy.data.packed import load_dataset
+    from sslstudy.data.subsets import nested_subsets, save_indices
+
+    save_indices(path, nested_subsets(load_dataset(tiny_data / "natural").labels, [n], seed=0)[n])
+    return path
+
+
 def tiny_spec(dataset: Path, subset: Path, **over) -> dict:
     spec = dict(
         run="simclr/natural_frac1_clean/seed0", seed=0, epochs=3, batch_size=32, checkpoint_every=1, threads=1,

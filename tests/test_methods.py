@@ -1,6 +1,5 @@
 """Every registered method through the shared trainer: exact mid-epoch resume, data-parallel
 training on 2 gloo processes, and learning something on the default synthetic data."""
-import copy
 import os
 import socket
 import subprocess
@@ -10,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import natural_subset
 from sslstudy import config
-from sslstudy.data.packed import load_dataset
-from sslstudy.data.subsets import nested_subsets, save_indices
 from sslstudy.methods import REGISTRY
 from sslstudy.train import Stopped, train
 
@@ -33,10 +31,7 @@ def method_spec(method: str, dataset, subset, **pretrain) -> dict:
 
 @pytest.fixture(scope="module")
 def subset128(tiny_data, tmp_path_factory):
-    ds = load_dataset(tiny_data / "natural")
-    path = tmp_path_factory.mktemp("subset") / "n128.npy"
-    save_indices(path, nested_subsets(ds.labels, [128], seed=0)[128])
-    return path
+    return natural_subset(tiny_data, tmp_path_factory.mktemp("subset") / "n128.npy", 128)
 
 
 def _weights(run_dir):

@@ -7,9 +7,7 @@ import subprocess
 import pandas as pd
 import yaml
 
-from conftest import BIN, copy_workflow, run, tiny_spec
-from sslstudy.data.packed import load_dataset
-from sslstudy.data.subsets import nested_subsets, save_indices
+from conftest import BIN, copy_workflow, natural_subset, run, tiny_spec
 from test_slurm import tiny_params, wait_for
 
 
@@ -24,8 +22,7 @@ def alive(pid: int) -> bool:
 def test_stopped_launcher_stops_its_local_job_and_the_rerun_resumes(tiny_data, tmp_path):
     """A local submitit job ignores SIGTERM and can't be re-attached: stopping the launcher (as a
     killed Snakemake does) must stop the job, so a rerun never trains twice on one folder."""
-    ds = load_dataset(tiny_data / "natural")
-    save_indices(tmp_path / "subset.npy", nested_subsets(ds.labels, [192], seed=0)[192])
+    natural_subset(tiny_data, tmp_path / "subset.npy", 192)
     spec = tiny_spec(tiny_data / "natural", tmp_path / "subset.npy", epochs=30, batch_size=16)
     run_dir = tmp_path / "run"
     cmd = [str(BIN / "sslstudy"), "pretrain", "--run-dir", str(run_dir), "--spec", json.dumps(spec),

@@ -16,10 +16,8 @@ import submitit
 import torch
 import yaml
 
-from conftest import BIN, ROOT, copy_workflow, run, tiny_spec
+from conftest import BIN, ROOT, copy_workflow, natural_subset, run, tiny_spec
 from sslstudy import config as studyconfig
-from sslstudy.data.packed import load_dataset
-from sslstudy.data.subsets import nested_subsets, save_indices
 from sslstudy.errors import UserError
 from sslstudy.launch import distributed_env, executor, launch_pretrain
 
@@ -37,10 +35,7 @@ def slurm_launch(**slurm) -> dict:
 
 @pytest.fixture(scope="module")
 def subset(tiny_data, tmp_path_factory):
-    ds = load_dataset(tiny_data / "natural")
-    path = tmp_path_factory.mktemp("subset") / "subset.npy"
-    save_indices(path, nested_subsets(ds.labels, [192], seed=0)[192])
-    return path
+    return natural_subset(tiny_data, tmp_path_factory.mktemp("subset") / "subset.npy", 192)
 
 
 def wait_for(ok, what: str, timeout: float = 240, every: float = 0.2):
@@ -134,7 +129,7 @@ def test_two_launchers_of_one_run_share_one_job(slurm_cluster, tiny_data, subset
 
 
 def test_out_of_memory_and_scancel_fail_with_the_log(slurm_cluster, tiny_data, subset, tmp_path):
-    spec = tiny_spec(tiny_data / "natural", subset, epochs=30)
+    spec = tiny_spec(tiny_data / "natural", subset, epochs=500)  # both jobs are killed long before the end
     # the rule's command, with too little memory: SLURM kills the job, the command says why and where
     p = run([BIN / "sslstudy", "pretrain", "--run-dir", str(tmp_path / "oom"), "--spec", json.dumps(spec),
              "--launch", json.dumps(slurm_launch(mem_gb=0.2))], cwd=tmp_path, check=False)
@@ -178,7 +173,7 @@ def tiny_params(wf: Path, tiny_data: Path, **pretrain) -> None:
     params["domain"].update(domains=[], pools=[], evaluate_on=[])
     params["quality"].update(domains=[])
     params["granularity"].update(supervised=False)
-    params["fusion"].update(kinds=[])
+    params["fusion"].update(kinds=[], pairs=[])
     params["clustering"].update(enabled=False)
     params["pretrain"].update(dict(epochs=2, batch_size=32, checkpoint_every=1, backbone=dict(arch="cnn4", width=4)),
                               **pretrain)
@@ -197,26 +192,37 @@ def slurm_profile(wf: Path, **launch) -> None:
     (wf / "slurm/config.yaml").write_text(yaml.safe_dump(prof))
 
 
+def with_supervised_baseline(wf: Path) -> None:
+    """The tiny study plus the granularity axis's supervised baseline (natural, all labels) and its
+    evaluation: a training job of another rule than pretrain."""
+    params = yaml.safe_load((wf / "tiny.yaml").read_text())
+    params["granularity"]["supervised"] = True
+    params["finetune"].update(epochs=1, min_steps=3, batch_size=16)
+    (wf / "tiny.yaml").write_text(yaml.safe_dump(params))
+
+
 def test_profile_study_on_slurm_matches_local_run(slurm_cluster, tiny_data, tmp_path):
     local = copy_workflow(new_dir(tmp_path, "local"))
     tiny_params(local, tiny_data)
+    with_supervised_baseline(local)
     t0 = time.time()
     run(["snakemake", "--cores", "2", "--configfile", "tiny.yaml", "--quiet", "rules"], cwd=local)
     print(f"local study {time.time() - t0:.0f} s")
     wf = copy_workflow(new_dir(tmp_path, "slurm"))
     tiny_params(wf, tiny_data)
+    with_supervised_baseline(wf)
     slurm_profile(wf, evaluate="cluster")
     t0 = time.time()
     run(["snakemake", "--profile", "slurm", "--configfile", "tiny.yaml", "--quiet", "rules"], cwd=wf)
     print(f"SLURM study {time.time() - t0:.0f} s")
-    # every pretraining and evaluation ran as a SLURM job
-    jobs = [json.loads(p.read_text()) for p in (wf / "results/runs").rglob("job.json")]
-    jobs += [json.loads(p.read_text()) for p in (wf / "logs/evaluate").rglob("job.json")]
-    assert len(jobs) == 1 + 2 and {j["cluster"] for j in jobs} == {"slurm"}
-    for j in jobs:  # the last one may still be COMPLETING
+    # every pretraining, evaluation and the supervised baseline ran as a SLURM job
+    jobs = {p.parent.relative_to(wf).as_posix(): json.loads(p.read_text()) for p in wf.rglob("job.json")}
+    assert sorted(k.split("/")[:2] for k in jobs) == [["logs", "evaluate"]] * 3 + [["logs", "supervised"], ["results", "runs"]]
+    assert {j["cluster"] for j in jobs.values()} == {"slurm"}
+    for j in jobs.values():  # the last one may still be COMPLETING
         wait_for(lambda: slurm_cluster.job(j["job_id"])["JobState"] == "COMPLETED", f"job {j} to complete", 60)
     a, b = (pd.read_csv(d / "results/metrics.csv") for d in (local, wf))
-    assert len(a) == 2 * 3 * 4
+    assert len(a[a["eval"] == "frozen"]) == 3 * 3 * 4 and (a["eval"] == "supervised").any()
     pd.testing.assert_frame_equal(a, b, check_exact=True)  # CPU, same seeds and threads: same numbers
 
 

@@ -18,7 +18,7 @@ def tiny_params(params: dict, data_root) -> dict:
     """params/study.yaml shrunk to seconds: every axis kept, tiny network, 2 epochs, few steps."""
     params["data"]["root"] = str(data_root)
     params["study"].update(methods=["simclr"], domains=["natural", "aerial"])  # other methods: test_methods.py
-    params["fusion"]["methods"] = None
+    params["fusion"].update(methods=None, pairs=[])  # the shipped pair needs Barlow Twins
     params["pretrain"].update(epochs=2, batch_size=32, checkpoint_every=1, backbone=dict(arch="cnn4", width=4))
     params["pretrain"]["optim"]["warmup_epochs"] = 1
     params["eval"]["linear_epochs"] = 5

@@ -72,13 +72,15 @@ def cmd_pretrain(a) -> None:
     launch_pretrain(spec, a.run_dir, launch)
 
 
-def cmd_evaluate(a) -> None:
-    if a.launch:  # run this same command as a cluster job, and wait for it
-        from .launch import CommandJob, run_job
+def cmd_remote(a) -> None:
+    """Run this same command (without --launch) as a submitit job on launch.cluster, and wait for it."""
+    from .launch import CommandJob, run_job
 
-        _log_launcher()
-        run_job(CommandJob(a.argv), a.job_dir, json.loads(a.launch), a.threads, what=f"evaluation {a.out}")
-        return
+    _log_launcher()
+    run_job(CommandJob(a.argv), a.job_dir, json.loads(a.launch), a.threads, what=f"{a.cmd} {a.out}")
+
+
+def cmd_evaluate(a) -> None:
     import torch
 
     from .atomic import write_bytes
@@ -89,7 +91,7 @@ def cmd_evaluate(a) -> None:
     torch.set_num_threads(a.threads)
     backbone, run_cfg = load_backbone(a.checkpoint)
     ds = load_dataset(a.dataset)
-    df = evaluate(backbone, ds, json.loads(a.eval), size=a.size or run_cfg["views"][0]["size"])
+    df = evaluate(backbone, ds, json.loads(a.eval), size=a.size)
     state_epoch = int(Path(a.checkpoint).stem.removeprefix("ep")) if a.checkpoint.name.startswith("ep") else run_cfg["epochs"]
     for col, val in reversed(list(dict(run=a.run, **json.loads(a.ids), weights=a.weights, epoch=state_epoch,
                                         eval_domain=ds.meta["name"]).items())):
@@ -228,26 +230,15 @@ def _axis_parsers(sub) -> None:
     s.add_argument("datasets", nargs="+", type=Path)
     s.set_defaults(fn=cmd_pool)
 
-    def common(s, checkpoint=True):
-        if checkpoint:
-            s.add_argument("--checkpoint", type=Path, required=True)
-        s.add_argument("--dataset", type=Path, required=True)
-        s.add_argument("--eval", default="{}", help="JSON: eval settings")
-        s.add_argument("--size", type=int, required=True, help="evaluation image side (clean resolution)")
-        s.add_argument("--run", default="")
-        s.add_argument("--ids", default="{}", help="JSON: columns identifying the run")
-        s.add_argument("--threads", type=int, default=1)
-        s.add_argument("--out", type=Path, required=True)
-
     s = sub.add_parser("lowshot", help="linear (frozen) or fine-tuning accuracy with n labelled images per class")
-    common(s)
+    _eval_options(s)
     s.add_argument("--mode", choices=("linear", "finetune"), required=True)
     s.add_argument("--labels", required=True, help="l<images per class> or lall")
     s.add_argument("--finetune", default="{}", help="JSON: fine-tuning settings")
     s.set_defaults(fn=cmd_lowshot)
 
     s = sub.add_parser("supervised", help="train the backbone from scratch on n labelled images per class")
-    common(s, checkpoint=False)
+    _eval_options(s, checkpoint=False)
     s.add_argument("--labels", required=True, help="l<images per class> or lall")
     s.add_argument("--seed", type=int, required=True)
     s.add_argument("--label-seed", type=int, required=True, help="seed of the labelled subset (eval.cluster_seed)")
@@ -257,7 +248,7 @@ def _axis_parsers(sub) -> None:
     s.set_defaults(fn=cmd_supervised)
 
     s = sub.add_parser("fusion", help="linear accuracy of two models' concatenated frozen features")
-    common(s, checkpoint=False)
+    _eval_options(s, checkpoint=False)
     s.add_argument("--a", type=Path, required=True)
     s.add_argument("--b", type=Path, required=True)
     s.add_argument("--name-a", required=True)
@@ -274,7 +265,28 @@ def _axis_parsers(sub) -> None:
     s.add_argument("--ids", default="{}")
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--out", type=Path, required=True)
+    _cluster_options(s)
     s.set_defaults(fn=cmd_cluster)
+
+
+def _eval_options(s, checkpoint: bool = True) -> None:
+    """The options every evaluation-type command shares."""
+    if checkpoint:
+        s.add_argument("--checkpoint", type=Path, required=True)
+    s.add_argument("--dataset", type=Path, required=True)
+    s.add_argument("--eval", default="{}", help="JSON: eval settings")
+    s.add_argument("--size", type=int, required=True, help="evaluation image side (clean resolution)")
+    s.add_argument("--run", default="")
+    s.add_argument("--ids", default="{}", help="JSON: columns identifying the run (method, domain, ...)")
+    s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--out", type=Path, required=True)
+    _cluster_options(s)
+
+
+def _cluster_options(s) -> None:
+    """The options of an evaluation-type command that can run as a cluster job (launch.evaluate=cluster)."""
+    s.add_argument("--launch", help="JSON: launch settings; run this command as a submitit job on launch.cluster")
+    s.add_argument("--job-dir", type=Path, help="with --launch: the job's folder (job.json, submitit logs)")
 
 
 def cmd_densecl_matches(a) -> None:
@@ -335,18 +347,9 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_pretrain)
 
     s = sub.add_parser("evaluate", help="kNN, linear and k-means scores of a checkpoint at every label level")
-    s.add_argument("--checkpoint", type=Path, required=True)
-    s.add_argument("--dataset", type=Path, required=True)
-    s.add_argument("--eval", required=True, help="JSON: eval settings")
-    s.add_argument("--run", required=True)
-    s.add_argument("--ids", default="{}", help="JSON: columns identifying the run (method, domain, ...)")
+    _eval_options(s)
     s.add_argument("--weights", required=True, help="label of the weights, e.g. pretrained or random")
-    s.add_argument("--threads", type=int, default=2)
-    s.add_argument("--size", type=int, default=None, help="evaluation image side (default: the run's view size)")
-    s.add_argument("--out", type=Path, required=True)
-    s.add_argument("--launch", help="JSON: launch settings; run as a submitit job on launch.cluster")
-    s.add_argument("--job-dir", type=Path, help="with --launch: the job's folder (job.json, submitit logs)")
-    s.set_defaults(fn=cmd_evaluate, argv=None)
+    s.set_defaults(fn=cmd_evaluate)
 
     _axis_parsers(sub)
 
@@ -390,10 +393,10 @@ def _strip_launch(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     a = parser().parse_args(argv)
-    if a.cmd == "evaluate" and a.launch:
+    if a.cmd != "pretrain" and getattr(a, "launch", None):
         if a.job_dir is None:
-            parser().error("evaluate: --launch needs --job-dir")
-        a.argv = _strip_launch(sys.argv[1:] if argv is None else argv)
+            parser().error(f"{a.cmd}: --launch needs --job-dir")
+        a.argv, a.fn = _strip_launch(sys.argv[1:] if argv is None else argv), cmd_remote
     try:
         a.fn(a)
     except UserError as e:

@@ -21,6 +21,10 @@ except UserError as e:
 RUN = "{method}/{domain}_{subset}_{quality}/seed{seed}"
 SIZE = C["pretrain"]["views"]["size"]  # every evaluation is on clean images at this side
 THREADS = C["pretrain"]["threads"]
+# launch.evaluate=cluster: each evaluation-type job (evaluate, lowshot, supervised, fusion, cluster)
+# runs its sslstudy command as a submitit job on launch.cluster; the Snakemake job only waits.
+EVAL_REMOTE = C["launch"]["evaluate"] == "cluster"
+EVAL_THREADS = 1 if EVAL_REMOTE else THREADS  # what Snakemake reserves
 
 
 wildcard_constraints:
@@ -40,6 +44,21 @@ wildcard_constraints:
 def q(obj):
     """A JSON argument for the shell."""
     return shlex.quote(json.dumps(obj, sort_keys=True))
+
+
+def remote(job_dir):
+    """--launch/--job-dir for an evaluation-type command under launch.evaluate=cluster; job_dir is a
+    pattern of the rule's wildcards (its log path without .log)."""
+    if not EVAL_REMOTE:
+        return ""
+    return lambda w: f"--launch {q(C['launch'])} --job-dir {job_dir.format(**dict(w.items()))}"
+
+
+def eval_cpus(w, threads):
+    """torch threads of an evaluation-type command: the SLURM job's CPUs, else the rule's threads."""
+    if EVAL_REMOTE and C["launch"]["cluster"] == "slurm":
+        return C["launch"]["slurm"]["cpus_per_task"]
+    return threads
 
 
 def run_of(w):

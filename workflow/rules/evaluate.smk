@@ -1,10 +1,7 @@
 # Frozen-feature evaluation of a model (SSL run or supervised network) on a clean domain: kNN,
 # linear probe (finest labels, mapped up) and k-means NMI/ARI at every label level. `random` is the
 # run's epoch-0 checkpoint (the same backbone at its random initialisation).
-# launch.evaluate=cluster sends each one to launch.cluster through submitit (the rule then waits).
 # ep000.pt is written by pretraining but not declared (see pretrain.smk): both wait for final.pt.
-EVAL_REMOTE = C["launch"]["evaluate"] == "cluster"
-
 
 rule evaluate:
     input:
@@ -19,13 +16,9 @@ rule evaluate:
         ids=lambda w: ids(run_of(w)),
         run=lambda w: run_of(w)["id"],
         dataset=lambda w: dataset_dir(w.on),
-        cpus=C["launch"]["slurm"]["cpus_per_task"] if EVAL_REMOTE and C["launch"]["cluster"] == "slurm" else THREADS,
-        remote=(
-            lambda w: f"--launch {q(C['launch'])} --job-dir logs/evaluate/{run_of(w)['id']}/{w.weights}_on_{w.on}"
-            if EVAL_REMOTE
-            else ""
-        ),
-    threads: 1 if EVAL_REMOTE else THREADS
+        cpus=eval_cpus,
+        remote=remote(f"logs/evaluate/{RUN}/{{weights}}_on_{{on}}"),
+    threads: EVAL_THREADS
     localrule: EVAL_REMOTE
     conda:
         "../envs/sslstudy.yaml"

@@ -17,7 +17,10 @@ rule lowshot:
         ids=lambda w: ids(run_of(w)),
         run=lambda w: run_of(w)["id"],
         dataset=lambda w: dataset_dir(w.domain),
-    threads: THREADS
+        cpus=eval_cpus,
+        remote=remote(f"logs/lowshot/{RUN}/{{mode}}_{{labels}}"),
+    threads: EVAL_THREADS
+    localrule: EVAL_REMOTE
     conda:
         "../envs/sslstudy.yaml"
     log:
@@ -27,7 +30,8 @@ rule lowshot:
     shell:
         "sslstudy lowshot --checkpoint {input.ckpt} --dataset {params.dataset} --mode {wildcards.mode}"
         " --labels {wildcards.labels} --eval {params.eval} --finetune {params.finetune} --size {params.size}"
-        " --run {params.run} --ids {params.ids} --threads {threads} --out {output} 2> {log}"
+        " --run {params.run} --ids {params.ids} --threads {params.cpus} --out {output} {params.remote} 2> {log}"
+        " || {{ tail -n 12 {log} >&2; exit 1; }}"
 
 
 rule supervised:
@@ -44,7 +48,10 @@ rule supervised:
         ids=lambda w: ids(supervised_of(w)),
         run=lambda w: supervised_of(w)["id"],
         dataset=lambda w: dataset_dir(w.domain),
-    threads: THREADS
+        cpus=eval_cpus,
+        remote=remote("logs/supervised/{domain}_{labels}/seed{seed}"),
+    threads: EVAL_THREADS
+    localrule: EVAL_REMOTE
     conda:
         "../envs/sslstudy.yaml"
     log:
@@ -55,7 +62,8 @@ rule supervised:
         "sslstudy supervised --dataset {params.dataset} --labels {wildcards.labels} --seed {wildcards.seed}"
         " --label-seed {params.label_seed} --backbone {params.backbone} --finetune {params.finetune} --size {params.size}"
         " --run {params.run} --ids {params.ids}"
-        " --threads {threads} --checkpoint {output.ckpt} --out {output.scores} 2> {log}"
+        " --threads {params.cpus} --checkpoint {output.ckpt} --out {output.scores} {params.remote} 2> {log}"
+        " || {{ tail -n 12 {log} >&2; exit 1; }}"
 
 
 rule fusion:
@@ -72,7 +80,10 @@ rule fusion:
         size=SIZE,
         eval=q(C["eval"]),
         dataset=lambda w: dataset_dir(w.on),
-    threads: THREADS
+        cpus=eval_cpus,
+        remote=remote("logs/fusion/seed{seed}/{a}/{b}/on_{on}"),
+    threads: EVAL_THREADS
+    localrule: EVAL_REMOTE
     conda:
         "../envs/sslstudy.yaml"
     log:
@@ -81,7 +92,8 @@ rule fusion:
         "results/benchmarks/fusion/seed{seed}/{a}/{b}/on_{on}.tsv"
     shell:
         "sslstudy fusion --a {input.a} --b {input.b} --name-a {wildcards.a} --name-b {wildcards.b} --seed {wildcards.seed}"
-        " --dataset {params.dataset} --eval {params.eval} --size {params.size} --threads {threads} --out {output} 2> {log}"
+        " --dataset {params.dataset} --eval {params.eval} --size {params.size} --threads {params.cpus} --out {output} {params.remote} 2> {log}"
+        " || {{ tail -n 12 {log} >&2; exit 1; }}"
 
 
 rule cluster:
@@ -97,7 +109,10 @@ rule cluster:
         run=lambda w: run_of(w)["id"],
         run_dir=lambda w: f"results/runs/{run_of(w)['id']}",
         datasets=lambda w: [dataset_dir(d) for d in axes.eval_domains(run_of(w))],
-    threads: THREADS
+        cpus=eval_cpus,
+        remote=remote(f"logs/cluster/{RUN}"),
+    threads: EVAL_THREADS
+    localrule: EVAL_REMOTE
     conda:
         "../envs/sslstudy.yaml"
     log:
@@ -106,4 +121,5 @@ rule cluster:
         f"results/benchmarks/cluster/{RUN}.tsv"
     shell:
         "sslstudy cluster --run-dir {params.run_dir} --datasets {params.datasets} --eval {params.eval}"
-        " --size {params.size} --run {params.run} --ids {params.ids} --threads {threads} --out {output} 2> {log}"
+        " --size {params.size} --run {params.run} --ids {params.ids} --threads {params.cpus} --out {output} {params.remote} 2> {log}"
+        " || {{ tail -n 12 {log} >&2; exit 1; }}"

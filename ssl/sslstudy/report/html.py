@@ -94,6 +94,15 @@ class Page:
     def empty(self, what: str) -> None:
         self.parts.append(f"<p><em>Not in this study: {html.escape(what)} is empty in params.</em></p>")
 
+    def axis(self, key: str, table: pd.DataFrame, draw, params: str, data: pd.DataFrame | None = None) -> bool:
+        """An axis's section: its figure (draw(table)) and CSV, or a note naming the empty params."""
+        self.section(key)
+        if table.empty:
+            self.empty(params)
+            return False
+        self.figure(key, draw(table), table if data is None else data)
+        return True
+
 
 def _curves(runs_dir: Path, run_ids: list[str]) -> pd.DataFrame:
     frames = [pd.read_json(runs_dir / r / "metrics.jsonl", lines=True).assign(run=r)
@@ -143,26 +152,9 @@ def build_report(inputs: dict[str, list[Path]], config: dict, out: Path, caption
             .sort_index(axis=1).droplevel(0, axis=1))
     page.table(wide, index=True)
 
-    page.section("quantity")
-    quant = tables.quantity(t["lowshot"], t["supervised"])
-    if quant.empty:
-        page.empty("quantity.labels")
-    else:
-        page.figure("quantity", figures.quantity(quant), quant)
-
-    page.section("domain")
-    dm = tables.domain_matrix(frozen, config)
-    if dm.empty:
-        page.empty("domain.domains")
-    else:
-        page.figure("domain", figures.domain_heatmap(dm), dm)
-
-    page.section("quality")
-    qd = tables.quality_drop(frozen, config)
-    if qd.empty:
-        page.empty("quality (every corruption list)")
-    else:
-        page.figure("quality", figures.quality_drop(qd), qd)
+    page.axis("quantity", tables.quantity(t["lowshot"], t["supervised"]), figures.quantity, "quantity.labels")
+    page.axis("domain", tables.domain_matrix(frozen, config), figures.domain_heatmap, "domain.domains")
+    page.axis("quality", tables.quality_drop(frozen, config), figures.quality_drop, "quality (every corruption list)")
 
     page.section("granularity")
     gr = tables.granularity(frozen, config)
@@ -173,20 +165,12 @@ def build_report(inputs: dict[str, list[Path]], config: dict, out: Path, caption
         page.table(gap.pivot_table(index=["domain", "method", "metric"], columns=["level_index", "level"], values="gap")
                    .droplevel(0, axis=1), index=True)
 
-    page.section("fusion")
     ft = tables.fusion_table(t["fusion"])
-    if ft.empty:
-        page.empty("fusion.kinds and fusion.pairs")
-    else:
-        page.figure("fusion", figures.fusion(ft), t["fusion"])
+    if page.axis("fusion", ft, figures.fusion, "fusion.kinds and fusion.pairs", data=t["fusion"]):
         page.add(f'<p>Each pair vs its members, finest level (<a href="{page.csv("fusion_table", ft)}">CSV</a>):</p>')
         page.table(ft)
 
-    page.section("clustering")
-    if t["clusters"].empty:
-        page.empty("clustering.enabled")
-    else:
-        page.figure("clustering", figures.clustering(t["clusters"]), t["clusters"])
+    page.axis("clustering", t["clusters"], figures.clustering, "clustering.enabled")
 
     curves = _curves(out_dir / "runs", sorted(set(frozen["run"]) | set(t["clusters"].get("run", []))))
     page.add("<h2>Pretraining</h2>")

@@ -34,7 +34,9 @@ def _axis(config: dict, axis: str, key: str) -> list:
 
 
 def quantity(lowshot: pd.DataFrame, supervised: pd.DataFrame) -> pd.DataFrame:
-    return pd.concat([lowshot, supervised], ignore_index=True)
+    """Few-label SSL rows beside the supervised baselines; empty without the former (a baseline of the
+    granularity axis alone is no quantity curve)."""
+    return pd.concat([lowshot, supervised], ignore_index=True) if not lowshot.empty else pd.DataFrame()
 
 
 def domain_matrix(frozen: pd.DataFrame, config: dict) -> pd.DataFrame:

@@ -1,6 +1,6 @@
 """The default study (params/study.yaml as shipped) end to end: every axis lands in the report, and
 SimCLR clearly beats the same backbone at its random initialisation at the coarse level. Takes
-about 30 minutes on 2 idle cores (the README's measured figure)."""
+about 25 minutes on 2 cores (the README's measured figure)."""
 import pandas as pd
 import pytest
 

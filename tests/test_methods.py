@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import natural_subset
-from sslstudy import config
+from sslstudy import axes, config
 from sslstudy.methods import REGISTRY
 from sslstudy.train import Stopped, train
 
@@ -23,7 +23,7 @@ def method_spec(method: str, dataset, subset, **pretrain) -> dict:
              optim=dict(warmup_epochs=1))
     p.update(pretrain)
     cfg = config.validate(dict(study=dict(methods=[method], domains=["natural"]), pretrain=p))
-    run = config.runs(cfg)[0]
+    run = axes.ssl_runs(cfg)[0]
     spec = config.pretrain_spec(cfg, run)
     spec["data"] = dict(dataset=str(dataset), subset=str(subset))
     return spec
@@ -98,5 +98,5 @@ def test_official_defaults_validate():
         assert list(block) == [f.stem]
         cfg = config.validate(dict(study=dict(methods=[f.stem], domains=["natural"]), methods=block,
                                    pretrain=dict(epochs=100)), str(f))
-        spec = config.pretrain_spec(cfg, config.runs(cfg)[0])
+        spec = config.pretrain_spec(cfg, axes.ssl_runs(cfg)[0])
         assert spec["views"][0]["size"] == 224

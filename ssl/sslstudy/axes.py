@@ -17,7 +17,8 @@ from .names import ALL, KINDS, labels_tag, pool_members, pool_name, quality_tag
 SUPERVISED = "supervised"
 
 
-def _pick(config: dict, axis: str, key: str) -> list:
+def pick(config: dict, axis: str, key: str) -> list:
+    """An axis's methods or domains: its own list, or study's when null."""
     value = config[axis][key]
     return list(config["study"][key] if value is None else value)
 
@@ -61,14 +62,14 @@ def ssl_runs(config: dict) -> list[dict]:
     out = [_run(m, d, subset_tag(v), sd) for m in s["methods"] for d in s["domains"] for v in s["subsets"] for sd in seeds]
     q = config["quantity"]
     if q["labels"]:
-        out += [_run(m, d, t, sd) for m in _pick(config, "quantity", "methods") for d in _pick(config, "quantity", "domains")
+        out += [_run(m, d, t, sd) for m in pick(config, "quantity", "methods") for d in pick(config, "quantity", "domains")
                 for t in dict.fromkeys([ref, *map(subset_tag, q["subsets"])]) for sd in seeds]
     if qualities(config):
-        out += [_run(m, d, quality_subset(config), sd, ql) for m in _pick(config, "quality", "methods") for d in _pick(config, "quality", "domains")
+        out += [_run(m, d, quality_subset(config), sd, ql) for m in pick(config, "quality", "methods") for d in pick(config, "quality", "domains")
                 for ql in ["clean", *qualities(config)] for sd in seeds]
     dom = config["domain"]
-    out += [_run(m, d, ref, sd) for m in _pick(config, "domain", "methods") for d in dom["domains"] + pools(config) for sd in seeds]
-    out += [_run(m, d, ref, sd) for m in _pick(config, "granularity", "methods") for d in _pick(config, "granularity", "domains")
+    out += [_run(m, d, ref, sd) for m in pick(config, "domain", "methods") for d in dom["domains"] + pools(config) for sd in seeds]
+    out += [_run(m, d, ref, sd) for m in pick(config, "granularity", "methods") for d in pick(config, "granularity", "domains")
             for sd in seeds]
     out += [m for a, b in fusion_pairs(config) for m in (a, b) if m["kind"] == "ssl"]
     return _unique(out)
@@ -79,9 +80,9 @@ def supervised_models(config: dict) -> list[dict]:
     q = config["quantity"]
     out = []
     if q["supervised"]:
-        out += [supervised_model(d, n, sd) for d in _pick(config, "quantity", "domains") for n in q["labels"] for sd in seeds]
+        out += [supervised_model(d, n, sd) for d in pick(config, "quantity", "domains") for n in q["labels"] for sd in seeds]
     if config["granularity"]["supervised"]:
-        out += [supervised_model(d, ALL, sd) for d in _pick(config, "granularity", "domains") for sd in seeds]
+        out += [supervised_model(d, ALL, sd) for d in pick(config, "granularity", "domains") for sd in seeds]
     out += [m for a, b in fusion_pairs(config) for m in (a, b) if m["kind"] == "supervised"]
     return _unique(out)
 
@@ -101,7 +102,7 @@ def member(config: dict, name: str, seed: int) -> dict:
 def fusion_pairs(config: dict) -> list[tuple[dict, dict]]:
     """(member a, member b) for every seed: pairs of the kinds asked for, then the explicit ones."""
     f = config["fusion"]
-    methods, domains = _pick(config, "fusion", "methods"), _pick(config, "fusion", "domains")
+    methods, domains = pick(config, "fusion", "methods"), pick(config, "fusion", "domains")
     names = []
     if "methods" in f["kinds"]:
         names += [(f"{m1}@{d}", f"{m2}@{d}") for d in domains for i, m1 in enumerate(methods) for m2 in methods[i + 1:]]
@@ -131,18 +132,18 @@ def evaluations(config: dict) -> list[tuple[str, str, str]]:
     out = [(run_id(m, d, subset_tag(v), sd), w, d) for m in s["methods"] for d in s["domains"] for v in s["subsets"]
            for sd in s["seeds"] for w in ("pretrained", "random")]
     if qualities(config):
-        out += [(run_id(m, d, quality_subset(config), sd, ql), "pretrained", d) for m in _pick(config, "quality", "methods")
-                for d in _pick(config, "quality", "domains") for ql in ["clean", *qualities(config)] for sd in s["seeds"]]
+        out += [(run_id(m, d, quality_subset(config), sd, ql), "pretrained", d) for m in pick(config, "quality", "methods")
+                for d in pick(config, "quality", "domains") for ql in ["clean", *qualities(config)] for sd in s["seeds"]]
     dom = config["domain"]
     on = dom["evaluate_on"] if dom["evaluate_on"] is not None else list(dict.fromkeys(
         dom["domains"] + [d for p in dom["pools"] for d in p]))
-    for m in _pick(config, "domain", "methods"):
+    for m in pick(config, "domain", "methods"):
         for d in dom["domains"] + pools(config):
             out += [(run_id(m, d, ref, sd), "pretrained", e) for sd in s["seeds"] for e in on]
     g = config["granularity"]
-    for d in _pick(config, "granularity", "domains"):
+    for d in pick(config, "granularity", "domains"):
         for sd in s["seeds"]:
-            out += [(run_id(m, d, ref, sd), "pretrained", d) for m in _pick(config, "granularity", "methods")]
+            out += [(run_id(m, d, ref, sd), "pretrained", d) for m in pick(config, "granularity", "methods")]
             if g["supervised"]:
                 out.append((supervised_model(d, ALL, sd)["id"], "pretrained", d))
     return list(dict.fromkeys(out))
@@ -151,8 +152,8 @@ def evaluations(config: dict) -> list[tuple[str, str, str]]:
 def lowshot_jobs(config: dict) -> list[tuple[str, str, str]]:
     """(SSL run id, mode, labels tag) of the quantity axis."""
     q = config["quantity"]
-    runs = [r for r in ssl_runs(config) if r["quality"] == "clean" and r["method"] in _pick(config, "quantity", "methods")
-            and r["domain"] in _pick(config, "quantity", "domains")
+    runs = [r for r in ssl_runs(config) if r["quality"] == "clean" and r["method"] in pick(config, "quantity", "methods")
+            and r["domain"] in pick(config, "quantity", "domains")
             and r["subset"] in [reference_subset(config), *map(subset_tag, q["subsets"])]]
     return [(r["id"], mode, labels_tag(n)) for r in runs for mode in q["modes"] for n in q["labels"]] if q["labels"] else []
 

@@ -83,7 +83,6 @@ def cmd_remote(a) -> None:
 def cmd_evaluate(a) -> None:
     import torch
 
-    from .atomic import write_bytes
     from .data.packed import load_dataset
     from .eval.frozen import evaluate
     from .train import load_backbone
@@ -93,10 +92,8 @@ def cmd_evaluate(a) -> None:
     ds = load_dataset(a.dataset)
     df = evaluate(backbone, ds, json.loads(a.eval), size=a.size)
     state_epoch = int(Path(a.checkpoint).stem.removeprefix("ep")) if a.checkpoint.name.startswith("ep") else run_cfg["epochs"]
-    for col, val in reversed(list(dict(run=a.run, **json.loads(a.ids), weights=a.weights, epoch=state_epoch,
-                                        eval_domain=ds.meta["name"]).items())):
-        df.insert(0, col, val)
-    write_bytes(a.out, df.to_csv(index=False).encode())
+    ids = dict(run=a.run, **json.loads(a.ids), weights=a.weights, epoch=state_epoch, eval_domain=ds.meta["name"])
+    _write_csv(a.out, _with_ids(df, ids))
 
 
 def cmd_report(a) -> None:
@@ -259,32 +256,22 @@ def _axis_parsers(sub) -> None:
     s = sub.add_parser("cluster", help="faiss k-means NMI/ARI of every checkpoint of a run")
     s.add_argument("--run-dir", type=Path, required=True)
     s.add_argument("--datasets", type=Path, nargs="+", required=True)
-    s.add_argument("--eval", default="{}")
-    s.add_argument("--size", type=int, required=True)
-    s.add_argument("--run", default="")
-    s.add_argument("--ids", default="{}")
-    s.add_argument("--threads", type=int, default=1)
-    s.add_argument("--out", type=Path, required=True)
-    _cluster_options(s)
+    _eval_options(s, checkpoint=False, dataset=False)
     s.set_defaults(fn=cmd_cluster)
 
 
-def _eval_options(s, checkpoint: bool = True) -> None:
+def _eval_options(s, checkpoint: bool = True, dataset: bool = True) -> None:
     """The options every evaluation-type command shares."""
     if checkpoint:
         s.add_argument("--checkpoint", type=Path, required=True)
-    s.add_argument("--dataset", type=Path, required=True)
+    if dataset:
+        s.add_argument("--dataset", type=Path, required=True)
     s.add_argument("--eval", default="{}", help="JSON: eval settings")
     s.add_argument("--size", type=int, required=True, help="evaluation image side (clean resolution)")
     s.add_argument("--run", default="")
     s.add_argument("--ids", default="{}", help="JSON: columns identifying the run (method, domain, ...)")
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--out", type=Path, required=True)
-    _cluster_options(s)
-
-
-def _cluster_options(s) -> None:
-    """The options of an evaluation-type command that can run as a cluster job (launch.evaluate=cluster)."""
     s.add_argument("--launch", help="JSON: launch settings; run this command as a submitit job on launch.cluster")
     s.add_argument("--job-dir", type=Path, help="with --launch: the job's folder (job.json, submitit logs)")
 

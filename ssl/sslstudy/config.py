@@ -120,13 +120,6 @@ def run_id(method: str, domain: str, subset: str, seed: int, quality: str = "cle
     return f"{method}/{domain}_{subset}_{quality}/seed{seed}"
 
 
-def runs(config: dict) -> list[dict]:
-    """Every pretraining run: study.{methods,domains,subsets,seeds} and what the axes add (sslstudy.axes)."""
-    from .axes import ssl_runs
-
-    return ssl_runs(config)
-
-
 INGEST_ROOT = "data"  # where the ingest rule writes data.ingest entries (as `sslstudy ingest` does by default)
 
 

@@ -12,7 +12,6 @@ from sslstudy.errors import UserError
 
 try:
     C = studyconfig.validate(config, " + ".join(map(str, workflow.configfiles)) or "config")
-    RUNS = {r["id"]: r for r in studyconfig.runs(C)}
     MODELS = axes.models(C)
     studyconfig.check_datasets(C)
 except UserError as e:
@@ -74,9 +73,14 @@ def ids(m):
     return q({k: m[k] for k in ("method", "domain", "subset", "quality", "seed")})
 
 
+def supervised_dir(m):
+    """The folder of a supervised baseline (the supervised rule's outputs)."""
+    return f"results/supervised/{m['domain']}_{m['labels']}/seed{m['seed']}"
+
+
 def checkpoint(m):
     if m["kind"] == "supervised":
-        return f"results/supervised/{m['domain']}_{m['labels']}/seed{m['seed']}/final.pt"
+        return f"{supervised_dir(m)}/final.pt"
     return f"results/runs/{m['id']}/final.pt"
 
 
@@ -109,7 +113,7 @@ def lowshot_tables():
 
 
 def supervised_tables():
-    return [f"results/supervised/{m['domain']}_{m['labels']}/seed{m['seed']}/scores.csv" for m in axes.supervised_models(C)]
+    return [f"{supervised_dir(m)}/scores.csv" for m in axes.supervised_models(C)]
 
 
 def fusion_tables():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..axes import SUPERVISED, pools, qualities, quality_subset, reference_subset
+from ..axes import SUPERVISED, pick, pools, qualities, quality_subset, reference_subset
 from ..names import KINDS, parse_quality
 from ..errors import UserError
 
@@ -28,11 +28,6 @@ def finest(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["level_index"] == top]
 
 
-def _axis(config: dict, axis: str, key: str) -> list:
-    v = config[axis][key]
-    return list(config["study"][key] if v is None else v)
-
-
 def quantity(lowshot: pd.DataFrame, supervised: pd.DataFrame) -> pd.DataFrame:
     """Few-label SSL rows beside the supervised baselines; empty without the former (a baseline of the
     granularity axis alone is no quantity curve)."""
@@ -47,7 +42,7 @@ def domain_matrix(frozen: pd.DataFrame, config: dict) -> pd.DataFrame:
         return pd.DataFrame()
     d = frozen.query("weights == 'pretrained' and quality == 'clean' and metric == 'linear' and subset == @ref",
                      local_dict=dict(ref=reference_subset(config)))
-    d = d[d["domain"].isin(pre) & d["method"].isin(_axis(config, "domain", "methods"))]
+    d = d[d["domain"].isin(pre) & d["method"].isin(pick(config, "domain", "methods"))]
     return (d.groupby(["method", "domain", "eval_domain", "level_index", "level"], as_index=False)["value"].mean()
             .rename(columns={"domain": "pretrain_domain"}))
 
@@ -60,7 +55,7 @@ def quality_drop(frozen: pd.DataFrame, config: dict) -> pd.DataFrame:
     keys = ["method", "domain", "seed", "eval_domain", "level_index", "level", "metric"]
     d = frozen.query("weights == 'pretrained' and subset == @ref and eval_domain == domain",
                      local_dict=dict(ref=quality_subset(config)))
-    d = d[d["method"].isin(_axis(config, "quality", "methods")) & d["domain"].isin(_axis(config, "quality", "domains"))]
+    d = d[d["method"].isin(pick(config, "quality", "methods")) & d["domain"].isin(pick(config, "quality", "domains"))]
     clean = d[d["quality"] == "clean"][keys + ["value"]].rename(columns={"value": "clean"})
     out = d[d["quality"].isin(tags)].merge(clean, on=keys)
     out["drop"] = out["value"] - out["clean"]
@@ -75,9 +70,9 @@ def granularity(frozen: pd.DataFrame, config: dict) -> pd.DataFrame:
     """Linear (finest, mapped up) and kNN accuracy per level of SSL models and the supervised baseline."""
     if frozen.empty:
         return pd.DataFrame()
-    methods = _axis(config, "granularity", "methods") + ([SUPERVISED] if config["granularity"]["supervised"] else [])
+    methods = pick(config, "granularity", "methods") + ([SUPERVISED] if config["granularity"]["supervised"] else [])
     d = frozen[(frozen["weights"] == "pretrained") & (frozen["quality"] == "clean") & (frozen["eval_domain"] == frozen["domain"])
-               & frozen["method"].isin(methods) & frozen["domain"].isin(_axis(config, "granularity", "domains"))
+               & frozen["method"].isin(methods) & frozen["domain"].isin(pick(config, "granularity", "domains"))
                & frozen["metric"].isin(["linear", "knn"])]
     d = d[(d["subset"] == reference_subset(config)) | (d["method"] == SUPERVISED)]
     return d.groupby(["method", "domain", "metric", "level_index", "level"], as_index=False)["value"].mean()

@@ -13,7 +13,10 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/evaluate.smk"
-include: "workflow/rules/study.smk"
+include: "workflow/rules/lowshot.smk"
+include: "workflow/rules/supervised.smk"
+include: "workflow/rules/fusion.smk"
+include: "workflow/rules/clustering.smk"
 include: "workflow/rules/report.smk"
 
 

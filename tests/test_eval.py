@@ -1,4 +1,4 @@
-"""Tests of sslstudy.eval.probes and sslstudy.eval.cluster against independent implementations."""
+"""Tests of sslstudy.eval.probes and sslstudy.eval.kmeans against independent implementations."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from sslstudy.errors import UserError
-from sslstudy.eval.cluster import assignment_scores, cluster_scores, kmeans
+from sslstudy.eval.kmeans import assignment_scores, cluster_scores, kmeans
 from sslstudy.eval.probes import knn_accuracy, knn_predict, l2_normalize, linear_probe
 
 

@@ -85,7 +85,7 @@ def test_axes_produce_their_data(tiny_study):
     assert (run_dir / "job.json").is_file() and (run_dir / "train.log").is_file()
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
     wall = pd.read_csv(wf / "results/tables/walltime.csv")
-    assert {"pretrain", "evaluate", "lowshot", "supervised", "fusion", "cluster", "corrupt", "pool"} <= set(wall["stage"])
+    assert {"pretrain", "evaluate", "lowshot", "supervised", "fusion", "clustering", "corrupt", "pool"} <= set(wall["stage"])
 
 
 def test_rerun_does_nothing(tiny_study):
@@ -103,14 +103,14 @@ def test_dry_run_lists_dag_and_lint_is_clean(tiny_study):
     p = run(["snakemake", "-n", "--forceall", "--configfile", "tiny.yaml"], cwd=wf)
     n = counts(p.stdout + p.stderr)
     assert n == dict(subset=4, corrupt=2, pool=1, pretrain=6, evaluate=13, lowshot=8, supervised=3, fusion=4,
-                     cluster=6, report=1, all=1, total=49), n
+                     clustering=6, report=1, all=1, total=49), n
     lint = run(["snakemake", "--lint", "--configfile", "tiny.yaml"], cwd=wf)
     assert "Congratulations, your workflow is in a good condition!" in lint.stdout + lint.stderr
 
 
 @pytest.mark.parametrize("section, change, expected", [
     # one more JPEG quality: its copy, run, clean-image evaluation, clustering; then the report
-    ("quality", {"jpeg": [50]}, dict(corrupt=1, pretrain=1, evaluate=1, cluster=1, report=1)),
+    ("quality", {"jpeg": [50]}, dict(corrupt=1, pretrain=1, evaluate=1, clustering=1, report=1)),
     # one more labelled count: linear + fine-tuning of both quantity runs, one supervised baseline
     ("quantity", {"labels": [1, 5, "all"]}, dict(lowshot=4, supervised=1, report=1)),
     # a training setting: fine-tuning jobs, supervised networks and what reads them; no pretraining

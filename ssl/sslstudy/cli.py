@@ -202,11 +202,11 @@ def cmd_fusion(a) -> None:
     _write_csv(a.out, _with_ids(df, dict(pair=f"{a.name_a} + {a.name_b}", seed=a.seed, eval_domain=ds.name)))
 
 
-def cmd_cluster(a) -> None:
+def cmd_cluster_checkpoints(a) -> None:
     import torch
 
     from .data.packed import load_dataset
-    from .eval.periodic import cluster_checkpoints
+    from .eval.checkpoint_clustering import cluster_checkpoints
 
     torch.set_num_threads(a.threads)
     df = cluster_checkpoints(a.run_dir, [load_dataset(d) for d in a.datasets], json.loads(a.eval), a.size)
@@ -253,11 +253,11 @@ def _axis_parsers(sub) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(fn=cmd_fusion)
 
-    s = sub.add_parser("cluster", help="faiss k-means NMI/ARI of every checkpoint of a run")
+    s = sub.add_parser("cluster-checkpoints", help="faiss k-means NMI/ARI of every checkpoint of a run")
     s.add_argument("--run-dir", type=Path, required=True)
     s.add_argument("--datasets", type=Path, nargs="+", required=True)
     _eval_options(s, checkpoint=False, dataset=False)
-    s.set_defaults(fn=cmd_cluster)
+    s.set_defaults(fn=cmd_cluster_checkpoints)
 
 
 def _eval_options(s, checkpoint: bool = True, dataset: bool = True) -> None:

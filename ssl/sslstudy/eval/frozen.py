@@ -7,7 +7,7 @@ import torch
 
 from ..augment import eval_view
 from ..data.packed import PackedDataset
-from .cluster import cluster_scores
+from .kmeans import cluster_scores
 from .probes import knn_accuracy, linear_probe
 
 

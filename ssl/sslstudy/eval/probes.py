@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from sslstudy.errors import UserError
-from sslstudy.eval.cluster import as_float32_matrix, faiss_threads, use_gpu
+from sslstudy.eval.kmeans import as_float32_matrix, faiss_threads, use_gpu
 
 __all__ = ["l2_normalize", "knn_predict", "knn_accuracy", "linear_probe", "accuracy"]
 

@@ -7,7 +7,7 @@ import torch
 
 from .. import distributed as D
 from ..errors import UserError
-from ..eval.cluster import kmeans
+from ..eval.kmeans import kmeans
 
 
 def check_k(ks: list[int], n_train: int, key: str) -> None:

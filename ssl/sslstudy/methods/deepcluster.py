@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from ..eval.cluster import assignment_scores
+from ..eval.kmeans import assignment_scores
 from ..models import mlp
 from .base import Method
 from .clustering import check_k, shared_kmeans, stream_seed

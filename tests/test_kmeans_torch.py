@@ -1,4 +1,4 @@
-"""The torch Lloyd fallback of sslstudy.eval.cluster (for GPUs faiss cannot use), run on the CPU and
+"""The torch Lloyd fallback of sslstudy.eval.kmeans (for GPUs faiss cannot use), run on the CPU and
 checked against faiss itself, and the choice between faiss CPU, faiss GPU and the fallback."""
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score
 
-import sslstudy.eval.cluster as cluster
+import sslstudy.eval.kmeans as kmeans_mod
 from sslstudy.errors import UserError
-from sslstudy.eval.cluster import kmeans, lloyd_torch
+from sslstudy.eval.kmeans import kmeans, lloyd_torch
 
 
 def faiss_from(x: np.ndarray, init: np.ndarray, niter: int) -> np.ndarray:
@@ -70,8 +70,8 @@ def test_spherical_subsample_and_redo():
 
 
 def test_kmeans_through_the_fallback(monkeypatch):
-    monkeypatch.setattr(cluster, "_kmeans_backend", lambda gpu, init: "torch-cuda")
-    monkeypatch.setattr(cluster, "_TORCH_DEVICE", "cpu")
+    monkeypatch.setattr(kmeans_mod, "_kmeans_backend", lambda gpu, init: "torch-cuda")
+    monkeypatch.setattr(kmeans_mod, "_TORCH_DEVICE", "cpu")
     rng = np.random.default_rng(3)
     x = rng.normal(size=(400, 5))
     cent, assign, sq = kmeans(x, 7, seed=1, niter=10)
@@ -92,10 +92,10 @@ def test_kmeans_through_the_fallback(monkeypatch):
     (False, "random", 1, True, "faiss-cpu"),
 ])
 def test_backend_choice(monkeypatch, gpu, init, faiss_gpus, cuda, want):
-    monkeypatch.setattr(cluster, "_num_gpus", lambda: faiss_gpus)
-    monkeypatch.setattr(cluster, "_torch_cuda", lambda: cuda)
+    monkeypatch.setattr(kmeans_mod, "_num_gpus", lambda: faiss_gpus)
+    monkeypatch.setattr(kmeans_mod, "_torch_cuda", lambda: cuda)
     if want is UserError:
         with pytest.raises(UserError, match="GPU"):
-            cluster._kmeans_backend(gpu, init)
+            kmeans_mod._kmeans_backend(gpu, init)
     else:
-        assert cluster._kmeans_backend(gpu, init) == want
+        assert kmeans_mod._kmeans_backend(gpu, init) == want

@@ -8,7 +8,7 @@ import pandas as pd
 
 from ..data.packed import PackedDataset
 from ..errors import UserError
-from .cluster import cluster_scores
+from .kmeans import cluster_scores
 from .frozen import embed
 
 

@@ -1,8 +1,8 @@
-"""k-means: sslstudy.eval.cluster.kmeans (faiss) vs scikit-learn's KMeans at equal settings,
+"""k-means: sslstudy.eval.kmeans.kmeans (faiss) vs scikit-learn's KMeans at equal settings,
 side by side in one process; inertia of both reported.
 
-    PYTHONPATH=ssl python benchmarks/bench_cluster.py [--n 100000 --d 128 --k 1000] [--threads 2,1]
-    PYTHONPATH=ssl python benchmarks/bench_cluster.py --quick        # 20,000 x 128, k=200
+    PYTHONPATH=ssl python benchmarks/bench_kmeans.py [--n 100000 --d 128 --k 1000] [--threads 2,1]
+    PYTHONPATH=ssl python benchmarks/bench_kmeans.py --quick        # 20,000 x 128, k=200
 
 Data: a seeded Gaussian mixture of k overlapping clusters (means ~ N(0, 0.5^2), unit noise), so
 that Lloyd's iterations keep moving for all 20 iterations (on well-separated blobs scikit-learn
@@ -34,7 +34,7 @@ from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ssl"))
 
-from sslstudy.eval import cluster  # noqa: E402
+from sslstudy.eval import kmeans as km_mod  # noqa: E402
 
 H100_TORCH_LLOYD_S = 0.85   # 1M x 256, k=10,000, 20 iterations (issue 7)
 
@@ -55,7 +55,7 @@ def inertia(x: np.ndarray, centroids: np.ndarray) -> float:
 def cpu(x: np.ndarray, k: int, niter: int, threads: int, rounds: int) -> None:
     def ours():
         torch.set_num_threads(threads)
-        return cluster.kmeans(x, k, seed=0, niter=niter)[0]
+        return km_mod.kmeans(x, k, seed=0, niter=niter)[0]
 
     def sk():
         with threadpool_limits(limits=threads):
@@ -90,22 +90,22 @@ def gpu(x: np.ndarray, k: int, niter: int, big: tuple[int, int, int], check_on_c
     """The GPU rows. ``check_on_cpu``: run this code through the torch fallback on the CPU (to check
     the script on a machine without a GPU; the times then mean nothing)."""
     if check_on_cpu:
-        cluster._TORCH_DEVICE = "cpu"
-        cluster._kmeans_backend = lambda gpu, init: "torch-cuda"
+        km_mod._TORCH_DEVICE = "cpu"
+        km_mod._kmeans_backend = lambda gpu, init: "torch-cuda"
         name, sync = "CPU check of the GPU code", (lambda: None)
-    elif torch.cuda.is_available() or cluster._num_gpus() > 0:
+    elif torch.cuda.is_available() or km_mod._num_gpus() > 0:
         name = torch.cuda.get_device_name() if torch.cuda.is_available() else "faiss GPU"
         sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     else:
         print("\n[GPU] no CUDA: skipped")
         return
-    backend = cluster._kmeans_backend(True, "random")
+    backend = km_mod._kmeans_backend(True, "random")
 
     def timed(data, kk):
-        cluster.kmeans(data[: kk * 4], kk, niter=2, gpu=True)      # warm-up (CUDA context, kernels)
+        km_mod.kmeans(data[: kk * 4], kk, niter=2, gpu=True)      # warm-up (CUDA context, kernels)
         sync()
         t = time.perf_counter()
-        c, _, _ = cluster.kmeans(data, kk, seed=0, niter=niter, gpu=True)
+        c, _, _ = km_mod.kmeans(data, kk, seed=0, niter=niter, gpu=True)
         sync()
         return time.perf_counter() - t, c
 

@@ -1,0 +1,34 @@
+# Quantity and granularity axes: the same backbone trained from scratch on the same labelled images
+# (the supervised baseline; sslstudy.axes.supervised_models).
+
+
+rule supervised:
+    input:
+        lambda w: dataset_files(w.domain),
+    output:
+        scores="results/supervised/{domain}_{labels}/seed{seed}/scores.csv",
+        ckpt="results/supervised/{domain}_{labels}/seed{seed}/final.pt",
+    params:
+        size=SIZE,
+        finetune=q(C["finetune"]),
+        backbone=q(C["pretrain"]["backbone"]),
+        label_seed=C["eval"]["cluster_seed"],
+        ids=lambda w: ids(supervised_of(w)),
+        run=lambda w: supervised_of(w)["id"],
+        dataset=lambda w: dataset_dir(w.domain),
+        cpus=eval_cpus,
+        remote=remote("logs/supervised/{domain}_{labels}/seed{seed}"),
+    threads: EVAL_THREADS
+    localrule: EVAL_REMOTE
+    conda:
+        "../envs/sslstudy.yaml"
+    log:
+        "logs/supervised/{domain}_{labels}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/supervised/{domain}_{labels}/seed{seed}.tsv"
+    shell:
+        "sslstudy supervised --dataset {params.dataset} --labels {wildcards.labels} --seed {wildcards.seed}"
+        " --label-seed {params.label_seed} --backbone {params.backbone} --finetune {params.finetune} --size {params.size}"
+        " --run {params.run} --ids {params.ids}"
+        " --threads {params.cpus} --checkpoint {output.ckpt} --out {output.scores} {params.remote} 2> {log}"
+        " || {{ tail -n 12 {log} >&2; exit 1; }}"

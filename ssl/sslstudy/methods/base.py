@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .. import distributed as D
@@ -114,17 +116,101 @@ class Queue(nn.Module):
         self.ptr.fill_((p + k.shape[0]) % self.keys.shape[1])
 
 
-def shuffled_forward(encoder: nn.Module, x: torch.Tensor, groups: int, gen: torch.Generator) -> torch.Tensor:
+def shuffled_forward(encoder, x: torch.Tensor, groups: int, gen: torch.Generator):
     """encoder(x) with batch-norm statistics taken over random subsets of the global batch
     (MoCo's shuffle-BN): the key of an image never shares BN statistics with exactly the same
     images as its query, so BN cannot leak which images are positives. Gathers x over ranks,
     permutes it, and forwards this rank's slice in `groups` chunks; groups=1 on one process is
-    a plain forward."""
+    a plain forward. The encoder may return a tensor or a tuple of tensors (batch first); each
+    comes back contiguous, whatever the encoder's memory format."""
     xg = D.gather(x)
     perm = torch.randperm(xg.shape[0], generator=gen).to(x.device)
     mine = perm[D.local_slice(xg.shape[0])]
-    out = torch.cat([encoder(c) for c in xg[mine].chunk(groups)])
-    out_all = D.gather(out)
+    outs = [encoder(c) for c in xg[mine].chunk(groups)]
+    single = isinstance(outs[0], torch.Tensor)
     inverse = torch.empty_like(perm)
     inverse[perm] = torch.arange(perm.numel(), device=perm.device)
-    return out_all[inverse][D.local_slice(xg.shape[0])]
+    back = tuple(D.gather(torch.cat(parts))[inverse][D.local_slice(xg.shape[0])].contiguous()
+                 for parts in zip(*([(o,) for o in outs] if single else outs)))
+    return back[0] if single else back
+
+
+def float32(fn):
+    """The autocast policy of the contrastive methods (SimCLR, MoCo, DenseCL, PCL, BYOL): their
+    similarity and loss functions carry this decorator and run in float32 with autocast off, their
+    float16/bfloat16 tensor arguments cast up (float64 ones stay), whatever precision the encoders
+    ran in; the vectors they compare are normalised in float32 (`unit`, or inside the function)."""
+    up = lambda a: a.float() if isinstance(a, torch.Tensor) and a.dtype in (torch.float16, torch.bfloat16) else a  # noqa: E731
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        device = next(a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)).device
+        with torch.autocast(device.type, enabled=False):
+            return fn(*map(up, args), **{k: up(v) for k, v in kwargs.items()})
+    return run
+
+
+def unit(x: torch.Tensor) -> torch.Tensor:
+    """Rows (dim 1) L2-normalised, in float32."""
+    return F.normalize(x.float(), dim=1)
+
+
+class MomentumMethod(Method):
+    """A method with momentum copies of its online networks (MoCo's key encoder, BYOL's target).
+
+    `build_heads` makes the heads; the backbone and the heads named in `copied` get frozen copies
+    named `<prefix>_<name>` (key_backbone, key_head, ...), moved towards the online networks by
+    `ema_update` with cfg["momentum"]: constant, or with schedule = "cosine" BYOL's rise to 1. The
+    update runs in before_step (MoCo: the key encoder moves before this step's keys are computed)
+    or, with ema_at = "after_step", after the optimiser step (BYOL). `queues` maps attribute names
+    to the params key a bad length is reported under: each a Queue of cfg["proj_dim"] x cfg["queue"].
+    """
+    copied: tuple[str, ...] = ("head",)
+    prefix = "key"
+    schedule = "constant"
+    ema_at = "before_step"
+    queues: dict[str, str] = {}
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        assert self.schedule in ("constant", "cosine") and self.ema_at in ("before_step", "after_step")
+        self.build_heads()
+        self.pairs = tuple((name, f"{self.prefix}_{name}") for name in ("backbone", *self.copied))
+        for online, target in self.pairs:
+            setattr(self, target, momentum_copy(getattr(self, online)))
+        for name, what in self.queues.items():
+            setattr(self, name, Queue(self.cfg["proj_dim"], self.cfg["queue"], self.global_batch, what))
+
+    def build_heads(self) -> None:
+        raise NotImplementedError
+
+    def encode(self, x: torch.Tensor, backbone: nn.Module, head: nn.Module):
+        """One encoder (the online networks or their copies, in `pairs` order) on x; the head on the backbone by default."""
+        return head(backbone(x))
+
+    def online(self, x: torch.Tensor):
+        return self.encode(x, *(getattr(self, online) for online, _ in self.pairs))
+
+    @torch.no_grad()
+    def momentum_forward(self, x: torch.Tensor, gen: torch.Generator | None = None):
+        """The copies' encoder on x; given gen, through shuffle-BN over cfg["shuffle_groups"] groups."""
+        nets = [getattr(self, target) for _, target in self.pairs]
+        enc = lambda t: self.encode(t, *nets)  # noqa: E731
+        return enc(x) if gen is None else shuffled_forward(enc, x, self.cfg["shuffle_groups"], gen)
+
+    def momentum(self, step: int, total_steps: int) -> float:
+        m = self.cfg["momentum"]
+        return cosine_momentum(m, step, total_steps) if self.schedule == "cosine" else m
+
+    def update_copies(self, step: int, total_steps: int) -> None:
+        m = self.momentum(step, total_steps)
+        for online, target in self.pairs:
+            ema_update(getattr(self, target), getattr(self, online), m)
+
+    def before_step(self, step, total_steps):
+        if self.ema_at == "before_step":
+            self.update_copies(step, total_steps)
+
+    def after_step(self, step, total_steps):
+        if self.ema_at == "after_step":
+            self.update_copies(step, total_steps)

@@ -6,12 +6,13 @@ import torch
 import torch.nn.functional as F
 
 from ..models import mlp
-from .base import Method, cosine_momentum, ema_update, momentum_copy
+from .base import MomentumMethod, float32
 
 
+@float32
 def regression_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """p, z: (N, D) -> (N,): ||p/|p| - z/|z|||^2 = 2 - 2 cos(p, z)."""
-    return 2 - 2 * F.cosine_similarity(p.float(), z.float(), dim=1)
+    return 2 - 2 * F.cosine_similarity(p, z, dim=1)
 
 
 def byol_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
@@ -20,22 +21,18 @@ def byol_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch.Te
     return (regression_loss(p1, z2.detach()) + regression_loss(p2, z1.detach())).mean()
 
 
-class BYOL(Method):
-    def __init__(self, *args):
-        super().__init__(*args)
+class BYOL(MomentumMethod):
+    """The target (target_backbone, target_projector) follows the online networks after each
+    optimiser step, its momentum rising from cfg["momentum"] to 1 by a cosine."""
+    copied, prefix, schedule, ema_at = ("projector",), "target", "cosine", "after_step"
+
+    def build_heads(self):
         c = self.cfg
         self.projector = mlp(self.backbone.out_dim, c["proj_hidden"], c["proj_dim"], 2)
         self.predictor = mlp(c["proj_dim"], c["pred_hidden"], c["proj_dim"], 2)
-        self.target_backbone, self.target_projector = momentum_copy(self.backbone), momentum_copy(self.projector)
 
     def forward(self, batch):
         v1, v2 = batch.views[:2]
-        p1, p2 = (self.predictor(self.projector(self.backbone(v))) for v in (v1, v2))
-        with torch.no_grad():
-            z1, z2 = (self.target_projector(self.target_backbone(v)) for v in (v1, v2))
+        p1, p2 = (self.predictor(self.online(v)) for v in (v1, v2))
+        z1, z2 = (self.momentum_forward(v) for v in (v1, v2))
         return byol_loss(p1, p2, z1, z2), {}
-
-    def after_step(self, step, total_steps):
-        tau = cosine_momentum(self.cfg["momentum"], step, total_steps)
-        ema_update(self.target_backbone, self.backbone, tau)
-        ema_update(self.target_projector, self.projector, tau)

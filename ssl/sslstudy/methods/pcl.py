@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from .base import Method, Queue, ema_update, momentum_copy, shuffled_forward
+from .base import float32
 from .clustering import check_k, shared_kmeans, stream_seed
-from .moco import info_nce, mlp_head
+from .moco import MoCo, info_nce
 
 log = logging.getLogger("sslstudy.methods.pcl")
 
@@ -47,6 +47,7 @@ def sample_negatives(pos: torch.Tensor, k: int, r: int, gen: torch.Generator) ->
     return ids[torch.randperm(len(ids), generator=gen)[:r]].to(pos.device)
 
 
+@float32
 def proto_nce(q: torch.Tensor, prototypes: torch.Tensor, phi: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     """The prototype term of ProtoNCE at one granularity. q: (N, D) L2-normalised queries;
     prototypes: (K, D) L2-normalised centroids; phi: (K,) concentrations; pos: (N,) each query's
@@ -57,21 +58,21 @@ def proto_nce(q: torch.Tensor, prototypes: torch.Tensor, phi: torch.Tensor, pos:
     return F.cross_entropy(logits, torch.arange(q.shape[0], device=q.device))
 
 
-class PCL(Method):
-    def __init__(self, *args):
-        super().__init__(*args)
-        c = self.cfg
-        self.ks = list(c["num_clusters"])
-        check_k(self.ks, self.n_train, "methods.pcl.num_clusters")
-        if c["proto_negatives"] >= min(self.ks):
-            raise UserError(f"methods.pcl.proto_negatives = {c['proto_negatives']} must be smaller than the smallest of "
-                            f"methods.pcl.num_clusters ({min(self.ks)}); lower it in params")
-        self.head = mlp_head(self.backbone.out_dim, c["proj_hidden"], c["proj_dim"])
-        self.key_backbone, self.key_head = momentum_copy(self.backbone), momentum_copy(self.head)
-        self.queue = Queue(c["proj_dim"], c["queue"], self.global_batch, "methods.pcl.queue")
+class PCL(MoCo):
+    """MoCo's encoders, head, queue and InfoNCE, plus the E-step's prototypes and ProtoNCE."""
+    queues = {"queue": "methods.pcl.queue"}
+
+    def __init__(self, backbone, cfg, views, n_train, global_batch):
+        ks = list(cfg["num_clusters"])
+        check_k(ks, n_train, "methods.pcl.num_clusters")
+        if cfg["proto_negatives"] >= min(ks):
+            raise UserError(f"methods.pcl.proto_negatives = {cfg['proto_negatives']} must be smaller than the smallest of "
+                            f"methods.pcl.num_clusters ({min(ks)}); lower it in params")
+        super().__init__(backbone, cfg, views, n_train, global_batch)
+        self.ks = ks
         for i, k in enumerate(self.ks):  # the E-step's result, per granularity
             self.register_buffer(f"assign{i}", torch.zeros(self.n_train, dtype=torch.long))
-            self.register_buffer(f"prototypes{i}", torch.zeros(k, c["proj_dim"]))
+            self.register_buffer(f"prototypes{i}", torch.zeros(k, cfg["proj_dim"]))
             self.register_buffer(f"phi{i}", torch.ones(k))
 
     def clustering(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -92,17 +93,9 @@ class PCL(Method):
             log.info("epoch %d: E-step k=%d, %d empty clusters, phi %.3f-%.3f", epoch + 1, k,
                      int((torch.bincount(assign, minlength=k) == 0).sum()), float(f.min()), float(f.max()))
 
-    def before_step(self, step, total_steps):
-        # as MoCo: update the key encoder, then compute this step's keys
-        ema_update(self.key_backbone, self.backbone, self.cfg["momentum"])
-        ema_update(self.key_head, self.head, self.cfg["momentum"])
-
     def forward(self, batch):
         c = self.cfg
-        q = F.normalize(self.head(self.backbone(batch.views[0])).float(), dim=1)
-        with torch.no_grad():
-            k = shuffled_forward(lambda x: self.key_head(self.key_backbone(x)), batch.views[1], c["shuffle_groups"], batch.gen)
-            k = F.normalize(k.float(), dim=1)
+        q, k = self.query_and_key(batch)
         loss = nce = info_nce(q, k, self.queue.keys.clone(), c["temperature"])
         logs = {"infonce": nce.item()}
         if batch.epoch >= c["proto_warmup_epochs"]:

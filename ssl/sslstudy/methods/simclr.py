@@ -6,9 +6,10 @@ import torch.nn.functional as F
 
 from .. import distributed as D
 from ..models import mlp
-from .base import Method
+from .base import Method, float32
 
 
+@float32
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
     """z1, z2: (N, D) projections of two views of the same N images -> scalar.
 
@@ -17,7 +18,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
     averaged over the 2N anchors. (google-research/simclr sums the two directions: twice this.)
     """
     n = z1.shape[0]
-    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
     logits = z @ z.T / temperature
     self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
     logits = logits.masked_fill(self_mask, float("-inf"))

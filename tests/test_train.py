@@ -9,7 +9,8 @@ from conftest import tiny_spec
 from sslstudy.data.packed import load_dataset
 from sslstudy.data.subsets import nested_subsets, save_indices
 from sslstudy.errors import UserError
-from sslstudy.train import LARS, Diverged, Stopped, cosine_schedule, list_checkpoints, load_backbone, train
+from sslstudy.train import (LARS, Diverged, Stopped, build_model, cosine_schedule, list_checkpoints, load_backbone,
+                            train)
 
 
 @pytest.fixture()
@@ -77,6 +78,23 @@ def test_train_writes_checkpoints_and_resumes_exactly(tiny_data, subset, tmp_pat
     assert cfg == spec
     assert not torch.equal(rand.state_dict()["features.0.weight"], trained.state_dict()["features.0.weight"])
     assert not any(p.name.startswith(".") for p in (full / "checkpoints").iterdir())  # no temp files left
+
+
+def test_epoch_checkpoints_hold_only_the_backbone(tiny_data, subset, tmp_path):
+    spec = tiny_spec(tiny_data / "natural", subset, epochs=1)
+    run = tmp_path / "run"
+    train(spec, run)
+    ep = torch.load(run / "checkpoints" / "ep001.pt", weights_only=False)
+    full = torch.load(run / "final.pt", weights_only=False)  # the full checkpoint of the same epoch
+    assert sorted(ep) == ["config", "epoch", "model"] and ep["epoch"] == full["epoch"] == 1 and ep["config"] == spec
+    assert ep["model"] and all(k.startswith("backbone.") for k in ep["model"])
+    assert "optimizer" in full and "optimizer" in torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    assert (run / "checkpoints" / "ep001.pt").stat().st_size < (run / "final.pt").stat().st_size
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(load_backbone(run / "checkpoints" / "ep001.pt")[0](x), load_backbone(run / "final.pt")[0](x))
+        # ep000.pt: the initialisation of this seed
+        assert torch.equal(load_backbone(run / "checkpoints" / "ep000.pt")[0](x), build_model(spec).backbone.eval()(x))
 
 
 def test_nonfinite_loss_stops_at_once(tiny_data, subset, tmp_path):

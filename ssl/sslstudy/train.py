@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import signal
 import threading
 import time
@@ -84,6 +83,9 @@ def cosine_schedule(base: float, final: float, total_steps: int, warmup_steps: i
 def atomic_torch_save(obj, path: Path) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+BACKBONE = "backbone."  # the backbone's prefix in a Method's state_dict
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -215,7 +217,7 @@ class _Trainer:
     def _start_or_resume(self) -> None:
         state = _resume_state(self.run_dir, self.cfg)
         if state is None:
-            self._save("ep000.pt", dict(epoch=0))  # the random-weights baseline
+            self._save_backbone(0)  # the random-weights baseline
             self.pos = _Position()
             log.info("starting %s: %d images, %d steps/epoch, %d epochs, %d process(es)",
                      self.run_dir, len(self.idx), self.steps_per_epoch, self.epochs, self.world)
@@ -292,7 +294,7 @@ class _Trainer:
         if self.lead:
             self._log_epoch(rec, seconds)
         if epoch % self.cfg["checkpoint_every"] == 0 or epoch == self.epochs:
-            self._save(f"ep{epoch:03d}.pt", dict(epoch=epoch))
+            self._save_backbone(epoch)
         self._save_last(None)
 
     def _log_epoch(self, rec: dict, seconds: float) -> None:
@@ -305,19 +307,25 @@ class _Trainer:
     def _save_last(self, gen_state: torch.Tensor | None) -> None:
         """checkpoints/last.pt: the full state at pos (gen_state: the generator's mid-epoch state)."""
         pos = self.pos
-        self._save("last.pt", dict(epoch=pos.epoch, it=pos.it, gen=gen_state, order=pos.order, sums=pos.sums))
+        self._save(self.run_dir / "checkpoints" / "last.pt",
+                   dict(epoch=pos.epoch, it=pos.it, gen=gen_state, order=pos.order, sums=pos.sums))
 
-    def _save(self, name: str, extra: dict) -> None:
-        """checkpoints/<name>: extra + model, optimiser and config (on the lead rank only)."""
+    def _save_backbone(self, epoch: int) -> None:
+        """checkpoints/epNNN.pt: what load_backbone reads (the backbone's weights, config, epoch), no optimiser."""
         if self.lead:
-            atomic_torch_save(dict(extra, model=self.model.state_dict(), optimizer=self.opt.state_dict(), config=self.cfg),
-                              self.run_dir / "checkpoints" / name)
+            weights = {k: v for k, v in self.model.state_dict().items() if k.startswith(BACKBONE)}
+            atomic_torch_save(dict(epoch=epoch, model=weights, config=self.cfg),
+                              self.run_dir / "checkpoints" / f"ep{epoch:03d}.pt")
+
+    def _save(self, path: Path, extra: dict) -> None:
+        """extra + the whole model, optimiser and config: what resuming needs (on the lead rank only)."""
+        if self.lead:
+            atomic_torch_save(dict(extra, model=self.model.state_dict(), optimizer=self.opt.state_dict(), config=self.cfg), path)
 
     def _finish(self) -> Path:
         final = self.run_dir / "final.pt"
+        self._save(final, dict(epoch=self.epochs))
         if self.lead:
-            with atomic_path(final) as tmp:
-                shutil.copyfile(self.run_dir / "checkpoints" / f"ep{self.epochs:03d}.pt", tmp)
             log.info("done: %s", final)
         return final
 
@@ -400,6 +408,5 @@ def load_backbone(path: str | Path) -> tuple[torch.nn.Module, dict]:
     state = load_checkpoint(Path(path))
     cfg = state["config"]
     backbone = build_backbone(**cfg["backbone"])
-    prefix = "backbone."
-    backbone.load_state_dict({k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)})
+    backbone.load_state_dict({k.removeprefix(BACKBONE): v for k, v in state["model"].items() if k.startswith(BACKBONE)})
     return backbone.eval(), cfg

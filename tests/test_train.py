@@ -40,6 +40,22 @@ def test_lars_step_matches_formula():
     assert b.item() == pytest.approx(1.0 - 0.5 * 0.5)  # exempt group: plain SGD, no decay
 
 
+def test_lars_decays_groups_without_trust_ratio():
+    # lars=False skips only the trust ratio: weight decay still applies (DeepCluster's classifier group)
+    w = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
+    v = torch.nn.Parameter(torch.tensor([2.0]))
+    opt = LARS([dict(params=[w], weight_decay=0.1, momentum=0.0, lars=False), dict(params=[v], weight_decay=0.1, lars=False)],
+               lr=0.5, momentum=0.9, eta=0.01)
+    for _ in range(2):
+        w.grad, v.grad = torch.tensor([0.6, 0.8]), torch.tensor([0.5])
+        opt.step()
+    # w: no momentum, step 1: 0.5 * ([0.6, 0.8] + 0.1 * [3, 4]) -> [2.55, 3.4];
+    # step 2: 0.5 * ([0.6, 0.8] + 0.1 * [2.55, 3.4]) -> [2.1225, 2.83]
+    np.testing.assert_allclose(w.detach().numpy(), [2.1225, 2.83], rtol=1e-6)
+    # v: d1 = 0.5 + 0.1 * 2 = 0.7 -> 1.65; d2 = 0.5 + 0.1 * 1.65 = 0.665, buffer 0.9 * 0.7 + 0.665 -> 1.0025
+    assert v.item() == pytest.approx(1.0025, rel=1e-6)
+
+
 def test_train_writes_checkpoints_and_resumes_exactly(tiny_data, subset, tmp_path):
     spec = tiny_spec(tiny_data / "natural", subset)
     full = tmp_path / "full"

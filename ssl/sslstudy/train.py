@@ -34,7 +34,8 @@ class Diverged(UserError):
 class LARS(torch.optim.Optimizer):
     """SGD with momentum whose per-layer step is scaled by the trust ratio
     eta * ||w|| / ||g + wd * w|| (You et al. 2017; SimCLR/BYOL defaults eta=1e-3).
-    Groups with `lars=False` (biases, BN) get plain momentum SGD without weight decay."""
+    Every group decays by its own weight_decay; `lars=False` groups skip only the trust ratio
+    (as the official LARS of Barlow Twins / VICReg filters decay and adaptation separately)."""
 
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 1e-3):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars=True))
@@ -46,8 +47,9 @@ class LARS(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 d = p.grad
-                if g["lars"]:
+                if g["weight_decay"]:
                     d = d.add(p, alpha=g["weight_decay"])
+                if g["lars"]:
                     w_norm, d_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(d)
                     trust = torch.where((w_norm > 0) & (d_norm > 0), g["eta"] * w_norm / d_norm, torch.ones_like(w_norm))
                     d = d.mul(trust)

@@ -113,6 +113,31 @@ def test_epoch_checkpoints_hold_only_the_backbone(tiny_data, subset, tmp_path):
         assert torch.equal(load_backbone(run / "checkpoints" / "ep000.pt")[0](x), build_model(spec).backbone.eval()(x))
 
 
+@pytest.mark.parametrize("rank", [1, 0])
+def test_only_the_lead_rank_changes_files_on_resume(rank, tmp_path, monkeypatch):
+    from sslstudy import distributed as D
+    from sslstudy.train import _resume_state, atomic_torch_save
+
+    cfg = dict(run="r", seed=0, threads=1)
+    ck = tmp_path / "checkpoints"
+    atomic_torch_save(dict(epoch=1, config=cfg), ck / "last.pt")
+    atomic_torch_save(dict(epoch=1), ck / "ep001.pt")
+    metrics = '{"epoch": 1}\n{"epoch": 2}\n'  # epoch 2 is not in last.pt
+    (tmp_path / "metrics.jsonl").write_text(metrics)
+    barriers = []
+    monkeypatch.setattr(D, "rank", lambda: rank)
+    monkeypatch.setattr(D, "barrier", lambda: barriers.append(sorted(p.name for p in ck.iterdir())))
+
+    assert _resume_state(tmp_path, cfg)["epoch"] == 1
+    kept = (tmp_path / "metrics.jsonl").read_text()
+    assert kept == (metrics if rank else '{"epoch": 1}\n')
+    assert _resume_state(tmp_path, dict(cfg, seed=1)) is None  # another config: the run starts over
+    assert sorted(p.name for p in ck.iterdir()) == ([] if rank == 0 else ["ep001.pt", "last.pt"])
+    assert (tmp_path / "metrics.jsonl").read_text() == kept
+    # each call waited for every rank with the files untouched
+    assert barriers == [["ep001.pt", "last.pt"]] * 2
+
+
 def test_nonfinite_loss_stops_at_once(tiny_data, subset, tmp_path):
     spec = tiny_spec(tiny_data / "natural", subset, optim=dict(name="sgd", lr=1e12, final_lr=0.0, momentum=0.9,
                                                                weight_decay=0.0, eta=1e-3, warmup_epochs=0))

@@ -333,18 +333,22 @@ class _Trainer:
 
 
 def _resume_state(run_dir: Path, cfg: dict) -> dict | None:
-    """The state to resume from: last.pt if it was written for this config (else the run starts over)."""
+    """The state to resume from: last.pt if it was written for this config (else the run starts over).
+    Every rank reads it; only the lead changes files, once all have read."""
     path = run_dir / "checkpoints" / "last.pt"
-    if not path.is_file():
+    state = load_checkpoint(path) if path.is_file() else None
+    D.barrier()
+    if state is None:
         return None
-    state = load_checkpoint(path)
+    lead = D.rank() == 0
     if _same_run(state.get("config") or {}) != _same_run(cfg):
         log.info("checkpoints in %s were made with another config; starting over", run_dir)
-        for p in (run_dir / "checkpoints").glob("*.pt"):
-            p.unlink()
+        if lead:
+            for p in (run_dir / "checkpoints").glob("*.pt"):
+                p.unlink()
         return None
     metrics = run_dir / "metrics.jsonl"  # drop lines of epochs redone after a kill without warning
-    if metrics.is_file():
+    if lead and metrics.is_file():
         kept = [ln for ln in metrics.read_text().splitlines(keepends=True) if _epoch_of(ln) <= state["epoch"]]
         with atomic_path(metrics) as tmp:
             tmp.write_text("".join(kept))

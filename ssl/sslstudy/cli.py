@@ -166,7 +166,7 @@ def cmd_supervised(a) -> None:
     from .data.packed import load_dataset
     from .eval import lowshot
     from .models import build_backbone
-    from .train import atomic_torch_save
+    from .train import BACKBONE, atomic_torch_save
 
     torch.set_num_threads(a.threads)
     ds = load_dataset(a.dataset)
@@ -179,7 +179,7 @@ def cmd_supervised(a) -> None:
                pretrain_images=0, eval_domain=ds.name)
     # the checkpoint format of pretraining runs, so load_backbone (evaluate, fusion) reads it; the
     # epochs trained, not 0 (the random weights' epoch)
-    state = {"backbone." + k: v for k, v in model.backbone.state_dict().items()}
+    state = {BACKBONE + k: v for k, v in model.backbone.state_dict().items()}
     state.update({"head." + k: v for k, v in model.head.state_dict().items()})
     atomic_torch_save(dict(epoch=model.epochs, model=state,
                            config=dict(run=a.run, seed=a.seed, backbone=arch, views=[dict(size=a.size)], epochs=model.epochs,

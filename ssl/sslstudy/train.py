@@ -307,7 +307,7 @@ class _Trainer:
         log.info("epoch %d/%d loss %.4f lr %.4g %.1fs", rec["epoch"], self.epochs, rec["loss"], rec["lr"], seconds)
 
     def _save_last(self, gen_state: torch.Tensor | None) -> None:
-        """checkpoints/last.pt: the full state at pos (gen_state: the generator's mid-epoch state)."""
+        """checkpoints/last.pt: the full state at pos (gen_state: the generator's when stopped mid-epoch, else None)."""
         pos = self.pos
         self._save(self.run_dir / "checkpoints" / "last.pt",
                    dict(epoch=pos.epoch, it=pos.it, gen=gen_state, order=pos.order, sums=pos.sums))

@@ -118,6 +118,29 @@ def test_training_from_scratch_fits_its_labelled_images(tiny_data):
     assert len(lowshot.trained_rows(model, ds, 32, "supervised")) == 3
 
 
+def test_supervised_checkpoint_reads_as_trained_not_random(tiny_data, tmp_path):
+    import json
+
+    import pandas as pd
+
+    from sslstudy.cli import run_command
+    from sslstudy.train import load_backbone
+
+    arch, ft = dict(arch="cnn4", width=4), dict(epochs=2, min_steps=1, batch_size=32, lr=0.05, weight_decay=5e-4, scale=[0.9, 1.0])
+    ckpt, common = tmp_path / "final.pt", ["--dataset", str(tiny_data / "natural"), "--size", "32", "--run", "sup"]
+    run_command(["supervised", *common, "--labels", "l1", "--seed", "0", "--label-seed", "0", "--backbone", json.dumps(arch),
+                 "--finetune", json.dumps(ft), "--checkpoint", str(ckpt), "--out", str(tmp_path / "scores.csv")])
+    state = torch.load(ckpt, weights_only=False)
+    assert state["epoch"] == state["config"]["epochs"] == 2  # 64 labelled images, 2 x 2 steps of 32
+    assert load_backbone(ckpt)[1]["epochs"] == 2
+    # its frozen evaluation is recorded at the trained epoch, not at 0 (the random weights' epoch)
+    ev = dict(batch_size=256, linear_epochs=2, cluster_seed=0, knn_k=5, knn_temperature=0.07)
+    run_command(["evaluate", *common, "--checkpoint", str(ckpt), "--eval", json.dumps(ev), "--weights", "pretrained",
+                 "--out", str(tmp_path / "eval.csv")])
+    df = pd.read_csv(tmp_path / "eval.csv")
+    assert set(df["epoch"]) == {2} and set(df["weights"]) == {"pretrained"}
+
+
 def test_fusion_rows_cover_both_members_and_the_pair(tiny_data):
     ds = load_dataset(tiny_data / "natural")
     torch.manual_seed(0)

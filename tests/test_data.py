@@ -242,6 +242,19 @@ def test_contact_sheet_writes_png(tmp_path, domain_data):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
     w, h = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     assert (w, h) == (2 + 5 * (64 + 2), 2 + 4 * (64 + 2))
+    assert not any(p.name.startswith(".") for p in out.parent.iterdir())  # no temp file left
+
+
+def test_write_png_round_trips_the_pixels(tmp_path):
+    from PIL import Image
+
+    rgb = np.random.default_rng(0).integers(0, 256, (7, 5, 3), dtype=np.uint8)
+    synth.write_png(tmp_path / "x.png", rgb)
+    with Image.open(tmp_path / "x.png") as im:
+        assert im.format == "PNG" and im.mode == "RGB"
+        np.testing.assert_array_equal(np.asarray(im), rgb)
+    with pytest.raises(ValueError, match="expected"):
+        synth.write_png(tmp_path / "y.png", rgb[..., 0])
 
 
 # --------------------------------------------------------------------------- packed: API and atomic writes

@@ -9,7 +9,8 @@ from conftest import tiny_spec
 from sslstudy.data.packed import load_dataset
 from sslstudy.data.subsets import nested_subsets, save_indices
 from sslstudy.errors import UserError
-from sslstudy.train import LARS, Diverged, Stopped, cosine_schedule, list_checkpoints, load_backbone, train
+from sslstudy.train import (LARS, Diverged, Stopped, build_model, cosine_schedule, list_checkpoints, load_backbone,
+                            train)
 
 
 @pytest.fixture()
@@ -37,6 +38,22 @@ def test_lars_step_matches_formula():
     trust = 0.01 * 5.0 / np.linalg.norm(d)
     np.testing.assert_allclose(w.detach().numpy()[0], np.array([3.0, 4.0]) - 0.5 * trust * d, rtol=1e-6)
     assert b.item() == pytest.approx(1.0 - 0.5 * 0.5)  # exempt group: plain SGD, no decay
+
+
+def test_lars_decays_groups_without_trust_ratio():
+    # lars=False skips only the trust ratio: weight decay still applies (DeepCluster's classifier group)
+    w = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
+    v = torch.nn.Parameter(torch.tensor([2.0]))
+    opt = LARS([dict(params=[w], weight_decay=0.1, momentum=0.0, lars=False), dict(params=[v], weight_decay=0.1, lars=False)],
+               lr=0.5, momentum=0.9, eta=0.01)
+    for _ in range(2):
+        w.grad, v.grad = torch.tensor([0.6, 0.8]), torch.tensor([0.5])
+        opt.step()
+    # w: no momentum, step 1: 0.5 * ([0.6, 0.8] + 0.1 * [3, 4]) -> [2.55, 3.4];
+    # step 2: 0.5 * ([0.6, 0.8] + 0.1 * [2.55, 3.4]) -> [2.1225, 2.83]
+    np.testing.assert_allclose(w.detach().numpy(), [2.1225, 2.83], rtol=1e-6)
+    # v: d1 = 0.5 + 0.1 * 2 = 0.7 -> 1.65; d2 = 0.5 + 0.1 * 1.65 = 0.665, buffer 0.9 * 0.7 + 0.665 -> 1.0025
+    assert v.item() == pytest.approx(1.0025, rel=1e-6)
 
 
 def test_train_writes_checkpoints_and_resumes_exactly(tiny_data, subset, tmp_path):
@@ -77,6 +94,48 @@ def test_train_writes_checkpoints_and_resumes_exactly(tiny_data, subset, tmp_pat
     assert cfg == spec
     assert not torch.equal(rand.state_dict()["features.0.weight"], trained.state_dict()["features.0.weight"])
     assert not any(p.name.startswith(".") for p in (full / "checkpoints").iterdir())  # no temp files left
+
+
+def test_epoch_checkpoints_hold_only_the_backbone(tiny_data, subset, tmp_path):
+    spec = tiny_spec(tiny_data / "natural", subset, epochs=1)
+    run = tmp_path / "run"
+    train(spec, run)
+    ep = torch.load(run / "checkpoints" / "ep001.pt", weights_only=False)
+    full = torch.load(run / "final.pt", weights_only=False)  # the full checkpoint of the same epoch
+    assert sorted(ep) == ["config", "epoch", "model"] and ep["epoch"] == full["epoch"] == 1 and ep["config"] == spec
+    assert ep["model"] and all(k.startswith("backbone.") for k in ep["model"])
+    assert "optimizer" in full and "optimizer" in torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    assert (run / "checkpoints" / "ep001.pt").stat().st_size < (run / "final.pt").stat().st_size
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(load_backbone(run / "checkpoints" / "ep001.pt")[0](x), load_backbone(run / "final.pt")[0](x))
+        # ep000.pt: the initialisation of this seed
+        assert torch.equal(load_backbone(run / "checkpoints" / "ep000.pt")[0](x), build_model(spec).backbone.eval()(x))
+
+
+@pytest.mark.parametrize("rank", [1, 0])
+def test_only_the_lead_rank_changes_files_on_resume(rank, tmp_path, monkeypatch):
+    from sslstudy import distributed as D
+    from sslstudy.train import _resume_state, atomic_torch_save
+
+    cfg = dict(run="r", seed=0, threads=1)
+    ck = tmp_path / "checkpoints"
+    atomic_torch_save(dict(epoch=1, config=cfg), ck / "last.pt")
+    atomic_torch_save(dict(epoch=1), ck / "ep001.pt")
+    metrics = '{"epoch": 1}\n{"epoch": 2}\n'  # epoch 2 is not in last.pt
+    (tmp_path / "metrics.jsonl").write_text(metrics)
+    barriers = []
+    monkeypatch.setattr(D, "rank", lambda: rank)
+    monkeypatch.setattr(D, "barrier", lambda: barriers.append(sorted(p.name for p in ck.iterdir())))
+
+    assert _resume_state(tmp_path, cfg)["epoch"] == 1
+    kept = (tmp_path / "metrics.jsonl").read_text()
+    assert kept == (metrics if rank else '{"epoch": 1}\n')
+    assert _resume_state(tmp_path, dict(cfg, seed=1)) is None  # another config: the run starts over
+    assert sorted(p.name for p in ck.iterdir()) == ([] if rank == 0 else ["ep001.pt", "last.pt"])
+    assert (tmp_path / "metrics.jsonl").read_text() == kept
+    # each call waited for every rank with the files untouched
+    assert barriers == [["ep001.pt", "last.pt"]] * 2
 
 
 def test_nonfinite_loss_stops_at_once(tiny_data, subset, tmp_path):

@@ -166,7 +166,7 @@ def cmd_supervised(a) -> None:
     from .data.packed import load_dataset
     from .eval import lowshot
     from .models import build_backbone
-    from .train import atomic_torch_save
+    from .train import BACKBONE, atomic_torch_save
 
     torch.set_num_threads(a.threads)
     ds = load_dataset(a.dataset)
@@ -177,11 +177,13 @@ def cmd_supervised(a) -> None:
     df = lowshot.trained_rows(model, ds, a.size, "supervised")
     ids = dict(run=a.run, **json.loads(a.ids), mode="supervised", labels=a.labels, labelled_images=len(train),
                pretrain_images=0, eval_domain=ds.name)
-    # the checkpoint format of pretraining runs, so load_backbone (evaluate, fusion) reads it
-    state = {"backbone." + k: v for k, v in model.backbone.state_dict().items()}
+    # the checkpoint format of pretraining runs, so load_backbone (evaluate, fusion) reads it; the
+    # epochs trained, not 0 (the random weights' epoch)
+    state = {BACKBONE + k: v for k, v in model.backbone.state_dict().items()}
     state.update({"head." + k: v for k, v in model.head.state_dict().items()})
-    atomic_torch_save(dict(epoch=0, model=state, config=dict(run=a.run, seed=a.seed, backbone=arch, views=[dict(size=a.size)],
-                                                             epochs=0, finetune=ft, data=dict(dataset=str(a.dataset)))),
+    atomic_torch_save(dict(epoch=model.epochs, model=state,
+                           config=dict(run=a.run, seed=a.seed, backbone=arch, views=[dict(size=a.size)], epochs=model.epochs,
+                                       finetune=ft, data=dict(dataset=str(a.dataset)))),
                       a.checkpoint)
     _write_csv(a.out, _with_ids(df, ids))
 

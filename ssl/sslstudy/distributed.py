@@ -53,3 +53,9 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     if world() > 1:
         dist.all_reduce(x)
     return x
+
+
+def barrier() -> None:
+    """Wait until every rank gets here."""
+    if world() > 1:
+        dist.barrier()

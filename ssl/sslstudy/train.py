@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import signal
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,8 @@ class Diverged(UserError):
 class LARS(torch.optim.Optimizer):
     """SGD with momentum whose per-layer step is scaled by the trust ratio
     eta * ||w|| / ||g + wd * w|| (You et al. 2017; SimCLR/BYOL defaults eta=1e-3).
-    Groups with `lars=False` (biases, BN) get plain momentum SGD without weight decay."""
+    Every group decays by its own weight_decay; `lars=False` groups skip only the trust ratio
+    (as the official LARS of Barlow Twins / VICReg filters decay and adaptation separately)."""
 
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 1e-3):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars=True))
@@ -46,8 +47,9 @@ class LARS(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 d = p.grad
-                if g["lars"]:
+                if g["weight_decay"]:
                     d = d.add(p, alpha=g["weight_decay"])
+                if g["lars"]:
                     w_norm, d_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(d)
                     trust = torch.where((w_norm > 0) & (d_norm > 0), g["eta"] * w_norm / d_norm, torch.ones_like(w_norm))
                     d = d.mul(trust)
@@ -83,6 +85,9 @@ def cosine_schedule(base: float, final: float, total_steps: int, warmup_steps: i
 def atomic_torch_save(obj, path: Path) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+BACKBONE = "backbone."  # the backbone's prefix in a Method's state_dict
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -149,129 +154,201 @@ def train(cfg: dict, run_dir: str | Path, stop_after: int | None = None) -> Path
     preemption would; SIGUSR2 (SLURM's preemption/timeout warning) does the same at the next step
     boundary and is then passed on to the previous handler (submitit's, which requeues the job).
     """
-    run_dir = Path(run_dir)
-    D.init_from_env()
-    lead = D.rank() == 0
-    if lead:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _log_to(run_dir / "train.log")
-    torch.set_num_threads(cfg["threads"])
-    device = torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
+    return _Trainer(cfg, Path(run_dir)).run(stop_after)
 
-    ds = load_dataset(cfg["data"]["dataset"])
-    idx = np.sort(load_indices(cfg["data"]["subset"]))
-    bs, world = cfg["batch_size"], D.world()
-    if bs % world:
-        raise UserError(f"{cfg['run']}: pretrain.batch_size {bs} (the global batch) is not divisible by {world} processes; change it in params")
-    if len(idx) < bs:
-        raise UserError(f"{cfg['data']['subset']}: {len(idx)} images, fewer than one batch of {bs}; lower pretrain.batch_size")
-    steps_per_epoch = len(idx) // bs  # drop_last: every step sees a full batch
-    epochs = cfg["epochs"]
-    total = steps_per_epoch * epochs
-    ocfg = cfg["optim"]
-    lr = ocfg["lr"] * bs / 256  # bs is the global batch: the rate does not change with the GPU count
-    lr_sched = cosine_schedule(lr, ocfg["final_lr"] * bs / 256, total, ocfg["warmup_epochs"] * steps_per_epoch)
 
-    model = build_model(cfg, len(idx)).to(device, memory_format=torch.channels_last)
-    opt = build_optimizer(model, ocfg, lr)
-    ctx = Context(ds, idx, device, cfg)
-    state = _resume_state(run_dir, cfg)
-    if state is None:
-        if lead:
-            _save(run_dir / "checkpoints" / "ep000.pt", dict(epoch=0), model, opt, cfg)  # the random-weights baseline
-        epoch, it, gen_state, order, sums = 0, 0, None, None, {}
-        log.info("starting %s: %d images, %d steps/epoch, %d epochs, %d process(es)", run_dir, len(idx), steps_per_epoch, epochs, world)
-    else:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        epoch, it, gen_state, order, sums = state["epoch"], state["it"], state["gen"], state["order"], state["sums"]
-        log.info("resumed from %s (epoch %d of %d, step %d of %d)", state["path"].name, epoch, epochs, it, steps_per_epoch)
-    net = model
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
+@dataclass
+class _Position:
+    """Where training is; last.pt saves it, so a resumed run continues at the same step."""
+    epoch: int = 0
+    it: int = 0                        # steps done in this epoch
+    gen: torch.Tensor | None = None    # generator state to resume the epoch from; None at an epoch start
+    order: np.ndarray | None = None    # this epoch's image order (positions in the subset)
+    sums: dict = field(default_factory=dict)  # this epoch's summed step logs
 
-    metrics = (run_dir / "metrics.jsonl").open("a") if lead else None
-    bar = tqdm(total=epochs, initial=epoch, desc=cfg["run"], disable=None if lead else True, mininterval=5)
-    done_here = 0
-    with _DeferredSignal() as preempt:
-        while epoch < epochs:
-            model.train()
-            gen = torch.Generator()
-            if gen_state is None:
-                gen.manual_seed(epoch_seed(cfg["seed"], epoch))
-                model.before_epoch(epoch, ctx)
-                order = model.epoch_order(epoch, gen)
-            else:
-                gen.set_state(gen_state)
-            t0 = time.time()
-            while it < steps_per_epoch:
-                if (stop_after is not None and done_here >= stop_after) or preempt.requested():
-                    _save(run_dir / "checkpoints" / "last.pt", dict(epoch=epoch, it=it, gen=gen.get_state(), order=order, sums=sums),
-                          model, opt, cfg, lead)
-                    log.info("stopped at epoch %d step %d; state in checkpoints/last.pt", epoch, it)
-                    preempt.pass_on()
-                    raise Stopped(f"{run_dir}: stopped at epoch {epoch} step {it}")
-                step = epoch * steps_per_epoch + it
-                for g in opt.param_groups:
-                    g["lr"] = lr_sched[step]
-                pos = np.sort(order[it * bs:(it + 1) * bs])
-                rows = D.local_slice(bs)
-                images = torch.from_numpy(np.asarray(ds.images[idx[pos[rows]]])).to(device, non_blocking=True)
-                views = [make_views(images, spec, gen, rows, bs).contiguous(memory_format=torch.channels_last)
-                         for spec in model.view_specs]
-                batch = Batch(views, torch.from_numpy(pos[rows]).to(device), step, total, epoch, gen)
-                model.before_step(step, total)
-                with torch.autocast(**_amp(device)):
-                    loss, logs = net(batch)
-                if not torch.isfinite(loss):
-                    raise Diverged(f"{run_dir}: loss is {loss.item()} at epoch {epoch + 1} step {it}; "
-                                   f"lower pretrain.optim.lr (now {ocfg['lr']}) in params")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                model.before_optimizer_step(step)
-                opt.step()
-                model.after_step(step, total)
-                for k, v in dict(loss=loss.item(), **logs).items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-                it += 1
-                done_here += 1
-            dt = time.time() - t0
-            rec = dict(epoch=epoch + 1, step=(epoch + 1) * steps_per_epoch, **{k: v / steps_per_epoch for k, v in sums.items()},
-                       lr=float(lr_sched[step]), seconds=round(dt, 3),
-                       views_per_s=round(len(model.view_specs) * bs * steps_per_epoch / max(dt, 1e-9), 1))
-            epoch, it, gen_state, sums = epoch + 1, 0, None, {}
-            if lead:
-                metrics.write(json.dumps(rec) + "\n")
-                metrics.flush()
-                bar.update(1)
-                bar.set_postfix(loss=f"{rec['loss']:.3f}")
-                log.info("epoch %d/%d loss %.4f lr %.4g %.1fs", epoch, epochs, rec["loss"], rec["lr"], dt)
-            if epoch % cfg["checkpoint_every"] == 0 or epoch == epochs:
-                _save(run_dir / "checkpoints" / f"ep{epoch:03d}.pt", dict(epoch=epoch), model, opt, cfg, lead)
-            _save(run_dir / "checkpoints" / "last.pt", dict(epoch=epoch, it=0, gen=None, order=None, sums={}), model, opt, cfg, lead)
-    bar.close()
-    final = run_dir / "final.pt"
-    if lead:
-        metrics.close()
-        with atomic_path(final) as tmp:
-            shutil.copyfile(run_dir / "checkpoints" / f"ep{epochs:03d}.pt", tmp)
-        log.info("done: %s", final)
-    return final
+
+class _Trainer:
+    """One call of `train`: what is fixed for the run (data, schedule, model, optimiser) and `pos`."""
+
+    def __init__(self, cfg: dict, run_dir: Path):
+        D.init_from_env()
+        self.cfg, self.run_dir, self.lead = cfg, run_dir, D.rank() == 0
+        if self.lead:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            _log_to(run_dir / "train.log")
+        torch.set_num_threads(cfg["threads"])
+        self.device = torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
+
+        self.ds = load_dataset(cfg["data"]["dataset"])
+        self.idx = np.sort(load_indices(cfg["data"]["subset"]))
+        bs, world = self.bs, self.world = cfg["batch_size"], D.world()
+        if bs % world:
+            raise UserError(f"{cfg['run']}: pretrain.batch_size {bs} (the global batch) is not divisible by {world} processes; change it in params")
+        if len(self.idx) < bs:
+            raise UserError(f"{cfg['data']['subset']}: {len(self.idx)} images, fewer than one batch of {bs}; lower pretrain.batch_size")
+        self.steps_per_epoch = len(self.idx) // bs  # drop_last: every step sees a full batch
+        self.epochs = cfg["epochs"]
+        self.total = self.steps_per_epoch * self.epochs
+        ocfg = cfg["optim"]
+        lr = ocfg["lr"] * bs / 256  # bs is the global batch: the rate does not change with the GPU count
+        self.lr_sched = cosine_schedule(lr, ocfg["final_lr"] * bs / 256, self.total, ocfg["warmup_epochs"] * self.steps_per_epoch)
+
+        self.model = build_model(cfg, len(self.idx)).to(self.device, memory_format=torch.channels_last)
+        self.opt = build_optimizer(self.model, ocfg, lr)
+        self.ctx = Context(self.ds, self.idx, self.device, cfg)
+
+    def run(self, stop_after: int | None) -> Path:
+        self._start_or_resume()
+        self.net = self.model
+        if self.world > 1:
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model, broadcast_buffers=False)
+        self.metrics = (self.run_dir / "metrics.jsonl").open("a") if self.lead else None
+        self.bar = tqdm(total=self.epochs, initial=self.pos.epoch, desc=self.cfg["run"], disable=None if self.lead else True,
+                        mininterval=5)
+        self.stop_after, self.done_here = stop_after, 0  # done_here: steps done in this call
+        try:
+            with _DeferredSignal() as self.preempt:
+                while self.pos.epoch < self.epochs:
+                    self._run_epoch()
+        finally:
+            self.bar.close()
+            if self.metrics:
+                self.metrics.close()
+        return self._finish()
+
+    def _start_or_resume(self) -> None:
+        state = _resume_state(self.run_dir, self.cfg)
+        if state is None:
+            self._save_backbone(0)  # the random-weights baseline
+            self.pos = _Position()
+            log.info("starting %s: %d images, %d steps/epoch, %d epochs, %d process(es)",
+                     self.run_dir, len(self.idx), self.steps_per_epoch, self.epochs, self.world)
+        else:
+            self.model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optimizer"])
+            self.pos = _Position(state["epoch"], state["it"], state["gen"], state["order"], state["sums"])
+            log.info("resumed from %s (epoch %d of %d, step %d of %d)",
+                     state["path"].name, self.pos.epoch, self.epochs, self.pos.it, self.steps_per_epoch)
+
+    def _run_epoch(self) -> None:
+        """The rest of epoch pos.epoch (all of it unless resumed mid-epoch), then its log and checkpoints."""
+        pos = self.pos
+        self.model.train()
+        gen = torch.Generator()
+        if pos.gen is None:
+            gen.manual_seed(epoch_seed(self.cfg["seed"], pos.epoch))
+            self.model.before_epoch(pos.epoch, self.ctx)
+            pos.order = self.model.epoch_order(pos.epoch, gen)
+        else:
+            gen.set_state(pos.gen)
+        t0 = time.time()
+        while pos.it < self.steps_per_epoch:
+            if self._stop_requested():
+                self._stop(gen)
+            self._step(gen)
+            pos.it += 1
+            self.done_here += 1
+        self._end_epoch(time.time() - t0)
+
+    def _step(self, gen: torch.Generator) -> None:
+        """One optimiser step on batch pos.it of the epoch's order; adds its logs to pos.sums."""
+        pos, bs, model = self.pos, self.bs, self.model
+        step = pos.epoch * self.steps_per_epoch + pos.it
+        for g in self.opt.param_groups:
+            g["lr"] = self.lr_sched[step]
+        picked = np.sort(pos.order[pos.it * bs:(pos.it + 1) * bs])
+        rows = D.local_slice(bs)
+        images = torch.from_numpy(np.asarray(self.ds.images[self.idx[picked[rows]]])).to(self.device, non_blocking=True)
+        views = [make_views(images, spec, gen, rows, bs).contiguous(memory_format=torch.channels_last)
+                 for spec in model.view_specs]
+        batch = Batch(views, torch.from_numpy(picked[rows]).to(self.device), step, self.total, pos.epoch, gen)
+        model.before_step(step, self.total)
+        with torch.autocast(**_amp(self.device)):
+            loss, logs = self.net(batch)
+        if not torch.isfinite(loss):
+            raise Diverged(f"{self.run_dir}: loss is {loss.item()} at epoch {pos.epoch + 1} step {pos.it}; "
+                           f"lower pretrain.optim.lr (now {self.cfg['optim']['lr']}) in params")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        model.before_optimizer_step(step)
+        self.opt.step()
+        model.after_step(step, self.total)
+        for k, v in dict(loss=loss.item(), **logs).items():
+            pos.sums[k] = pos.sums.get(k, 0.0) + float(v)
+
+    def _stop_requested(self) -> bool:
+        return (self.stop_after is not None and self.done_here >= self.stop_after) or self.preempt.requested()
+
+    def _stop(self, gen: torch.Generator) -> None:
+        pos = self.pos
+        self._save_last(gen.get_state())
+        log.info("stopped at epoch %d step %d; state in checkpoints/last.pt", pos.epoch, pos.it)
+        self.preempt.pass_on()
+        raise Stopped(f"{self.run_dir}: stopped at epoch {pos.epoch} step {pos.it}")
+
+    def _end_epoch(self, seconds: float) -> None:
+        """Log the finished epoch, move pos to the next one and save the checkpoints."""
+        spe, epoch = self.steps_per_epoch, self.pos.epoch + 1
+        rec = dict(epoch=epoch, step=epoch * spe, **{k: v / spe for k, v in self.pos.sums.items()},
+                   lr=float(self.lr_sched[epoch * spe - 1]), seconds=round(seconds, 3),
+                   views_per_s=round(len(self.model.view_specs) * self.bs * spe / max(seconds, 1e-9), 1))
+        self.pos = _Position(epoch)
+        if self.lead:
+            self._log_epoch(rec, seconds)
+        if epoch % self.cfg["checkpoint_every"] == 0 or epoch == self.epochs:
+            self._save_backbone(epoch)
+        self._save_last(None)
+
+    def _log_epoch(self, rec: dict, seconds: float) -> None:
+        self.metrics.write(json.dumps(rec) + "\n")
+        self.metrics.flush()
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{rec['loss']:.3f}")
+        log.info("epoch %d/%d loss %.4f lr %.4g %.1fs", rec["epoch"], self.epochs, rec["loss"], rec["lr"], seconds)
+
+    def _save_last(self, gen_state: torch.Tensor | None) -> None:
+        """checkpoints/last.pt: the full state at pos (gen_state: the generator's when stopped mid-epoch, else None)."""
+        pos = self.pos
+        self._save(self.run_dir / "checkpoints" / "last.pt",
+                   dict(epoch=pos.epoch, it=pos.it, gen=gen_state, order=pos.order, sums=pos.sums))
+
+    def _save_backbone(self, epoch: int) -> None:
+        """checkpoints/epNNN.pt: what load_backbone reads (the backbone's weights, config, epoch), no optimiser."""
+        if self.lead:
+            weights = {k: v for k, v in self.model.state_dict().items() if k.startswith(BACKBONE)}
+            atomic_torch_save(dict(epoch=epoch, model=weights, config=self.cfg),
+                              self.run_dir / "checkpoints" / f"ep{epoch:03d}.pt")
+
+    def _save(self, path: Path, extra: dict) -> None:
+        """extra + the whole model, optimiser and config: what resuming needs (on the lead rank only)."""
+        if self.lead:
+            atomic_torch_save(dict(extra, model=self.model.state_dict(), optimizer=self.opt.state_dict(), config=self.cfg), path)
+
+    def _finish(self) -> Path:
+        final = self.run_dir / "final.pt"
+        self._save(final, dict(epoch=self.epochs))
+        if self.lead:
+            log.info("done: %s", final)
+        return final
 
 
 def _resume_state(run_dir: Path, cfg: dict) -> dict | None:
-    """The state to resume from: last.pt if it was written for this config (else the run starts over)."""
+    """The state to resume from: last.pt if it was written for this config (else the run starts over).
+    Every rank reads it; only the lead changes files, once all have read."""
     path = run_dir / "checkpoints" / "last.pt"
-    if not path.is_file():
+    state = load_checkpoint(path) if path.is_file() else None
+    D.barrier()
+    if state is None:
         return None
-    state = load_checkpoint(path)
+    lead = D.rank() == 0
     if _same_run(state.get("config") or {}) != _same_run(cfg):
         log.info("checkpoints in %s were made with another config; starting over", run_dir)
-        for p in (run_dir / "checkpoints").glob("*.pt"):
-            p.unlink()
+        if lead:
+            for p in (run_dir / "checkpoints").glob("*.pt"):
+                p.unlink()
         return None
     metrics = run_dir / "metrics.jsonl"  # drop lines of epochs redone after a kill without warning
-    if metrics.is_file():
+    if lead and metrics.is_file():
         kept = [ln for ln in metrics.read_text().splitlines(keepends=True) if _epoch_of(ln) <= state["epoch"]]
         with atomic_path(metrics) as tmp:
             tmp.write_text("".join(kept))
@@ -288,11 +365,6 @@ def _epoch_of(line: str) -> float:
 def _same_run(cfg: dict) -> dict:
     """What must match to resume: everything but the thread count (a run may move to a SLURM node)."""
     return {k: v for k, v in cfg.items() if k != "threads"}
-
-
-def _save(path: Path, extra: dict, model, opt, cfg: dict, lead: bool = True) -> None:
-    if lead:
-        atomic_torch_save(dict(extra, model=model.state_dict(), optimizer=opt.state_dict(), config=cfg), path)
 
 
 class _DeferredSignal:
@@ -342,6 +414,5 @@ def load_backbone(path: str | Path) -> tuple[torch.nn.Module, dict]:
     state = load_checkpoint(Path(path))
     cfg = state["config"]
     backbone = build_backbone(**cfg["backbone"])
-    prefix = "backbone."
-    backbone.load_state_dict({k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)})
+    backbone.load_state_dict({k.removeprefix(BACKBONE): v for k, v in state["model"].items() if k.startswith(BACKBONE)})
     return backbone.eval(), cfg

@@ -37,16 +37,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-import struct
-import zlib
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from sslstudy.data.packed import write_dataset
-from sslstudy.atomic import write_bytes
+from sslstudy.atomic import atomic_path
 from sslstudy.errors import UserError
 
 GENERATOR_VERSION = 1
@@ -474,23 +473,12 @@ def generate(
 
 
 def write_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
-    """Write an (H, W, 3) uint8 array as a PNG using only the standard library (atomic)."""
+    """Write an (H, W, 3) uint8 array as a PNG (Pillow; atomic)."""
     rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"expected (H, W, 3) uint8, got {rgb.shape}")
-    h, w, _ = rgb.shape
-    raw = np.concatenate([np.zeros((h, 1), dtype=np.uint8), rgb.reshape(h, w * 3)], axis=1).tobytes()
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-    png = (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-        + chunk(b"IDAT", zlib.compress(raw, 9))
-        + chunk(b"IEND", b"")
-    )
-    write_bytes(path, png)
+    with atomic_path(path) as tmp:
+        Image.fromarray(rgb).save(tmp, format="PNG")
 
 
 def contact_sheet(

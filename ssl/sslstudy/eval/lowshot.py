@@ -62,6 +62,7 @@ class Classifier(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(backbone.out_dim, n_classes)
+        self.epochs = 0  # complete passes over the labelled images in training
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
@@ -98,6 +99,7 @@ def train_classifier(backbone: nn.Module, ds: PackedDataset, train: np.ndarray, 
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+    model.epochs = steps * bs // len(train)
     return model.eval()
 
 

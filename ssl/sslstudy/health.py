@@ -70,6 +70,22 @@ def trivial(method: str, **info) -> tuple[float, str] | None:
     return None
 
 
+def trivial_info(spec: Mapping) -> dict:
+    """What `trivial` needs (its info=) for a run spec (config.pretrain_spec), from the method's params."""
+    method, p = spec["method"]["name"], spec["method"]["params"]
+    if method == "swav":
+        return dict(prototypes=p["prototypes"])
+    if method == "deepcluster":
+        return dict(k=p["k"])
+    if method == "simclr":
+        return dict(batch=spec["batch_size"])
+    if method in ("moco", "densecl"):
+        return dict(queue=p["queue"])
+    if method == "barlow":
+        return dict(proj_dim=p["proj_dims"][-1])
+    return {}
+
+
 def trivial_loss(method: str, **info) -> float | None:
     """The loss value at collapse (see `trivial`), or None where no such value exists (pcl)."""
     t = trivial(method, **info)

@@ -19,6 +19,7 @@ from .augment import ViewSpec, eval_view, make_views
 from .data.packed import load_dataset
 from .data.subsets import load_indices
 from .errors import UserError
+from .health import collapse_check, embedding_health, trivial, trivial_info
 from .methods import build_method
 from .methods.base import Batch, Method
 from .models import build_backbone
@@ -28,6 +29,10 @@ log = logging.getLogger("sslstudy.train")
 
 class Diverged(UserError):
     """The loss stopped being finite."""
+
+
+class Collapsed(UserError):
+    """health.collapse_check found the run collapsed and pretrain.on_collapse is stop; the message is its reason line."""
 
 
 # ----------------------------------------------------------------------------- optimisation
@@ -117,23 +122,29 @@ class Context:
         self.dataset, self.idx, self.device, self.cfg = ds, idx, device, cfg
         self.seed = cfg["seed"]
 
-    @torch.no_grad()
     def features(self, encoder: torch.nn.Module, batch_size: int = 256) -> torch.Tensor:
         """encoder (in eval mode) on the centre view of every training image -> (n_train, D) float32
         on the device, in subset order; with several ranks each embeds a shard and all gather."""
-        was_training = encoder.training
-        encoder.eval()
         n, w = len(self.idx), D.world()
         per = -(-n // w)
         mine = self.idx[np.minimum(np.arange(D.rank() * per, (D.rank() + 1) * per), n - 1)]
-        size = self.cfg["views"][0]["size"]
-        out = []
-        for i in range(0, per, batch_size):
-            x = torch.from_numpy(np.asarray(self.dataset.images[mine[i:i + batch_size]])).to(self.device)
-            with torch.autocast(**_amp(self.device)):
-                out.append(encoder(eval_view(x, size).contiguous(memory_format=torch.channels_last)).float())
-        encoder.train(was_training)
-        return D.gather(torch.cat(out))[:n]
+        return D.gather(embed(encoder, self.dataset.images, mine, self.cfg["views"][0]["size"], self.device, batch_size))[:n]
+
+
+@torch.no_grad()
+def embed(encoder: torch.nn.Module, images, rows: np.ndarray, size: int, device: torch.device,
+          batch_size: int = 256) -> torch.Tensor:
+    """encoder in eval mode (its mode restored after) on the eval view of images[rows] -> (len(rows), D)
+    float32 on the device; no collective, no random numbers."""
+    was_training = encoder.training
+    encoder.eval()
+    out = []
+    for i in range(0, len(rows), batch_size):
+        x = torch.from_numpy(np.asarray(images[rows[i:i + batch_size]])).to(device)
+        with torch.autocast(**_amp(device)):
+            out.append(encoder(eval_view(x, size).contiguous(memory_format=torch.channels_last)).float())
+    encoder.train(was_training)
+    return torch.cat(out)
 
 
 def _amp(device: torch.device) -> dict:
@@ -147,8 +158,17 @@ def build_model(cfg: dict, n_train: int = 0) -> Method:
     return build_method(cfg["method"]["name"], backbone, cfg["method"]["params"], views, n_train, cfg["batch_size"])
 
 
+HEALTH_IMAGES = 512  # the fixed training images each epoch's embedding health is measured on
+
+
 def train(cfg: dict, run_dir: str | Path, stop_after: int | None = None) -> Path:
     """Pretrain one run; resumes from checkpoints/last.pt (mid-epoch included). Returns final.pt.
+
+    After every epoch the lead rank adds the backbone's embedding health on HEALTH_IMAGES fixed
+    training images (health.embedding_health) and the method's trivial loss to metrics.jsonl;
+    when health.collapse_check says collapsed, the record gets collapsed/collapse_reason, train.log
+    the reason (once per collapse) and, with cfg on_collapse "stop", Collapsed is raised once the
+    epoch's checkpoints are saved.
 
     stop_after: stop (raising Stopped) once this many steps are done in this call, as a
     preemption would; SIGUSR2 (SLURM's preemption/timeout warning) does the same at the next step
@@ -196,12 +216,17 @@ class _Trainer:
         self.model = build_model(cfg, len(self.idx)).to(self.device, memory_format=torch.channels_last)
         self.opt = build_optimizer(self.model, ocfg, lr)
         self.ctx = Context(self.ds, self.idx, self.device, cfg)
+        pick = np.random.default_rng(0).choice(len(self.idx), min(HEALTH_IMAGES, len(self.idx)), replace=False)
+        self.health_rows = self.idx[np.sort(pick)]  # the same images for every seed of a subset
+        self.trivial_info = trivial_info(cfg)
+        self.on_collapse = cfg.get("on_collapse", "warn")  # specs made by hand (tests) may leave it out
 
     def run(self, stop_after: int | None) -> Path:
         self._start_or_resume()
         self.net = self.model
         if self.world > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, broadcast_buffers=False)
+        self.history = _read_metrics(self.run_dir, self.pos.epoch) if self.lead else []  # what collapse_check reads
         self.metrics = (self.run_dir / "metrics.jsonl").open("a") if self.lead else None
         self.bar = tqdm(total=self.epochs, initial=self.pos.epoch, desc=self.cfg["run"], disable=None if self.lead else True,
                         mininterval=5)
@@ -293,11 +318,33 @@ class _Trainer:
                    lr=float(self.lr_sched[epoch * spe - 1]), seconds=round(seconds, 3),
                    views_per_s=round(len(self.model.view_specs) * self.bs * spe / max(seconds, 1e-9), 1))
         self.pos = _Position(epoch)
+        collapsed = False
         if self.lead:
+            collapsed = self._health(rec)
             self._log_epoch(rec, seconds)
         if epoch % self.cfg["checkpoint_every"] == 0 or epoch == self.epochs:
             self._save_backbone(epoch)
         self._save_last(None)
+        if self.on_collapse == "stop" and D.all_reduce_sum(torch.tensor(float(collapsed), device=self.device)) > 0:
+            raise Collapsed(rec.get("collapse_reason") or f"{self.cfg['run']}: collapsed at epoch {epoch} (see train.log)")
+
+    def _health(self, rec: dict) -> bool:
+        """Add the fixed images' embedding health and the trivial loss to rec; mark it when collapse_check
+        says collapsed, logging the reason if the epoch before was not -> collapsed."""
+        z = embed(self.model.backbone, self.ds.images, self.health_rows, self.cfg["views"][0]["size"], self.device)
+        rec.update(embedding_health(z))
+        method = self.cfg["method"]["name"]
+        t = trivial(method, **self.trivial_info)
+        if t is not None:
+            rec["trivial_loss"] = t[0]
+        before = self.history[-1] if self.history else {}
+        self.history.append(rec)
+        collapsed, why = collapse_check(self.history, method, self.cfg["run"], **self.trivial_info)
+        if collapsed:
+            rec.update(collapsed=True, collapse_reason=why)
+            if not before.get("collapsed"):
+                log.warning("%s", why)
+        return collapsed
 
     def _log_epoch(self, rec: dict, seconds: float) -> None:
         self.metrics.write(json.dumps(rec) + "\n")
@@ -355,6 +402,13 @@ def _resume_state(run_dir: Path, cfg: dict) -> dict | None:
     return dict(state, path=path)
 
 
+def _read_metrics(run_dir: Path, epochs: int) -> list[dict]:
+    """The metrics.jsonl records of epochs 1..epochs (those a resumed run continues from)."""
+    path = run_dir / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return [json.loads(ln) for ln in lines if _epoch_of(ln) <= epochs]
+
+
 def _epoch_of(line: str) -> float:
     try:
         return json.loads(line)["epoch"]
@@ -363,8 +417,9 @@ def _epoch_of(line: str) -> float:
 
 
 def _same_run(cfg: dict) -> dict:
-    """What must match to resume: everything but the thread count (a run may move to a SLURM node)."""
-    return {k: v for k, v in cfg.items() if k != "threads"}
+    """What must match to resume: everything but the thread count (a run may move to a SLURM node) and
+    what to do on collapse (neither changes the weights)."""
+    return {k: v for k, v in cfg.items() if k not in ("threads", "on_collapse")}
 
 
 class _DeferredSignal:

@@ -189,7 +189,7 @@ def pretrain_spec(config: dict, run: dict) -> dict:
     views = [dict(v, size=max(2, round(v["size"] * shrink))) if shrink < 1 else v for v in views]
     return dict(
         run=run["id"], seed=run["seed"], epochs=p["epochs"], batch_size=p["batch_size"],
-        checkpoint_every=p["checkpoint_every"], threads=p["threads"],
+        checkpoint_every=p["checkpoint_every"], threads=p["threads"], on_collapse=p["on_collapse"],
         backbone=p["backbone"], optim=optim, views=views,
         method=dict(name=run["method"], params=params),
         data=dict(dataset=dataset_dir(config, run["domain"], run["quality"]), subset=subset_path(config, run["domain"], run["subset"])),

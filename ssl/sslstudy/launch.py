@@ -266,7 +266,7 @@ def _tail(path: Path, n: int = 6) -> list[str]:
 
 def _last_error(message: str) -> str:
     lines = [ln.strip() for ln in message.splitlines() if ln.strip() and not set(ln.strip()) <= {"-"}]
-    errs = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception|Diverged)\b", ln)]
+    errs = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception|Diverged|Collapsed)\b", ln)]
     return "failed: " + (errs[-1] if errs else lines[0] if lines else "no message")[:300]
 
 
@@ -277,4 +277,17 @@ def launch_pretrain(spec: dict, run_dir: str | Path, launch: dict) -> Path:
         spec = dict(spec, threads=launch["slurm"]["cpus_per_task"])  # use the CPUs the job was given
     result = run_job(PretrainJob(spec, str(run_dir)), run_dir, launch, spec["threads"], what=f"pretraining {run_dir}",
                      valid=lambda r: Path(r).is_file())
+    _say_collapse(run_dir)
     return Path(result)
+
+
+def _say_collapse(run_dir: Path) -> None:
+    """A finished run whose last epoch train.py flagged as collapsed (pretrain.on_collapse: warn): its
+    reason line on stdout (Snakemake's terminal; the rule's log is stderr)."""
+    path = run_dir / "metrics.jsonl"
+    try:
+        last = json.loads(path.read_text().splitlines()[-1])
+    except (OSError, ValueError, IndexError):
+        return
+    if last.get("collapsed"):
+        print(last["collapse_reason"], flush=True)

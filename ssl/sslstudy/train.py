@@ -159,6 +159,7 @@ def build_model(cfg: dict, n_train: int = 0) -> Method:
 
 
 HEALTH_IMAGES = 512  # the fixed training images each epoch's embedding health is measured on
+_HEALTHY, _COLLAPSED, _NOT_FINITE = 0, 1, 2  # what _Trainer._health finds
 
 
 def train(cfg: dict, run_dir: str | Path, stop_after: int | None = None) -> Path:
@@ -168,7 +169,7 @@ def train(cfg: dict, run_dir: str | Path, stop_after: int | None = None) -> Path
     training images (health.embedding_health) and the method's trivial loss to metrics.jsonl;
     when health.collapse_check says collapsed, the record gets collapsed/collapse_reason, train.log
     the reason (once per collapse) and, with cfg on_collapse "stop", Collapsed is raised once the
-    epoch's checkpoints are saved.
+    epoch's checkpoints are saved. Non-finite embeddings raise Diverged, as a non-finite loss does.
 
     stop_after: stop (raising Stopped) once this many steps are done in this call, as a
     preemption would; SIGUSR2 (SLURM's preemption/timeout warning) does the same at the next step
@@ -318,20 +319,25 @@ class _Trainer:
                    lr=float(self.lr_sched[epoch * spe - 1]), seconds=round(seconds, 3),
                    views_per_s=round(len(self.model.view_specs) * self.bs * spe / max(seconds, 1e-9), 1))
         self.pos = _Position(epoch)
-        collapsed = False
+        health = self._health(rec) if self.lead else _HEALTHY
+        health = int(D.all_reduce_sum(torch.tensor(health, device=self.device)))  # every rank acts on the lead's verdict
+        if health == _NOT_FINITE:
+            raise Diverged(f"{self.run_dir}: the backbone's embeddings of fixed training images are not finite after epoch "
+                           f"{epoch}; lower pretrain.optim.lr (now {self.cfg['optim']['lr']}) in params")
         if self.lead:
-            collapsed = self._health(rec)
             self._log_epoch(rec, seconds)
         if epoch % self.cfg["checkpoint_every"] == 0 or epoch == self.epochs:
             self._save_backbone(epoch)
         self._save_last(None)
-        if self.on_collapse == "stop" and D.all_reduce_sum(torch.tensor(float(collapsed), device=self.device)) > 0:
-            raise Collapsed(rec.get("collapse_reason") or f"{self.cfg['run']}: collapsed at epoch {epoch} (see train.log)")
+        if health == _COLLAPSED and self.on_collapse == "stop":
+            raise Collapsed(rec.get("collapse_reason", f"{self.cfg['run']}: collapsed at epoch {epoch} (see train.log)"))
 
-    def _health(self, rec: dict) -> bool:
+    def _health(self, rec: dict) -> int:
         """Add the fixed images' embedding health and the trivial loss to rec; mark it when collapse_check
-        says collapsed, logging the reason if the epoch before was not -> collapsed."""
+        says collapsed, logging the reason if the epoch before was not -> _HEALTHY, _COLLAPSED or _NOT_FINITE."""
         z = embed(self.model.backbone, self.ds.images, self.health_rows, self.cfg["views"][0]["size"], self.device)
+        if not torch.isfinite(z).all():
+            return _NOT_FINITE
         rec.update(embedding_health(z))
         method = self.cfg["method"]["name"]
         t = trivial(method, **self.trivial_info)
@@ -340,11 +346,12 @@ class _Trainer:
         before = self.history[-1] if self.history else {}
         self.history.append(rec)
         collapsed, why = collapse_check(self.history, method, self.cfg["run"], **self.trivial_info)
-        if collapsed:
-            rec.update(collapsed=True, collapse_reason=why)
-            if not before.get("collapsed"):
-                log.warning("%s", why)
-        return collapsed
+        if not collapsed:
+            return _HEALTHY
+        rec.update(collapsed=True, collapse_reason=why)
+        if not before.get("collapsed"):
+            log.warning("%s", why)
+        return _COLLAPSED
 
     def _log_epoch(self, rec: dict, seconds: float) -> None:
         self.metrics.write(json.dumps(rec) + "\n")

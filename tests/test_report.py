@@ -1,0 +1,43 @@
+"""`sslstudy report` on hand-made tables: it escapes text from the study."""
+import json
+import shutil
+
+import pandas as pd
+import pytest
+
+from conftest import ROOT
+from sslstudy.cli import main
+from sslstudy.config import load
+
+RUN = "simclr/natural_<script>alert(1)</script>/seed0"
+EVIL = "<img src=x onerror=alert(2)>"
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    d = tmp_path_factory.mktemp("report")
+    rows = [dict(run=RUN, method="simclr", domain="natural", subset="frac1", quality="clean", seed=0, weights=w, epoch=2,
+                 eval_domain="natural", level_index=i, level=lv, metric=m, value=0.5)
+            for w in ("pretrained", "random") for i, lv in enumerate(("coarse", "fine")) for m in ("knn", "linear")]
+    pd.DataFrame(rows).to_csv(d / "frozen.csv", index=False)
+    captions = d / "captions"
+    shutil.copytree(ROOT / "workflow/report", captions)
+    (captions / "accuracy_per_level.rst").write_text(f"Accuracy {EVIL} & more.\n")
+    config = load(ROOT / "params/study.yaml")
+    config["data"]["root"] = f"data/{EVIL}"
+    out = d / "results"
+    rc = main(["report", "--config", json.dumps(config), "--out", str(out / "report.html"), "--captions", str(captions),
+               "--frozen", str(d / "frozen.csv")])
+    assert rc == 0
+    return out, (out / "report.html").read_text()
+
+
+def test_text_from_the_study_is_escaped(report):
+    _, html = report
+    assert "<script" not in html and "<img src=x" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html  # run id in the tables
+    assert "data/&lt;img src=x onerror=alert(2)&gt;" in html  # config
+    assert html.count("Accuracy &lt;img src=x onerror=alert(2)&gt; &amp; more.") == 2  # caption and alt text
+    for section in ("Results", "Quantity", "Domain", "Quality", "Granularity", "Fusion", "Periodic clustering",
+                    "Pretraining", "Data", "Config", "Versions"):
+        assert f">{section}</h2>" in html, section

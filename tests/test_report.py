@@ -1,4 +1,4 @@
-"""`sslstudy report` on hand-made tables: it escapes text from the study."""
+"""`sslstudy report` on hand-made tables: it reads only the benchmark files it is given, and escapes text from the study."""
 import json
 import shutil
 
@@ -11,6 +11,12 @@ from sslstudy.config import load
 
 RUN = "simclr/natural_<script>alert(1)</script>/seed0"
 EVIL = "<img src=x onerror=alert(2)>"
+
+
+def bench(path, seconds):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"s\tcpu_time\n{seconds}\t{seconds / 2}\n")
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -26,10 +32,21 @@ def report(tmp_path_factory):
     config = load(ROOT / "params/study.yaml")
     config["data"]["root"] = f"data/{EVIL}"
     out = d / "results"
+    # files of another study where the report used to look for them
+    bench(out / "benchmarks/pretrain/byol/natural_frac1_clean/seed0.tsv", 100.0)
+    bench(out / "benchmarks/evaluate/byol/natural_frac1_clean/seed0/pretrained_on_natural.tsv", 100.0)
+    given = bench(d / "mine/pretrain.tsv", 3.0)
     rc = main(["report", "--config", json.dumps(config), "--out", str(out / "report.html"), "--captions", str(captions),
-               "--frozen", str(d / "frozen.csv")])
+               "--frozen", str(d / "frozen.csv"), "--benchmarks", f"pretrain={given}"])
     assert rc == 0
     return out, (out / "report.html").read_text()
+
+
+def test_walltime_counts_only_the_given_benchmark_files(report):
+    out, html = report
+    wall = pd.read_csv(out / "tables/walltime.csv")
+    assert wall[["stage", "jobs", "wall_total"]].values.tolist() == [["pretrain", 1, 3.0]]
+    assert "Wall time per stage" in html
 
 
 def test_text_from_the_study_is_escaped(report):

@@ -97,9 +97,11 @@ def cmd_evaluate(a) -> None:
 
 
 def cmd_report(a) -> None:
+    from .report.dag import split_named
     from .report.html import build_report
 
-    build_report({k: [Path(p) for p in getattr(a, k)] for k in TABLES}, json.loads(a.config), Path(a.out), Path(a.captions))
+    build_report({k: [Path(p) for p in getattr(a, k)] for k in TABLES}, json.loads(a.config), Path(a.out), Path(a.captions),
+                 benchmarks=split_named(a.benchmarks))
 
 
 # ---------------------------------------------------------------------------- the study's axes
@@ -346,6 +348,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--captions", default="workflow/report", help="folder of one-sentence figure captions (*.rst)")
     for k in TABLES:
         s.add_argument(f"--{k}", nargs="*", default=[], help=f"{k} evaluation CSVs")
+    s.add_argument("--benchmarks", nargs="*", default=[], metavar="RULE=TSV", help="Snakemake benchmark file of each job")
     s.set_defaults(fn=cmd_report)
 
     s = sub.add_parser("densecl-matches", help="draw DenseCL's matched locations between two views of test images")

@@ -128,7 +128,10 @@ def _data_figures(page: Page, config: dict, domains: list[str]) -> list[dict]:
     return out
 
 
-def build_report(inputs: dict[str, list[Path]], config: dict, out: Path, captions: Path) -> None:
+def build_report(inputs: dict[str, list[Path]], config: dict, out: Path, captions: Path,
+                 benchmarks: list[tuple[str, Path]] = ()) -> None:
+    """The page and tidy tables from the evaluation tables (inputs: kind -> CSVs) and benchmarks
+    ((rule, TSV) of each job)."""
     t = {k: tables.load(v) for k, v in inputs.items()}
     frozen = t["frozen"]
     if frozen.empty:
@@ -174,7 +177,7 @@ def build_report(inputs: dict[str, list[Path]], config: dict, out: Path, caption
         clustering=page.axis("clustering", t["clusters"], figures.clustering, "clustering.enabled"),
         pretraining=dict(figure=page.figure("pretrain_loss", figures.loss(loss), loss),
                          table=table(seconds, digits=1, index=True),
-                         wall=page.linked("walltime", tables.walltime(out_dir / "benchmarks"), digits=1)),
+                         wall=page.linked("walltime", tables.walltime(benchmarks), digits=1)),
         data=dict(version=str(data_version), figures=_data_figures(page, config, plain)),
         config=yaml.safe_dump(config, sort_keys=False),
         versions=table(pd.Series(versions(), name="version").to_frame(), index=True),

@@ -19,7 +19,6 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
 from ..atomic import write_bytes
-from ..config import dataset_path
 from ..errors import UserError
 from . import figures, tables
 
@@ -107,19 +106,20 @@ def table(df: pd.DataFrame, digits: int = 3, index: bool = False) -> Markup | No
     return Markup(df.to_html(float_format=lambda x: f"{x:.{digits}f}", border=0, index=index))
 
 
-def _curves(runs_dir: Path, run_ids: list[str]) -> pd.DataFrame:
-    frames = [pd.read_json(runs_dir / r / "metrics.jsonl", lines=True).assign(run=r)
-              for r in run_ids if (runs_dir / r / "metrics.jsonl").is_file()]
+def _curves(files: dict[str, Path]) -> pd.DataFrame:
+    """Each run's metrics.jsonl (run id -> file), in run order."""
+    tables.require(files.values(), "pretraining metrics")
+    frames = [pd.read_json(files[r], lines=True).assign(run=r) for r in sorted(files)]
     return pd.concat(frames).drop_duplicates(["run", "epoch"], keep="last") if frames else pd.DataFrame()
 
 
-def _data_figures(page: Page, config: dict, domains: list[str]) -> list[dict]:
+def _data_figures(page: Page, datasets: dict[str, Path]) -> list[dict]:
     from ..data.packed import load_dataset
     from ..data.synth import contact_sheet
 
     out = []
-    for domain in domains:
-        ds = load_dataset(dataset_path(config, domain))
+    for domain, folder in datasets.items():
+        ds = load_dataset(folder)
         path = page.out_dir / "figures" / f"data_{domain}.png"
         contact_sheet(ds.images, ds.labels, path, level=ds.levels[0])
         caption = (f"Domain {domain}: {ds.meta['n_images']} images of {ds.meta['image_size']} px; "
@@ -129,9 +129,11 @@ def _data_figures(page: Page, config: dict, domains: list[str]) -> list[dict]:
 
 
 def build_report(inputs: dict[str, list[Path]], config: dict, out: Path, captions: Path,
-                 benchmarks: list[tuple[str, Path]] = ()) -> None:
-    """The page and tidy tables from the evaluation tables (inputs: kind -> CSVs) and benchmarks
-    ((rule, TSV) of each job)."""
+                 curves: dict[str, Path] | None = None, benchmarks: list[tuple[str, Path]] = (),
+                 datasets: dict[str, Path] | None = None, data_dvc: Path | None = None) -> None:
+    """The page and tidy tables from the evaluation tables (inputs: kind -> CSVs) and the files named:
+    curves (run id -> metrics.jsonl), benchmarks ((rule, TSV) of each job), datasets (evaluation
+    domain -> packed folder, drawn as contact sheets) and data_dvc (its hash is shown)."""
     t = {k: tables.load(v) for k, v in inputs.items()}
     frozen = t["frozen"]
     if frozen.empty:
@@ -157,12 +159,10 @@ def build_report(inputs: dict[str, list[Path]], config: dict, out: Path, caption
     fusion = page.axis("fusion", ft, figures.fusion, "fusion.kinds and fusion.pairs", data=t["fusion"])
     fusion["pairs"] = page.linked("fusion_table", ft) if fusion["figure"] else None
 
-    loss = _curves(out_dir / "runs", sorted(set(frozen["run"]) | set(t["clusters"].get("run", []))))
+    loss = _curves(curves or {})
     seconds = loss if loss.empty else (loss.groupby("run")["seconds"].agg(["sum", "count"])
                                        .rename(columns={"sum": "pretrain seconds", "count": "epochs"}))
-    dvc_file = Path("data.dvc")
-    data_version = yaml.safe_load(dvc_file.read_text())["outs"][0]["md5"] if dvc_file.is_file() else "(no data.dvc)"
-    plain = [d for d in dict.fromkeys(frozen["eval_domain"]) if Path(dataset_path(config, d)).is_dir()]  # not pools
+    data_version = yaml.safe_load(data_dvc.read_text())["outs"][0]["md5"] if data_dvc else "(no data.dvc)"
 
     doc = ENV.get_template("report.html").render(
         n_models=frozen["run"].nunique(), nav=SECTIONS,
@@ -178,7 +178,7 @@ def build_report(inputs: dict[str, list[Path]], config: dict, out: Path, caption
         pretraining=dict(figure=page.figure("pretrain_loss", figures.loss(loss), loss),
                          table=table(seconds, digits=1, index=True),
                          wall=page.linked("walltime", tables.walltime(benchmarks), digits=1)),
-        data=dict(version=str(data_version), figures=_data_figures(page, config, plain)),
+        data=dict(version=str(data_version), figures=_data_figures(page, datasets or {})),
         config=yaml.safe_dump(config, sort_keys=False),
         versions=table(pd.Series(versions(), name="version").to_frame(), index=True),
     )

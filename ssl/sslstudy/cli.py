@@ -97,9 +97,12 @@ def cmd_evaluate(a) -> None:
 
 
 def cmd_report(a) -> None:
+    from .report.dag import split_named
     from .report.html import build_report
 
-    build_report({k: [Path(p) for p in getattr(a, k)] for k in TABLES}, json.loads(a.config), Path(a.out), Path(a.captions))
+    build_report({k: [Path(p) for p in getattr(a, k)] for k in TABLES}, json.loads(a.config), Path(a.out), Path(a.captions),
+                 curves=dict(split_named(a.curves)), benchmarks=split_named(a.benchmarks),
+                 datasets=dict(split_named(a.datasets)), data_dvc=a.data_dvc)
 
 
 # ---------------------------------------------------------------------------- the study's axes
@@ -348,6 +351,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--captions", default="workflow/report", help="folder of one-sentence figure captions (*.rst)")
     for k in TABLES:
         s.add_argument(f"--{k}", nargs="*", default=[], help=f"{k} evaluation CSVs")
+    s.add_argument("--curves", nargs="*", default=[], metavar="RUN=JSONL", help="each pretraining run's metrics.jsonl")
+    s.add_argument("--benchmarks", nargs="*", default=[], metavar="RULE=TSV", help="Snakemake benchmark file of each job")
+    s.add_argument("--datasets", nargs="*", default=[], metavar="DOMAIN=DIR",
+                   help="packed folder of each evaluation domain (drawn as a contact sheet)")
+    s.add_argument("--data-dvc", type=Path, help="the data's DVC file (its md5 is shown)")
     s.set_defaults(fn=cmd_report)
 
     s = sub.add_parser("densecl-matches", help="draw DenseCL's matched locations between two views of test images")

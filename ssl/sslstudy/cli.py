@@ -8,8 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
-from .errors import UserError
 from . import names
+from .errors import UserError
 from .names import parse_labels_tag
 
 

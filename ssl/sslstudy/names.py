@@ -180,9 +180,10 @@ RUN_DIR = f"results/runs/{JOBS['pretrain']}"
 SUPERVISED_DIR = f"results/supervised/{JOBS['supervised']}"
 FINAL = "final.pt"  # a model's trained weights, in its folder
 CHECKPOINTS = "checkpoints"  # a run's subfolder of epoch checkpoints and last.pt
-LAST = "last.pt"  # the state to resume from (mid-epoch included)
-_EPOCH = re.compile(r"^ep([0-9]{3})\.pt$")
+LAST = "last.pt"  # the state to resume from (mid-epoch included), in CHECKPOINTS
+EPOCH_FILE = "ep{epoch:03d}.pt"  # the checkpoint after `epoch` epochs, in CHECKPOINTS (ep000.pt: the random weights)
 EPOCH_GLOB = "ep[0-9][0-9][0-9].pt"
+_EPOCH = re.compile(r"^ep([0-9]{3,})\.pt$")
 
 # tables
 EVAL_TABLE = f"results/eval/{JOBS['evaluate']}.csv"
@@ -235,7 +236,7 @@ def subset_path(config: dict, domain: str, subset: str) -> str:
 def model_dir(model: dict) -> str:
     """The folder of a model (axes.ssl_runs / axes.supervised_models entry)."""
     if model["method"] == SUPERVISED:
-        return SUPERVISED_DIR.format(domain=model["domain"], labels=model["labels"], seed=model["seed"])
+        return SUPERVISED_DIR.format(**model)
     return RUN_DIR.format(run=model["id"])
 
 
@@ -244,8 +245,7 @@ def final_checkpoint(model: dict) -> str:
 
 
 def epoch_checkpoint(epoch: int) -> str:
-    """A run's checkpoint after ``epoch`` epochs, in CHECKPOINTS (ep000.pt: the random weights)."""
-    return f"ep{epoch:03d}.pt"
+    return EPOCH_FILE.format(epoch=epoch)
 
 
 def checkpoint_epoch(name: str) -> int | None:

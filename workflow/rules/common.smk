@@ -1,4 +1,4 @@
-# Validate the config, expand the study grid into runs, name every file.
+# Validate the config, expand the study grid into runs; the rules' helpers (every name: sslstudy.names).
 import glob
 import json
 import os
@@ -93,8 +93,7 @@ def lowshot_tables():
 
 
 def supervised_tables():
-    return [names.SUPERVISED_TABLE.format(domain=m["domain"], labels=m["labels"], seed=m["seed"])
-            for m in axes.supervised_models(C)]
+    return [names.SUPERVISED_TABLE.format(**m) for m in axes.supervised_models(C)]
 
 
 def fusion_tables():

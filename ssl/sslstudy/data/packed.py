@@ -31,6 +31,7 @@ import pandas as pd
 
 from sslstudy.errors import UserError
 from sslstudy.names import DATASET_FILES, IMAGES_FILE, LABELS_FILE, META_FILE
+
 SPLITS = ("train", "val", "test")
 BASE_COLUMNS = ("index", "split", "domain")
 META_KEYS = ("name", "levels", "classes", "parents", "image_size", "n_images", "source")

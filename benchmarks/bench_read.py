@@ -41,7 +41,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ssl"))
 
-from sslstudy.data.packed import IMAGES_FILE, load_dataset, write_dataset  # noqa: E402
+from sslstudy.data.packed import load_dataset, write_dataset  # noqa: E402
+from sslstudy.names import IMAGES_FILE  # noqa: E402
 
 GPU_STEP_IMAGES_PER_S = 2000   # ResNet-50, two views, bf16 + channels_last, H100 (shared/README.md)
 CPU_STEP_IMAGES_PER_S = 1000   # width-16 CNN, 32 px, two views, 2 threads, this machine (README.md)

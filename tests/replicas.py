@@ -34,7 +34,7 @@ def tiny_params(data: dict, domains: list[str]) -> dict:
         pretrain=dict(epochs=2, batch_size=64, checkpoint_every=1, threads=1, backbone=dict(arch="cnn4", width=4),
                       optim=dict(name="lars", lr=1.0, warmup_epochs=1), views=dict(size=32, scale=[0.4, 1.0])),
         methods=dict(simclr=dict(temperature=0.2, proj_hidden=16, proj_dim=8, proj_layers=2)),
-        eval=dict(linear_epochs=5), launch=dict(cluster="local"))
+        eval=dict(linear_epochs=5), launch=dict(executor="local"))
 
 
 # --------------------------------------------------------------------------- ImageFolder

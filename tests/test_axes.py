@@ -185,7 +185,7 @@ def test_each_axis_adds_its_runs_for_its_own_methods_and_domains():
     assert [(a["id"], b["id"]) for a, b in axes.fusion_pairs(c)] == [
         ("simclr/natural_frac1_clean/seed0", "supervised/natural_lall_clean/seed0"),
         ("simclr/natural_frac1_clean/seed0", "simclr/aerial_frac1_clean/seed0")]
-    spec = config.pretrain_spec(c, next(r for r in axes.ssl_runs(c) if r["quality"] == "lowres16"))
+    spec = axes.pretrain_spec(c, next(r for r in axes.ssl_runs(c) if r["quality"] == "lowres16"))
     assert [v["size"] for v in spec["views"]] == [16, 16] and spec["data"]["dataset"] == "results/data/seed0/aerial_lowres16"
 
 

@@ -62,6 +62,7 @@ def test_corrupt_image_array(tiny_data, tmp_path, capsys):
 @pytest.mark.parametrize("extra,needle", [
     ("pretrain={'epocs': 3}", "'epocs' was unexpected"),
     ("study={'methods': ['simclr'], 'domains': ['nope']}", "no such dataset folder"),
+    ("launch={'cluster': 'slurm'}", "'cluster' was unexpected); launch.cluster is now launch.executor"),
 ])
 def test_snakemake_rejects_bad_config_before_any_job(tmp_path, tiny_data, extra, needle):
     wf = copy_workflow(tmp_path)

@@ -10,9 +10,9 @@ import yaml
 
 import replicas
 from conftest import BIN, run
-from sslstudy import config
+from sslstudy import config, names
 from sslstudy.data import ingest as ingest_mod
-from sslstudy.data.ingest import balanced_split, ingest, report_path
+from sslstudy.data.ingest import balanced_split, ingest
 from sslstudy.data.packed import load_dataset
 from sslstudy.data.sources.hierarchy import build_tables
 from sslstudy.errors import UserError
@@ -154,7 +154,7 @@ def test_inat2021_taxonomy_levels_and_broken_files_reported(inat, tmp_path):
     root, src = inat
     r = ingest("inat2021", root, tmp_path / "inat", size=24, max_failed=0.1, progress=False, workers=2)
     assert r["failed"] == 2 and r["images"] == 6 * 5 - 2
-    report = pd.read_csv(report_path(tmp_path / "inat"))
+    report = pd.read_csv(names.ingest_report(tmp_path / "inat"))
     assert sorted(report["file"]) == sorted(src["broken"])
     assert report["error"].str.contains("FileNotFoundError").sum() == 1
     assert report["error"].str.contains("truncated|broken|OSError", regex=True).sum() == 1
@@ -194,7 +194,7 @@ def test_inat2021_folder_names_alone_give_the_same_table_and_levels_are_selectab
     tb = b.labels.sort_values("file").drop(columns=["index", "domain"]).reset_index(drop=True)
     assert list(ta["file"]) == list(tb["file"])  # the same 28 readable images
     # without the JSON the missing file is not listed at all; the truncated one is reported either way
-    assert len(pd.read_csv(report_path(tmp_path / "a"))) == 2 and len(pd.read_csv(report_path(tmp_path / "b"))) == 1
+    assert len(pd.read_csv(names.ingest_report(tmp_path / "a"))) == 2 and len(pd.read_csv(names.ingest_report(tmp_path / "b"))) == 1
     merged = tb.merge(ta, on="file", suffixes=("_b", "_a"))
     for col in ("split", "kingdom", "class", "species"):
         assert (merged[f"{col}_a"] == merged[f"{col}_b"]).all()
@@ -250,7 +250,7 @@ def test_rerun_skips_changes_redo_and_interrupted_work_resumes(folder, tmp_path,
         resumed = ingest("imagefolder", base / "tree", out, **dict(kw, max_failed=0.01))
         assert resumed["decoded"] == 0 and resumed["failed"] == 1 and resumed["images"] == 640
         assert not list(out.parent.glob(".shapes.ingest-*"))  # work folder removed once written
-        assert pd.read_csv(report_path(out))["file"].tolist() == [broken.relative_to(base / "tree").as_posix()]
+        assert pd.read_csv(names.ingest_report(out))["file"].tolist() == [broken.relative_to(base / "tree").as_posix()]
     finally:
         broken.unlink()
 
@@ -302,8 +302,8 @@ def test_study_config_names_ingested_datasets_as_domains(tmp_path, monkeypatch):
     np.save(tmp_path / "data/synth/natural/images.npy", np.zeros((1, 1), np.uint8))
     cfg = config.validate({"data": {"datasets": {"pets": str(tmp_path / "pets")}},
                            "study": {"methods": ["simclr"], "domains": ["natural", "pets"]}})
-    assert config.dataset_path(cfg, "pets") == str(tmp_path / "pets")
-    assert config.dataset_path(cfg, "natural") == "data/synth/natural"
+    assert names.dataset_path(cfg, "pets") == str(tmp_path / "pets")
+    assert names.dataset_path(cfg, "natural") == "data/synth/natural"
     with pytest.raises(UserError, match=r"pets: no such dataset folder \(domain 'pets' in study.domains\); ingest it "
                                         r"\(`sslstudy ingest <source> <path> --name pets`\)"):
         config.check_datasets(cfg)

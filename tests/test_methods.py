@@ -24,7 +24,7 @@ def method_spec(method: str, dataset, subset, **pretrain) -> dict:
     p.update(pretrain)
     cfg = config.validate(dict(study=dict(methods=[method], domains=["natural"]), pretrain=p))
     run = axes.ssl_runs(cfg)[0]
-    spec = config.pretrain_spec(cfg, run)
+    spec = axes.pretrain_spec(cfg, run)
     spec["data"] = dict(dataset=str(dataset), subset=str(subset))
     return spec
 
@@ -98,5 +98,5 @@ def test_official_defaults_validate():
         assert list(block) == [f.stem]
         cfg = config.validate(dict(study=dict(methods=[f.stem], domains=["natural"]), methods=block,
                                    pretrain=dict(epochs=100)), str(f))
-        spec = config.pretrain_spec(cfg, axes.ssl_runs(cfg)[0])
+        spec = axes.pretrain_spec(cfg, axes.ssl_runs(cfg)[0])
         assert spec["views"][0]["size"] == 224

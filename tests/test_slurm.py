@@ -29,7 +29,7 @@ SLURM = dict(gpus_per_node=0, cpus_per_task=1, mem_gb=1.5)
 
 def slurm_launch(**slurm) -> dict:
     params = yaml.safe_load((ROOT / "params/study.yaml").read_text())
-    params["launch"] = dict(cluster="slurm", timeout_min=30, poll_s=0.5, slurm=dict(SLURM, **slurm))
+    params["launch"] = dict(executor="slurm", timeout_min=30, poll_s=0.5, slurm=dict(SLURM, **slurm))
     return studyconfig.validate(params)["launch"]  # schema defaults filled in
 
 
@@ -186,7 +186,7 @@ def slurm_profile(wf: Path, **launch) -> None:
     """Our ./slurm profile, its launch line resized for this 2-core node."""
     shutil.copytree(ROOT / "slurm", wf / "slurm")
     prof = yaml.safe_load((wf / "slurm/config.yaml").read_text())
-    ours = dict(cluster="slurm", poll_s=0.5, slurm=SLURM, **launch)
+    ours = dict(executor="slurm", poll_s=0.5, slurm=SLURM, **launch)
     prof["config"] = [f"launch={json.dumps(ours)}"]
     prof["cores"] = 2
     (wf / "slurm/config.yaml").write_text(yaml.safe_dump(prof))
@@ -211,14 +211,14 @@ def test_profile_study_on_slurm_matches_local_run(slurm_cluster, tiny_data, tmp_
     wf = copy_workflow(new_dir(tmp_path, "slurm"))
     tiny_params(wf, tiny_data)
     with_supervised_baseline(wf)
-    slurm_profile(wf, evaluate="cluster")
+    slurm_profile(wf, evaluate="executor")
     t0 = time.time()
     run(["snakemake", "--profile", "slurm", "--configfile", "tiny.yaml", "--quiet", "rules"], cwd=wf)
     print(f"SLURM study {time.time() - t0:.0f} s")
     # every pretraining, evaluation and the supervised baseline ran as a SLURM job
     jobs = {p.parent.relative_to(wf).as_posix(): json.loads(p.read_text()) for p in wf.rglob("job.json")}
     assert sorted(k.split("/")[:2] for k in jobs) == [["logs", "evaluate"]] * 3 + [["logs", "supervised"], ["results", "runs"]]
-    assert {j["cluster"] for j in jobs.values()} == {"slurm"}
+    assert {j["executor"] for j in jobs.values()} == {"slurm"}
     for j in jobs.values():  # the last one may still be COMPLETING
         wait_for(lambda: slurm_cluster.job(j["job_id"])["JobState"] == "COMPLETED", f"job {j} to complete", 60)
     a, b = (pd.read_csv(d / "results/metrics.csv") for d in (local, wf))

@@ -35,6 +35,9 @@ def tiny_study(tmp_path_factory, tiny_data):
     wf = copy_workflow(tmp_path_factory.mktemp("wf"))
     params = tiny_params(yaml.safe_load((wf / "params/study.yaml").read_text()), tiny_data)
     (wf / "tiny.yaml").write_text(yaml.safe_dump(params))
+    stale = wf / "results/benchmarks/pretrain/byol/natural_frac1_clean/seed0.tsv"  # of another study: not counted
+    stale.parent.mkdir(parents=True)
+    stale.write_text("s\tcpu_time\n100\t100\n")
     first = run(["snakemake", "--cores", "2", "--configfile", "tiny.yaml", "--quiet", "rules"], cwd=wf, timeout=3600)
     return wf, first
 
@@ -86,6 +89,7 @@ def test_axes_produce_their_data(tiny_study):
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
     wall = pd.read_csv(wf / "results/tables/walltime.csv")
     assert {"pretrain", "evaluate", "lowshot", "supervised", "fusion", "clustering", "corrupt", "pool"} <= set(wall["stage"])
+    assert wall.set_index("stage").loc["pretrain", "jobs"] == 6  # the study's runs, not the stale file
 
 
 def test_rerun_does_nothing(tiny_study):

@@ -1,20 +1,16 @@
 """The study's axes (quantity, domain, quality, granularity, fusion, periodic clustering) expanded
-from a validated config into what must exist: pretraining runs, supervised baselines, datasets
-(pools, corrupted copies) and evaluation jobs. Pure functions of the config; the Snakemake rules
-only name files after them.
+from a validated config into what must exist: pretraining runs, supervised baselines, evaluation
+jobs, and each run's spec. Pure functions of the config; sslstudy.names names their files.
 
-Names: an SSL run is ``<method>/<domain>_<subset>_<quality>/seed<s>`` (domain may be a pool
-``a+b``, quality ``clean`` or a corruption such as ``jpeg10``); a supervised network trained from
-scratch is ``supervised/<domain>_l<n>_clean/seed<s>`` (n labelled images per class, or ``lall``).
 Axes other than quantity use each domain's *reference* subset: the largest of ``study.subsets``.
 """
 from __future__ import annotations
 
-from .config import run_id, subset_tag
-from .errors import UserError
-from .names import ALL, KINDS, labels_tag, pool_members, pool_name, quality_tag
+import copy
 
-SUPERVISED = "supervised"
+from .errors import UserError
+from .names import (ALL, CLEAN, KINDS, POOL_SEP, SUPERVISED, dataset_dir, image_size_after, labels_tag, member_name,
+                    parse_member, pool_members, pool_name, quality_tag, run_id, subset_path, subset_tag)
 
 
 def pick(config: dict, axis: str, key: str) -> list:
@@ -41,14 +37,14 @@ def pools(config: dict) -> list[str]:
     return [pool_name(p) for p in config["domain"]["pools"]]
 
 
-def _run(method: str, domain: str, subset: str, seed: int, quality: str = "clean") -> dict:
+def _run(method: str, domain: str, subset: str, seed: int, quality: str = CLEAN) -> dict:
     return dict(method=method, domain=domain, subset=subset, quality=quality, seed=seed, kind="ssl",
                 id=run_id(method, domain, subset, seed, quality))
 
 
 def supervised_model(domain: str, labels, seed: int) -> dict:
     tag = labels_tag(labels)
-    return dict(method=SUPERVISED, domain=domain, subset=tag, quality="clean", seed=seed, kind="supervised",
+    return dict(method=SUPERVISED, domain=domain, subset=tag, quality=CLEAN, seed=seed, kind="supervised",
                 labels=tag, id=run_id(SUPERVISED, domain, tag, seed))
 
 
@@ -66,7 +62,7 @@ def ssl_runs(config: dict) -> list[dict]:
                 for t in dict.fromkeys([ref, *map(subset_tag, q["subsets"])]) for sd in seeds]
     if qualities(config):
         out += [_run(m, d, quality_subset(config), sd, ql) for m in pick(config, "quality", "methods") for d in pick(config, "quality", "domains")
-                for ql in ["clean", *qualities(config)] for sd in seeds]
+                for ql in [CLEAN, *qualities(config)] for sd in seeds]
     dom = config["domain"]
     out += [_run(m, d, ref, sd) for m in pick(config, "domain", "methods") for d in dom["domains"] + pools(config) for sd in seeds]
     out += [_run(m, d, ref, sd) for m in pick(config, "granularity", "methods") for d in pick(config, "granularity", "domains")
@@ -93,7 +89,7 @@ def models(config: dict) -> dict[str, dict]:
 
 
 def member(config: dict, name: str, seed: int) -> dict:
-    method, _, domain = name.partition("@")
+    method, domain = parse_member(name)
     if method == SUPERVISED:
         return supervised_model(domain, ALL, seed)
     return _run(method, domain, reference_subset(config), seed)
@@ -105,20 +101,16 @@ def fusion_pairs(config: dict) -> list[tuple[dict, dict]]:
     methods, domains = pick(config, "fusion", "methods"), pick(config, "fusion", "domains")
     names = []
     if "methods" in f["kinds"]:
-        names += [(f"{m1}@{d}", f"{m2}@{d}") for d in domains for i, m1 in enumerate(methods) for m2 in methods[i + 1:]]
+        names += [(member_name(m1, d), member_name(m2, d)) for d in domains for i, m1 in enumerate(methods) for m2 in methods[i + 1:]]
     if "domains" in f["kinds"]:
-        names += [(f"{m}@{d1}", f"{m}@{d2}") for m in methods for i, d1 in enumerate(domains) for d2 in domains[i + 1:]]
+        names += [(member_name(m, d1), member_name(m, d2)) for m in methods for i, d1 in enumerate(domains) for d2 in domains[i + 1:]]
     if "supervised" in f["kinds"]:
-        names += [(f"{m}@{d}", f"{SUPERVISED}@{d}") for m in methods for d in domains]
+        names += [(member_name(m, d), member_name(SUPERVISED, d)) for m in methods for d in domains]
     names += [tuple(p) for p in f["pairs"]]
     for a, b in names:
         if a == b:
             raise UserError(f"fusion pair {a} + {b} fuses a model with itself; fix fusion.pairs in params")
     return [(member(config, a, sd), member(config, b, sd)) for a, b in dict.fromkeys(names) for sd in config["study"]["seeds"]]
-
-
-def member_name(model: dict) -> str:
-    return f"{model['method']}@{model['domain']}"
 
 
 def eval_domains(model: dict) -> list[str]:
@@ -133,7 +125,7 @@ def evaluations(config: dict) -> list[tuple[str, str, str]]:
            for sd in s["seeds"] for w in ("pretrained", "random")]
     if qualities(config):
         out += [(run_id(m, d, quality_subset(config), sd, ql), "pretrained", d) for m in pick(config, "quality", "methods")
-                for d in pick(config, "quality", "domains") for ql in ["clean", *qualities(config)] for sd in s["seeds"]]
+                for d in pick(config, "quality", "domains") for ql in [CLEAN, *qualities(config)] for sd in s["seeds"]]
     dom = config["domain"]
     on = dom["evaluate_on"] if dom["evaluate_on"] is not None else list(dict.fromkeys(
         dom["domains"] + [d for p in dom["pools"] for d in p]))
@@ -152,7 +144,7 @@ def evaluations(config: dict) -> list[tuple[str, str, str]]:
 def lowshot_jobs(config: dict) -> list[tuple[str, str, str]]:
     """(SSL run id, mode, labels tag) of the quantity axis."""
     q = config["quantity"]
-    runs = [r for r in ssl_runs(config) if r["quality"] == "clean" and r["method"] in pick(config, "quantity", "methods")
+    runs = [r for r in ssl_runs(config) if r["quality"] == CLEAN and r["method"] in pick(config, "quantity", "methods")
             and r["domain"] in pick(config, "quantity", "domains")
             and r["subset"] in [reference_subset(config), *map(subset_tag, q["subsets"])]]
     return [(r["id"], mode, labels_tag(n)) for r in runs for mode in q["modes"] for n in q["labels"]] if q["labels"] else []
@@ -162,37 +154,35 @@ def cluster_runs(config: dict) -> list[str]:
     return [r["id"] for r in ssl_runs(config)] if config["clustering"]["enabled"] else []
 
 
-def datasets(config: dict) -> dict[str, tuple[str, str]]:
-    """Derived dataset name -> (pool or plain domain, quality), for every pool and corrupted copy."""
-    out = {}
-    for r in ssl_runs(config):
-        if "+" in r["domain"] or r["quality"] != "clean":
-            out[dataset_name(r["domain"], r["quality"])] = (r["domain"], r["quality"])
-    return out
-
-
-def dataset_name(domain: str, quality: str = "clean") -> str:
-    return domain if quality == "clean" else f"{domain}_{quality}"
-
-
-def dataset_dir(config: dict, domain: str, quality: str = "clean") -> str:
-    """Packed folder of a domain: the data root for plain clean domains, results/data/ otherwise."""
-    if quality == "clean" and "+" not in domain:
-        from .config import dataset_path
-
-        return dataset_path(config, domain)
-    return f"results/data/seed{config['seed']}/{dataset_name(domain, quality)}"
-
-
 def check(config: dict, source: str = "params") -> list[str]:
     """Names an axis uses are well formed and methods have hyper-parameters; returns the plain domains."""
     plain = {d for r in models(config).values() for d in pool_members(r["domain"])}
     plain |= {e for _, _, e in evaluations(config)}
     for d in sorted(plain):
-        if "+" in d or "_" in d:
+        if POOL_SEP in d or "_" in d:
             raise UserError(f"{source}: domain name {d!r} may not contain '+' or '_' (they separate pools and run ids)")
     methods = {r["method"] for r in ssl_runs(config)}
     missing = sorted(m for m in methods if m not in config["methods"])
     if missing:
         raise UserError(f"{source}: method(s) {', '.join(missing)} have no hyper-parameters under methods:; add them")
     return sorted(plain)
+
+
+def pretrain_spec(config: dict, run: dict) -> dict:
+    """Everything one pretraining run depends on (saved in every checkpoint)."""
+    p = config["pretrain"]
+    if run["method"] not in config["methods"]:
+        raise UserError(f"method {run['method']!r} has no hyper-parameters under methods: in params; add them")
+    params = copy.deepcopy(config["methods"][run["method"]])
+    optim = dict(p["optim"], **params.pop("optim", {}))
+    views = [dict(p["views"], **{k: v for k, v in o.items() if k != "repeat"})
+             for o in params.pop("views", [{}, {}]) for _ in range(o.get("repeat", 1))]
+    shrink = image_size_after(run["quality"], p["views"]["size"]) / p["views"]["size"]  # lowres: smaller views
+    views = [dict(v, size=max(2, round(v["size"] * shrink))) if shrink < 1 else v for v in views]
+    return dict(
+        run=run["id"], seed=run["seed"], epochs=p["epochs"], batch_size=p["batch_size"],
+        checkpoint_every=p["checkpoint_every"], threads=p["threads"], on_collapse=p["on_collapse"],
+        backbone=p["backbone"], optim=optim, views=views,
+        method=dict(name=run["method"], params=params),
+        data=dict(dataset=dataset_dir(config, run["domain"], run["quality"]), subset=subset_path(config, run["domain"], run["subset"])),
+    )

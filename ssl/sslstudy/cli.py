@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sys
 from pathlib import Path
 
+from . import names
 from .errors import UserError
 from .names import parse_labels_tag
 
@@ -43,17 +45,27 @@ def cmd_ingest(a) -> None:
           f"(listed in {r['report']}); {r['per_second']:.0f} images/s on {r['workers']} worker(s), {r['seconds']:.1f} s")
 
 
+def ingest_args(config: dict, name: str) -> list[str]:
+    """The `sslstudy ingest` arguments of the data.ingest entry ``name`` (the ingest rule's command)."""
+    s = config["data"]["ingest"][name]
+    args = [s["source"], s["path"], "--name", name, "--out-root", names.INGEST_ROOT, "--size", str(s["size"]),
+            "--val-fraction", str(s["val_fraction"]), "--test-fraction", str(s["test_fraction"]),
+            "--seed", str(s["seed"]), "--max-failed", str(s["max_failed"])]
+    for key in ("hierarchy", "train_split", "max_per_class"):
+        if s[key] is not None:
+            args += [f"--{key.replace('_', '-')}", str(s[key])]
+    if s["levels"]:
+        args += ["--levels", ",".join(s["levels"])]
+    return args
+
+
 def cmd_subset(a) -> None:
     from .data.packed import load_dataset
     from .data.subsets import fractions_to_sizes, nested_subsets, save_indices
 
+    kind, value = names.parse_subset_tag(a.subset)
     ds = load_dataset(a.dataset)
-    if a.subset.startswith("frac"):
-        size = fractions_to_sizes(len(ds.split_indices("train")), [float(a.subset[4:])])[0]
-    elif a.subset.startswith("n") and a.subset[1:].isdigit():
-        size = int(a.subset[1:])
-    else:
-        raise UserError(f"subset {a.subset!r}: expected frac<fraction> or n<count>")
+    size = fractions_to_sizes(len(ds.split_indices("train")), [value])[0] if kind == "frac" else value
     idx = nested_subsets(ds.labels, [size], seed=a.seed, stratify=ds.levels[-1], dataset=str(a.dataset))[size]
     save_indices(a.out, idx)
 
@@ -73,11 +85,11 @@ def cmd_pretrain(a) -> None:
 
 
 def cmd_remote(a) -> None:
-    """Run this same command (without --launch) as a submitit job on launch.cluster, and wait for it."""
-    from .launch import CommandJob, run_job
+    """Run this same command (without --launch) as a submitit job on launch.executor, and wait for it."""
+    from .launch import run_job
 
     _log_launcher()
-    run_job(CommandJob(a.argv), a.job_dir, json.loads(a.launch), a.threads, what=f"{a.cmd} {a.out}")
+    run_job(functools.partial(run_command, a.argv), a.job_dir, json.loads(a.launch), a.threads, what=f"{a.cmd} {a.out}")
 
 
 def cmd_evaluate(a) -> None:
@@ -91,15 +103,19 @@ def cmd_evaluate(a) -> None:
     backbone, run_cfg = load_backbone(a.checkpoint)
     ds = load_dataset(a.dataset)
     df = evaluate(backbone, ds, json.loads(a.eval), size=a.size)
-    state_epoch = int(Path(a.checkpoint).stem.removeprefix("ep")) if a.checkpoint.name.startswith("ep") else run_cfg["epochs"]
+    state_epoch = names.checkpoint_epoch(a.checkpoint.name)
+    state_epoch = run_cfg["epochs"] if state_epoch is None else state_epoch
     ids = dict(run=a.run, **json.loads(a.ids), weights=a.weights, epoch=state_epoch, eval_domain=ds.meta["name"])
     _write_csv(a.out, _with_ids(df, ids))
 
 
 def cmd_report(a) -> None:
+    from .report.dag import split_named
     from .report.html import build_report
 
-    build_report({k: [Path(p) for p in getattr(a, k)] for k in TABLES}, json.loads(a.config), Path(a.out), Path(a.captions))
+    build_report({k: [Path(p) for p in getattr(a, k)] for k in TABLES}, json.loads(a.config), Path(a.out), Path(a.captions),
+                 curves=dict(split_named(a.curves)), benchmarks=split_named(a.benchmarks),
+                 datasets=dict(split_named(a.datasets)), data_dvc=a.data_dvc)
 
 
 # ---------------------------------------------------------------------------- the study's axes
@@ -274,14 +290,14 @@ def _eval_options(s, checkpoint: bool = True, dataset: bool = True) -> None:
     s.add_argument("--ids", default="{}", help="JSON: columns identifying the run (method, domain, ...)")
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--out", type=Path, required=True)
-    s.add_argument("--launch", help="JSON: launch settings; run this command as a submitit job on launch.cluster")
+    s.add_argument("--launch", help="JSON: launch settings; run this command as a submitit job on launch.executor")
     s.add_argument("--job-dir", type=Path, help="with --launch: the job's folder (job.json, submitit logs)")
 
 
 def cmd_densecl_matches(a) -> None:
     from .report.matches import write_matches_figure
 
-    ckpt = a.run_dir / "final.pt" if a.epoch is None else a.run_dir / "checkpoints" / f"ep{a.epoch:03d}.pt"
+    ckpt = a.run_dir / (names.FINAL if a.epoch is None else f"{names.CHECKPOINTS}/{names.epoch_checkpoint(a.epoch)}")
     if not ckpt.is_file():
         raise UserError(f"{ckpt}: no such checkpoint; train the run first or pick an existing --epoch")
     acc = write_matches_figure(ckpt, a.out, a.images, a.seed)
@@ -298,7 +314,7 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("synth", help="generate the built-in synthetic domains")
     s.add_argument("--params", type=Path, default=Path("params/study.yaml"))
-    s.add_argument("--out", type=Path, default=Path("data/synth"))
+    s.add_argument("--out", type=Path, default=Path(names.SYNTH_ROOT))
     s.set_defaults(fn=cmd_synth)
 
     from .data.sources import SOURCES
@@ -308,7 +324,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("path", type=Path, help="the collection's folder")
     s.add_argument("--name", required=True, help="dataset (and study domain) name: letters, digits, '.', '-'")
     s.add_argument("--size", type=int, default=64, help="stored resolution: shorter side resized, centre crop (64)")
-    s.add_argument("--out-root", type=Path, default=Path("data"), help="writes <out-root>/<name> (data)")
+    s.add_argument("--out-root", type=Path, default=Path(names.INGEST_ROOT), help=f"writes <out-root>/<name> ({names.INGEST_ROOT})")
     s.add_argument("--hierarchy", type=Path, help="CSV: class,parent,grandparent,... with a header naming the levels "
                    "(imagefolder, imagenet, places365)")
     s.add_argument("--levels", help="comma-separated subset of the source's levels to keep (e.g. class,family,species)")
@@ -332,7 +348,7 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("pretrain", help="pretrain one run through submitit")
     s.add_argument("--run-dir", type=Path, required=True)
     s.add_argument("--spec", required=True, help="JSON: the run's resolved config")
-    s.add_argument("--launch", required=True, help="JSON: launch settings (cluster, slurm resources)")
+    s.add_argument("--launch", required=True, help="JSON: launch settings (executor, slurm resources)")
     s.set_defaults(fn=cmd_pretrain)
 
     s = sub.add_parser("evaluate", help="kNN, linear and k-means scores of a checkpoint at every label level")
@@ -348,12 +364,18 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--captions", default="workflow/report", help="folder of one-sentence figure captions (*.rst)")
     for k in TABLES:
         s.add_argument(f"--{k}", nargs="*", default=[], help=f"{k} evaluation CSVs")
+    s.add_argument("--curves", nargs="*", default=[], metavar="RUN=JSONL", help="each pretraining run's metrics.jsonl")
+    s.add_argument("--benchmarks", nargs="*", default=[], metavar="RULE=TSV", help="Snakemake benchmark file of each job")
+    s.add_argument("--datasets", nargs="*", default=[], metavar="DOMAIN=DIR",
+                   help="packed folder of each evaluation domain (drawn as a contact sheet)")
+    s.add_argument("--data-dvc", type=Path, help="the data's DVC file (its md5 is shown)")
     s.set_defaults(fn=cmd_report)
 
     s = sub.add_parser("densecl-matches", help="draw DenseCL's matched locations between two views of test images")
     s.add_argument("run_dir", type=Path)
     s.add_argument("--out", type=Path, required=True, help="PNG file")
-    s.add_argument("--epoch", type=int, default=None, help="use checkpoints/epNNN.pt (0: random weights) instead of final.pt")
+    s.add_argument("--epoch", type=int, default=None,
+                   help=f"use {names.CHECKPOINTS}/epNNN.pt (0: random weights) instead of {names.FINAL}")
     s.add_argument("--images", type=int, default=6)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(fn=cmd_densecl_matches)
@@ -362,13 +384,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run_command(argv: list[str]) -> None:
-    """Run one subcommand; errors raise (for cluster jobs, whose log keeps the trace)."""
+    """Run one subcommand; errors raise (for executor jobs, whose log keeps the trace)."""
     a = parser().parse_args(argv)
     a.fn(a)
 
 
 def _strip_launch(argv: list[str]) -> list[str]:
-    """The same command without its --launch/--job-dir options (what the cluster job runs)."""
+    """The same command without its --launch/--job-dir options (what the executor job runs)."""
     out, skip = [], False
     for x in argv:
         if skip:

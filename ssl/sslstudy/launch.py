@@ -37,7 +37,7 @@ UNREACHABLE = "UNREACHABLE"  # slurmctld did not answer: keep waiting, the job m
 
 # ----------------------------------------------------------------------------- the jobs
 def distributed_env() -> dict:
-    """Inside a cluster job: export MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK for torch DDP
+    """Inside a SLURM or local job: export MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK for torch DDP
     (env:// init) from submitit's view of the SLURM/local task layout; returns them."""
     env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
     return dict(master_addr=env.master_addr, master_port=env.master_port, rank=env.rank,
@@ -65,18 +65,6 @@ class PretrainJob(submitit.helpers.Checkpointable):
         return super().checkpoint(*args, **kwargs)
 
 
-class CommandJob:
-    """An `sslstudy` subcommand run as a cluster job (e.g. an evaluation); raises on its error."""
-
-    def __init__(self, argv: list[str]):
-        self.argv = argv
-
-    def __call__(self) -> None:
-        from .cli import run_command
-
-        run_command(self.argv)
-
-
 # ----------------------------------------------------------------------------- executors
 def slurm_tasks(slurm: dict) -> int:
     """Tasks per node: one per GPU (DDP world size = nodes x tasks), or as configured."""
@@ -89,16 +77,16 @@ def job_name(folder: Path) -> str:
 
 
 def executor(folder: Path, launch: dict, threads: int, name: str) -> submitit.Executor:
-    ex = submitit.AutoExecutor(folder=folder / "submitit", cluster=launch["cluster"])
+    ex = submitit.AutoExecutor(folder=folder / "submitit", cluster=launch["executor"])
     params = dict(timeout_min=launch["timeout_min"], name=name)
-    if launch["cluster"] == "slurm":
+    if launch["executor"] == "slurm":
         s = launch["slurm"]
         params.update(slurm_partition=s["partition"], slurm_account=s["account"], gpus_per_node=s["gpus_per_node"],
                       cpus_per_task=s["cpus_per_task"], mem_gb=s["mem_gb"], tasks_per_node=slurm_tasks(s),
                       nodes=s["nodes"], slurm_signal_delay_s=s["signal_delay_s"],
                       slurm_additional_parameters=s["extra"] or None)
         params = {k: v for k, v in params.items() if v is not None}
-    elif launch["cluster"] == "local":
+    elif launch["executor"] == "local":
         params.update(cpus_per_task=threads, gpus_per_node=0)
     ex.update_parameters(**params)
     return ex
@@ -152,10 +140,10 @@ def _folder_lock(folder: Path) -> Iterator[None]:
 def _reattach(folder: Path, launch: dict):
     """The SLURM job of a previous launcher, if it is still queued/running or left a result."""
     job_file = folder / "job.json"
-    if launch["cluster"] != "slurm" or not job_file.is_file():
+    if launch["executor"] != "slurm" or not job_file.is_file():
         return None
     rec = json.loads(job_file.read_text())
-    if rec.get("cluster") != "slurm":
+    if rec.get("executor", rec.get("cluster")) != "slurm":  # "cluster": job.json written before the rename
         return None
     job = submitit.SlurmJob(folder=folder / "submitit", job_id=rec["job_id"])
     if job.paths.result_pickle.exists() or slurm_state(job.job_id).active:
@@ -166,7 +154,8 @@ def _reattach(folder: Path, launch: dict):
 
 def run_job(fn: Callable, folder: Path, launch: dict, threads: int, what: str,
             valid: Callable[[object], bool] = lambda r: True):
-    """Run fn through submitit (or re-attach to the job already running it) and return its result.
+    """Run fn (any picklable callable without arguments) through submitit, or re-attach to the job
+    already running it, and return its result.
     A re-attached job's result is used only if `valid(result)` (e.g. its files still exist)."""
     folder = Path(folder)
     with _folder_lock(folder):
@@ -179,8 +168,8 @@ def run_job(fn: Callable, folder: Path, launch: dict, threads: int, what: str,
             except UserError as e:
                 log.warning("previous job failed, submitting again: %s", e)
         job = executor(folder, launch, threads, name=job_name(folder)).submit(fn)
-        log.info("submitted %s job %s for %s", launch["cluster"], job.job_id, what)
-        write_bytes(folder / "job.json", (json.dumps(dict(job_id=str(job.job_id), cluster=launch["cluster"],
+        log.info("submitted %s job %s for %s", launch["executor"], job.job_id, what)
+        write_bytes(folder / "job.json", (json.dumps(dict(job_id=str(job.job_id), executor=launch["executor"],
                                                           submitted=time.time())) + "\n").encode())
         with _cancel_local_on_exit(job, launch):
             return _wait(job, launch, what)
@@ -190,7 +179,7 @@ def run_job(fn: Callable, folder: Path, launch: dict, threads: int, what: str,
 def _cancel_local_on_exit(job, launch: dict) -> Iterator[None]:
     """A local submitit job ignores SIGTERM and cannot be re-attached: when the launcher is stopped
     (Snakemake killed), stop its job too, so a restart never runs two on one folder."""
-    if launch["cluster"] != "local" or threading.current_thread() is not threading.main_thread():
+    if launch["executor"] != "local" or threading.current_thread() is not threading.main_thread():
         yield
         return
 
@@ -207,7 +196,7 @@ def _cancel_local_on_exit(job, launch: dict) -> Iterator[None]:
 
 
 def _wait(job, launch: dict, what: str):
-    if launch["cluster"] == "slurm":
+    if launch["executor"] == "slurm":
         ended = _wait_slurm(job, launch["poll_s"])
         if ended is not None:
             raise UserError(_failure(job, what, f"ended {ended.name} ({ended.detail}) without a result"))
@@ -273,7 +262,7 @@ def _last_error(message: str) -> str:
 # ----------------------------------------------------------------------------- pretraining
 def launch_pretrain(spec: dict, run_dir: str | Path, launch: dict) -> Path:
     run_dir = Path(run_dir)
-    if launch["cluster"] == "slurm":
+    if launch["executor"] == "slurm":
         spec = dict(spec, threads=launch["slurm"]["cpus_per_task"])  # use the CPUs the job was given
     result = run_job(PretrainJob(spec, str(run_dir)), run_dir, launch, spec["threads"], what=f"pretraining {run_dir}",
                      valid=lambda r: Path(r).is_file())

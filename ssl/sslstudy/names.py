@@ -1,8 +1,15 @@
-"""How the study names things, as plain strings (no torch import, so Snakemake parses fast):
-corruptions (``jpeg10``), pools (``natural+aerial``) and labelled counts (``l10``, ``lall``)."""
+"""Every name and path of the study, as plain strings (no torch import: Snakemake imports this at
+parse time). Tags: corruptions (``jpeg10``), pools (``natural+aerial``), pretraining subsets
+(``frac0.25``, ``n500``), labelled counts (``l10``, ``lall``). Run ids: :data:`RUN`.
+
+Paths are format strings. Fill them with ``str.format`` for one file, or with :func:`pattern` for
+the Snakemake rule that writes them: fields left out stay wildcards, ``{run}`` becomes RUN's.
+"""
 from __future__ import annotations
 
+import os
 import re
+import string
 
 from .errors import UserError
 
@@ -10,8 +17,11 @@ KINDS = ("downup", "jpeg", "saltpepper", "blur", "lowres")  # the corruptions of
 _TAG = re.compile(rf"^({'|'.join(KINDS)})([0-9]+(?:\.[0-9]+)?)$")
 POOL_SEP = "+"
 ALL = "all"
+CLEAN = "clean"
+SUPERVISED = "supervised"  # the method name of the networks trained from scratch on labels
 
 
+# ----------------------------------------------------------------------------- tags
 def quality_tag(kind: str, strength: float) -> str:
     return f"{kind}{float(strength):g}"
 
@@ -26,7 +36,7 @@ def parse_quality(tag: str) -> tuple[str, float]:
 
 def image_size_after(tag: str, size: int) -> int:
     """Side of the corrupted images (only lowres changes it)."""
-    if tag == "clean":
+    if tag == CLEAN:
         return size
     kind, s = parse_quality(tag)
     return int(s) if kind == "lowres" else size
@@ -38,6 +48,27 @@ def pool_name(domains: list[str]) -> str:
 
 def pool_members(name: str) -> list[str]:
     return name.split(POOL_SEP)
+
+
+def subset_tag(size: float) -> str:
+    """study.subsets entries: a number <= 1 is a fraction of the train split, an integer > 1 a count."""
+    if size <= 1:
+        return f"frac{size:g}"
+    if size != int(size):
+        raise UserError(f"subset size {size} is neither a fraction <= 1 nor a whole number of images; fix study.subsets in params")
+    return f"n{int(size)}"
+
+
+def parse_subset_tag(tag: str) -> tuple[str, float | int]:
+    """``"frac0.25"`` -> ``("frac", 0.25)``, ``"n500"`` -> ``("n", 500)``."""
+    if tag.startswith("frac"):
+        try:
+            return "frac", float(tag[4:])
+        except ValueError:
+            pass
+    elif tag.startswith("n") and tag[1:].isdigit():
+        return "n", int(tag[1:])
+    raise UserError(f"subset {tag!r}: expected frac<fraction> or n<count>")
 
 
 def labels_tag(per_class: int | str) -> str:
@@ -52,3 +83,176 @@ def parse_labels_tag(tag: str) -> int | str:
     if not body.isdigit() or int(body) < 1:
         raise UserError(f"labelled count {tag!r}: expected l<images per class> or lall")
     return int(body)
+
+
+# ----------------------------------------------------------------------------- models
+#: An SSL run ``simclr/natural_frac0.25_clean/seed0``, or a supervised network
+#: ``supervised/natural_l10_clean/seed0`` (its subset is the labelled count).
+RUN = "{method}/{domain}_{subset}_{quality}/seed{seed}"
+RUN_FIELDS = tuple(f for _, f, _, _ in string.Formatter().parse(RUN) if f)  # the columns naming a model in every table
+
+_LABELS = f"l[0-9]+|l{ALL}"
+_MEMBER = "[a-z0-9]+@[^/@_]+"
+#: What each field of a path may hold (Snakemake's wildcard constraints).
+WILDCARDS = dict(
+    method="[a-z0-9]+",
+    domain="[^/_]+",
+    subset=f"frac[0-9.e-]+|n[0-9]+|{_LABELS}",
+    quality=f"{CLEAN}|[a-z]+[0-9.]+",
+    seed="[0-9]+",
+    weights="pretrained|random",
+    on="[^/_+]+",
+    labels=_LABELS,
+    mode="linear|finetune",
+    a=_MEMBER,  # the fusion pair's members
+    b=_MEMBER,
+    pool=rf"[^/_+]+(\{POOL_SEP}[^/_+]+)+",
+)
+
+
+def run_id(method: str, domain: str, subset: str, seed: int, quality: str = CLEAN) -> str:
+    return RUN.format(method=method, domain=domain, subset=subset, quality=quality, seed=seed)
+
+
+def member_name(method: str, domain: str) -> str:
+    """A fusion member: ``simclr@natural`` (``supervised@natural``: the baseline with all labels)."""
+    return f"{method}@{domain}"
+
+
+def parse_member(name: str) -> tuple[str, str]:
+    method, _, domain = name.partition("@")
+    return method, domain
+
+
+# ----------------------------------------------------------------------------- paths
+class _Wildcards(dict):
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
+def pattern(template: str, **values) -> str:
+    """A path template as a Snakemake pattern: ``{run}`` -> RUN, other fields given or left as wildcards."""
+    return template.format_map(_Wildcards({"run": RUN, **values}))
+
+
+#: The key of one job of each rule: its log is logs/<rule>/<key>.log, its benchmark
+#: results/benchmarks/<rule>/<key>.tsv, and what it writes (below) is named after the key too.
+JOBS = dict(
+    ingest="{name}",
+    subset="{domain}/seed{seed}/{subset}",
+    corrupt="seed{seed}/{dataset}",
+    pool="seed{seed}/{dataset}",
+    pretrain="{run}",
+    evaluate="{run}/{weights}_on_{on}",
+    lowshot="{run}/{mode}_{labels}",
+    supervised="{domain}_{labels}/seed{seed}",
+    fusion="seed{seed}/{a}/{b}/on_{on}",
+    clustering="{run}",
+)
+
+
+def job_dir(rule: str) -> str:
+    """Where an evaluation-type job sent to the executor keeps job.json and submitit's logs."""
+    return f"logs/{rule}/{JOBS[rule]}"
+
+
+def log(rule: str) -> str:
+    return f"{job_dir(rule)}.log"
+
+
+def benchmark(rule: str) -> str:
+    return f"results/benchmarks/{rule}/{JOBS[rule]}.tsv"
+
+
+# packed datasets (sslstudy.data.packed)
+IMAGES_FILE = "images.npy"
+LABELS_FILE = "labels.csv"
+META_FILE = "meta.json"
+DATASET_FILES = (IMAGES_FILE, LABELS_FILE, META_FILE)
+SYNTH_ROOT = "data/synth"  # where `sslstudy synth` writes the built-in domains
+INGEST_ROOT = "data"  # where the ingest rule writes data.ingest entries (as `sslstudy ingest` does by default)
+INGEST_DIR = f"{INGEST_ROOT}/{JOBS['ingest']}"
+DERIVED_DIR = f"results/data/{JOBS['pool']}"  # pools and corrupted copies, by dataset_name
+SUBSET_FILE = f"results/subsets/{JOBS['subset']}.npy"
+
+# models
+RUN_DIR = f"results/runs/{JOBS['pretrain']}"
+SUPERVISED_DIR = f"results/supervised/{JOBS['supervised']}"
+FINAL = "final.pt"  # a model's trained weights, in its folder
+CHECKPOINTS = "checkpoints"  # a run's subfolder of epoch checkpoints and last.pt
+LAST = "last.pt"  # the state to resume from (mid-epoch included), in CHECKPOINTS
+EPOCH_FILE = "ep{epoch:03d}.pt"  # the checkpoint after `epoch` epochs, in CHECKPOINTS (ep000.pt: the random weights)
+EPOCH_GLOB = "ep[0-9][0-9][0-9].pt"
+_EPOCH = re.compile(r"^ep([0-9]{3,})\.pt$")
+
+# tables
+EVAL_TABLE = f"results/eval/{JOBS['evaluate']}.csv"
+LOWSHOT_TABLE = f"results/lowshot/{JOBS['lowshot']}.csv"
+SUPERVISED_TABLE = f"{SUPERVISED_DIR}/scores.csv"
+FUSION_TABLE = f"results/fusion/{JOBS['fusion']}.csv"
+CLUSTERS_TABLE = f"results/clusters/{JOBS['clustering']}.csv"
+
+
+def packed_files(folder: str) -> list[str]:
+    return [f"{folder}/{f}" for f in DATASET_FILES]
+
+
+def ingest_report(folder: str | os.PathLike) -> str:
+    """The list of an ingested folder's unreadable images, beside it."""
+    return f"{os.fspath(folder)}.ingest-report.csv"
+
+
+def dataset_name(domain: str, quality: str = CLEAN) -> str:
+    """A derived dataset: a pool ``natural+aerial`` or a corrupted copy ``natural_jpeg10``."""
+    return domain if quality == CLEAN else f"{domain}_{quality}"
+
+
+def dataset_path(config: dict, domain: str) -> str:
+    """A plain domain's packed folder: data.datasets[domain], data/<domain> for data.ingest entries,
+    or data.root/<domain> (the synthetic domains)."""
+    d = config["data"]
+    if domain in d.get("datasets", {}):
+        return d["datasets"][domain]
+    if domain in d.get("ingest", {}):
+        return INGEST_DIR.format(name=domain)
+    return f"{d['root']}/{domain}"
+
+
+def dataset_dir(config: dict, domain: str, quality: str = CLEAN) -> str:
+    """Packed folder of any domain: dataset_path for plain clean ones, DERIVED_DIR otherwise."""
+    if quality == CLEAN and POOL_SEP not in domain:
+        return dataset_path(config, domain)
+    return DERIVED_DIR.format(seed=config["seed"], dataset=dataset_name(domain, quality))
+
+
+def dataset_files(config: dict, domain: str, quality: str = CLEAN) -> list[str]:
+    return packed_files(dataset_dir(config, domain, quality))
+
+
+def subset_path(config: dict, domain: str, subset: str) -> str:
+    return SUBSET_FILE.format(domain=domain, seed=config["seed"], subset=subset)
+
+
+def model_dir(model: dict) -> str:
+    """The folder of a model (axes.ssl_runs / axes.supervised_models entry)."""
+    if model["method"] == SUPERVISED:
+        return SUPERVISED_DIR.format(**model)
+    return RUN_DIR.format(run=model["id"])
+
+
+def final_checkpoint(model: dict) -> str:
+    return f"{model_dir(model)}/{FINAL}"
+
+
+def epoch_checkpoint(epoch: int) -> str:
+    return EPOCH_FILE.format(epoch=epoch)
+
+
+def checkpoint_epoch(name: str) -> int | None:
+    """``"ep005.pt"`` -> 5; None for another file name (final.pt)."""
+    m = _EPOCH.match(name)
+    return int(m.group(1)) if m else None
+
+
+def random_weights(model: dict) -> str:
+    return f"{model_dir(model)}/{CHECKPOINTS}/{epoch_checkpoint(0)}"

@@ -4,28 +4,27 @@
 
 rule clustering:
     input:
-        ckpt=f"results/runs/{RUN}/final.pt",
+        ckpt=pattern(f"{names.RUN_DIR}/{names.FINAL}"),
         data=lambda w: [f for d in axes.eval_domains(run_of(w)) for f in dataset_files(d)],
     output:
-        f"results/clusters/{RUN}.csv",
+        pattern(names.CLUSTERS_TABLE),
     params:
         size=SIZE,
         eval=q(C["eval"]),
         ids=lambda w: ids(run_of(w)),
         run=lambda w: run_of(w)["id"],
-        run_dir=lambda w: f"results/runs/{run_of(w)['id']}",
+        run_dir=lambda w: names.model_dir(run_of(w)),
         datasets=lambda w: [dataset_dir(d) for d in axes.eval_domains(run_of(w))],
         cpus=eval_cpus,
-        remote=remote(f"logs/clustering/{RUN}"),
+        remote=remote("clustering"),
     threads: EVAL_THREADS
     localrule: EVAL_REMOTE
     conda:
         "../envs/sslstudy.yaml"
     log:
-        f"logs/clustering/{RUN}.log",
+        pattern(names.log("clustering")),
     benchmark:
-        f"results/benchmarks/clustering/{RUN}.tsv"
+        pattern(names.benchmark("clustering"))
     shell:
         "sslstudy cluster-checkpoints --run-dir {params.run_dir} --datasets {params.datasets} --eval {params.eval}"
         " --size {params.size} --run {params.run} --ids {params.ids} --threads {params.cpus} --out {output} {params.remote} 2> {log}"
-        " || {{ tail -n 12 {log} >&2; exit 1; }}"

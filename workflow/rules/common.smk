@@ -1,4 +1,4 @@
-# Validate the config, expand the study grid into runs, name every file.
+# Validate the config, expand the study grid into runs; the rules' helpers (every name: sslstudy.names).
 import glob
 import json
 import os
@@ -6,9 +6,10 @@ import re
 import shlex
 import sys
 
-from sslstudy import axes
+from sslstudy import axes, names
 from sslstudy import config as studyconfig
 from sslstudy.errors import UserError
+from sslstudy.names import pattern
 
 try:
     C = studyconfig.validate(config, " + ".join(map(str, workflow.configfiles)) or "config")
@@ -17,27 +18,17 @@ try:
 except UserError as e:
     sys.exit(f"error: {e}")
 
-RUN = "{method}/{domain}_{subset}_{quality}/seed{seed}"
 SIZE = C["pretrain"]["views"]["size"]  # every evaluation is on clean images at this side
 THREADS = C["pretrain"]["threads"]
-# launch.evaluate=cluster: each evaluation-type job (evaluate, lowshot, supervised, fusion, cluster)
-# runs its sslstudy command as a submitit job on launch.cluster; the Snakemake job only waits.
-EVAL_REMOTE = C["launch"]["evaluate"] == "cluster"
+# launch.evaluate=executor: each evaluation-type job (evaluate, lowshot, supervised, fusion, clustering)
+# runs its sslstudy command as a submitit job on launch.executor; the Snakemake job only waits.
+EVAL_REMOTE = C["launch"]["evaluate"] == "executor"
 EVAL_THREADS = 1 if EVAL_REMOTE else THREADS  # what Snakemake reserves
 
 
 wildcard_constraints:
     name="|".join(map(re.escape, C["data"]["ingest"])) or "(?!)",
-    method="[a-z0-9]+",
-    domain="[^/_]+",
-    subset="frac[0-9.e-]+|n[0-9]+|l[0-9]+|lall",
-    quality="clean|[a-z]+[0-9.]+",
-    seed="[0-9]+",
-    weights="pretrained|random",
-    on="[^/_+]+",
-    labels="l[0-9]+|lall",
-    mode="linear|finetune",
-    member="[a-z0-9]+@[^/@_]+",
+    **names.WILDCARDS,
 
 
 def q(obj):
@@ -45,24 +36,24 @@ def q(obj):
     return shlex.quote(json.dumps(obj, sort_keys=True))
 
 
-def remote(job_dir):
-    """--launch/--job-dir for an evaluation-type command under launch.evaluate=cluster; job_dir is a
-    pattern of the rule's wildcards (its log path without .log)."""
+def remote(rule):
+    """--launch/--job-dir for an evaluation-type command under launch.evaluate=executor."""
     if not EVAL_REMOTE:
         return ""
+    job_dir = pattern(names.job_dir(rule))
     return lambda w: f"--launch {q(C['launch'])} --job-dir {job_dir.format(**dict(w.items()))}"
 
 
 def eval_cpus(w, threads):
     """torch threads of an evaluation-type command: the SLURM job's CPUs, else the rule's threads."""
-    if EVAL_REMOTE and C["launch"]["cluster"] == "slurm":
+    if EVAL_REMOTE and C["launch"]["executor"] == "slurm":
         return C["launch"]["slurm"]["cpus_per_task"]
     return threads
 
 
 def run_of(w):
     """The model (SSL run or supervised network) a job's wildcards name."""
-    rid = RUN.format(**{k: w[k] for k in ("method", "domain", "subset", "quality", "seed")})
+    rid = names.RUN.format(**{k: w[k] for k in names.RUN_FIELDS})
     if rid not in MODELS:
         raise ValueError(f"{rid} is not a model of this study")
     return MODELS[rid]
@@ -70,30 +61,19 @@ def run_of(w):
 
 def ids(m):
     """The columns that identify a model in every table."""
-    return q({k: m[k] for k in ("method", "domain", "subset", "quality", "seed")})
+    return q({k: m[k] for k in names.RUN_FIELDS})
 
 
-def supervised_dir(m):
-    """The folder of a supervised baseline (the supervised rule's outputs)."""
-    return f"results/supervised/{m['domain']}_{m['labels']}/seed{m['seed']}"
+def dataset_dir(domain, quality=names.CLEAN):
+    return names.dataset_dir(C, domain, quality)
 
 
-def checkpoint(m):
-    if m["kind"] == "supervised":
-        return f"{supervised_dir(m)}/final.pt"
-    return f"results/runs/{m['id']}/final.pt"
-
-
-def dataset_dir(domain, quality="clean"):
-    return axes.dataset_dir(C, domain, quality)
-
-
-def dataset_files(domain, quality="clean"):
-    return [f"{dataset_dir(domain, quality)}/{f}" for f in ("images.npy", "labels.csv", "meta.json")]
+def dataset_files(domain, quality=names.CLEAN):
+    return names.dataset_files(C, domain, quality)
 
 
 def supervised_of(w):
-    m = axes.supervised_model(w.domain, w.labels.removeprefix("l"), int(w.seed))
+    m = axes.supervised_model(w.domain, names.parse_labels_tag(w.labels), int(w.seed))
     if m["id"] not in MODELS:
         raise ValueError(f"{m['id']} is not a model of this study")
     return m
@@ -105,21 +85,22 @@ def member_of(w, which):
 
 # ---- every table the report reads, one list per kind
 def eval_tables():
-    return [f"results/eval/{rid}/{w}_on_{on}.csv" for rid, w, on in axes.evaluations(C)]
+    return [names.EVAL_TABLE.format(run=rid, weights=w, on=on) for rid, w, on in axes.evaluations(C)]
 
 
 def lowshot_tables():
-    return [f"results/lowshot/{rid}/{mode}_{lab}.csv" for rid, mode, lab in axes.lowshot_jobs(C)]
+    return [names.LOWSHOT_TABLE.format(run=rid, mode=mode, labels=lab) for rid, mode, lab in axes.lowshot_jobs(C)]
 
 
 def supervised_tables():
-    return [f"{supervised_dir(m)}/scores.csv" for m in axes.supervised_models(C)]
+    return [names.SUPERVISED_TABLE.format(**m) for m in axes.supervised_models(C)]
 
 
 def fusion_tables():
-    return [f"results/fusion/seed{a['seed']}/{axes.member_name(a)}/{axes.member_name(b)}/on_{on}.csv"
+    return [names.FUSION_TABLE.format(seed=a["seed"], a=names.member_name(a["method"], a["domain"]),
+                                      b=names.member_name(b["method"], b["domain"]), on=on)
             for a, b in axes.fusion_pairs(C) for on in dict.fromkeys(axes.eval_domains(a) + axes.eval_domains(b))]
 
 
 def cluster_tables():
-    return [f"results/clusters/{rid}.csv" for rid in axes.cluster_runs(C)]
+    return [names.CLUSTERS_TABLE.format(run=rid) for rid in axes.cluster_runs(C)]

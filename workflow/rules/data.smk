@@ -1,22 +1,23 @@
 # Real collections named under data.ingest, packed into data/<name> (re-run when their settings change).
 # Derived data: pretraining subsets (index lists, no image copies), corrupted copies of a domain
 # (quality axis) and equal-size pools of domains (domain axis), all fixed by the config's seed.
-from sslstudy.names import pool_members
+from sslstudy.cli import ingest_args
+from sslstudy.names import dataset_name, packed_files, pool_members
 
-PACKED = ("images.npy", "labels.csv", "meta.json")
+CORRUPTED = dataset_name("{domain}", "{quality}")  # the corrupted copy's name, as wildcards
 
 
 rule ingest:
     output:
-        multiext(f"{studyconfig.INGEST_ROOT}/{{name}}/", "images.npy", "labels.csv", "meta.json"),
-        report=f"{studyconfig.INGEST_ROOT}/{{name}}.ingest-report.csv",
+        packed_files(names.INGEST_DIR),
+        report=names.ingest_report(names.INGEST_DIR),
     params:
-        args=lambda w: " ".join(map(shlex.quote, studyconfig.ingest_args(C, w.name))),
+        args=lambda w: " ".join(map(shlex.quote, ingest_args(C, w.name))),
     threads: workflow.cores
     conda:
         "../envs/sslstudy.yaml"
     log:
-        "logs/ingest/{name}.log",
+        names.log("ingest"),
     shell:
         "sslstudy ingest {params.args} --workers {threads} > {log} 2>&1"
 
@@ -25,15 +26,15 @@ rule subset:
     input:
         lambda w: dataset_files(w.domain),
     output:
-        "results/subsets/{domain}/seed{seed}/{subset}.npy",
+        names.SUBSET_FILE,
     conda:
         "../envs/sslstudy.yaml"
     params:
         dataset=lambda w: dataset_dir(w.domain),
     log:
-        "logs/subset/{domain}/seed{seed}/{subset}.log",
+        names.log("subset"),
     benchmark:
-        "results/benchmarks/subset/{domain}/seed{seed}/{subset}.tsv"
+        names.benchmark("subset")
     shell:
         "sslstudy subset --dataset {params.dataset} --subset {wildcards.subset}"
         " --seed {wildcards.seed} --out {output} 2> {log}"
@@ -43,16 +44,16 @@ rule corrupt:
     input:
         lambda w: dataset_files(w.domain),
     output:
-        [f"results/data/seed{{seed}}/{{domain}}_{{quality}}/{f}" for f in PACKED],
+        packed_files(pattern(names.DERIVED_DIR, dataset=CORRUPTED)),
     conda:
         "../envs/sslstudy.yaml"
     params:
         dataset=lambda w: dataset_dir(w.domain),
         out=lambda w, output: os.path.dirname(output[0]),
     log:
-        "logs/corrupt/seed{seed}/{domain}_{quality}.log",
+        pattern(names.log("corrupt"), dataset=CORRUPTED),
     benchmark:
-        "results/benchmarks/corrupt/seed{seed}/{domain}_{quality}.tsv"
+        pattern(names.benchmark("corrupt"), dataset=CORRUPTED)
     shell:
         "sslstudy corrupt --dataset {params.dataset} --quality {wildcards.quality} --seed {wildcards.seed}"
         " --out {params.out} 2> {log}"
@@ -62,17 +63,15 @@ rule pool:
     input:
         lambda w: [f for d in pool_members(w.pool) for f in dataset_files(d)],
     output:
-        [f"results/data/seed{{seed}}/{{pool}}/{f}" for f in PACKED],
-    wildcard_constraints:
-        pool=r"[^/_+]+(\+[^/_+]+)+",
+        packed_files(pattern(names.DERIVED_DIR, dataset="{pool}")),
     conda:
         "../envs/sslstudy.yaml"
     params:
         datasets=lambda w: [dataset_dir(d) for d in pool_members(w.pool)],
         out=lambda w, output: os.path.dirname(output[0]),
     log:
-        "logs/pool/seed{seed}/{pool}.log",
+        pattern(names.log("pool"), dataset="{pool}"),
     benchmark:
-        "results/benchmarks/pool/seed{seed}/{pool}.tsv"
+        pattern(names.benchmark("pool"), dataset="{pool}")
     shell:
         "sslstudy pool --seed {wildcards.seed} --out {params.out} {params.datasets} 2> {log}"

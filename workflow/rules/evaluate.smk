@@ -5,28 +5,28 @@
 
 rule evaluate:
     input:
-        final=lambda w: checkpoint(run_of(w)),
+        final=lambda w: names.final_checkpoint(run_of(w)),
         data=lambda w: dataset_files(w.on),
     output:
-        f"results/eval/{RUN}/{{weights}}_on_{{on}}.csv",
+        pattern(names.EVAL_TABLE),
     params:
-        ckpt=lambda w: checkpoint(run_of(w)) if w.weights == "pretrained" else f"results/runs/{run_of(w)['id']}/checkpoints/ep000.pt",
+        ckpt=lambda w: names.final_checkpoint(run_of(w)) if w.weights == "pretrained" else names.random_weights(run_of(w)),
         size=SIZE,
         eval=q(C["eval"]),
         ids=lambda w: ids(run_of(w)),
         run=lambda w: run_of(w)["id"],
         dataset=lambda w: dataset_dir(w.on),
         cpus=eval_cpus,
-        remote=remote(f"logs/evaluate/{RUN}/{{weights}}_on_{{on}}"),
+        remote=remote("evaluate"),
     threads: EVAL_THREADS
     localrule: EVAL_REMOTE
     conda:
         "../envs/sslstudy.yaml"
     log:
-        f"logs/evaluate/{RUN}/{{weights}}_on_{{on}}.log",
+        pattern(names.log("evaluate")),
     benchmark:
-        f"results/benchmarks/evaluate/{RUN}/{{weights}}_on_{{on}}.tsv"
+        pattern(names.benchmark("evaluate"))
     shell:
         "sslstudy evaluate --checkpoint {params.ckpt} --dataset {params.dataset} --eval {params.eval} --size {params.size}"
         " --run {params.run} --ids {params.ids} --weights {wildcards.weights} --threads {params.cpus}"
-        " --out {output} {params.remote} 2> {log} || {{ tail -n 12 {log} >&2; exit 1; }}"
+        " --out {output} {params.remote} 2> {log}"

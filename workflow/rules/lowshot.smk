@@ -4,10 +4,10 @@
 
 rule lowshot:
     input:
-        ckpt=lambda w: checkpoint(run_of(w)),
+        ckpt=lambda w: names.final_checkpoint(run_of(w)),
         data=lambda w: dataset_files(w.domain),
     output:
-        f"results/lowshot/{RUN}/{{mode}}_{{labels}}.csv",
+        pattern(names.LOWSHOT_TABLE),
     params:
         size=SIZE,
         eval=q(C["eval"]),
@@ -16,17 +16,16 @@ rule lowshot:
         run=lambda w: run_of(w)["id"],
         dataset=lambda w: dataset_dir(w.domain),
         cpus=eval_cpus,
-        remote=remote(f"logs/lowshot/{RUN}/{{mode}}_{{labels}}"),
+        remote=remote("lowshot"),
     threads: EVAL_THREADS
     localrule: EVAL_REMOTE
     conda:
         "../envs/sslstudy.yaml"
     log:
-        f"logs/lowshot/{RUN}/{{mode}}_{{labels}}.log",
+        pattern(names.log("lowshot")),
     benchmark:
-        f"results/benchmarks/lowshot/{RUN}/{{mode}}_{{labels}}.tsv"
+        pattern(names.benchmark("lowshot"))
     shell:
         "sslstudy lowshot --checkpoint {input.ckpt} --dataset {params.dataset} --mode {wildcards.mode}"
         " --labels {wildcards.labels} --eval {params.eval} --finetune {params.finetune} --size {params.size}"
         " --run {params.run} --ids {params.ids} --threads {params.cpus} --out {output} {params.remote} 2> {log}"
-        " || {{ tail -n 12 {log} >&2; exit 1; }}"

@@ -1,14 +1,23 @@
 # Tidy tables, seaborn figures (captions: workflow/report/*.rst) and one standalone HTML page.
+# Every file the report reads is named on its command line.
+from sslstudy.report.dag import benchmarks, named
+
+REPORT_TABLES = dict(frozen=eval_tables(), lowshot=lowshot_tables(), supervised=supervised_tables(),
+                     fusion=fusion_tables(), clusters=cluster_tables())
+BENCHMARKS = benchmarks(workflow, [f for files in REPORT_TABLES.values() for f in files])
+# each pretraining run's loss curve, beside its checkpoint (no rule declares it, so not an input)
+CURVES = {m["id"]: f"{os.path.dirname(checkpoint(m))}/metrics.jsonl" for m in MODELS.values() if m["kind"] == "ssl"}
+REPORT_DOMAINS = list(dict.fromkeys(on for _, _, on in axes.evaluations(C)))
 
 
 rule report:
     input:
-        frozen=eval_tables(),
-        lowshot=lowshot_tables(),
-        supervised=supervised_tables(),
-        fusion=fusion_tables(),
-        clusters=cluster_tables(),
+        **REPORT_TABLES,
         captions=sorted(glob.glob(f"{workflow.basedir}/workflow/report/*.rst")),
+        benchmarks=list(BENCHMARKS),
+        datasets=[f for d in REPORT_DOMAINS for f in dataset_files(d)],
+        # ancient: `dvc add` rewrites it even when the data did not change (changed data reruns every job)
+        dvc=[ancient("data.dvc")] if os.path.isfile("data.dvc") else [],
     output:
         html="results/report.html",
         table="results/metrics.csv",
@@ -16,6 +25,10 @@ rule report:
     params:
         config=q(C),
         captions=lambda w, input: os.path.dirname(input.captions[0]),
+        curves=named(CURVES.items()),
+        benchmarks=named((r, f) for f, r in BENCHMARKS.items()),
+        datasets=named((d, dataset_dir(d)) for d in REPORT_DOMAINS),
+        dvc=lambda w, input: f"--data-dvc {input.dvc}" if input.dvc else "",
     conda:
         "../envs/sslstudy.yaml"
     log:
@@ -23,4 +36,5 @@ rule report:
     shell:
         "sslstudy report --config {params.config} --out {output.html} --captions {params.captions}"
         " --frozen {input.frozen} --lowshot {input.lowshot} --supervised {input.supervised}"
-        " --fusion {input.fusion} --clusters {input.clusters} 2> {log}"
+        " --fusion {input.fusion} --clusters {input.clusters} --curves {params.curves}"
+        " --benchmarks {params.benchmarks} --datasets {params.datasets} {params.dvc} 2> {log}"

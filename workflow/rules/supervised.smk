@@ -6,8 +6,8 @@ rule supervised:
     input:
         lambda w: dataset_files(w.domain),
     output:
-        scores="results/supervised/{domain}_{labels}/seed{seed}/scores.csv",
-        ckpt="results/supervised/{domain}_{labels}/seed{seed}/final.pt",
+        scores=names.SUPERVISED_TABLE,
+        ckpt=f"{names.SUPERVISED_DIR}/{names.FINAL}",
     params:
         size=SIZE,
         finetune=q(C["finetune"]),
@@ -17,18 +17,17 @@ rule supervised:
         run=lambda w: supervised_of(w)["id"],
         dataset=lambda w: dataset_dir(w.domain),
         cpus=eval_cpus,
-        remote=remote("logs/supervised/{domain}_{labels}/seed{seed}"),
+        remote=remote("supervised"),
     threads: EVAL_THREADS
     localrule: EVAL_REMOTE
     conda:
         "../envs/sslstudy.yaml"
     log:
-        "logs/supervised/{domain}_{labels}/seed{seed}.log",
+        names.log("supervised"),
     benchmark:
-        "results/benchmarks/supervised/{domain}_{labels}/seed{seed}.tsv"
+        names.benchmark("supervised")
     shell:
         "sslstudy supervised --dataset {params.dataset} --labels {wildcards.labels} --seed {wildcards.seed}"
         " --label-seed {params.label_seed} --backbone {params.backbone} --finetune {params.finetune} --size {params.size}"
         " --run {params.run} --ids {params.ids}"
         " --threads {params.cpus} --checkpoint {output.ckpt} --out {output.scores} {params.remote} 2> {log}"
-        " || {{ tail -n 12 {log} >&2; exit 1; }}"

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from ..atomic import atomic_path, write_bytes
 from ..errors import UserError
+from ..names import META_FILE, ingest_report
 from .packed import load_dataset, write_dataset
 from .sources import SOURCES, scanner
 from .sources.hierarchy import build_tables
@@ -43,10 +44,6 @@ CHUNK = 4096  # images per resumable chunk on disk
 BATCH = 64  # images per task sent to a worker
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*$")
 RESIZE = "shorter side to size, centre crop, bicubic (PIL, JPEG draft decoding)"
-
-
-def report_path(out: Path) -> Path:
-    return out.parent / f"{out.name}.ingest-report.csv"
 
 
 # --------------------------------------------------------------------------- decoding (workers)
@@ -184,7 +181,7 @@ def _check(name: str, size: int, val_fraction: float, test_fraction: float, max_
 
 def _finished(out: Path, fp: str) -> dict | None:
     """The output's meta.source if it was ingested from the same listing with the same options."""
-    if not (out / "meta.json").is_file():
+    if not (out / META_FILE).is_file():
         return None
     try:
         source = load_dataset(out).meta["source"]
@@ -195,7 +192,7 @@ def _finished(out: Path, fp: str) -> dict | None:
 
 def _check_failed(out: Path, n_failed: int, n: int, max_failed: float) -> None:
     if n_failed > max_failed * n or n_failed == n:
-        raise UserError(f"{report_path(out)}: {n_failed} of {n} images ({n_failed / n:.1%}) could not be read, more "
+        raise UserError(f"{ingest_report(out)}: {n_failed} of {n} images ({n_failed / n:.1%}) could not be read, more "
                         f"than --max-failed {max_failed:g}; fix or remove them (the report lists each), or raise "
                         f"--max-failed")
 
@@ -244,7 +241,7 @@ def _npz(path: Path, key: str) -> np.ndarray:
         return z[key]
 
 
-def _write_report(path: Path, rows: list[tuple[str, str]]) -> None:
+def _write_report(path: str, rows: list[tuple[str, str]]) -> None:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["file", "error"])
@@ -275,7 +272,7 @@ def ingest(source: str, root: str | os.PathLike, out: str | os.PathLike, *, size
                    test_fraction=test_fraction, max_per_class=max_per_class)
     fp = fingerprint(listing, p, options)
     summary = dict(out=str(out), listed=len(listing.refs), kept=len(p["keep"]), notes=p["notes"],
-                   report=str(report_path(out)), levels={lv: len(p["classes"][lv]) for lv in p["levels"]})
+                   report=ingest_report(out), levels={lv: len(p["classes"][lv]) for lv in p["levels"]})
     done = None if force else _finished(out, fp)
     if done:
         _check_failed(out, done["n_failed"], done["n_tried"], max_failed)
@@ -294,7 +291,7 @@ def ingest(source: str, root: str | os.PathLike, out: str | os.PathLike, *, size
     errors = np.concatenate([_npz(f, "errors") for f in chunks])
     ok = errors == ""
     names = [listing.names[i] for i in p["keep"]]
-    _write_report(report_path(out), [(names[i], str(errors[i])) for i in np.flatnonzero(~ok)])
+    _write_report(ingest_report(out), [(names[i], str(errors[i])) for i in np.flatnonzero(~ok)])
     n, n_failed = len(ok), int((~ok).sum())
     _check_failed(out, n_failed, n, max_failed)
 

@@ -25,17 +25,13 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from sslstudy.errors import UserError
+from sslstudy.names import DATASET_FILES, IMAGES_FILE, LABELS_FILE, META_FILE
 
-IMAGES_FILE = "images.npy"
-LABELS_FILE = "labels.csv"
-META_FILE = "meta.json"
-DATASET_FILES = (IMAGES_FILE, LABELS_FILE, META_FILE)
 SPLITS = ("train", "val", "test")
 BASE_COLUMNS = ("index", "split", "domain")
 META_KEYS = ("name", "levels", "classes", "parents", "image_size", "n_images", "source")
@@ -323,15 +319,3 @@ def load_dataset(path: str | os.PathLike) -> PackedDataset:
     labels = _load_labels(path, meta, n)
     return PackedDataset(path=path, images=images, labels=labels, meta=meta)
 
-
-def describe(ds: PackedDataset) -> dict[str, Any]:
-    """Small summary dict (for logs / reports)."""
-    return {
-        "name": ds.name,
-        "path": str(ds.path),
-        "n_images": len(ds),
-        "image_size": ds.image_size,
-        "n_train": int((ds.labels["split"] == "train").sum()),
-        "n_test": int((ds.labels["split"] == "test").sum()),
-        "classes": {lv: ds.n_classes(lv) for lv in ds.levels},
-    }

@@ -8,6 +8,7 @@ import pandas as pd
 
 from ..data.packed import PackedDataset
 from ..errors import UserError
+from ..names import CHECKPOINTS, checkpoint_epoch
 from .kmeans import cluster_scores
 from .frozen import embed
 
@@ -17,11 +18,11 @@ def cluster_checkpoints(run_dir: Path, datasets: list[PackedDataset], cfg: dict,
 
     ckpts = list_checkpoints(Path(run_dir))
     if not ckpts:
-        raise UserError(f"{run_dir}: no checkpoints/epNNN.pt; re-run its pretraining")
+        raise UserError(f"{run_dir}: no {CHECKPOINTS}/epNNN.pt; re-run its pretraining")
     out = []
     for ck in ckpts:
         backbone, _ = load_backbone(ck)
-        epoch = int(ck.stem.removeprefix("ep"))
+        epoch = checkpoint_epoch(ck.name)
         for ds in datasets:
             test = ds.split_indices("test")
             x = embed(backbone, ds, test, size, cfg["batch_size"])

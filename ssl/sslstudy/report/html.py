@@ -2,12 +2,12 @@
 (results/tables/*.csv, results/metrics.csv) that users can re-plot with pandas.
 
 Every figure has a one-sentence caption, read from ``<captions>/<figure>.rst`` (the workflow ships
-them in workflow/report/), and a link to the CSV it was drawn from.
+them in workflow/report/), and a link to the CSV it was drawn from. The page is templates/report.html
+(Jinja2, autoescaped): text from the study (run ids, config values, captions) is escaped there.
 """
 from __future__ import annotations
 
 import base64
-import html
 import importlib.metadata as md
 import json
 import platform
@@ -15,12 +15,16 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from markupsafe import Markup
 
 from ..atomic import write_bytes
-from ..config import dataset_path
 from ..errors import UserError
 from . import figures, tables
 
+# templates/report.html; None renders as nothing (an absent figure or table)
+ENV = Environment(loader=PackageLoader("sslstudy.report"), autoescape=True, undefined=StrictUndefined,
+                  finalize=lambda v: "" if v is None else v)
 PACKAGES = ("torch", "torchvision", "faiss-cpu", "snakemake", "dvc", "submitit", "numpy", "pandas", "seaborn", "scikit-learn")
 # section title -> what it answers (the first paragraph of each section)
 SECTIONS = {
@@ -55,10 +59,10 @@ def versions() -> dict:
 
 
 class Page:
-    """Collects sections; writes each figure's PNG and CSV beside the page and links them."""
+    """Writes each figure's PNG and each table's CSV beside the page; returns what the template shows."""
 
     def __init__(self, out_dir: Path, captions: Path):
-        self.out_dir, self.captions, self.parts = out_dir, captions, []
+        self.out_dir, self.captions = out_dir, captions
 
     def caption(self, key: str) -> str:
         f = self.captions / f"{key}.rst"
@@ -70,60 +74,66 @@ class Page:
         write_bytes(self.out_dir / "tables" / f"{name}.csv", df.to_csv(index=False).encode())
         return f"tables/{name}.csv"
 
-    def figure(self, key: str, png: bytes | None, data: pd.DataFrame, caption: str | None = None) -> None:
+    def figure(self, key: str, png: bytes | None, data: pd.DataFrame | None, caption: str | None = None) -> dict | None:
         if png is None:
-            return
+            return None
         write_bytes(self.out_dir / "figures" / f"{key}.png", png)
-        link = self.csv(key, data) if data is not None else None
-        cap = html.escape(caption or self.caption(key))
-        a = f' <a href="{link}">data (CSV)</a>' if link else ""
-        self.parts.append(f'<figure id="fig-{key}"><img alt="{cap}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
-                          f"<figcaption>{cap}{a}</figcaption></figure>")
+        return dict(key=key, caption=caption or self.caption(key), png=base64.b64encode(png).decode(),
+                    link=self.csv(key, data) if data is not None else None)
 
-    def table(self, df: pd.DataFrame, digits: int = 3, index: bool = False) -> None:
-        if not df.empty:
-            self.parts.append(df.to_html(float_format=lambda x: f"{x:.{digits}f}", border=0, index=index))
+    def linked(self, name: str, df: pd.DataFrame, shown: pd.DataFrame | None = None, **fmt) -> dict | None:
+        """A table shown in the page (shown, else df) beside the link to df's CSV; None when df is empty."""
+        if df.empty:
+            return None
+        return dict(link=self.csv(name, df), html=table(df if shown is None else shown, **fmt))
 
-    def add(self, text: str) -> None:
-        self.parts.append(text)
-
-    def section(self, key: str) -> None:
-        title, question = SECTIONS[key]
-        self.parts.append(f'<h2 id="{key}">{title}</h2><p class="q">{html.escape(question)}</p>')
-
-    def empty(self, what: str) -> None:
-        self.parts.append(f"<p><em>Not in this study: {html.escape(what)} is empty in params.</em></p>")
-
-    def axis(self, key: str, table: pd.DataFrame, draw, params: str, data: pd.DataFrame | None = None) -> bool:
+    def axis(self, key: str, table: pd.DataFrame, draw, params: str, data: pd.DataFrame | None = None) -> dict:
         """An axis's section: its figure (draw(table)) and CSV, or a note naming the empty params."""
-        self.section(key)
         if table.empty:
-            self.empty(params)
-            return False
-        self.figure(key, draw(table), table if data is None else data)
-        return True
+            return section(key, empty=params)
+        return section(key, figure=self.figure(key, draw(table), table if data is None else data))
 
 
-def _curves(runs_dir: Path, run_ids: list[str]) -> pd.DataFrame:
-    frames = [pd.read_json(runs_dir / r / "metrics.jsonl", lines=True).assign(run=r)
-              for r in run_ids if (runs_dir / r / "metrics.jsonl").is_file()]
+def section(key: str, figure: dict | None = None, empty: str | None = None, **extra) -> dict:
+    title, question = SECTIONS[key]
+    return dict(key=key, title=title, question=question, figure=figure, empty=empty, **extra)
+
+
+def table(df: pd.DataFrame, digits: int = 3, index: bool = False) -> Markup | None:
+    """df as HTML (to_html escapes every cell and label); None when empty."""
+    if df.empty:
+        return None
+    return Markup(df.to_html(float_format=lambda x: f"{x:.{digits}f}", border=0, index=index))
+
+
+def _curves(files: dict[str, Path]) -> pd.DataFrame:
+    """Each run's metrics.jsonl (run id -> file), in run order."""
+    tables.require(files.values(), "pretraining metrics")
+    frames = [pd.read_json(files[r], lines=True).assign(run=r) for r in sorted(files)]
     return pd.concat(frames).drop_duplicates(["run", "epoch"], keep="last") if frames else pd.DataFrame()
 
 
-def _data_figures(page: Page, config: dict, domains: list[str]) -> None:
+def _data_figures(page: Page, datasets: dict[str, Path]) -> list[dict]:
     from ..data.packed import load_dataset
     from ..data.synth import contact_sheet
 
-    for domain in domains:
-        ds = load_dataset(dataset_path(config, domain))
+    out = []
+    for domain, folder in datasets.items():
+        ds = load_dataset(folder)
         path = page.out_dir / "figures" / f"data_{domain}.png"
         contact_sheet(ds.images, ds.labels, path, level=ds.levels[0])
         caption = (f"Domain {domain}: {ds.meta['n_images']} images of {ds.meta['image_size']} px; "
                    + ", ".join(f"{lv} {ds.n_classes(lv)} classes" for lv in ds.levels) + ".")
-        page.figure(f"data_{domain}", path.read_bytes(), None, caption)
+        out.append(page.figure(f"data_{domain}", path.read_bytes(), None, caption))
+    return out
 
 
-def build_report(inputs: dict[str, list[Path]], config: dict, out: Path, captions: Path) -> None:
+def build_report(inputs: dict[str, list[Path]], config: dict, out: Path, captions: Path,
+                 curves: dict[str, Path] | None = None, benchmarks: list[tuple[str, Path]] = (),
+                 datasets: dict[str, Path] | None = None, data_dvc: Path | None = None) -> None:
+    """The page and tidy tables from the evaluation tables (inputs: kind -> CSVs) and the files named:
+    curves (run id -> metrics.jsonl), benchmarks ((rule, TSV) of each job), datasets (evaluation
+    domain -> packed folder, drawn as contact sheets) and data_dvc (its hash is shown)."""
     t = {k: tables.load(v) for k, v in inputs.items()}
     frozen = t["frozen"]
     if frozen.empty:
@@ -135,69 +145,41 @@ def build_report(inputs: dict[str, list[Path]], config: dict, out: Path, caption
     write_bytes(out_dir / "metrics.csv", pd.concat(tagged, ignore_index=True).to_csv(index=False).encode())
     write_bytes(out_dir / "metrics.json", (json.dumps(summary(frozen), indent=2, sort_keys=True) + "\n").encode())
 
-    runs = sorted(r for r in frozen["run"].unique())
-    page.add("<h1>sslstudy report</h1>"
-             f"<p>{len(runs)} model(s) evaluated. Linear probes are trained on the finest labels and their predictions "
-             "mapped up the hierarchy; kNN and k-means are scored at each level; every evaluation is on clean images "
-             "of the test split. Tidy tables: <a href=\"metrics.csv\">metrics.csv</a> (every row of every evaluation, "
-             "column <code>eval</code> says which) and one CSV per figure.</p>"
-             "<nav>" + " · ".join(f'<a href="#{k}">{v[0]}</a>' for k, v in SECTIONS.items()) + "</nav>")
-
     # baseline: the study's own runs, pretrained vs random weights
     base = frozen[frozen["run"].isin(frozen.loc[frozen["weights"] == "random", "run"])]
     base = base[base["eval_domain"] == base["domain"]]
-    page.add("<h2>Results</h2>")
-    page.figure("accuracy_per_level", figures.accuracy_per_level(base), base)
     wide = (base.pivot_table(index=["run", "weights"], columns=["level_index", "level", "metric"], values="value")
             .sort_index(axis=1).droplevel(0, axis=1))
-    page.table(wide, index=True)
 
-    page.axis("quantity", tables.quantity(t["lowshot"], t["supervised"]), figures.quantity, "quantity.labels")
-    page.axis("domain", tables.domain_matrix(frozen, config), figures.domain_heatmap, "domain.domains")
-    page.axis("quality", tables.quality_drop(frozen, config), figures.quality_drop, "quality (every corruption list)")
-
-    page.section("granularity")
     gr = tables.granularity(frozen, config)
-    page.figure("granularity", figures.granularity(gr), gr)
     gap = tables.granularity_gap(gr)
-    if not gap.empty:
-        page.add(f'<p>SSL minus supervised, per level (<a href="{page.csv("granularity_gap", gap)}">CSV</a>):</p>')
-        page.table(gap.pivot_table(index=["domain", "method", "metric"], columns=["level_index", "level"], values="gap")
-                   .droplevel(0, axis=1), index=True)
-
+    gap_wide = gap if gap.empty else gap.pivot_table(index=["domain", "method", "metric"], columns=["level_index", "level"],
+                                                     values="gap").droplevel(0, axis=1)
     ft = tables.fusion_table(t["fusion"])
-    if page.axis("fusion", ft, figures.fusion, "fusion.kinds and fusion.pairs", data=t["fusion"]):
-        page.add(f'<p>Each pair vs its members, finest level (<a href="{page.csv("fusion_table", ft)}">CSV</a>):</p>')
-        page.table(ft)
+    fusion = page.axis("fusion", ft, figures.fusion, "fusion.kinds and fusion.pairs", data=t["fusion"])
+    fusion["pairs"] = page.linked("fusion_table", ft) if fusion["figure"] else None
 
-    page.axis("clustering", t["clusters"], figures.clustering, "clustering.enabled")
+    loss = _curves(curves or {})
+    seconds = loss if loss.empty else (loss.groupby("run")["seconds"].agg(["sum", "count"])
+                                       .rename(columns={"sum": "pretrain seconds", "count": "epochs"}))
+    data_version = yaml.safe_load(data_dvc.read_text())["outs"][0]["md5"] if data_dvc else "(no data.dvc)"
 
-    curves = _curves(out_dir / "runs", sorted(set(frozen["run"]) | set(t["clusters"].get("run", []))))
-    page.add("<h2>Pretraining</h2>")
-    page.figure("pretrain_loss", figures.loss(curves), curves)
-    if not curves.empty:
-        page.table(curves.groupby("run")["seconds"].agg(["sum", "count"])
-                   .rename(columns={"sum": "pretrain seconds", "count": "epochs"}), digits=1, index=True)
-    wall = tables.walltime(out_dir / "benchmarks")
-    if not wall.empty:
-        page.add(f'<h3>Wall time per stage</h3><p>From Snakemake benchmark files (seconds of wall clock and of CPU; '
-                 f'<a href="{page.csv("walltime", wall)}">CSV</a>); jobs of a stage may run in parallel, and the '
-                 'report itself is not included.</p>')
-        page.table(wall, digits=1)
-
-    dvc_file = Path("data.dvc")
-    data_version = yaml.safe_load(dvc_file.read_text())["outs"][0]["md5"] if dvc_file.is_file() else "(no data.dvc)"
-    page.add(f"<h2>Data</h2><p>data.dvc md5: <code>{html.escape(str(data_version))}</code></p>")
-    plain = [d for d in dict.fromkeys(frozen["eval_domain"]) if Path(dataset_path(config, d)).is_dir()]  # not pools
-    _data_figures(page, config, plain)
-    page.add("<h2>Config</h2>" f"<pre>{html.escape(yaml.safe_dump(config, sort_keys=False))}</pre>"
-             "<h2>Versions</h2>" + pd.Series(versions(), name="version").to_frame().to_html(border=0))
-
-    body = "".join(page.parts)
-    doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>sslstudy report</title><style>
-body{{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222}}
-table{{border-collapse:collapse;font-size:13px;margin:.5em 0}} td,th{{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}}
-figure{{margin:1em 0}} img{{max-width:100%}} figcaption{{color:#555;font-size:14px}} p.q{{font-style:italic}}
-pre{{background:#f6f6f6;padding:1em;font-size:12px}} nav{{margin:1em 0}}
-</style></head><body>{body}</body></html>"""
+    doc = ENV.get_template("report.html").render(
+        n_models=frozen["run"].nunique(), nav=SECTIONS,
+        results=dict(figure=page.figure("accuracy_per_level", figures.accuracy_per_level(base), base),
+                     table=table(wide, index=True)),
+        quantity=page.axis("quantity", tables.quantity(t["lowshot"], t["supervised"]), figures.quantity, "quantity.labels"),
+        domain=page.axis("domain", tables.domain_matrix(frozen, config), figures.domain_heatmap, "domain.domains"),
+        quality=page.axis("quality", tables.quality_drop(frozen, config), figures.quality_drop, "quality (every corruption list)"),
+        granularity=section("granularity", figure=page.figure("granularity", figures.granularity(gr), gr),
+                            gap=page.linked("granularity_gap", gap, gap_wide, index=True)),
+        fusion=fusion,
+        clustering=page.axis("clustering", t["clusters"], figures.clustering, "clustering.enabled"),
+        pretraining=dict(figure=page.figure("pretrain_loss", figures.loss(loss), loss),
+                         table=table(seconds, digits=1, index=True),
+                         wall=page.linked("walltime", tables.walltime(benchmarks), digits=1)),
+        data=dict(version=str(data_version), figures=_data_figures(page, datasets or {})),
+        config=yaml.safe_dump(config, sort_keys=False),
+        versions=table(pd.Series(versions(), name="version").to_frame(), index=True),
+    )
     write_bytes(out, doc.encode())

@@ -13,10 +13,14 @@ from ..errors import UserError
 KIND_ORDER = {k: i for i, k in enumerate(KINDS)}
 
 
-def load(paths: list[Path]) -> pd.DataFrame:
+def require(paths, what: str) -> None:
     missing = [p for p in paths if not Path(p).is_file()]
     if missing:
-        raise UserError(f"{missing[0]}: evaluation table missing; run the study (snakemake) to produce it")
+        raise UserError(f"{missing[0]}: {what} missing; run the study (snakemake) to produce it")
+
+
+def load(paths: list[Path]) -> pd.DataFrame:
+    require(paths, "evaluation table")
     return pd.concat([pd.read_csv(p) for p in paths], ignore_index=True) if paths else pd.DataFrame()
 
 
@@ -100,13 +104,13 @@ def fusion_table(fusion: pd.DataFrame) -> pd.DataFrame:
     return d.reset_index()
 
 
-def walltime(bench_dir: Path) -> pd.DataFrame:
-    """Per-stage wall time from Snakemake's benchmark files (results/benchmarks/<rule>/...)."""
+def walltime(benchmarks: list[tuple[str, Path]]) -> pd.DataFrame:
+    """Per-stage wall time from Snakemake's benchmark files, given as (rule, file) of each job."""
+    require([f for _, f in benchmarks], "benchmark file")
     rows = []
-    for f in sorted(Path(bench_dir).rglob("*.tsv")):
+    for stage, f in benchmarks:
         t = pd.read_csv(f, sep="\t")
-        rows.append(dict(stage=f.relative_to(bench_dir).parts[0], seconds=float(t["s"].iloc[-1]),
-                         cpu=float(t["cpu_time"].iloc[-1])))
+        rows.append(dict(stage=stage, seconds=float(t["s"].iloc[-1]), cpu=float(t["cpu_time"].iloc[-1])))
     if not rows:
         return pd.DataFrame()
     d = pd.DataFrame(rows).groupby("stage").agg(jobs=("seconds", "count"), wall_total=("seconds", "sum"),

@@ -31,6 +31,21 @@ def test_wrong_type_and_bad_yaml(tmp_path, capsys):
     assert "not valid YAML" in one_line_error(capsys, ["validate", str(p)])
 
 
+@pytest.mark.parametrize("yaml,needle", [
+    ("study: {methods: [simclr], domains: [natural], seeds: [0, 1, 0]}", "study.seeds: [0, 1, 0] has non-unique elements"),
+    ("study: {methods: [simclr], domains: [natural], seeds: [-1]}", "study.seeds.0: -1 is less than the minimum of 0"),
+    ("study: {methods: [simclr], domains: [natural], seeds: []}", "study.seeds: [] should be non-empty"),
+    ("study: {methods: [simclr], domains: [natural], seeds: 3}", "study.seeds: 3 is not of type 'array'"),
+    ("study: {methods: [simclr], domains: [natural]}\npretrain: {on_collapse: halt}",
+     "pretrain.on_collapse: 'halt' is not one of ['warn', 'stop']"),
+])
+def test_bad_seeds_and_on_collapse(tmp_path, capsys, yaml, needle):
+    p = tmp_path / "p.yaml"
+    p.write_text(yaml + "\n")
+    err = one_line_error(capsys, ["validate", str(p)])
+    assert str(p) in err and needle in err
+
+
 def test_subset_larger_than_dataset(tiny_data, tmp_path, capsys):
     out = tmp_path / "s.npy"
     err = one_line_error(capsys, ["subset", "--dataset", str(tiny_data / "natural"), "--subset", "n5000",
@@ -63,6 +78,7 @@ def test_corrupt_image_array(tiny_data, tmp_path, capsys):
     ("pretrain={'epocs': 3}", "'epocs' was unexpected"),
     ("study={'methods': ['simclr'], 'domains': ['nope']}", "no such dataset folder"),
     ("launch={'cluster': 'slurm'}", "'cluster' was unexpected); launch.cluster is now launch.executor"),
+    ("study={'methods': ['simclr'], 'domains': ['natural'], 'seeds': [0, 0]}", "study.seeds: [0, 0] has non-unique elements"),
 ])
 def test_snakemake_rejects_bad_config_before_any_job(tmp_path, tiny_data, extra, needle):
     wf = copy_workflow(tmp_path)

@@ -19,7 +19,7 @@ from .augment import ViewSpec, eval_view, make_views
 from .data.packed import load_dataset
 from .data.subsets import load_indices
 from .errors import UserError
-from .health import collapse_check, embedding_health, trivial, trivial_info
+from .health import collapse_check, embedding_health, trivial_info, trivial_loss
 from .methods import build_method
 from .methods.base import Batch, Method
 from .models import build_backbone
@@ -340,9 +340,9 @@ class _Trainer:
             return _NOT_FINITE
         rec.update(embedding_health(z))
         method = self.cfg["method"]["name"]
-        t = trivial(method, **self.trivial_info)
+        t = trivial_loss(method, **self.trivial_info)
         if t is not None:
-            rec["trivial_loss"] = t[0]
+            rec["trivial_loss"] = t
         before = self.history[-1] if self.history else {}
         self.history.append(rec)
         collapsed, why = collapse_check(self.history, method, self.cfg["run"], **self.trivial_info)

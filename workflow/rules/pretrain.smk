@@ -20,7 +20,9 @@ rule pretrain:
         "../envs/sslstudy.yaml"
     log:
         pattern(names.log("pretrain")),
+        # a log, not an output: Snakemake keeps it when a job fails, so a rerun resumes and appends
+        metrics=pattern(f"{names.RUN_DIR}/{names.METRICS}"),
     benchmark:
         pattern(names.benchmark("pretrain"))
     shell:
-        "sslstudy pretrain --run-dir {params.run_dir} --spec {params.spec} --launch {params.launch} 2> {log}"
+        "sslstudy pretrain --run-dir {params.run_dir} --spec {params.spec} --launch {params.launch} 2> {log[0]}"

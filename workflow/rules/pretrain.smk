@@ -1,7 +1,7 @@
 # One run = method x domain view (subset, quality, pool) x seed. A local rule: the compute goes
-# through submitit (debug / local / slurm from launch.executor), which resumes from the run's checkpoints.
-# Only final.pt is declared: Snakemake deletes the declared outputs of a killed or incomplete job,
-# so the checkpoints it resumes from (checkpoints/last.pt, epNNN.pt, ep000.pt = the random weights) are not.
+# through submitit (debug / local / slurm from launch.executor); a rerun resumes from checkpoints/last.pt.
+# Only final.pt is declared: Snakemake deletes the declared outputs of a killed or incomplete job, so
+# last.pt and the kept epNNN.pt (ep000.pt = the random weights) are not.
 
 
 rule pretrain:
@@ -20,7 +20,9 @@ rule pretrain:
         "../envs/sslstudy.yaml"
     log:
         pattern(names.log("pretrain")),
+        # a log, not an output: Snakemake keeps it when a job fails, so a rerun resumes and appends
+        metrics=pattern(f"{names.RUN_DIR}/{names.METRICS}"),
     benchmark:
         pattern(names.benchmark("pretrain"))
     shell:
-        "sslstudy pretrain --run-dir {params.run_dir} --spec {params.spec} --launch {params.launch} 2> {log}"
+        "sslstudy pretrain --run-dir {params.run_dir} --spec {params.spec} --launch {params.launch} 2> {log[0]}"

@@ -5,8 +5,8 @@ from sslstudy.report.dag import benchmarks, named
 REPORT_TABLES = dict(frozen=eval_tables(), lowshot=lowshot_tables(), supervised=supervised_tables(),
                      fusion=fusion_tables(), clusters=cluster_tables())
 BENCHMARKS = benchmarks(workflow, [f for files in REPORT_TABLES.values() for f in files])
-# each pretraining run's loss curve, beside its checkpoint (no rule declares it, so not an input)
-CURVES = {m["id"]: f"{os.path.dirname(checkpoint(m))}/metrics.jsonl" for m in MODELS.values() if m["kind"] == "ssl"}
+# each pretraining run's loss curve (a log of rule pretrain)
+CURVES = {m["id"]: f"{names.model_dir(m)}/{names.METRICS}" for m in MODELS.values() if m["kind"] == "ssl"}
 REPORT_DOMAINS = list(dict.fromkeys(on for _, _, on in axes.evaluations(C)))
 
 
@@ -15,6 +15,7 @@ rule report:
         **REPORT_TABLES,
         captions=sorted(glob.glob(f"{workflow.basedir}/workflow/report/*.rst")),
         benchmarks=list(BENCHMARKS),
+        curves=list(CURVES.values()),
         datasets=[f for d in REPORT_DOMAINS for f in dataset_files(d)],
         # ancient: `dvc add` rewrites it even when the data did not change (changed data reruns every job)
         dvc=[ancient("data.dvc")] if os.path.isfile("data.dvc") else [],

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .. import distributed as D
-from .base import Method
+from .base import Method, float32
 
 
 def standardize(z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -14,10 +14,11 @@ def standardize(z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     return (z - z.mean(0)) / torch.sqrt(z.var(0, unbiased=False) + eps)
 
 
+@float32
 def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float) -> torch.Tensor:
     """z1, z2: (N, D) embeddings of the two views (the global batch) -> scalar:
     sum_i (1 - C_ii)^2 + lambd * sum_{i != j} C_ij^2 with C = std(z1)^T std(z2) / N (D x D)."""
-    c = standardize(z1.float()).T @ standardize(z2.float()) / z1.shape[0]
+    c = standardize(z1).T @ standardize(z2) / z1.shape[0]
     on = (torch.diagonal(c) - 1).pow(2).sum()
     off = c.pow(2).sum() - torch.diagonal(c).pow(2).sum()
     return on + lambd * off

@@ -136,8 +136,8 @@ def shuffled_forward(encoder, x: torch.Tensor, groups: int, gen: torch.Generator
 
 
 def float32(fn):
-    """The autocast policy of the contrastive methods (SimCLR, MoCo, DenseCL, PCL, BYOL): their
-    similarity and loss functions carry this decorator and run in float32 with autocast off, their
+    """The autocast policy of the methods' losses (SimCLR, MoCo, DenseCL, PCL, BYOL, Barlow Twins,
+    SwAV's Sinkhorn): these similarity and loss functions carry this decorator and run in float32 with autocast off, their
     float16/bfloat16 tensor arguments cast up (float64 ones stay), whatever precision the encoders
     ran in; the vectors they compare are normalised in float32 (`unit`, or inside the function)."""
     up = lambda a: a.float() if isinstance(a, torch.Tensor) and a.dtype in (torch.float16, torch.bfloat16) else a  # noqa: E731

@@ -8,10 +8,11 @@ from torch import nn
 from .. import distributed as D
 from ..errors import UserError
 from ..models import mlp
-from .base import Method, Queue
+from .base import Method, Queue, float32
 
 
 @torch.no_grad()
+@float32
 def sinkhorn(scores: torch.Tensor, epsilon: float, iterations: int) -> torch.Tensor:
     """scores: (n, K) prototype scores of this rank's n samples -> (n, K) codes, each row summing to 1.
 
@@ -19,24 +20,23 @@ def sinkhorn(scores: torch.Tensor, epsilon: float, iterations: int) -> torch.Ten
     scale Q to total mass 1, then `iterations` times make every prototype's row sum 1/K and every
     sample's column sum 1/B; finally columns are rescaled to sum to 1 (facebookresearch/swav
     `distributed_sinkhorn`). Row sums are all-reduced over ranks, so the codes equal those of one
-    process holding the whole batch. Runs in float32 with autocast off; the global maximum is
+    process holding the whole batch. Runs in float32 (base.float32); the global maximum is
     subtracted before exp (a constant factor the first normalisation removes) so small epsilons
     cannot overflow.
     """
-    with torch.autocast(scores.device.type, enabled=False):
-        s = scores.float() / epsilon
-        top = D.gather(s.max().reshape(1)).max()
-        q = torch.exp(s - top).T  # K x n
-        n_global = q.shape[1] * D.world()
-        k = q.shape[0]
-        q /= D.all_reduce_sum(q.sum())
-        for _ in range(iterations):
-            q /= D.all_reduce_sum(q.sum(dim=1, keepdim=True))
-            q /= k
-            q /= q.sum(dim=0, keepdim=True)
-            q /= n_global
-        q *= n_global
-        return q.T
+    s = scores / epsilon
+    top = D.gather(s.max().reshape(1)).max()
+    q = torch.exp(s - top).T  # K x n
+    n_global = q.shape[1] * D.world()
+    k = q.shape[0]
+    q /= D.all_reduce_sum(q.sum())
+    for _ in range(iterations):
+        q /= D.all_reduce_sum(q.sum(dim=1, keepdim=True))
+        q /= k
+        q /= q.sum(dim=0, keepdim=True)
+        q /= n_global
+    q *= n_global
+    return q.T
 
 
 def swav_loss(scores: list[torch.Tensor], codes: list[torch.Tensor], assign: list[int], temperature: float) -> torch.Tensor:

@@ -24,6 +24,7 @@ from typing import Callable, Iterator
 import submitit
 from submitit.core.utils import FailedJobError, UncompletedJobError
 
+from . import names
 from .atomic import write_bytes
 from .errors import UserError
 
@@ -273,7 +274,7 @@ def launch_pretrain(spec: dict, run_dir: str | Path, launch: dict) -> Path:
 def _say_collapse(run_dir: Path) -> None:
     """A finished run whose last epoch train.py flagged as collapsed (pretrain.on_collapse: warn): its
     reason line on stdout (Snakemake's terminal; the rule's log is stderr)."""
-    path = run_dir / "metrics.jsonl"
+    path = run_dir / names.METRICS
     try:
         last = json.loads(path.read_text().splitlines()[-1])
     except (OSError, ValueError, IndexError):

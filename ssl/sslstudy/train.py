@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from .atomic import atomic_path
 from . import distributed as D
+from . import names
 from .augment import ViewSpec, eval_view, make_views
 from .data.packed import load_dataset
 from .data.subsets import load_indices
@@ -96,7 +97,7 @@ BACKBONE = "backbone."  # the backbone's prefix in a Method's state_dict
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
-    return sorted((run_dir / "checkpoints").glob("ep[0-9][0-9][0-9].pt"))
+    return sorted((run_dir / names.CHECKPOINTS).glob(names.EPOCH_GLOB))
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -196,7 +197,7 @@ class _Trainer:
         self.cfg, self.run_dir, self.lead = cfg, run_dir, D.rank() == 0
         if self.lead:
             run_dir.mkdir(parents=True, exist_ok=True)
-            _log_to(run_dir / "train.log")
+            _log_to(run_dir / names.TRAIN_LOG)
         torch.set_num_threads(cfg["threads"])
         self.device = torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
 
@@ -228,7 +229,7 @@ class _Trainer:
         if self.world > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, broadcast_buffers=False)
         self.history = _read_metrics(self.run_dir, self.pos.epoch) if self.lead else []  # what collapse_check reads
-        self.metrics = (self.run_dir / "metrics.jsonl").open("a") if self.lead else None
+        self.metrics = (self.run_dir / names.METRICS).open("a") if self.lead else None
         self.bar = tqdm(total=self.epochs, initial=self.pos.epoch, desc=self.cfg["run"], disable=None if self.lead else True,
                         mininterval=5)
         self.stop_after, self.done_here = stop_after, 0  # done_here: steps done in this call
@@ -363,7 +364,7 @@ class _Trainer:
     def _save_last(self, gen_state: torch.Tensor | None) -> None:
         """checkpoints/last.pt: the full state at pos (gen_state: the generator's when stopped mid-epoch, else None)."""
         pos = self.pos
-        self._save(self.run_dir / "checkpoints" / "last.pt",
+        self._save(self.run_dir / names.CHECKPOINTS / names.LAST,
                    dict(epoch=pos.epoch, it=pos.it, gen=gen_state, order=pos.order, sums=pos.sums))
 
     def _save_backbone(self, epoch: int) -> None:
@@ -371,7 +372,7 @@ class _Trainer:
         if self.lead:
             weights = {k: v for k, v in self.model.state_dict().items() if k.startswith(BACKBONE)}
             atomic_torch_save(dict(epoch=epoch, model=weights, config=self.cfg),
-                              self.run_dir / "checkpoints" / f"ep{epoch:03d}.pt")
+                              self.run_dir / names.CHECKPOINTS / names.epoch_checkpoint(epoch))
 
     def _save(self, path: Path, extra: dict) -> None:
         """extra + the whole model, optimiser and config: what resuming needs (on the lead rank only)."""
@@ -379,7 +380,7 @@ class _Trainer:
             atomic_torch_save(dict(extra, model=self.model.state_dict(), optimizer=self.opt.state_dict(), config=self.cfg), path)
 
     def _finish(self) -> Path:
-        final = self.run_dir / "final.pt"
+        final = self.run_dir / names.FINAL
         self._save(final, dict(epoch=self.epochs))
         if self.lead:
             log.info("done: %s", final)
@@ -387,31 +388,31 @@ class _Trainer:
 
 
 def _resume_state(run_dir: Path, cfg: dict) -> dict | None:
-    """The state to resume from: last.pt if it was written for this config (else the run starts over).
-    Every rank reads it; only the lead changes files, once all have read."""
-    path = run_dir / "checkpoints" / "last.pt"
+    """The state to resume from: last.pt if it was written for this config (else the run starts over,
+    its checkpoints and metrics dropped). Every rank reads it; only the lead changes files, once all have read."""
+    ckpts = run_dir / names.CHECKPOINTS
+    path = ckpts / names.LAST
     state = load_checkpoint(path) if path.is_file() else None
     D.barrier()
-    if state is None:
-        return None
-    lead = D.rank() == 0
-    if _same_run(state.get("config") or {}) != _same_run(cfg):
+    stale = []
+    if state is not None and _same_run(state.get("config") or {}) != _same_run(cfg):
         log.info("checkpoints in %s were made with another config; starting over", run_dir)
-        if lead:
-            for p in (run_dir / "checkpoints").glob("*.pt"):
-                p.unlink()
-        return None
-    metrics = run_dir / "metrics.jsonl"  # drop lines of epochs redone after a kill without warning
-    if lead and metrics.is_file():
-        kept = [ln for ln in metrics.read_text().splitlines(keepends=True) if _epoch_of(ln) <= state["epoch"]]
-        with atomic_path(metrics) as tmp:
-            tmp.write_text("".join(kept))
-    return dict(state, path=path)
+        state, stale = None, list(ckpts.glob("*.pt"))
+    metrics = run_dir / names.METRICS
+    if D.rank() == 0:
+        for p in stale:
+            p.unlink()
+        if metrics.is_file():  # drop the lines of epochs that will be redone
+            done = state["epoch"] if state else 0
+            kept = [ln for ln in metrics.read_text().splitlines(keepends=True) if _epoch_of(ln) <= done]
+            with atomic_path(metrics) as tmp:
+                tmp.write_text("".join(kept))
+    return dict(state, path=path) if state else None
 
 
 def _read_metrics(run_dir: Path, epochs: int) -> list[dict]:
     """The metrics.jsonl records of epochs 1..epochs (those a resumed run continues from)."""
-    path = run_dir / "metrics.jsonl"
+    path = run_dir / names.METRICS
     lines = path.read_text().splitlines() if path.is_file() else []
     return [json.loads(ln) for ln in lines if _epoch_of(ln) <= epochs]
 

@@ -81,3 +81,101 @@ def test_text_from_the_study_is_escaped(report):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html  # run id in the tables
     assert "data/&lt;img src=x onerror=alert(2)&gt;" in html  # config
     assert html.count("Accuracy &lt;img src=x onerror=alert(2)&gt; &amp; more.") == 2  # caption and alt text
+
+
+# ----------------------------------------------------------------------------- suspect runs
+OK = "byol/natural_frac1_clean/seed0"
+COLLAPSED = "swav/natural_frac1_clean/seed0"
+BELOW = "simclr/natural_frac1_clean/seed0"
+WHY = f"{COLLAPSED}: collapsed at epoch 3 (effective rank 1.1 of 64; loss 3.871 = ln 48) {EVIL}"
+
+
+def frozen_rows(run, pretrained, random=0.5, seed=0):
+    method = run.split("/")[0]
+    return [dict(run=run, method=method, domain="natural", subset="frac1", quality="clean", seed=seed, weights=w,
+                 epoch=2 if w == "pretrained" else 0, eval_domain="natural", level_index=i, level=lv, metric=m,
+                 value=pretrained if w == "pretrained" else random)
+            for w in ("pretrained", "random") for i, lv in enumerate(("coarse", "fine")) for m in ("knn", "linear")]
+
+
+def health_curve(path, collapsed_last):
+    """Three epochs with the health keys; the last one collapsed when asked (the first is, and recovered, otherwise)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    recs = [dict(epoch=e, loss=1.0 / e, seconds=2.0, effective_rank=10.0, normalized_std=0.5, dim=64, trivial_loss=3.87)
+            for e in (1, 2, 3)]
+    bad = recs[2] if collapsed_last else recs[0]
+    bad.update(effective_rank=1.1, collapsed=True, collapse_reason=WHY)
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return path
+
+
+def build(d, rows, curves):
+    pd.DataFrame(rows).to_csv(d / "frozen.csv", index=False)
+    out = d / "results"
+    rc = main(["report", "--config", json.dumps(load(ROOT / "params/study.yaml")), "--out", str(out / "report.html"),
+               "--captions", str(ROOT / "workflow/report"), "--frozen", str(d / "frozen.csv"),
+               "--curves", *[f"{r}={f}" for r, f in curves.items()]])
+    assert rc == 0
+    return out, (out / "report.html").read_text()
+
+
+def warnings_box(html):
+    start = html.index('<section id="warnings"')
+    assert start < html.index(">Results</h2>")  # at the top, before the first section
+    return html[start:html.index("</section>", start)]
+
+
+@pytest.fixture(scope="module")
+def flagged(tmp_path_factory):
+    d = tmp_path_factory.mktemp("flagged")
+    rows = frozen_rows(OK, 0.8) + frozen_rows(COLLAPSED, 0.8) + frozen_rows(BELOW, 0.3)
+    curves = {OK: health_curve(d / "ok.jsonl", False), COLLAPSED: health_curve(d / "swav.jsonl", True),
+              BELOW: metrics(d / "simclr.jsonl", 3)}  # an older file, without the health keys
+    return build(d, rows, curves)
+
+
+def test_collapsed_run_is_listed_with_its_reason_and_folder(flagged):
+    out, html = flagged
+    box = warnings_box(html)
+    assert COLLAPSED in box and f"results/runs/{COLLAPSED}" in box
+    assert "collapsed at epoch 3 (effective rank 1.1 of 64; loss 3.871 = ln 48)" in box
+    assert "<img src=x" not in html and "&lt;img src=x onerror=alert(2)&gt;" in box  # the reason is escaped
+    assert OK not in box  # collapsed at epoch 1 only: recovered
+    sus = pd.read_csv(out / "tables/suspect_runs.csv")
+    assert sus.set_index("run")["flag"].to_dict() == {COLLAPSED: "collapsed", BELOW: "below random"}
+
+
+def test_suspect_runs_are_marked_in_the_tables(flagged):
+    _, html = flagged
+    results = html[html.index(">Results</h2>"):html.index('id="quantity"')]
+    pretraining = html[html.index(">Pretraining</h2>"):html.index(">Data</h2>")]
+    for part in (results, pretraining):
+        assert f"{COLLAPSED} ⚠ (collapsed)" in part
+        assert f"{BELOW} ⚠ (below random)" in part
+        assert f">{OK}</th>" in part and f"{OK} ⚠" not in part
+
+
+def test_run_below_its_random_weights_is_listed(flagged):
+    _, html = flagged
+    box = warnings_box(html)
+    assert BELOW in box and f"results/runs/{BELOW}" in box
+    assert "below random weights (1 seed, no interval)" in box and "kNN 0.300 vs random 0.500" in box
+
+
+def test_healthy_runs_give_the_no_flag_line(tmp_path):
+    _, html = build(tmp_path, frozen_rows(OK, 0.8), {OK: health_curve(tmp_path / "ok.jsonl", False)})
+    box = warnings_box(html)
+    assert "No run was flagged. Checked:" in box and "collapse check" in box
+    assert "⚠" not in html.replace("marked ⚠", "")
+
+
+def test_seeds_below_random_are_flagged_by_the_paired_difference():
+    from sslstudy.report.health import suspects
+
+    runs = [f"simclr/natural_frac1_clean/seed{s}" for s in range(3)]
+    low = sum((frozen_rows(r, 0.30 + 0.01 * s, seed=s) for s, r in enumerate(runs)), [])
+    sus = suspects(pd.DataFrame(low), pd.DataFrame())
+    assert sus["run"].tolist() == runs and sus["flag"].eq("below random").all()
+    assert "paired over seeds" in sus["reason"].iloc[0] and "n=3" in sus["reason"].iloc[0]
+    noisy = sum((frozen_rows(r, 0.5 + (0.2 if s == 0 else -0.01), seed=s) for s, r in enumerate(runs)), [])
+    assert suspects(pd.DataFrame(noisy), pd.DataFrame()).empty  # lower on average but inconclusive

@@ -23,12 +23,13 @@ def png(fig) -> bytes:
     return buf.getvalue()
 
 
-def accuracy_per_level(df: pd.DataFrame) -> bytes:
+def accuracy_per_level(df: pd.DataFrame, name_runs: bool = False) -> bytes:
+    """name_runs: title each row with its run even when there is one (a suspect run's id carries its flag)."""
     d = df.assign(metric=df["metric"].map(METRIC_NAMES)).sort_values(["level_index"])
     g = sns.catplot(data=d, x="level", y="value", hue="weights", col="metric", row="run", kind="bar",
                     height=2.6, aspect=0.9, hue_order=["random", "pretrained"], palette=["#bbbbbb", "#2a6fb0"],
                     col_order=list(METRIC_NAMES.values()), errorbar=None)
-    g.set_titles("{col_name}" if d["run"].nunique() == 1 else "{row_name}\n{col_name}")
+    g.set_titles("{col_name}" if d["run"].nunique() == 1 and not name_runs else "{row_name}\n{col_name}")
     g.set(ylim=(0, 1), xlabel="label level (coarse → fine)", ylabel="")
     return png(g.figure)
 
@@ -138,12 +139,13 @@ def clustering(d: pd.DataFrame) -> bytes | None:
     return png(g.figure)
 
 
-def loss(curves: pd.DataFrame) -> bytes | None:
+def loss(curves: pd.DataFrame, flagged: int = 0) -> bytes | None:
+    """flagged: how many runs are suspect (their ids, in the legend, carry the flag; without a legend the title counts them)."""
     if curves.empty:
         return None
     fig, ax = plt.subplots(figsize=(6, 3.2))
     sns.lineplot(data=curves, x="epoch", y="loss", hue="run", ax=ax, legend=curves["run"].nunique() <= 12)
     if ax.get_legend():
         sns.move_legend(ax, "upper left", bbox_to_anchor=(1, 1), fontsize=7)
-    ax.set_title("pretraining loss")
+    ax.set_title("pretraining loss" + (f" ({flagged} flagged run(s), see the warnings)" if flagged and not ax.get_legend() else ""))
     return png(fig)

@@ -173,7 +173,7 @@ def build_report(inputs: dict[str, list[Path]], config: dict, out: Path, caption
         n_models=frozen["run"].nunique(), nav=SECTIONS,
         warnings=dict(rows=suspect.to_dict("records"), checked=health.CHECKED,
                       link=page.csv("suspect_runs", suspect)),
-        results=dict(figure=page.figure("accuracy_per_level", figures.accuracy_per_level(health.marked(base, flags, sign=""), name_runs=bool(flags)), base),
+        results=dict(figure=page.figure("accuracy_per_level", figures.accuracy_per_level(health.marked(base, flags, sign="\n"), name_runs=bool(flags)), base),
                      table=table(wide, index=True)),
         quantity=page.axis("quantity", tables.quantity(t["lowshot"], t["supervised"]), figures.quantity, "quantity.labels"),
         domain=page.axis("domain", tables.domain_matrix(frozen, config), figures.domain_heatmap, "domain.domains"),

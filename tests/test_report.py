@@ -170,7 +170,7 @@ def test_healthy_runs_give_the_no_flag_line(tmp_path):
 
 
 def test_seeds_below_random_are_flagged_by_the_paired_difference():
-    from sslstudy.report.health import suspects
+    from sslstudy.report.suspects import suspects
 
     runs = [f"simclr/natural_frac1_clean/seed{s}" for s in range(3)]
     low = sum((frozen_rows(r, 0.30 + 0.01 * s, seed=s) for s, r in enumerate(runs)), [])

@@ -20,7 +20,7 @@ from markupsafe import Markup
 
 from ..atomic import write_bytes
 from ..errors import UserError
-from . import figures, health, tables
+from . import figures, suspects, tables
 
 # templates/report.html; None renders as nothing (an absent figure or table)
 ENV = Environment(loader=PackageLoader("sslstudy.report"), autoescape=True, undefined=StrictUndefined,
@@ -147,13 +147,13 @@ def build_report(inputs: dict[str, list[Path]], config: dict, out: Path, caption
 
     # runs not to show as plain results: collapsed, or below their own random weights
     loss = _curves(curves or {})
-    suspect = health.suspects(frozen, loss)
+    suspect = suspects.suspects(frozen, loss)
     flags = dict(zip(suspect["run"], suspect["flag"]))
 
     # baseline: the study's own runs, pretrained vs random weights
     base = frozen[frozen["run"].isin(frozen.loc[frozen["weights"] == "random", "run"])]
     base = base[base["eval_domain"] == base["domain"]]
-    wide = (health.marked(base, flags).pivot_table(index=["run", "weights"], columns=["level_index", "level", "metric"], values="value")
+    wide = (suspects.marked(base, flags).pivot_table(index=["run", "weights"], columns=["level_index", "level", "metric"], values="value")
             .sort_index(axis=1).droplevel(0, axis=1))
 
     gr = tables.granularity(frozen, config)
@@ -166,14 +166,14 @@ def build_report(inputs: dict[str, list[Path]], config: dict, out: Path, caption
 
     seconds = loss if loss.empty else (loss.groupby("run")["seconds"].agg(["sum", "count"])
                                        .rename(columns={"sum": "pretrain seconds", "count": "epochs"}))
-    seconds = health.marked(seconds, flags)
+    seconds = suspects.marked(seconds, flags)
     data_version = yaml.safe_load(data_dvc.read_text())["outs"][0]["md5"] if data_dvc else "(no data.dvc)"
 
     doc = ENV.get_template("report.html").render(
         n_models=frozen["run"].nunique(), nav=SECTIONS,
-        warnings=dict(rows=suspect.to_dict("records"), checked=health.CHECKED,
+        warnings=dict(rows=suspect.to_dict("records"), checked=suspects.CHECKED,
                       link=page.csv("suspect_runs", suspect)),
-        results=dict(figure=page.figure("accuracy_per_level", figures.accuracy_per_level(health.marked(base, flags, sign="\n"), name_runs=bool(flags)), base),
+        results=dict(figure=page.figure("accuracy_per_level", figures.accuracy_per_level(suspects.marked(base, flags, sign="\n"), name_runs=bool(flags)), base),
                      table=table(wide, index=True)),
         quantity=page.axis("quantity", tables.quantity(t["lowshot"], t["supervised"]), figures.quantity, "quantity.labels"),
         domain=page.axis("domain", tables.domain_matrix(frozen, config), figures.domain_heatmap, "domain.domains"),
@@ -182,7 +182,7 @@ def build_report(inputs: dict[str, list[Path]], config: dict, out: Path, caption
                             gap=page.linked("granularity_gap", gap, gap_wide, index=True)),
         fusion=fusion,
         clustering=page.axis("clustering", t["clusters"], figures.clustering, "clustering.enabled"),
-        pretraining=dict(figure=page.figure("pretrain_loss", figures.loss(health.marked(loss, flags, sign=""), flagged=len(flags)), loss),
+        pretraining=dict(figure=page.figure("pretrain_loss", figures.loss(suspects.marked(loss, flags, sign=""), flagged=len(flags)), loss),
                          table=table(seconds, digits=1, index=True),
                          wall=page.linked("walltime", tables.walltime(benchmarks), digits=1)),
         data=dict(version=str(data_version), figures=_data_figures(page, datasets or {})),

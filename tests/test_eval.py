@@ -356,6 +356,21 @@ def test_assignment_scores_equal_sklearn():
         assignment_scores(labels, assign[:-1])
 
 
+def test_assignment_scores_equal_sklearn_on_random_and_degenerate_labelings():
+    """The project's own NMI/ARI (numpy, no sklearn import at job start) against sklearn's."""
+    rng = np.random.default_rng(3)
+    cases = [(np.zeros(5, int), np.zeros(5, int)), (np.arange(5), np.arange(5)), (np.zeros(5, int), np.arange(5)),
+             (np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1])), (np.array([3]), np.array([7]))]
+    for _ in range(200):
+        n, ky, ka = rng.integers(2, 400), rng.integers(1, 10), rng.integers(1, 12)
+        y = rng.integers(0, ky, n)
+        cases.append((y, np.where(rng.random(n) < 0.5, y % ka, rng.integers(0, ka, n))))
+    for y, a in cases:
+        s = assignment_scores(y, a)
+        assert s["nmi"] == pytest.approx(normalized_mutual_info_score(y, a), abs=1e-12)
+        assert s["ari"] == pytest.approx(adjusted_rand_score(y, a), abs=1e-12)
+
+
 def test_random_features_give_nmi_near_zero():
     rng = np.random.default_rng(18)
     x = rng.normal(size=(3000, 16))

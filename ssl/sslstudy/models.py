@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-import torchvision
 
 from .errors import UserError
 
@@ -42,6 +41,8 @@ class ResNetBackbone(nn.Module):
 
     def __init__(self, arch: str, small_stem: bool):
         super().__init__()
+        import torchvision  # here, not at the top: importing it costs every job start-up seconds
+
         net = getattr(torchvision.models, arch)(weights=None)
         if small_stem:
             net.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)

@@ -40,7 +40,6 @@ from collections.abc import Iterator
 
 import faiss
 import numpy as np
-from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from sslstudy.errors import UserError
 
@@ -344,10 +343,42 @@ def assignment_scores(labels: np.ndarray, assignments: np.ndarray) -> dict[str, 
         raise UserError(f"labels has {len(y)} entries but assignments has {len(a)}")
     if len(y) == 0:
         raise UserError("labels: empty array")
-    return {
-        "nmi": float(normalized_mutual_info_score(y, a)),
-        "ari": float(adjusted_rand_score(y, a)),
-    }
+    _, yi = np.unique(y, return_inverse=True)
+    _, ai = np.unique(a, return_inverse=True)
+    table = np.zeros((yi.max() + 1, ai.max() + 1), dtype=np.int64)
+    np.add.at(table, (yi, ai), 1)
+    return {"nmi": _nmi(table), "ari": _ari(table)}
+
+
+def _entropy(counts: np.ndarray) -> float:
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def _nmi(table: np.ndarray) -> float:
+    """Normalised mutual information of a contingency table, arithmetic-mean normalisation
+    (sklearn's ``normalized_mutual_info_score`` default, its edge cases included)."""
+    if table.shape[0] == table.shape[1] == 1:
+        return 1.0
+    n = table.sum()
+    nz = table > 0
+    outer = np.outer(table.sum(1), table.sum(0))[nz].astype(np.float64)
+    mi = float((table[nz] / n * (np.log(table[nz] * float(n)) - np.log(outer))).sum())
+    if mi <= 0.0:
+        return 0.0
+    norm = (_entropy(table.sum(1)) + _entropy(table.sum(0))) / 2
+    return mi / max(norm, np.finfo(np.float64).eps)
+
+
+def _ari(table: np.ndarray) -> float:
+    """Adjusted Rand index of a contingency table (Hubert & Arabie); 1 when both labelings
+    are the trivial one (one cluster, or all singletons), like sklearn."""
+    pairs = lambda c: float((c * (c - 1)).sum()) / 2  # noqa: E731
+    n = float(table.sum())
+    index, rows, cols = pairs(table), pairs(table.sum(1)), pairs(table.sum(0))
+    expected = rows * cols / (n * (n - 1) / 2) if n > 1 else 0.0
+    top = (rows + cols) / 2
+    return 1.0 if top == expected else (index - expected) / (top - expected)
 
 
 def cluster_scores(x: np.ndarray, labels: np.ndarray, k: int | None = None, seed: int = 0, **kw) -> dict:

@@ -189,6 +189,18 @@ def test_each_axis_adds_its_runs_for_its_own_methods_and_domains():
     assert [v["size"] for v in spec["views"]] == [16, 16] and spec["data"]["dataset"] == "results/data/seed0/aerial_lowres16"
 
 
+def test_an_axis_runs_its_own_seeds_and_study_seeds_when_null():
+    c = grid(study=dict(methods=["simclr"], domains=["natural"], seeds=[0, 1, 2]),
+             quality=dict(jpeg=[10], seeds=[0]), fusion=dict(kinds=["supervised"], seeds=[1, 2]),
+             granularity=dict(supervised=True))
+    ids = [r["id"] for r in axes.ssl_runs(c)]
+    assert [i for i in ids if "jpeg" in i] == ["simclr/natural_frac1_jpeg10/seed0"]
+    assert {f"simclr/natural_frac1_clean/seed{s}" for s in (0, 1, 2)} <= set(ids)
+    assert [a["seed"] for a, _ in axes.fusion_pairs(c)] == [1, 2]
+    assert sorted(m["seed"] for m in axes.supervised_models(c)) == [0, 1, 2]  # granularity: study.seeds
+    assert axes.seeds(c, "quality") == [0] and axes.seeds(c, "domain") == [0, 1, 2]
+
+
 def test_bad_axis_values_are_one_line_errors():
     with pytest.raises(UserError, match="quality.jpeg.0"):
         grid(quality=dict(jpeg=[0]))

@@ -36,6 +36,8 @@ def test_wrong_type_and_bad_yaml(tmp_path, capsys):
     ("study: {methods: [simclr], domains: [natural], seeds: [-1]}", "study.seeds.0: -1 is less than the minimum of 0"),
     ("study: {methods: [simclr], domains: [natural], seeds: []}", "study.seeds: [] should be non-empty"),
     ("study: {methods: [simclr], domains: [natural], seeds: 3}", "study.seeds: 3 is not of type 'array'"),
+    ("study: {methods: [simclr], domains: [natural]}\nquality: {seeds: [1, 1]}", "quality.seeds: [1, 1] has non-unique elements"),
+    ("study: {methods: [simclr], domains: [natural]}\ndomain: {seeds: []}", "domain.seeds: [] should be non-empty"),
     ("study: {methods: [simclr], domains: [natural]}\npretrain: {on_collapse: halt}",
      "pretrain.on_collapse: 'halt' is not one of ['warn', 'stop']"),
 ])

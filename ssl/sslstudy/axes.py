@@ -19,6 +19,12 @@ def pick(config: dict, axis: str, key: str) -> list:
     return list(config["study"][key] if value is None else value)
 
 
+def seeds(config: dict, axis: str) -> list[int]:
+    """An axis's seeds: its own list, or study.seeds when null (the eight-method comparison's)."""
+    value = config[axis].get("seeds")
+    return list(config["study"]["seeds"] if value is None else value)
+
+
 def reference_subset(config: dict) -> str:
     return subset_tag(max(config["study"]["subsets"]))
 
@@ -54,31 +60,32 @@ def _unique(items: list[dict]) -> list[dict]:
 
 def ssl_runs(config: dict) -> list[dict]:
     """Every pretraining run of the study, in a stable order, without duplicates."""
-    s, seeds, ref = config["study"], config["study"]["seeds"], reference_subset(config)
-    out = [_run(m, d, subset_tag(v), sd) for m in s["methods"] for d in s["domains"] for v in s["subsets"] for sd in seeds]
+    s, ref = config["study"], reference_subset(config)
+    out = [_run(m, d, subset_tag(v), sd) for m in s["methods"] for d in s["domains"] for v in s["subsets"] for sd in s["seeds"]]
     q = config["quantity"]
     if q["labels"]:
         out += [_run(m, d, t, sd) for m in pick(config, "quantity", "methods") for d in pick(config, "quantity", "domains")
-                for t in dict.fromkeys([ref, *map(subset_tag, q["subsets"])]) for sd in seeds]
+                for t in dict.fromkeys([ref, *map(subset_tag, q["subsets"])]) for sd in seeds(config, "quantity")]
     if qualities(config):
         out += [_run(m, d, quality_subset(config), sd, ql) for m in pick(config, "quality", "methods") for d in pick(config, "quality", "domains")
-                for ql in [CLEAN, *qualities(config)] for sd in seeds]
+                for ql in [CLEAN, *qualities(config)] for sd in seeds(config, "quality")]
     dom = config["domain"]
-    out += [_run(m, d, ref, sd) for m in pick(config, "domain", "methods") for d in dom["domains"] + pools(config) for sd in seeds]
+    out += [_run(m, d, ref, sd) for m in pick(config, "domain", "methods") for d in dom["domains"] + pools(config)
+            for sd in seeds(config, "domain")]
     out += [_run(m, d, ref, sd) for m in pick(config, "granularity", "methods") for d in pick(config, "granularity", "domains")
-            for sd in seeds]
+            for sd in seeds(config, "granularity")]
     out += [m for a, b in fusion_pairs(config) for m in (a, b) if m["kind"] == "ssl"]
     return _unique(out)
 
 
 def supervised_models(config: dict) -> list[dict]:
-    seeds = config["study"]["seeds"]
     q = config["quantity"]
     out = []
     if q["supervised"]:
-        out += [supervised_model(d, n, sd) for d in pick(config, "quantity", "domains") for n in q["labels"] for sd in seeds]
+        out += [supervised_model(d, n, sd) for d in pick(config, "quantity", "domains") for n in q["labels"]
+                for sd in seeds(config, "quantity")]
     if config["granularity"]["supervised"]:
-        out += [supervised_model(d, ALL, sd) for d in pick(config, "granularity", "domains") for sd in seeds]
+        out += [supervised_model(d, ALL, sd) for d in pick(config, "granularity", "domains") for sd in seeds(config, "granularity")]
     out += [m for a, b in fusion_pairs(config) for m in (a, b) if m["kind"] == "supervised"]
     return _unique(out)
 
@@ -110,7 +117,7 @@ def fusion_pairs(config: dict) -> list[tuple[dict, dict]]:
     for a, b in names:
         if a == b:
             raise UserError(f"fusion pair {a} + {b} fuses a model with itself; fix fusion.pairs in params")
-    return [(member(config, a, sd), member(config, b, sd)) for a, b in dict.fromkeys(names) for sd in config["study"]["seeds"]]
+    return [(member(config, a, sd), member(config, b, sd)) for a, b in dict.fromkeys(names) for sd in seeds(config, "fusion")]
 
 
 def eval_domains(model: dict) -> list[str]:
@@ -125,16 +132,16 @@ def evaluations(config: dict) -> list[tuple[str, str, str]]:
            for sd in s["seeds"] for w in ("pretrained", "random")]
     if qualities(config):
         out += [(run_id(m, d, quality_subset(config), sd, ql), "pretrained", d) for m in pick(config, "quality", "methods")
-                for d in pick(config, "quality", "domains") for ql in [CLEAN, *qualities(config)] for sd in s["seeds"]]
+                for d in pick(config, "quality", "domains") for ql in [CLEAN, *qualities(config)] for sd in seeds(config, "quality")]
     dom = config["domain"]
     on = dom["evaluate_on"] if dom["evaluate_on"] is not None else list(dict.fromkeys(
         dom["domains"] + [d for p in dom["pools"] for d in p]))
     for m in pick(config, "domain", "methods"):
         for d in dom["domains"] + pools(config):
-            out += [(run_id(m, d, ref, sd), "pretrained", e) for sd in s["seeds"] for e in on]
+            out += [(run_id(m, d, ref, sd), "pretrained", e) for sd in seeds(config, "domain") for e in on]
     g = config["granularity"]
     for d in pick(config, "granularity", "domains"):
-        for sd in s["seeds"]:
+        for sd in seeds(config, "granularity"):
             out += [(run_id(m, d, ref, sd), "pretrained", d) for m in pick(config, "granularity", "methods")]
             if g["supervised"]:
                 out.append((supervised_model(d, ALL, sd)["id"], "pretrained", d))

@@ -199,6 +199,8 @@ def test_an_axis_runs_its_own_seeds_and_study_seeds_when_null():
     assert [a["seed"] for a, _ in axes.fusion_pairs(c)] == [1, 2]
     assert sorted(m["seed"] for m in axes.supervised_models(c)) == [0, 1, 2]  # granularity: study.seeds
     assert axes.seeds(c, "quality") == [0] and axes.seeds(c, "domain") == [0, 1, 2]
+    assert axes.cluster_runs(c) == [f"simclr/natural_frac1_clean/seed{s}" for s in (0, 1, 2)]  # not the jpeg run
+    assert axes.cluster_runs(grid(clustering=dict(seeds=[1]))) == ["simclr/natural_frac1_clean/seed1", "simclr/aerial_frac1_clean/seed1"]
 
 
 def test_bad_axis_values_are_one_line_errors():

@@ -63,11 +63,13 @@ def test_report_has_every_section_and_tidy_tables(tiny_study):
     assert df["value"].between(-1, 1).all()
     frozen = df[df["eval"] == "frozen"]
     assert not frozen.duplicated(["run", "weights", "eval_domain", "level", "metric"]).any()
-    # the periodic clustering covers every checkpoint (epochs 0, 1, 2) of every run at every level
+    # the periodic clustering covers every checkpoint (epochs 0, 1, 2) at every level of the method
+    # comparison's runs (study.methods x study.domains), not of the axes' extra runs
     clusters = df[df["eval"] == "clusters"]
     runs = [p.parent.relative_to(wf / "results/runs").as_posix() for p in (wf / "results/runs").rglob("final.pt")]
-    assert set(clusters["run"]) == set(runs) and len(runs) == 6
-    assert set(clusters["epoch"]) == {0, 1, 2} and len(clusters) == (len(runs) + 1) * 3 * 3 * 2  # the pool: 2 domains
+    grid = {RUN, "simclr/aerial_frac1_clean/seed0"}
+    assert set(clusters["run"]) == grid and grid < set(runs) and len(runs) == 6
+    assert set(clusters["epoch"]) == {0, 1, 2} and len(clusters) == len(grid) * 3 * 3 * 2
     summary = json.loads((wf / "results/metrics.json").read_text())
     assert summary[RUN]["random"]["natural"]["coarse"]["knn"] == pytest.approx(frozen.query(
         "run == @RUN and weights == 'random' and level == 'coarse' and metric == 'knn'")["value"].item(), abs=1e-4)

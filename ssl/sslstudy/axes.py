@@ -158,7 +158,11 @@ def lowshot_jobs(config: dict) -> list[tuple[str, str, str]]:
 
 
 def cluster_runs(config: dict) -> list[str]:
-    return [r["id"] for r in ssl_runs(config)] if config["clustering"]["enabled"] else []
+    """The eight-method comparison's runs (study.methods x study.domains, reference subset), per clustering seed."""
+    if not config["clustering"]["enabled"]:
+        return []
+    s, ref = config["study"], reference_subset(config)
+    return [run_id(m, d, ref, sd) for m in s["methods"] for d in s["domains"] for sd in seeds(config, "clustering")]
 
 
 def check(config: dict, source: str = "params") -> list[str]:

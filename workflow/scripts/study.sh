@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 t0=$(date +%s)
 bash workflow/scripts/setup.sh
+t1=$(date +%s)
 export PATH="$PWD/.venv/bin:$PATH"
 if [ ! -f data/synth/natural/images.npy ]; then
   echo "generating the built-in synthetic data into data/synth" >&2
@@ -22,4 +23,5 @@ if [ "$(grep -m1 'md5:' data.dvc)" != "$recorded" ]; then
 fi
 rm .data.dvc.recorded
 dvc repro --quiet
-echo "report: results/report.html (study took $(( $(date +%s) - t0 )) s)"
+t2=$(date +%s)
+echo "report: results/report.html (install $(( t1 - t0 )) s, study $(( t2 - t1 )) s, total $(( t2 - t0 )) s)"

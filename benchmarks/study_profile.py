@@ -1,0 +1,73 @@
+"""Where a finished study's time went: per stage, jobs, summed job wall time and CPU seconds from
+Snakemake's benchmark files, split into start-up (interpreter + the stage's imports, measured here
+in fresh interpreters, times the job count) and the rest (reading data and checkpoints, compute).
+
+    PYTHONPATH=ssl .venv/bin/python benchmarks/study_profile.py results/benchmarks
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+# What each stage's `sslstudy` command imports before it does any work (sslstudy/cli.py).
+IMPORTS = {
+    "pretrain": "sslstudy.launch, sslstudy.train",
+    "evaluate": "torch, sslstudy.eval.frozen, sslstudy.train",
+    "lowshot": "torch, sslstudy.eval.lowshot, sslstudy.train",
+    "supervised": "torch, sslstudy.eval.lowshot, sslstudy.models, sslstudy.train",
+    "fusion": "torch, sslstudy.eval.fusion, sslstudy.train",
+    "clustering": "torch, sslstudy.eval.checkpoint_clustering",
+    "dense": "torch, sslstudy.eval.dense, sslstudy.train",
+    "subset": "sslstudy.data.packed, sslstudy.data.subsets",
+    "corrupt": "sslstudy.data.corrupt",
+    "pool": "sslstudy.data.pool",
+    "report": "sslstudy.report.html",
+}
+
+
+def import_cpu_seconds(modules: str, rounds: int = 3) -> float:
+    """Best CPU time (user + sys) of a fresh interpreter importing ``modules``."""
+    best = float("inf")
+    for _ in range(rounds):
+        proc = subprocess.Popen([sys.executable, "-c", f"import {modules}"], env=os.environ)
+        _, status, usage = os.wait4(proc.pid, 0)
+        if status != 0:
+            return float("nan")
+        best = min(best, usage.ru_utime + usage.ru_stime)
+    return best
+
+
+def profile(bench_dir: Path) -> pd.DataFrame:
+    rows = []
+    for tsv in sorted(bench_dir.rglob("*.tsv")):
+        b = pd.read_csv(tsv, sep="\t")
+        rows.append(dict(stage=tsv.relative_to(bench_dir).parts[0], wall=float(b["s"].iloc[-1]),
+                         cpu=float(b["cpu_time"].iloc[-1])))
+    if not rows:
+        raise SystemExit(f"{bench_dir}: no Snakemake benchmark files; run the study first")
+    df = pd.DataFrame(rows).groupby("stage").agg(jobs=("wall", "size"), wall_s=("wall", "sum"), cpu_s=("cpu", "sum"))
+    start = {s: import_cpu_seconds(IMPORTS[s]) if s in IMPORTS else float("nan") for s in df.index}
+    df["startup_cpu_s"] = [min(start[s] * n, c) for s, n, c in zip(df.index, df["jobs"], df["cpu_s"])]
+    df["rest_cpu_s"] = df["cpu_s"] - df["startup_cpu_s"]
+    df = df.sort_values("cpu_s", ascending=False)
+    df.loc["total"] = df.sum(numeric_only=True)
+    return df.round(1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("bench_dir", type=Path, nargs="?", default=Path("results/benchmarks"))
+    df = profile(ap.parse_args().bench_dir)
+    print("| stage | jobs | job wall s | CPU s | start-up CPU s | rest CPU s |")
+    print("|---|---|---|---|---|---|")
+    for stage, r in df.iterrows():
+        print(f"| {stage} | {int(r.jobs)} | {r.wall_s:,.0f} | {r.cpu_s:,.0f} | {r.startup_cpu_s:,.0f} | {r.rest_cpu_s:,.0f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -255,7 +255,7 @@ def quality_drop(d: pd.DataFrame) -> Drawn | None:
                 ax.bar(x, part["mean"], width * 0.92, color=colour(m, ms), label=m)
                 _errorbars(ax, x, part.fillna({"n": 0}))
             ax.axhline(0, color="k", lw=0.8)
-            ax.set_xticks(range(len(tags)), tags, rotation=45, ha="right", fontsize=8)
+            ax.set_xticks(range(len(tags)), tags, rotation=90, fontsize=8)
             ax.set_title(f"{dom}, {lv} level", fontsize=10)
             ax.set_xlabel("pretraining corruption")
             ax.set_ylabel("linear accuracy − clean")
@@ -331,7 +331,7 @@ def clustering(d: pd.DataFrame) -> Drawn | None:
     s = summary(d, ["setting", "method", "level_index", "level", "epoch"])
     main = s.groupby("setting")["method"].nunique().idxmax()
     levels, ms = _levels(s), methods(s["method"])
-    fig, axes = plt.subplots(1, len(levels), figsize=(WIDTH, 3.1), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(levels), figsize=(WIDTH * 0.86, 3.1), squeeze=False, sharey=True)
     for ax, lv in zip(axes[0], levels):
         for (setting, m), part in s[s["level"] == lv].groupby(["setting", "method"]):
             part = part.sort_values("epoch")
@@ -373,7 +373,7 @@ def loss(curves: pd.DataFrame, flags: dict[str, str] | None = None) -> Drawn | N
         for run, g in part.groupby("run"):
             g = g.sort_values("epoch")
             ax.plot(g["epoch"], g["loss"], color=colour(m, ms), lw=1.1, alpha=0.8, ls="--" if run in flags else "-")
-        ax.set_title(m + (f" ({', '.join(bad)}: dashed, see warnings)" if bad else ""), fontsize=10,
+        ax.set_title(m + (f": {', '.join(bad)} (dashed)" if bad else ""), fontsize=10,
                      color="#b00" if bad else "k")
         ax.set_xlabel("epoch")
         ax.set_ylabel("loss")

@@ -320,8 +320,9 @@ def test_suspect_runs_stay_marked_on_the_figures(figs):
 def test_every_figure_is_saved_as_svg_beside_its_png_and_linked(report):
     out, html = report
     pngs = sorted(p.stem for p in (out / "figures").glob("*.png") if not p.stem.startswith("data_"))
-    assert pngs == ["accuracy_per_level", "pretrain_loss"]
+    assert {"accuracy_per_level", "pretrain_loss"} <= set(pngs)
     for key in pngs:
         svg = (out / "figures" / f"{key}.svg").read_text()
-        assert svg.lstrip().startswith("<?xml") and "<svg" in svg and "1 seed, no interval" in svg or key == "pretrain_loss"
-        assert f'href="figures/{key}.svg"' in html
+        assert svg.startswith("<?xml") and "<svg" in svg, key
+        assert f'href="figures/{key}.svg"' in html, key
+    assert "1 seed, no interval" in (out / "figures/accuracy_per_level.svg").read_text()  # text stays text in the SVG

@@ -20,7 +20,7 @@ from markupsafe import Markup
 
 from ..atomic import write_bytes
 from ..errors import UserError
-from . import figures, suspects, tables
+from . import dvc, figures, suspects, tables
 
 # templates/report.html; None renders as nothing (an absent figure or table)
 ENV = Environment(loader=PackageLoader("sslstudy.report"), autoescape=True, undefined=StrictUndefined,
@@ -160,6 +160,7 @@ def build_report(inputs: dict[str, list[Path]], config: dict, out: Path, caption
     # baseline: the study's own runs, pretrained vs random weights
     base = frozen[frozen["run"].isin(frozen.loc[frozen["weights"] == "random", "run"])]
     base = base[base["eval_domain"] == base["domain"]]
+    dvc.write(out_dir, base, loss, t["clusters"])
     wide = (suspects.marked(base, flags).pivot_table(index=["run", "weights"], columns=["level_index", "level", "metric"], values="value")
             .sort_index(axis=1).droplevel(0, axis=1))
 

@@ -18,7 +18,7 @@ from sslstudy.train import BACKBONE, atomic_torch_save, load_backbone, train
 
 @pytest.fixture(scope="module")
 def images(tiny_data):
-    """A fixed input: the first 8 test-split images' evaluation view (normalised, 32 px)."""
+    """A fixed input: the evaluation view (normalised, 32 px) of the first 8 images."""
     ds = load_dataset(tiny_data / "natural")
     return eval_view(torch.from_numpy(ds.images[:8].copy()), 32)
 

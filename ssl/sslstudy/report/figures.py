@@ -267,17 +267,16 @@ def quality_drop(d: pd.DataFrame) -> Drawn | None:
 
 
 def granularity(d: pd.DataFrame) -> Drawn | None:
-    """Accuracy per level, one line per method (supervised dashed), per metric (row) and domain (column)."""
+    """Accuracy per level, one line per method (supervised dashed), per domain (row) and metric (column)."""
     if d.empty:
         return None
     s = summary(d, ["domain", "metric", "method", "level_index", "level"])
     domains, levels, ms = sorted(s["domain"].unique()), _levels(s), methods(s["method"])
     metrics = [m for m in ("linear", "knn") if m in set(s["metric"])]
-    ncol = len(domains)
-    fig, axes = plt.subplots(len(metrics), ncol, figsize=(min(WIDTH * 0.8, 1.0 + 4.2 * ncol), 2.9 * len(metrics) + 0.3),
-                             squeeze=False, sharey=True)
-    for i, metric in enumerate(metrics):
-        for j, dom in enumerate(domains):
+    fig, axes = plt.subplots(len(domains), len(metrics), figsize=(WIDTH * 0.8, 2.9 * len(domains) + 0.3), squeeze=False,
+                             sharey=True)
+    for i, dom in enumerate(domains):
+        for j, metric in enumerate(metrics):
             ax = axes[i, j]
             for k, m in enumerate(ms):
                 part = s[(s["domain"] == dom) & (s["metric"] == metric) & (s["method"] == m)].set_index("level").reindex(levels)

@@ -120,11 +120,14 @@ def _flagged_methods(d: pd.DataFrame, flags: dict[str, str]) -> dict[tuple, str]
     return {k: ", ".join(sorted(v)) for k, v in out.items()}
 
 
-def accuracy_per_level(df: pd.DataFrame, flags: dict[str, str] | None = None) -> Drawn:
+def accuracy_per_level(df: pd.DataFrame, flags: dict[str, str] | None = None) -> Drawn | None:
     """The overview: per setting (row) and metric (column), a bar per method at each level (pretrained)
     and a grey tick at its random weights; bars of suspect runs hatched and named in the legend."""
     flags = flags or {}
-    d = df[df["metric"].isin(OVERVIEW)].assign(setting=_setting)
+    d = df[df["metric"].isin(OVERVIEW)] if not df.empty else df
+    if d.empty:
+        return None
+    d = d.assign(setting=_setting)
     s = summary(d, ["setting", "method", "weights", "metric", "level_index", "level"])
     settings, ms, levels = sorted(s["setting"].unique()), methods(s["method"]), _levels(s)
     metrics = [m for m in OVERVIEW if m in set(s["metric"])]

@@ -179,3 +179,150 @@ def test_seeds_below_random_are_flagged_by_the_paired_difference():
     assert "paired over seeds" in sus["reason"].iloc[0] and "n=3" in sus["reason"].iloc[0]
     noisy = sum((frozen_rows(r, 0.5 + (0.2 if s == 0 else -0.01), seed=s) for s, r in enumerate(runs)), [])
     assert suspects(pd.DataFrame(noisy), pd.DataFrame()).empty  # lower on average but inconclusive
+
+
+# ----------------------------------------------------------------------------- figures
+from study_tables import METHODS, study  # noqa: E402
+
+
+@pytest.fixture
+def figs(monkeypatch):
+    """The figure functions with their matplotlib Figure returned instead of its PNG/SVG bytes."""
+    import matplotlib.pyplot as plt
+
+    from sslstudy.report import figures
+
+    monkeypatch.setattr(figures, "drawn", lambda fig: fig)
+    yield figures
+    plt.close("all")
+
+
+def baseline(frozen):
+    """What html.build_report draws in the overview: the runs with random weights, on their own domain."""
+    b = frozen[frozen["run"].isin(frozen.loc[frozen["weights"] == "random", "run"])]
+    return b[b["eval_domain"] == b["domain"]]
+
+
+def every_figure(figs, t, flags=None):
+    from sslstudy.report import tables
+
+    config = load(ROOT / "params/study.yaml")
+    curves = pd.DataFrame([dict(r, run=run) for run, recs in t["curves"].items() for r in recs])
+    return dict(accuracy_per_level=figs.accuracy_per_level(baseline(t["frozen"]), flags),
+                quantity=figs.quantity(tables.quantity(t["lowshot"], t["supervised"])),
+                domain=figs.domain_heatmap(tables.domain_matrix(t["frozen"], config)),
+                quality=figs.quality_drop(tables.quality_drop(t["frozen"], config)),
+                granularity=figs.granularity(tables.granularity(t["frozen"], config)),
+                fusion=figs.fusion(t["fusion"]), clustering=figs.clustering(t["clusters"]), loss=figs.loss(curves, flags))
+
+
+def error_bars(ax):
+    """Each error bar drawn on ax as (x, low, high)."""
+    from matplotlib.container import ErrorbarContainer
+
+    out = []
+    for c in ax.containers:
+        if isinstance(c, ErrorbarContainer):
+            for seg in c.lines[2][0].get_segments():
+                out.append((round(float(seg[0][0]), 6), float(seg[0][1]), float(seg[1][1])))
+    return out
+
+
+def test_overview_bars_are_the_mean_and_t_interval_over_seeds(figs):
+    from scipy import stats as st
+
+    t = study(seeds=(0, 1, 2))
+    fig = figs.accuracy_per_level(baseline(t["frozen"]))
+    knn = fig.axes[0]
+    assert knn.get_title() == "kNN accuracy" and "mean of 3 seeds, 95% Student t interval" in fig.texts[0].get_text()
+    v = t["frozen"].query("method == 'swav' and weights == 'pretrained' and metric == 'knn' and level == 'mid'")["value"]
+    assert len(v) == 3
+    low, high = st.t.interval(0.95, 2, loc=v.mean(), scale=st.sem(v))
+    # swav is the 4th of 8 methods: its mid-level bar sits at 1 - 0.4 + 0.1 * 3.5
+    bar = [b for b in error_bars(knn) if abs(b[0] - 0.95) < 1e-6]
+    assert len(bar) == 1 and bar[0][1] == pytest.approx(low) and bar[0][2] == pytest.approx(high)
+    heights = [p.get_height() for p in knn.patches]
+    assert v.mean() == pytest.approx(heights[3 * 3 + 1])  # bars in method order, 3 levels each
+
+
+def test_one_seed_draws_no_interval_and_says_so(figs):
+    t = study(seeds=(0,))
+    for name, fig in every_figure(figs, t).items():
+        assert not any(error_bars(ax) for ax in fig.axes), name
+        assert not any(c.__class__.__name__ == "PolyCollection" for ax in fig.axes for c in ax.collections), name  # no band
+        if name != "loss":
+            assert "1 seed, no interval" in fig.texts[0].get_text(), name
+
+
+def test_every_method_has_one_colour_and_one_order_in_every_figure(figs):
+    from matplotlib.colors import to_rgb
+
+    t = study(seeds=(0, 1))
+    f = every_figure(figs, t)
+    bars = f["accuracy_per_level"].axes[0].patches
+    assert [to_rgb(p.get_facecolor()) for p in bars[::3]] == [figs.PALETTE[m] for m in METHODS]  # 3 levels per method
+    assert [a.get_title() for a in f["loss"].axes] == METHODS
+    assert [to_rgb(a.lines[0].get_color()) for a in f["loss"].axes] == [figs.PALETTE[m] for m in METHODS]
+    lines = {ln.get_label(): to_rgb(ln.get_color()) for ln in f["granularity"].axes[0].lines}
+    assert all(lines[m] == figs.PALETTE[m] for m in METHODS + ["supervised"])
+    legend = [x.get_text() for x in f["clustering"].legends[0].texts]
+    assert legend[:8] == METHODS
+    assert len(set(figs.PALETTE.values())) == len(figs.PALETTE)
+
+
+def test_losses_are_faceted_per_method_each_on_its_own_scale(figs):
+    f = every_figure(figs, study(seeds=(0,)))["loss"]
+    top = {a.get_title(): a.get_ylim()[1] for a in f.axes if a.get_title()}
+    assert top["barlow"] > 100 and top["simclr"] < 5  # barlow's scale no longer squashes the others
+
+
+def overlaps(fig):
+    """Pairs of visible texts of fig (titles, axis and tick labels, legends, notes) whose boxes intersect."""
+    r = fig.canvas.get_renderer()
+    texts = [t for t in fig.texts]
+    for ax in fig.axes:
+        if not ax.axison:
+            continue
+        texts += [ax.title, ax.xaxis.label, ax.yaxis.label]
+        for axis in (ax.xaxis, ax.yaxis):  # the ticks drawn: those inside the view
+            lo, hi = sorted(axis.get_view_interval())
+            texts += [t.label1 for t in axis.get_major_ticks() if lo - 1e-9 <= t.get_loc() <= hi + 1e-9]
+    for leg in fig.legends + [a.get_legend() for a in fig.axes if a.get_legend()]:
+        texts += [*leg.texts, leg.get_title()]
+    boxes = [(t.get_text(), t.get_window_extent(r)) for t in texts if t.get_visible() and t.get_text().strip()]
+    return [(a, b) for i, (a, ba) in enumerate(boxes) for b, bb in boxes[i + 1:]
+            if ba.x0 + 1 < bb.x1 and bb.x0 + 1 < ba.x1 and ba.y0 + 1 < bb.y1 and bb.y0 + 1 < ba.y1]
+
+
+def test_no_text_overlaps_and_every_panel_row_has_labelled_axes(figs):
+    flags = {"swav/natural_frac1_clean/seed0": "collapsed"}
+    for name, fig in every_figure(figs, study(seeds=(0, 1, 2)), flags).items():
+        fig.canvas.draw()
+        assert overlaps(fig) == [], name
+        for ax in fig.axes:
+            if ax.axison:
+                assert ax.get_xlabel() and ax.get_ylabel(), (name, ax.get_title())
+                assert "/seed" not in ax.get_title(), (name, ax.get_title())  # method names, not run ids
+
+
+def test_suspect_runs_stay_marked_on_the_figures(figs):
+    run = "swav/natural_frac1_clean/seed1"
+    f = every_figure(figs, study(seeds=(0, 1)), {run: "collapsed"})
+    legend = [x.get_text() for x in f["accuracy_per_level"].legends[0].texts]
+    assert "swav: collapsed, see warnings" in legend
+    hatched = [p for p in f["accuracy_per_level"].axes[0].patches if p.get_hatch()]
+    assert len(hatched) == 3  # swav's bar at each level
+    swav = [a for a in f["loss"].axes if a.get_title().startswith("swav")][0]
+    assert swav.get_title() == "swav: collapsed (dashed)"
+    assert sorted(ln.get_linestyle() for ln in swav.lines) == ["-", "--"]  # seed1 dashed, seed0 not
+
+
+def test_every_figure_is_saved_as_svg_beside_its_png_and_linked(report):
+    out, html = report
+    pngs = sorted(p.stem for p in (out / "figures").glob("*.png") if not p.stem.startswith("data_"))
+    assert {"accuracy_per_level", "pretrain_loss"} <= set(pngs)
+    for key in pngs:
+        svg = (out / "figures" / f"{key}.svg").read_text()
+        assert svg.startswith("<?xml") and "<svg" in svg, key
+        assert f'href="figures/{key}.svg"' in html, key
+    assert "1 seed, no interval" in (out / "figures/accuracy_per_level.svg").read_text()  # text stays text in the SVG

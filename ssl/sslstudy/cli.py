@@ -304,6 +304,13 @@ def cmd_densecl_matches(a) -> None:
     print(f"{a.out}: {100 * acc:.1f}% of matches within one cell of the true location")
 
 
+def cmd_export(a) -> None:
+    from .export import export
+
+    out = export(a.run_dir, a.out, a.epoch, a.data_dvc)
+    print(f"{out}: backbone.safetensors and config.json")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sslstudy", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -379,6 +386,14 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--images", type=int, default=6)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(fn=cmd_densecl_matches)
+
+    s = sub.add_parser("export", help="a run's backbone as safetensors (torchvision key names for ResNets) + config.json")
+    s.add_argument("run_dir", type=Path, help="the run folder, e.g. results/runs/simclr/natural_frac1_clean/seed0")
+    s.add_argument("--out", type=Path, required=True, help="folder to write backbone.safetensors and config.json to")
+    s.add_argument("--epoch", type=int, default=None,
+                   help=f"export {names.CHECKPOINTS}/epNNN.pt (0: random weights) instead of {names.FINAL}")
+    s.add_argument("--data-dvc", type=Path, default=Path("data.dvc"), help="its md5 goes into config.json (data.dvc)")
+    s.set_defaults(fn=cmd_export)
 
     return p
 

@@ -180,6 +180,10 @@ RUN_DIR = f"results/runs/{JOBS['pretrain']}"
 SUPERVISED_DIR = f"results/supervised/{JOBS['supervised']}"
 FINAL = "final.pt"  # a model's trained weights, in its folder
 METRICS = "metrics.jsonl"  # a run's per-epoch records (loss, lr, health), in its folder
+# beside the report (results/): what dvc.yaml's plots: and metrics: read (sslstudy.report.dvc)
+PLOTS = ("knn_per_level", "linear_per_level", "loss_per_epoch", "nmi_per_epoch")
+PLOT_FILE = "plots/{name}.csv"
+HEADLINE = "headline.json"
 TRAIN_LOG = "train.log"  # the trainer's log, in the run folder
 CHECKPOINTS = "checkpoints"  # a run's subfolder of epoch checkpoints and last.pt
 LAST = "last.pt"  # the state to resume from (mid-epoch included), in CHECKPOINTS

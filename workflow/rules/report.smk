@@ -23,6 +23,9 @@ rule report:
         html="results/report.html",
         table="results/metrics.csv",
         summary="results/metrics.json",
+        # what dvc.yaml's metrics: and plots: read
+        headline=f"results/{names.HEADLINE}",
+        plots=[f"results/{names.PLOT_FILE.format(name=p)}" for p in names.PLOTS],
     params:
         config=q(C),
         captions=lambda w, input: os.path.dirname(input.captions[0]),

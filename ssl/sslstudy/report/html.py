@@ -20,7 +20,7 @@ from markupsafe import Markup
 
 from ..atomic import write_bytes
 from ..errors import UserError
-from . import figures, suspects, tables
+from . import dvc, figures, suspects, tables
 
 # templates/report.html; None renders as nothing (an absent figure or table)
 ENV = Environment(loader=PackageLoader("sslstudy.report"), autoescape=True, undefined=StrictUndefined,
@@ -74,11 +74,18 @@ class Page:
         write_bytes(self.out_dir / "tables" / f"{name}.csv", df.to_csv(index=False).encode())
         return f"tables/{name}.csv"
 
-    def figure(self, key: str, png: bytes | None, data: pd.DataFrame | None, caption: str | None = None) -> dict | None:
-        if png is None:
+    def figure(self, key: str, fig: figures.Drawn | bytes | None, data: pd.DataFrame | None,
+               caption: str | None = None) -> dict | None:
+        """figures/<key>.png (and .svg for a Drawn figure; bytes: a PNG only) and its CSV."""
+        if fig is None:
             return None
+        png = fig.png if isinstance(fig, figures.Drawn) else fig
         write_bytes(self.out_dir / "figures" / f"{key}.png", png)
-        return dict(key=key, caption=caption or self.caption(key), png=base64.b64encode(png).decode(),
+        svg = None
+        if isinstance(fig, figures.Drawn):
+            write_bytes(self.out_dir / "figures" / f"{key}.svg", fig.svg)
+            svg = f"figures/{key}.svg"
+        return dict(key=key, caption=caption or self.caption(key), png=base64.b64encode(png).decode(), svg=svg,
                     link=self.csv(key, data) if data is not None else None)
 
     def linked(self, name: str, df: pd.DataFrame, shown: pd.DataFrame | None = None, **fmt) -> dict | None:
@@ -153,6 +160,7 @@ def build_report(inputs: dict[str, list[Path]], config: dict, out: Path, caption
     # baseline: the study's own runs, pretrained vs random weights
     base = frozen[frozen["run"].isin(frozen.loc[frozen["weights"] == "random", "run"])]
     base = base[base["eval_domain"] == base["domain"]]
+    dvc.write(out_dir, base, loss, t["clusters"])
     wide = (suspects.marked(base, flags).pivot_table(index=["run", "weights"], columns=["level_index", "level", "metric"], values="value")
             .sort_index(axis=1).droplevel(0, axis=1))
 
@@ -161,7 +169,7 @@ def build_report(inputs: dict[str, list[Path]], config: dict, out: Path, caption
     gap_wide = gap if gap.empty else gap.pivot_table(index=["domain", "method", "metric"], columns=["level_index", "level"],
                                                      values="gap").droplevel(0, axis=1)
     ft = tables.fusion_table(t["fusion"])
-    fusion = page.axis("fusion", ft, figures.fusion, "fusion.kinds and fusion.pairs", data=t["fusion"])
+    fusion = page.axis("fusion", ft, lambda _: figures.fusion(t["fusion"]), "fusion.kinds and fusion.pairs", data=t["fusion"])
     fusion["pairs"] = page.linked("fusion_table", ft) if fusion["figure"] else None
 
     seconds = loss if loss.empty else (loss.groupby("run")["seconds"].agg(["sum", "count"])
@@ -173,7 +181,7 @@ def build_report(inputs: dict[str, list[Path]], config: dict, out: Path, caption
         n_models=frozen["run"].nunique(), nav=SECTIONS,
         warnings=dict(rows=suspect.to_dict("records"), checked=suspects.CHECKED,
                       link=page.csv("suspect_runs", suspect)),
-        results=dict(figure=page.figure("accuracy_per_level", figures.accuracy_per_level(suspects.marked(base, flags, sign="\n"), name_runs=bool(flags)), base),
+        results=dict(figure=page.figure("accuracy_per_level", figures.accuracy_per_level(base, flags), base),
                      table=table(wide, index=True)),
         quantity=page.axis("quantity", tables.quantity(t["lowshot"], t["supervised"]), figures.quantity, "quantity.labels"),
         domain=page.axis("domain", tables.domain_matrix(frozen, config), figures.domain_heatmap, "domain.domains"),
@@ -182,7 +190,7 @@ def build_report(inputs: dict[str, list[Path]], config: dict, out: Path, caption
                             gap=page.linked("granularity_gap", gap, gap_wide, index=True)),
         fusion=fusion,
         clustering=page.axis("clustering", t["clusters"], figures.clustering, "clustering.enabled"),
-        pretraining=dict(figure=page.figure("pretrain_loss", figures.loss(suspects.marked(loss, flags, sign=""), flagged=len(flags)), loss),
+        pretraining=dict(figure=page.figure("pretrain_loss", figures.loss(loss, flags), loss),
                          table=table(seconds, digits=1, index=True),
                          wall=page.linked("walltime", tables.walltime(benchmarks), digits=1)),
         data=dict(version=str(data_version), figures=_data_figures(page, datasets or {})),

@@ -77,18 +77,17 @@ def suspects(frozen: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
     return d[COLUMNS]
 
 
-def mark(run: str, flags: dict[str, str], sign: str = " ⚠") -> str:
-    """A run id as the tables show it, suffixed " ⚠ (flag)" when suspect (figures: sign="", the
-    font may lack the glyph)."""
-    return f"{run}{sign} ({flags[run]})" if run in flags else run
+def mark(run: str, flags: dict[str, str]) -> str:
+    """A run id as the tables show it, suffixed " ⚠ (flag)" when suspect (figures mark runs their own way)."""
+    return f"{run} ⚠ ({flags[run]})" if run in flags else run
 
 
-def marked(df: pd.DataFrame, flags: dict[str, str], sign: str = " ⚠") -> pd.DataFrame:
+def marked(df: pd.DataFrame, flags: dict[str, str]) -> pd.DataFrame:
     """df with its run column (or index level) marked."""
     if df.empty or not flags:
         return df
     if "run" in df.columns:
-        return df.assign(run=df["run"].map(lambda r: mark(r, flags, sign)))
+        return df.assign(run=df["run"].map(lambda r: mark(r, flags)))
     if "run" in (df.index.names or []):
-        return df.rename(index=lambda r: mark(r, flags, sign), level="run")
+        return df.rename(index=lambda r: mark(r, flags), level="run")
     return df

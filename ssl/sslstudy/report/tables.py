@@ -39,7 +39,7 @@ def quantity(lowshot: pd.DataFrame, supervised: pd.DataFrame) -> pd.DataFrame:
 
 
 def domain_matrix(frozen: pd.DataFrame, config: dict) -> pd.DataFrame:
-    """Linear accuracy of every domain-axis model on every evaluation domain (mean over seeds)."""
+    """Linear accuracy of every domain-axis model on every evaluation domain, per seed."""
     dom = config["domain"]
     pre = dom["domains"] + pools(config)
     if frozen.empty or not pre:
@@ -47,7 +47,7 @@ def domain_matrix(frozen: pd.DataFrame, config: dict) -> pd.DataFrame:
     d = frozen.query("weights == 'pretrained' and quality == 'clean' and metric == 'linear' and subset == @ref",
                      local_dict=dict(ref=reference_subset(config)))
     d = d[d["domain"].isin(pre) & d["method"].isin(pick(config, "domain", "methods"))]
-    return (d.groupby(["method", "domain", "eval_domain", "level_index", "level"], as_index=False)["value"].mean()
+    return (d.groupby(["method", "domain", "seed", "eval_domain", "level_index", "level"], as_index=False)["value"].mean()
             .rename(columns={"domain": "pretrain_domain"}))
 
 
@@ -71,7 +71,7 @@ def quality_drop(frozen: pd.DataFrame, config: dict) -> pd.DataFrame:
 
 
 def granularity(frozen: pd.DataFrame, config: dict) -> pd.DataFrame:
-    """Linear (finest, mapped up) and kNN accuracy per level of SSL models and the supervised baseline."""
+    """Linear (finest, mapped up) and kNN accuracy per level and seed of SSL models and the supervised baseline."""
     if frozen.empty:
         return pd.DataFrame()
     methods = pick(config, "granularity", "methods") + ([SUPERVISED] if config["granularity"]["supervised"] else [])
@@ -79,14 +79,14 @@ def granularity(frozen: pd.DataFrame, config: dict) -> pd.DataFrame:
                & frozen["method"].isin(methods) & frozen["domain"].isin(pick(config, "granularity", "domains"))
                & frozen["metric"].isin(["linear", "knn"])]
     d = d[(d["subset"] == reference_subset(config)) | (d["method"] == SUPERVISED)]
-    return d.groupby(["method", "domain", "metric", "level_index", "level"], as_index=False)["value"].mean()
+    return d.groupby(["method", "domain", "seed", "metric", "level_index", "level"], as_index=False)["value"].mean()
 
 
 def granularity_gap(gran: pd.DataFrame) -> pd.DataFrame:
-    """SSL minus supervised accuracy per level (empty without a supervised baseline)."""
+    """SSL minus supervised accuracy per level, paired on seed (empty without a supervised baseline)."""
     if gran.empty or SUPERVISED not in set(gran["method"]):
         return pd.DataFrame()
-    keys = ["domain", "metric", "level_index", "level"]
+    keys = ["domain", "seed", "metric", "level_index", "level"]
     sup = gran[gran["method"] == SUPERVISED][keys + ["value"]].rename(columns={"value": "supervised"})
     out = gran[gran["method"] != SUPERVISED].merge(sup, on=keys)
     out["gap"] = out["value"] - out["supervised"]

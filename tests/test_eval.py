@@ -496,3 +496,19 @@ def test_eval_device_selection():
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="sees no CUDA device"):
             eval_device("cuda")
+
+
+@pytest.mark.skipif(faiss.get_num_gpus() > 0, reason="faiss GPU: the torch search is not picked")
+def test_knn_backend_choice_and_the_torch_search_match_faiss(monkeypatch):
+    import sslstudy.eval.probes as probes
+
+    assert probes._knn_backend(None, "cpu", 20) == "faiss-cpu" and probes._knn_backend(None, None, 20) == "faiss-cpu"
+    assert probes._knn_backend(None, "cuda", 20) == "torch"  # CUDA torch, faiss without GPUs
+    assert probes._knn_backend(False, "cuda", 20) == "faiss-cpu"
+    xtr, ytr = blobs(500, 5, 16, spread=1.0, seed=6)
+    xte, _ = blobs(300, 5, 16, spread=1.0, seed=7)
+    ref = knn_predict_grid(xtr, ytr, xte, [3, 20])
+    monkeypatch.setattr(probes, "_knn_backend", lambda gpu, device, k: "torch")
+    monkeypatch.setattr(probes, "_TORCH_SIMS", 500 * 64)  # several chunks of query rows
+    got = knn_predict_grid(xtr, ytr, xte, [3, 20], device="cpu")
+    assert all(np.array_equal(ref[k], got[k]) for k in (3, 20))

@@ -47,6 +47,8 @@ __all__ = ["l2_normalize", "knn_predict", "knn_predict_grid", "knn_accuracy", "l
 
 # Test rows handled per faiss search / vote accumulation, to bound memory.
 _CHUNK = 8192
+# Similarities held at once by the torch (CUDA) kNN search.
+_TORCH_SIMS = 1 << 28
 # Largest k that faiss's GPU flat search accepts; larger k searches on CPU.
 _GPU_MAX_K = 2048
 # Linear-probe steps with batch * d * classes below this run single-threaded.
@@ -116,8 +118,9 @@ def _neighbours(xtr: np.ndarray, xte: np.ndarray, k: int, backend: str, device) 
     """(start, similarities (m, k) descending, neighbour rows (m, k)) per chunk of _CHUNK test rows."""
     if backend == "torch":
         index = torch.from_numpy(xtr).to(device)
-        for start in range(0, xte.shape[0], _CHUNK):
-            q = torch.from_numpy(xte[start : start + _CHUNK]).to(device)
+        rows = max(1, min(_CHUNK, _TORCH_SIMS // xtr.shape[0]))  # bounds the (rows, N_train) similarity block
+        for start in range(0, xte.shape[0], rows):
+            q = torch.from_numpy(xte[start : start + rows]).to(device)
             sims, nbrs = torch.topk(q @ index.t(), k, dim=1)  # sorted, as faiss's search
             yield start, sims.cpu().numpy(), nbrs.cpu().numpy()
         return

@@ -122,7 +122,7 @@ def main(argv=None) -> None:
     n, d = len(ds), net.out_dim
     print(f"cache: {size_mb:.2f} MiB ({n} images x {d} dims x 2 bytes = {n * d * 2 / 2**20:.2f} MiB)")
     print(f"per job start-up (interpreter + imports + dataset + checkpoint): {np.median(start):.2f} CPU-s; "
-          f"new evaluate compute {new.total - new.stages['load backbone']:.2f} CPU-s")
+          f"new path compute {new.total - new.stages['load backbone']:.2f} CPU-s")
 
 
 if __name__ == "__main__":

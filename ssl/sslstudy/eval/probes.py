@@ -27,6 +27,11 @@ problems run on one torch thread, which is faster than two and, on a busy
 machine, much faster).
 With the defaults (lr 0.5, weight decay 5e-4) it lands within about a point of
 scikit-learn's ``LogisticRegression`` on standardised features.
+
+:func:`linear_heads` trains one such classifier per (lr, weight decay) of a grid at once, on the
+same minibatches (one matrix product per step for all heads); the evaluation keeps the head that
+is best on the val split (sslstudy.eval.frozen.choose_linear). kNN on CUDA without a faiss GPU
+build searches with torch (one matrix product and top-k per block of query rows).
 """
 
 from __future__ import annotations

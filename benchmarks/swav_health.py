@@ -66,10 +66,9 @@ def spec_for(a) -> dict:
 
 @torch.no_grad()
 def health_of(ckpt: Path, ds, test_idx, batch_idx, tr_idx, eval_cfg: dict) -> dict:
-    from sslstudy.eval.frozen import embed
     from sslstudy.eval.probes import knn_accuracy
     from sslstudy.health import effective_rank, normalized_std
-    from sslstudy.train import build_model, load_checkpoint
+    from sslstudy.train import build_model, embed, load_checkpoint
 
     state = load_checkpoint(ckpt)
     cfg = state["config"]
@@ -77,7 +76,7 @@ def health_of(ckpt: Path, ds, test_idx, batch_idx, tr_idx, eval_cfg: dict) -> di
     model.load_state_dict(state["model"])
     model.eval()
     size = cfg["views"][0]["size"]
-    x = embed(model.backbone, ds, batch_idx, size)
+    x = embed(model.backbone, ds.images, batch_idx, size).numpy()
     rec = dict(epoch=int(state["epoch"]), backbone_rank=effective_rank(torch.from_numpy(x)),
                backbone_std=normalized_std(torch.from_numpy(x)), backbone_dim=int(x.shape[1]))
     head = getattr(model, "projector", None)
@@ -92,10 +91,10 @@ def health_of(ckpt: Path, ds, test_idx, batch_idx, tr_idx, eval_cfg: dict) -> di
             rec.update(assign_entropy=float(-(mean * mean.clamp_min(1e-12).log()).sum()),
                        sample_entropy=float(-(p * p.clamp_min(1e-12).log()).sum(1).mean()),
                        protos_used=int(torch.unique(p.argmax(1)).numel()))
-    x_tr, x_te = embed(model.backbone, ds, tr_idx, size), embed(model.backbone, ds, test_idx, size)
+    x_tr, x_te = (embed(model.backbone, ds.images, rows, size).numpy() for rows in (tr_idx, test_idx))
     for level in ds.levels:
         rec[f"knn_{level}"] = knn_accuracy(x_tr, ds.label_array(level, tr_idx), x_te, ds.label_array(level, test_idx),
-                                           k=eval_cfg["knn_k"], temperature=eval_cfg["knn_temperature"])
+                                           k=eval_cfg["knn_k"][0], temperature=eval_cfg["knn_temperature"])
     return rec
 
 

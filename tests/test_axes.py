@@ -12,6 +12,7 @@ from sslstudy.data.packed import load_dataset
 from sslstudy.data.pool import pool_dataset
 from sslstudy.errors import UserError
 from sslstudy.eval import lowshot
+from sslstudy.eval.features import Features, embed_dataset, probe_splits
 from sslstudy.eval.fusion import fusion_scores
 from sslstudy.models import build_backbone
 
@@ -97,20 +98,25 @@ def test_pool_is_as_large_as_one_domain_with_equal_parts(tiny_data, tmp_path):
 
 
 # -------------------------------------------------------------------------- labelled subsets, training
-def test_labelled_subsets_are_nested_and_balanced(tiny_data):
+EVAL = dict(batch_size=256, linear_epochs=3, cluster_seed=0, knn_k=[5], knn_temperature=0.07, linear_lr=[0.5],
+            linear_wd=[5e-4], val_fraction=0.1)
+
+
+def test_labelled_subsets_are_nested_balanced_and_outside_val(tiny_data):
     ds = load_dataset(tiny_data / "natural")
-    one, two = (lowshot.labelled_indices(ds, n, seed=0) for n in (1, 2))
-    assert set(one) <= set(two) and set(two) <= set(ds.split_indices("train"))
+    one, two = (lowshot.labelled_indices(ds, n, EVAL) for n in (1, 2))
+    val = probe_splits(ds, EVAL)["val"]
+    assert set(one) <= set(two) and set(two) <= set(ds.split_indices("train")) - set(val)
     assert (np.bincount(ds.label_array("fine", two), minlength=64) == 2).all()
-    assert len(lowshot.labelled_indices(ds, "all", 0)) == len(ds.split_indices("train"))
+    assert len(lowshot.labelled_indices(ds, "all", EVAL)) == len(ds.split_indices("train")) - len(val)
     with pytest.raises(UserError, match="lower quantity.labels"):
-        lowshot.labelled_indices(ds, 1000, 0)
+        lowshot.labelled_indices(ds, 1000, EVAL)
 
 
 def test_training_from_scratch_fits_its_labelled_images(tiny_data):
     ds = load_dataset(tiny_data / "natural")
     torch.set_num_threads(1)
-    train = lowshot.labelled_indices(ds, 1, seed=0)  # 64 images, one per fine class
+    train = lowshot.labelled_indices(ds, 1, EVAL)  # 64 images, one per fine class
     cfg = dict(epochs=1, min_steps=60, batch_size=32, lr=0.05, weight_decay=5e-4, scale=[0.9, 1.0])
     model = lowshot.train_classifier(build_backbone("cnn4", width=8), ds, train, cfg, 32, seed=0)
     fit = np.mean(lowshot.predict(model, ds, train, 32) == ds.label_array("fine", train))
@@ -128,24 +134,29 @@ def test_supervised_checkpoint_reads_as_trained_not_random(tiny_data, tmp_path):
 
     arch, ft = dict(arch="cnn4", width=4), dict(epochs=2, min_steps=1, batch_size=32, lr=0.05, weight_decay=5e-4, scale=[0.9, 1.0])
     ckpt, common = tmp_path / "final.pt", ["--dataset", str(tiny_data / "natural"), "--size", "32", "--run", "sup"]
-    run_command(["supervised", *common, "--labels", "l1", "--seed", "0", "--label-seed", "0", "--backbone", json.dumps(arch),
+    run_command(["supervised", *common, "--labels", "l1", "--seed", "0", "--eval", json.dumps(EVAL), "--backbone", json.dumps(arch),
                  "--finetune", json.dumps(ft), "--checkpoint", str(ckpt), "--out", str(tmp_path / "scores.csv")])
     state = torch.load(ckpt, weights_only=False)
     assert state["epoch"] == state["config"]["epochs"] == 2  # 64 labelled images, 2 x 2 steps of 32
     assert load_backbone(ckpt)[1]["epochs"] == 2
     # its frozen evaluation is recorded at the trained epoch, not at 0 (the random weights' epoch)
-    ev = dict(batch_size=256, linear_epochs=2, cluster_seed=0, knn_k=5, knn_temperature=0.07)
-    run_command(["evaluate", *common, "--checkpoint", str(ckpt), "--eval", json.dumps(ev), "--weights", "pretrained",
-                 "--out", str(tmp_path / "eval.csv")])
+    run_command(["evaluate", *common, "--checkpoint", str(ckpt), "--eval", json.dumps(EVAL), "--weights", "pretrained",
+                 "--embeddings", str(tmp_path / "emb.npz"), "--device", "cpu", "--out", str(tmp_path / "eval.csv")])
     df = pd.read_csv(tmp_path / "eval.csv")
-    assert set(df["epoch"]) == {2} and set(df["weights"]) == {"pretrained"}
+    assert set(df["epoch"]) == {2} and set(df["weights"]) == {"pretrained"} and set(df["split"]) == {"test"}
+    feats = Features.load(tmp_path / "emb.npz")
+    assert feats.x.dtype == np.float16 and len(feats.index) == len(ds_rows(tiny_data / "natural"))
+
+
+def ds_rows(path):
+    return load_dataset(path).labels["index"]
 
 
 def test_fusion_rows_cover_both_members_and_the_pair(tiny_data):
     ds = load_dataset(tiny_data / "natural")
     torch.manual_seed(0)
-    a, b = build_backbone("cnn4", width=4).eval(), build_backbone("cnn4", width=8).eval()
-    df = fusion_scores(a, b, ds, dict(batch_size=256, linear_epochs=3, cluster_seed=0), 32)
+    a, b = (embed_dataset(build_backbone("cnn4", width=w).eval(), ds, 32, 256) for w in (4, 8))
+    df = fusion_scores(a, b, ds, EVAL)
     assert sorted(df["member"].unique()) == ["a", "a+b", "b"]
     dims = df.groupby("member")["dim"].first()
     assert dims["a+b"] == dims["a"] + dims["b"] == 32 + 64

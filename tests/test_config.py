@@ -1,7 +1,9 @@
 """sslstudy.config: the schema is parsed once per process and handed out as fresh copies."""
+import pytest
 import yaml
 
 from sslstudy import config
+from sslstudy.errors import UserError
 
 
 def test_schema_is_parsed_once_same_as_pure_python_yaml_and_copied():
@@ -12,3 +14,27 @@ def test_schema_is_parsed_once_same_as_pure_python_yaml_and_copied():
     assert config.load_schema() == reference
     config.load_schema()
     assert config._schema.cache_info().misses == 1
+
+
+STUDY = dict(study=dict(methods=["simclr"], domains=["natural"], subsets=[1.0]))
+
+
+@pytest.mark.parametrize("evalcfg, needle", [
+    (dict(knn_k=[]), "eval.knn_k: [] should be non-empty"),
+    (dict(knn_k=[10, 10]), "eval.knn_k: [10, 10] has non-unique elements"),
+    (dict(knn_k=[0, 5]), "eval.knn_k.0: 0 is less than the minimum of 1"),
+    (dict(linear_lr=[0.5, -1]), "eval.linear_lr.1: -1 is less than or equal to the minimum of 0"),
+    (dict(linear_wd=[-0.1]), "eval.linear_wd.0: -0.1 is less than the minimum of 0"),
+    (dict(val_fraction=1.0), "eval.val_fraction: 1.0 is greater than or equal to the maximum of 1"),
+])
+def test_bad_probe_grids_are_one_clear_line(evalcfg, needle):
+    with pytest.raises(UserError) as e:
+        config.validate(dict(STUDY, eval=evalcfg), "params/study.yaml")
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("params/study.yaml: ") and needle in msg, msg
+
+
+def test_probe_grids_of_the_shipped_params_are_valid():
+    for path in ("params/study.yaml", "params/paper.yaml"):
+        ev = config.validate(yaml.safe_load(open(path)), path)["eval"]
+        assert len(ev["knn_k"]) > 1 and len(ev["linear_lr"]) * len(ev["linear_wd"]) > 1 and 0 < ev["val_fraction"] < 1

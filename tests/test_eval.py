@@ -382,3 +382,148 @@ def test_random_features_give_nmi_near_zero():
     assert s20["k"] == 20
     with pytest.raises(UserError, match="labels"):
         cluster_scores(x, y[:-1])
+
+
+# ------------------------------------------------------- multi-head probe, choices on val, splits, cache
+from sslstudy.eval.features import Features, eval_device, probe_splits  # noqa: E402
+from sslstudy.eval.frozen import choose_knn, choose_linear  # noqa: E402
+from sslstudy.eval.probes import knn_predict_grid, linear_heads  # noqa: E402
+
+EVAL = dict(knn_k=[1, 5, 25], knn_temperature=0.07, linear_epochs=20, linear_lr=[0.01, 0.5, 5.0], linear_wd=[0.0, 1e-2],
+            cluster_seed=0, val_fraction=0.2)
+
+
+def test_multi_head_probe_equals_each_head_trained_alone():
+    x, y = blobs(300, 5, 12, spread=2.0, seed=0)
+    grid = ([0.05, 0.5, 3.0], [0.0, 1e-3])
+    heads = linear_heads(x, y, 5, *grid, epochs=5, batch_size=64, seed=3)
+    preds = heads.predict(x)
+    for h, (lr, wd) in enumerate(heads.grid):
+        alone = linear_heads(x, y, 5, [lr], [wd], epochs=5, batch_size=64, seed=3)
+        torch.testing.assert_close(heads.weight[h], alone.weight[0], rtol=1e-4, atol=1e-5)
+        assert np.array_equal(preds[h], alone.predict(x)[0])
+        assert np.array_equal(alone.predict(x)[0], linear_probe(x, y, x, 5, epochs=5, lr=lr, weight_decay=wd, batch_size=64, seed=3))
+    assert heads.grid == [(lr, wd) for lr in grid[0] for wd in grid[1]]
+
+
+def test_knn_grid_equals_one_search_per_k():
+    xtr, ytr = blobs(400, 4, 8, spread=1.0, seed=1)
+    xte, _ = blobs(100, 4, 8, spread=1.0, seed=2)
+    got = knn_predict_grid(xtr, ytr, xte, [1, 7, 30])
+    for k in (1, 7, 30):
+        assert np.array_equal(got[k], knn_predict(xtr, ytr, xte, k=k))
+
+
+def _split(x, y, rng):
+    i = rng.permutation(len(y))
+    a, b, c = np.split(i, [len(y) // 2, 3 * len(y) // 4])
+    return (x[a], y[a]), (x[b], y[b]), x[c], y[c]
+
+
+def test_chosen_hyper_parameters_depend_on_val_only():
+    rng = np.random.default_rng(0)
+    x, y = blobs(600, 6, 10, spread=0.8, seed=4, noise=1.5)
+    fit, val, x_te, y_te = _split(x, y, rng)
+    _, lin = choose_linear(fit, val, x_te, 6, EVAL, "cpu")
+    _, knn = choose_knn(fit, val, x_te, EVAL, "cpu")
+    # the choices never see test labels; with other val labels they change
+    _, lin2 = choose_linear(fit, (val[0], rng.permutation(val[1])), x_te, 6, EVAL, "cpu")
+    _, knn2 = choose_knn(fit, (val[0], np.zeros_like(val[1])), x_te, EVAL, "cpu")
+    assert (lin, knn) != (lin2, knn2)
+    # k=1 fits a noisy-labelled fit set exactly; val (clean labels) prefers a large k
+    noisy = fit[1].copy()
+    flip = rng.random(len(noisy)) < 0.4
+    noisy[flip] = rng.integers(0, 6, flip.sum())
+    _, k = choose_knn((fit[0], noisy), val, x_te, EVAL, "cpu")
+    assert k == dict(knn_k=25)
+
+
+def test_val_preferring_a_learning_rate_gets_it():
+    # val labelled by one head's own predictions, on rows where every other head disagrees somewhere
+    x, y = blobs(400, 4, 6, spread=1.0, seed=5, noise=2.0)
+    heads = linear_heads(x, y, 4, EVAL["linear_lr"], EVAL["linear_wd"], epochs=20, seed=0)
+    preds = heads.predict(x[:200])
+    target = 3  # head (lr 0.5, wd 1e-2)
+    others = np.delete(np.arange(len(heads.grid)), target)
+    keep = np.flatnonzero((preds[others] != preds[target]).any(axis=0))
+    assert len(keep) > 5
+    val = (x[:200][keep], preds[target][keep])  # val labels agree with that head alone everywhere
+    _, chosen = choose_linear((x, y), val, x[200:], 4, EVAL, "cpu")
+    assert chosen == dict(linear_lr=0.5, linear_wd=1e-2)
+
+
+def test_val_holdout_is_class_balanced_seeded_and_disjoint(tiny_data):
+    from sslstudy.data.packed import load_dataset
+
+    ds = load_dataset(tiny_data / "natural")
+    sp = probe_splits(ds, EVAL)
+    train = ds.split_indices("train")
+    assert set(sp["fit"]) | set(sp["val"]) == set(train) and not set(sp["fit"]) & set(sp["val"])
+    counts = np.bincount(ds.label_array("fine", sp["val"]), minlength=64)
+    assert counts.max() - counts.min() <= 1 and abs(len(sp["val"]) - 0.2 * len(train)) < 1
+    assert np.array_equal(sp["val"], probe_splits(ds, EVAL)["val"])
+    assert not np.array_equal(sp["val"], probe_splits(ds, dict(EVAL, cluster_seed=1))["val"])
+    assert np.array_equal(sp["test"], ds.split_indices("test"))
+    # a dataset with its own val split: that split, and train whole
+    ds.labels.loc[ds.labels["index"].isin(train[:50]), "split"] = "val"
+    own = probe_splits(ds, EVAL)
+    assert np.array_equal(own["val"], train[:50]) and np.array_equal(own["fit"], train[50:])
+
+
+def test_embedding_cache_round_trip_and_float16_keeps_the_numbers(tiny_data, tmp_path):
+    from sslstudy.data.packed import load_dataset
+    from sslstudy.eval.features import embed_dataset
+    from sslstudy.eval.frozen import evaluate
+    from sslstudy.models import build_backbone
+    from sslstudy.train import embed
+
+    ds = load_dataset(tiny_data / "natural")
+    torch.manual_seed(0)
+    net = build_backbone("cnn4", width=8).eval()
+    feats = embed_dataset(net, ds, 32, 256)
+    feats.save(tmp_path / "e.npz")
+    back = Features.load(tmp_path / "e.npz")
+    assert back.x.dtype == np.float16 and np.array_equal(back.x, feats.x) and np.array_equal(back.index, feats.index)
+    rows = ds.split_indices("test")[::7]
+    full = embed(net, ds.images, rows, 32).numpy()
+    np.testing.assert_allclose(back.take(rows), full, rtol=1e-3, atol=1e-3)
+    cfg = dict(EVAL, batch_size=256)
+    f16 = evaluate(back, ds, cfg, "cpu")
+    f32 = evaluate(Features(embed(net, ds.images, feats.index, 32).numpy(), feats.index), ds, cfg, "cpu")
+    assert (f16["metric"] == f32["metric"]).all() and set(f16["split"]) == {"test"}
+    assert np.abs(f16["value"] - f32["value"]).max() <= 0.02  # 1,024 test images: 2 points is noise
+    with pytest.raises(UserError, match="re-run its evaluate job"):
+        back.take(np.array([len(ds) + 5]))
+    # other test labels change the scores, never the chosen k / head
+    test = ds.labels["split"] == "test"
+    for level in ds.levels:
+        ds.labels.loc[test, level] = np.random.default_rng(1).permutation(ds.labels.loc[test, level].to_numpy())
+    shuffled = evaluate(back, ds, cfg, "cpu")
+    chosen = ["knn_k", "linear_lr", "linear_wd"]
+    assert shuffled[chosen].equals(f16[chosen]) and not shuffled["value"].equals(f16["value"])
+
+
+def test_eval_device_selection():
+    assert eval_device("cpu") == torch.device("cpu")
+    assert eval_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(UserError, match="use auto, cuda or cpu"):
+        eval_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="sees no CUDA device"):
+            eval_device("cuda")
+
+
+@pytest.mark.skipif(faiss.get_num_gpus() > 0, reason="faiss GPU: the torch search is not picked")
+def test_knn_backend_choice_and_the_torch_search_match_faiss(monkeypatch):
+    import sslstudy.eval.probes as probes
+
+    assert probes._knn_backend(None, "cpu", 20) == "faiss-cpu" and probes._knn_backend(None, None, 20) == "faiss-cpu"
+    assert probes._knn_backend(None, "cuda", 20) == "torch"  # CUDA torch, faiss without GPUs
+    assert probes._knn_backend(False, "cuda", 20) == "faiss-cpu"
+    xtr, ytr = blobs(500, 5, 16, spread=1.0, seed=6)
+    xte, _ = blobs(300, 5, 16, spread=1.0, seed=7)
+    ref = knn_predict_grid(xtr, ytr, xte, [3, 20])
+    monkeypatch.setattr(probes, "_knn_backend", lambda gpu, device, k: "torch")
+    monkeypatch.setattr(probes, "_TORCH_SIMS", 500 * 64)  # several chunks of query rows
+    got = knn_predict_grid(xtr, ytr, xte, [3, 20], device="cpu")
+    assert all(np.array_equal(ref[k], got[k]) for k in (3, 20))

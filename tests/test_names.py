@@ -41,6 +41,8 @@ def test_table_paths_round_trip(study):
         w = parse(names.EVAL_TABLE, path)
         assert names.run_id(**{k: w[k] for k in names.RUN_FIELDS}) == rid and (w["weights"], w["on"]) == (weights, on)
         assert names.log("evaluate").format(run=rid, weights=weights, on=on) == f"logs/evaluate/{rid}/{weights}_on_{on}.log"
+        emb = names.EMBEDDINGS.format(run=rid, weights=weights, on=on)
+        assert emb == f"results/embeddings/{rid}/{weights}_on_{on}.npz" and parse(names.EMBEDDINGS, emb) == w
     for rid, mode, labels in axes.lowshot_jobs(study):
         w = parse(names.LOWSHOT_TABLE, names.LOWSHOT_TABLE.format(run=rid, mode=mode, labels=labels))
         assert names.run_id(**{k: w[k] for k in names.RUN_FIELDS}) == rid and (w["mode"], w["labels"]) == (mode, labels)

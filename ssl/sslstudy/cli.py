@@ -96,13 +96,18 @@ def cmd_evaluate(a) -> None:
     import torch
 
     from .data.packed import load_dataset
+    from .eval.features import embed_dataset, eval_device
     from .eval.frozen import evaluate
     from .train import load_backbone
 
     torch.set_num_threads(a.threads)
-    backbone, run_cfg = load_backbone(a.checkpoint)
+    device = eval_device(a.device)
+    backbone, run_cfg = load_backbone(a.checkpoint, device)
     ds = load_dataset(a.dataset)
-    df = evaluate(backbone, ds, json.loads(a.eval), size=a.size)
+    cfg = json.loads(a.eval)
+    feats = embed_dataset(backbone, ds, a.size, cfg["batch_size"])
+    feats.save(a.embeddings)
+    df = evaluate(feats, ds, cfg, device)
     state_epoch = names.checkpoint_epoch(a.checkpoint.name)
     state_epoch = run_cfg["epochs"] if state_epoch is None else state_epoch
     ids = dict(run=a.run, **json.loads(a.ids), weights=a.weights, epoch=state_epoch, eval_domain=ds.meta["name"])
@@ -153,21 +158,29 @@ def _count(subset_file: str) -> int:
 
 
 def cmd_lowshot(a) -> None:
-    """Frozen linear or fine-tuning of one SSL run with n labelled images per class."""
+    """Frozen linear (from the run's embedding cache) or fine-tuning of one SSL run with n labelled
+    images per class."""
     import torch
 
     from .data.packed import load_dataset
     from .eval import lowshot
-    from .train import load_backbone
+    from .eval.features import Features, eval_device
+    from .train import load_checkpoint
 
     torch.set_num_threads(a.threads)
-    backbone, run_cfg = load_backbone(a.checkpoint)
+    device = eval_device(a.device)
     ds = load_dataset(a.dataset)
     cfg = json.loads(a.eval)
-    train = lowshot.labelled_indices(ds, parse_labels_tag(a.labels), cfg["cluster_seed"])
+    train = lowshot.labelled_indices(ds, parse_labels_tag(a.labels), cfg)
     if a.mode == "linear":
-        df = lowshot.frozen_linear(backbone, ds, train, cfg, a.size)
+        if a.embeddings is None:
+            raise UserError("lowshot --mode linear needs --embeddings (the run's evaluate cache)")
+        run_cfg = load_checkpoint(a.checkpoint)["config"]
+        df = lowshot.frozen_linear(Features.load(a.embeddings), ds, train, cfg, device)
     else:
+        from .train import load_backbone
+
+        backbone, run_cfg = load_backbone(a.checkpoint)
         model = lowshot.train_classifier(backbone, ds, train, json.loads(a.finetune), a.size, run_cfg["seed"])
         df = lowshot.trained_rows(model, ds, a.size, "finetune")
     ids = dict(run=a.run, **json.loads(a.ids), mode=a.mode, labels=a.labels, labelled_images=len(train),
@@ -187,7 +200,7 @@ def cmd_supervised(a) -> None:
     torch.set_num_threads(a.threads)
     ds = load_dataset(a.dataset)
     ft, arch = json.loads(a.finetune), json.loads(a.backbone)
-    train = lowshot.labelled_indices(ds, parse_labels_tag(a.labels), a.label_seed)
+    train = lowshot.labelled_indices(ds, parse_labels_tag(a.labels), json.loads(a.eval))
     torch.manual_seed(a.seed)
     model = lowshot.train_classifier(build_backbone(**arch), ds, train, ft, a.size, a.seed)
     df = lowshot.trained_rows(model, ds, a.size, "supervised")
@@ -208,13 +221,12 @@ def cmd_fusion(a) -> None:
     import torch
 
     from .data.packed import load_dataset
+    from .eval.features import Features, eval_device
     from .eval.fusion import fusion_scores
-    from .train import load_backbone
 
     torch.set_num_threads(a.threads)
-    (ma, _), (mb, _) = load_backbone(a.a), load_backbone(a.b)
     ds = load_dataset(a.dataset)
-    df = fusion_scores(ma, mb, ds, json.loads(a.eval), a.size)
+    df = fusion_scores(Features.load(a.a), Features.load(a.b), ds, json.loads(a.eval), eval_device(a.device))
     names = {"a": a.name_a, "b": a.name_b, "a+b": f"{a.name_a} + {a.name_b}"}
     df.insert(0, "model", df["member"].map(names))
     _write_csv(a.out, _with_ids(df, dict(pair=f"{a.name_a} + {a.name_b}", seed=a.seed, eval_domain=ds.name)))
@@ -227,7 +239,9 @@ def cmd_cluster_checkpoints(a) -> None:
     from .eval.checkpoint_clustering import cluster_checkpoints
 
     torch.set_num_threads(a.threads)
-    df = cluster_checkpoints(a.run_dir, [load_dataset(d) for d in a.datasets], json.loads(a.eval), a.size)
+    from .eval.features import eval_device
+
+    df = cluster_checkpoints(a.run_dir, [load_dataset(d) for d in a.datasets], json.loads(a.eval), a.size, eval_device(a.device))
     _write_csv(a.out, _with_ids(df, dict(run=a.run, **json.loads(a.ids))))
 
 
@@ -248,6 +262,7 @@ def _axis_parsers(sub) -> None:
     s = sub.add_parser("lowshot", help="linear (frozen) or fine-tuning accuracy with n labelled images per class")
     _eval_options(s)
     s.add_argument("--mode", choices=("linear", "finetune"), required=True)
+    s.add_argument("--embeddings", type=Path, help="linear mode: the run's embedding cache (names.EMBEDDINGS)")
     s.add_argument("--labels", required=True, help="l<images per class> or lall")
     s.add_argument("--finetune", default="{}", help="JSON: fine-tuning settings")
     s.set_defaults(fn=cmd_lowshot)
@@ -256,7 +271,6 @@ def _axis_parsers(sub) -> None:
     _eval_options(s, checkpoint=False)
     s.add_argument("--labels", required=True, help="l<images per class> or lall")
     s.add_argument("--seed", type=int, required=True)
-    s.add_argument("--label-seed", type=int, required=True, help="seed of the labelled subset (eval.cluster_seed)")
     s.add_argument("--backbone", required=True, help="JSON: pretrain.backbone")
     s.add_argument("--finetune", required=True, help="JSON: training settings")
     s.add_argument("--checkpoint", type=Path, required=True, help="where to save the trained network")
@@ -264,8 +278,8 @@ def _axis_parsers(sub) -> None:
 
     s = sub.add_parser("fusion", help="linear accuracy of two models' concatenated frozen features")
     _eval_options(s, checkpoint=False)
-    s.add_argument("--a", type=Path, required=True)
-    s.add_argument("--b", type=Path, required=True)
+    s.add_argument("--a", type=Path, required=True, help="embedding cache of model a on --dataset (names.EMBEDDINGS)")
+    s.add_argument("--b", type=Path, required=True, help="embedding cache of model b on --dataset")
     s.add_argument("--name-a", required=True)
     s.add_argument("--name-b", required=True)
     s.add_argument("--seed", type=int, default=0)
@@ -289,6 +303,7 @@ def _eval_options(s, checkpoint: bool = True, dataset: bool = True) -> None:
     s.add_argument("--run", default="")
     s.add_argument("--ids", default="{}", help="JSON: columns identifying the run (method, domain, ...)")
     s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--device", default="auto", help="auto (CUDA when torch sees it, else CPU), cuda or cpu")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--launch", help="JSON: launch settings; run this command as a submitit job on launch.executor")
     s.add_argument("--job-dir", type=Path, help="with --launch: the job's folder (job.json, submitit logs)")
@@ -361,6 +376,7 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("evaluate", help="kNN, linear and k-means scores of a checkpoint at every label level")
     _eval_options(s)
     s.add_argument("--weights", required=True, help="label of the weights, e.g. pretrained or random")
+    s.add_argument("--embeddings", type=Path, required=True, help="where to write the embedding cache (names.EMBEDDINGS)")
     s.set_defaults(fn=cmd_evaluate)
 
     _axis_parsers(sub)

@@ -46,7 +46,7 @@ def load_schema() -> dict:
 
 def _coerce(schema: dict, value, root: dict | None = None):
     """Snakemake's --config parses nested values with YAML's BaseLoader (all strings): give strings
-    the scalar type the schema asks for, so `--config "eval={'knn_k': 5}"` works."""
+    the scalar type the schema asks for, so `--config "eval={'linear_epochs': 5}"` works."""
     root = schema if root is None else root
     if "$ref" in schema:  # only local refs: "#/definitions/name"
         schema = root["definitions"][schema["$ref"].rsplit("/", 1)[-1]]

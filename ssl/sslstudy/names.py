@@ -193,6 +193,8 @@ _EPOCH = re.compile(r"^ep([0-9]{3,})\.pt$")
 
 # tables
 EVAL_TABLE = f"results/eval/{JOBS['evaluate']}.csv"
+# the evaluate job's embeddings of train/val/test (sslstudy.eval.features), read by fusion and few-label linear
+EMBEDDINGS = f"results/embeddings/{JOBS['evaluate']}.npz"
 LOWSHOT_TABLE = f"results/lowshot/{JOBS['lowshot']}.csv"
 SUPERVISED_TABLE = f"{SUPERVISED_DIR}/scores.csv"
 FUSION_TABLE = f"results/fusion/{JOBS['fusion']}.csv"

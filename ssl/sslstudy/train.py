@@ -133,19 +133,29 @@ class Context:
 
 
 @torch.no_grad()
-def embed(encoder: torch.nn.Module, images, rows: np.ndarray, size: int, device: torch.device,
-          batch_size: int = 256) -> torch.Tensor:
-    """encoder in eval mode (its mode restored after) on the eval view of images[rows] -> (len(rows), D)
-    float32 on the device; no collective, no random numbers."""
+def embed(encoder: torch.nn.Module, images, rows: np.ndarray, size: int, device: torch.device | None = None,
+          batch_size: int = 256, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The one embedding of the project: encoder in eval mode (its mode restored after) on the eval view
+    of images[rows] -> (len(rows), D), on the encoder's device (or ``device``), batch by batch; no
+    collective, no random numbers. Inputs channels_last; on CUDA in bf16 autocast, on the CPU in
+    float32. Without ``out`` the result is float32 on the device; with ``out`` (any device and dtype,
+    e.g. the evaluation cache's float16 host array) each batch is copied into it and ``out`` is
+    returned, so nothing larger than the features is held."""
+    device = torch.device(device) if device is not None else next(encoder.parameters()).device
     was_training = encoder.training
     encoder.eval()
-    out = []
+    chunks = []
     for i in range(0, len(rows), batch_size):
-        x = torch.from_numpy(np.asarray(images[rows[i:i + batch_size]])).to(device)
+        x = eval_view(torch.from_numpy(np.asarray(images[rows[i:i + batch_size]])).to(device), size)
+        x = x.contiguous(memory_format=torch.channels_last)  # on the CPU the same numbers as contiguous inputs
         with torch.autocast(**_amp(device)):
-            out.append(encoder(eval_view(x, size).contiguous(memory_format=torch.channels_last)).float())
+            z = encoder(x).float()
+        if out is None:
+            chunks.append(z)
+        else:
+            out[i:i + len(z)].copy_(z)
     encoder.train(was_training)
-    return torch.cat(out)
+    return out if out is not None else torch.cat(chunks)
 
 
 def _amp(device: torch.device) -> dict:
@@ -472,10 +482,10 @@ def _log_to(path: Path) -> None:
     root.setLevel(logging.INFO)
 
 
-def load_backbone(path: str | Path) -> tuple[torch.nn.Module, dict]:
-    """The backbone of a saved checkpoint (eval mode) and the run config it was trained with."""
+def load_backbone(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
+    """The backbone of a saved checkpoint (eval mode, on ``device``) and the run config it was trained with."""
     state = load_checkpoint(Path(path))
     cfg = state["config"]
     backbone = build_backbone(**cfg["backbone"])
     backbone.load_state_dict({k.removeprefix(BACKBONE): v for k, v in state["model"].items() if k.startswith(BACKBONE)})
-    return backbone.eval(), cfg
+    return backbone.to(device).eval(), cfg

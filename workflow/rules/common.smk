@@ -79,6 +79,11 @@ def supervised_of(w):
     return m
 
 
+def embeddings_of(m, on):
+    """The embedding cache of model m's pretrained weights on domain `on` (its evaluate job's output)."""
+    return names.EMBEDDINGS.format(run=m["id"], weights="pretrained", on=on)
+
+
 def member_of(w, which):
     return axes.member(C, w[which], int(w.seed))
 

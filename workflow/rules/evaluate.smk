@@ -2,13 +2,16 @@
 # linear probe (finest labels, mapped up) and k-means NMI/ARI at every label level. `random` is the
 # run's epoch-0 checkpoint (the same backbone at its random initialisation).
 # ep000.pt is written by pretraining but not declared (see pretrain.smk): both wait for final.pt.
+# The job embeds train/val/test once into `embeddings` (sslstudy.eval.features); fusion and the
+# few-label linear probe read it instead of embedding the checkpoint again.
 
 rule evaluate:
     input:
         final=lambda w: names.final_checkpoint(run_of(w)),
         data=lambda w: dataset_files(w.on),
     output:
-        pattern(names.EVAL_TABLE),
+        table=pattern(names.EVAL_TABLE),
+        embeddings=pattern(names.EMBEDDINGS),
     params:
         ckpt=lambda w: names.final_checkpoint(run_of(w)) if w.weights == "pretrained" else names.random_weights(run_of(w)),
         size=SIZE,
@@ -29,4 +32,4 @@ rule evaluate:
     shell:
         "sslstudy evaluate --checkpoint {params.ckpt} --dataset {params.dataset} --eval {params.eval} --size {params.size}"
         " --run {params.run} --ids {params.ids} --weights {wildcards.weights} --threads {params.cpus}"
-        " --out {output} {params.remote} 2> {log}"
+        " --embeddings {output.embeddings} --out {output.table} {params.remote} 2> {log}"

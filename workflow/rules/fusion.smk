@@ -1,11 +1,11 @@
 # Fusion axis: a linear probe on the concatenated frozen features of two models, beside each member
-# (sslstudy.axes.fusion_pairs).
+# (sslstudy.axes.fusion_pairs), read from the members' embedding caches (their evaluate jobs).
 
 
 rule fusion:
     input:
-        a=lambda w: names.final_checkpoint(member_of(w, "a")),
-        b=lambda w: names.final_checkpoint(member_of(w, "b")),
+        a=lambda w: embeddings_of(member_of(w, "a"), w.on),
+        b=lambda w: embeddings_of(member_of(w, "b"), w.on),
         data=lambda w: dataset_files(w.on),
     output:
         names.FUSION_TABLE,

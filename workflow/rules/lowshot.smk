@@ -1,10 +1,12 @@
 # Quantity axis: few-label linear probe (frozen) and fine-tuning of an SSL run, n labelled images
-# per finest class (sslstudy.axes.lowshot_jobs).
+# per finest class (sslstudy.axes.lowshot_jobs). The linear mode reads the run's embedding cache of
+# its domain (the evaluate job's); fine-tuning loads the backbone.
 
 
 rule lowshot:
     input:
         ckpt=lambda w: names.final_checkpoint(run_of(w)),
+        embeddings=lambda w: [embeddings_of(run_of(w), w.domain)] if w.mode == "linear" else [],
         data=lambda w: dataset_files(w.domain),
     output:
         pattern(names.LOWSHOT_TABLE),
@@ -12,6 +14,7 @@ rule lowshot:
         size=SIZE,
         eval=q(C["eval"]),
         finetune=lambda w: q(C["finetune"] if w.mode == "finetune" else {}),
+        embeddings=lambda w: f"--embeddings {embeddings_of(run_of(w), w.domain)}" if w.mode == "linear" else "",
         ids=lambda w: ids(run_of(w)),
         run=lambda w: run_of(w)["id"],
         dataset=lambda w: dataset_dir(w.domain),
@@ -27,5 +30,5 @@ rule lowshot:
         pattern(names.benchmark("lowshot"))
     shell:
         "sslstudy lowshot --checkpoint {input.ckpt} --dataset {params.dataset} --mode {wildcards.mode}"
-        " --labels {wildcards.labels} --eval {params.eval} --finetune {params.finetune} --size {params.size}"
+        " --labels {wildcards.labels} {params.embeddings} --eval {params.eval} --finetune {params.finetune} --size {params.size}"
         " --run {params.run} --ids {params.ids} --threads {params.cpus} --out {output} {params.remote} 2> {log}"

@@ -12,7 +12,7 @@ rule supervised:
         size=SIZE,
         finetune=q(C["finetune"]),
         backbone=q(C["pretrain"]["backbone"]),
-        label_seed=C["eval"]["cluster_seed"],
+        eval=q(C["eval"]),
         ids=lambda w: ids(supervised_of(w)),
         run=lambda w: supervised_of(w)["id"],
         dataset=lambda w: dataset_dir(w.domain),
@@ -28,6 +28,6 @@ rule supervised:
         names.benchmark("supervised")
     shell:
         "sslstudy supervised --dataset {params.dataset} --labels {wildcards.labels} --seed {wildcards.seed}"
-        " --label-seed {params.label_seed} --backbone {params.backbone} --finetune {params.finetune} --size {params.size}"
+        " --eval {params.eval} --backbone {params.backbone} --finetune {params.finetune} --size {params.size}"
         " --run {params.run} --ids {params.ids}"
         " --threads {params.cpus} --checkpoint {output.ckpt} --out {output.scores} {params.remote} 2> {log}"

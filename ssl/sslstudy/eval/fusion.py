@@ -1,27 +1,27 @@
-"""Representation fusion: concatenate the frozen features of two models and train one linear
-classifier on them, beside each member alone under the same protocol (finest labels, mapped up)."""
+"""Representation fusion: concatenate the cached frozen features of two models and train one linear
+classifier on them, beside each member alone under the same protocol (finest labels, mapped up; the
+multi-head probe's head chosen on val, test reported)."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from torch import nn
 
 from ..data.packed import PackedDataset
-from .frozen import embed
+from .features import Features, probe_splits
+from .frozen import choose_linear
 from .lowshot import rows
-from .probes import linear_probe
 
 
-def fusion_scores(a: nn.Module, b: nn.Module, ds: PackedDataset, cfg: dict, size: int) -> pd.DataFrame:
-    """Rows (member in {a, b, a+b}, level, metric=linear, value) on the test split of ``ds``."""
-    tr, te = ds.split_indices("train"), ds.split_indices("test")
+def fusion_scores(a: Features, b: Features, ds: PackedDataset, cfg: dict, device="cpu") -> pd.DataFrame:
+    """Rows (member in {a, b, a+b}, level, metric=linear, value, split, chosen lr/wd) on the test
+    split of ``ds``, from the two models' embedding caches of ``ds``."""
+    sp = probe_splits(ds, cfg)
     finest = ds.levels[-1]
-    y_tr = ds.label_array(finest, tr)
-    feats = {name: (embed(m, ds, tr, size, cfg["batch_size"]), embed(m, ds, te, size, cfg["batch_size"]))
-             for name, m in (("a", a), ("b", b))}
-    feats["a+b"] = tuple(np.concatenate([feats["a"][i], feats["b"][i]], axis=1) for i in range(2))
+    feats = {name: {s: f.take(r) for s, r in sp.items()} for name, f in (("a", a), ("b", b))}
+    feats["a+b"] = {s: np.concatenate([feats["a"][s], feats["b"][s]], axis=1) for s in sp}
     out = []
-    for member, (x_tr, x_te) in feats.items():
-        pred = linear_probe(x_tr, y_tr, x_te, ds.n_classes(finest), epochs=cfg["linear_epochs"], seed=cfg["cluster_seed"])
-        out.append(rows(ds, pred, te, "linear").assign(member=member, dim=x_tr.shape[1]))
+    for member, x in feats.items():
+        pred, chosen = choose_linear((x["fit"], ds.label_array(finest, sp["fit"])), (x["val"], ds.label_array(finest, sp["val"])),
+                                     x["test"], ds.n_classes(finest), cfg, device)
+        out.append(rows(ds, pred, sp["test"], "linear", chosen).assign(member=member, dim=x["fit"].shape[1]))
     return pd.concat(out, ignore_index=True)

@@ -25,36 +25,40 @@ from ..data.packed import PackedDataset
 from ..data.subsets import balanced_order
 from ..errors import UserError
 from ..names import ALL
-from .frozen import embed, level_accuracy
-from .probes import linear_probe
+from .features import Features, probe_splits
+from .frozen import choose_linear, level_accuracy, tidy
 
-def labelled_indices(ds: PackedDataset, per_class: int | str, seed: int) -> np.ndarray:
-    """Sorted train indices: ``per_class`` images of every finest class (nested in ``per_class``)."""
+def labelled_indices(ds: PackedDataset, per_class: int | str, cfg: dict) -> np.ndarray:
+    """Sorted fit indices (train less the val holdout, features.probe_splits): ``per_class`` images of
+    every finest class (nested in ``per_class``), in the balanced order of seed eval.cluster_seed."""
     finest = ds.levels[-1]
-    order = balanced_order(ds.labels, seed, stratify=finest, split="train", dataset=ds.path)
+    fit = probe_splits(ds, cfg)["fit"]
+    order = balanced_order(ds.labels[ds.labels["index"].isin(fit)], cfg["cluster_seed"], stratify=finest, split="train",
+                           dataset=ds.path)
     if per_class == ALL:
         return np.sort(order)
     n = int(per_class) * ds.n_classes(finest)
     if n > len(order):
         raise UserError(f"{ds.path}: {per_class} labelled images per class need {n} train images but there are "
-                        f"{len(order)}; lower quantity.labels in params")
+                        f"{len(order)} (the val holdout excluded); lower quantity.labels in params")
     return np.sort(order[:n])
 
 
-def rows(ds: PackedDataset, pred_fine: np.ndarray, test: np.ndarray, metric: str) -> pd.DataFrame:
+def rows(ds: PackedDataset, pred_fine: np.ndarray, test: np.ndarray, metric: str, chosen: dict | None = None) -> pd.DataFrame:
     acc = level_accuracy(ds, pred_fine, test)
-    return pd.DataFrame(dict(level_index=range(len(ds.levels)), level=ds.levels, metric=metric,
-                             value=[acc[lv] for lv in ds.levels]))
+    return tidy([dict(level_index=i, level=lv, metric=metric, value=acc[lv], split="test", **(chosen or {}))
+                 for i, lv in enumerate(ds.levels)])
 
 
-def frozen_linear(backbone: nn.Module, ds: PackedDataset, train: np.ndarray, cfg: dict, size: int) -> pd.DataFrame:
-    """Linear probe on frozen features of the labelled images, scored on the whole test split."""
-    test = ds.split_indices("test")
-    x_tr, x_te = embed(backbone, ds, train, size, cfg["batch_size"]), embed(backbone, ds, test, size, cfg["batch_size"])
+def frozen_linear(feats: Features, ds: PackedDataset, train: np.ndarray, cfg: dict, device="cpu") -> pd.DataFrame:
+    """Multi-head linear probe on the cached frozen features of the labelled images, its head chosen
+    on the val split, scored on the whole test split."""
+    sp = probe_splits(ds, cfg)
     finest = ds.levels[-1]
-    pred = linear_probe(x_tr, ds.label_array(finest, train), x_te, ds.n_classes(finest),
-                        epochs=cfg["linear_epochs"], seed=cfg["cluster_seed"])
-    return rows(ds, pred, test, "linear")
+    pred, chosen = choose_linear((feats.take(train), ds.label_array(finest, train)),
+                                 (feats.take(sp["val"]), ds.label_array(finest, sp["val"])), feats.take(sp["test"]),
+                                 ds.n_classes(finest), cfg, device)
+    return rows(ds, pred, sp["test"], "linear", chosen)
 
 
 class Classifier(nn.Module):
@@ -105,8 +109,9 @@ def train_classifier(backbone: nn.Module, ds: PackedDataset, train: np.ndarray, 
 
 @torch.no_grad()
 def predict(model: Classifier, ds: PackedDataset, indices: np.ndarray, size: int, batch_size: int = 512) -> np.ndarray:
-    feats = torch.from_numpy(embed(model.backbone, ds, indices, size, batch_size))
-    return model.head(feats).argmax(dim=1).numpy()
+    from ..train import embed
+
+    return model.head(embed(model.backbone, ds.images, indices, size, batch_size=batch_size)).argmax(dim=1).cpu().numpy()
 
 
 def trained_rows(model: Classifier, ds: PackedDataset, size: int, metric: str) -> pd.DataFrame:

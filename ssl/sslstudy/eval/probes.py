@@ -27,6 +27,11 @@ problems run on one torch thread, which is faster than two and, on a busy
 machine, much faster).
 With the defaults (lr 0.5, weight decay 5e-4) it lands within about a point of
 scikit-learn's ``LogisticRegression`` on standardised features.
+
+:func:`linear_heads` trains one such classifier per (lr, weight decay) of a grid at once, on the
+same minibatches (one matrix product per step for all heads); the evaluation keeps the head that
+is best on the val split (sslstudy.eval.frozen.choose_linear). kNN on CUDA without a faiss GPU
+build searches with torch (one matrix product and top-k per block of query rows).
 """
 
 from __future__ import annotations
@@ -42,10 +47,13 @@ import torch
 from sslstudy.errors import UserError
 from sslstudy.eval.kmeans import as_float32_matrix, faiss_threads, use_gpu
 
-__all__ = ["l2_normalize", "knn_predict", "knn_accuracy", "linear_probe", "accuracy"]
+__all__ = ["l2_normalize", "knn_predict", "knn_predict_grid", "knn_accuracy", "linear_heads", "LinearHeads",
+           "linear_probe", "accuracy"]
 
 # Test rows handled per faiss search / vote accumulation, to bound memory.
 _CHUNK = 8192
+# Similarities held at once by the torch (CUDA) kNN search.
+_TORCH_SIMS = 1 << 28
 # Largest k that faiss's GPU flat search accepts; larger k searches on CPU.
 _GPU_MAX_K = 2048
 # Linear-probe steps with batch * d * classes below this run single-threaded.
@@ -102,6 +110,87 @@ def _check_dims(train_x: np.ndarray, test_x: np.ndarray) -> None:
         )
 
 
+def _knn_backend(gpu: bool | None, device, k: int) -> str:
+    """``"faiss-gpu"``, ``"torch"`` (CUDA torch without a faiss GPU) or ``"faiss-cpu"``."""
+    if use_gpu(gpu) and k <= _GPU_MAX_K:  # faiss GPU search supports k <= 2048 only
+        return "faiss-gpu"
+    if device is not None and torch.device(device).type == "cuda" and gpu is None:
+        return "torch"
+    return "faiss-cpu"
+
+
+def _neighbours(xtr: np.ndarray, xte: np.ndarray, k: int, backend: str, device) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(start, similarities (m, k) descending, neighbour rows (m, k)) per chunk of _CHUNK test rows."""
+    if backend == "torch":
+        index = torch.from_numpy(xtr).to(device)
+        rows = max(1, min(_CHUNK, _TORCH_SIMS // xtr.shape[0]))  # bounds the (rows, N_train) similarity block
+        for start in range(0, xte.shape[0], rows):
+            q = torch.from_numpy(xte[start : start + rows]).to(device)
+            sims, nbrs = torch.topk(q @ index.t(), k, dim=1)  # sorted, as faiss's search
+            yield start, sims.cpu().numpy(), nbrs.cpu().numpy()
+        return
+    with faiss_threads(work=float(xtr.shape[0]) * xtr.shape[1] * min(xte.shape[0], _CHUNK)):
+        index = faiss.IndexFlatIP(xtr.shape[1])
+        if backend == "faiss-gpu":
+            index = faiss.index_cpu_to_all_gpus(index)
+        index.add(xtr)
+        for start in range(0, xte.shape[0], _CHUNK):
+            sims, nbrs = index.search(xte[start : start + _CHUNK], k)
+            yield start, sims, nbrs
+
+
+def knn_predict_grid(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    ks: list[int],
+    temperature: float = 0.07,
+    weighting: str = "exp",
+    gpu: bool | None = None,
+    device=None,
+) -> dict[int, np.ndarray]:
+    """:func:`knn_predict` for every k of ``ks`` from one search of the largest k (the neighbours come
+    sorted by similarity, so each k votes with the first k of them). ``device``: a CUDA device searches
+    there with torch when faiss sees no GPU. Returns {k: predictions} in the order of ``ks``."""
+    if weighting not in ("exp", "uniform"):
+        raise UserError(f"knn_predict: weighting must be 'exp' or 'uniform', got {weighting!r}")
+    ks = list(ks)
+    if not ks or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 for k in ks):
+        raise UserError(f"knn_predict: k must be a positive integer, got {ks if len(ks) != 1 else ks[0]!r}")
+    if weighting == "exp" and not (_is_real(temperature) and temperature > 0):
+        raise UserError(f"knn_predict: temperature must be > 0, got {temperature!r}")
+    xtr = as_float32_matrix(train_x, "train_x")
+    xte = as_float32_matrix(test_x, "test_x")
+    _check_dims(xtr, xte)
+    ytr = _labels(train_y, xtr.shape[0], "train_y")
+
+    classes, ytr_idx = np.unique(ytr, return_inverse=True)
+    n_classes = len(classes)
+    clipped = {k: int(min(k, xtr.shape[0])) for k in ks}
+    k_max = max(clipped.values())
+    xtr = l2_normalize(xtr)
+    xte = l2_normalize(xte)
+
+    preds = {k: np.empty(xte.shape[0], dtype=np.int64) for k in ks}
+    for start, sims, nbrs in _neighbours(xtr, xte, k_max, _knn_backend(gpu, device, k_max), device):
+        nbr_cls = ytr_idx[nbrs]  # (m, k); k <= N_train so no -1 neighbours
+        if weighting == "exp":
+            # Shift by the row maximum: the vote argmax is unchanged and
+            # exp() cannot overflow for small temperatures.
+            s64 = sims.astype(np.float64)
+            weights = np.exp((s64 - s64[:, :1]) / float(temperature))
+        else:
+            weights = np.ones(nbrs.shape, dtype=np.float64)
+        m = nbrs.shape[0]
+        rows = np.arange(m, dtype=np.int64)[:, None] * n_classes
+        for k in ks:
+            kk = clipped[k]
+            flat = (rows + nbr_cls[:, :kk]).ravel()
+            votes = np.bincount(flat, weights=weights[:, :kk].ravel(), minlength=m * n_classes).reshape(m, n_classes)
+            preds[k][start : start + m] = classes[np.argmax(votes, axis=1)]  # first maximum = smallest label
+    return preds
+
+
 def knn_predict(
     train_x: np.ndarray,
     train_y: np.ndarray,
@@ -110,6 +199,7 @@ def knn_predict(
     temperature: float = 0.07,
     weighting: str = "exp",
     gpu: bool | None = None,
+    device=None,
 ) -> np.ndarray:
     """Predict labels of ``test_x`` by a cosine kNN vote among ``train_x``.
 
@@ -120,50 +210,14 @@ def knn_predict(
         temperature: T of the ``exp(sim / T)`` weights (``weighting="exp"`` only).
         weighting: ``"exp"`` (weighted vote) or ``"uniform"`` (majority vote).
         gpu: ``None`` = faiss GPU index if faiss sees a GPU (CPU anyway for k > 2048).
+        device: a CUDA device: search there with torch when faiss sees no GPU.
 
     Returns:
         ``(N_test,)`` int64 predicted labels (values taken from ``train_y``).
     """
-    if weighting not in ("exp", "uniform"):
-        raise UserError(f"knn_predict: weighting must be 'exp' or 'uniform', got {weighting!r}")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise UserError(f"knn_predict: k must be a positive integer, got {k!r}")
-    if weighting == "exp" and not (_is_real(temperature) and temperature > 0):
-        raise UserError(f"knn_predict: temperature must be > 0, got {temperature!r}")
-    xtr = as_float32_matrix(train_x, "train_x")
-    xte = as_float32_matrix(test_x, "test_x")
-    _check_dims(xtr, xte)
-    ytr = _labels(train_y, xtr.shape[0], "train_y")
-
-    classes, ytr_idx = np.unique(ytr, return_inverse=True)
-    n_classes = len(classes)
-    k = int(min(k, xtr.shape[0]))
-    xtr = l2_normalize(xtr)
-    xte = l2_normalize(xte)
-
-    on_gpu = use_gpu(gpu)
-    pred = np.empty(xte.shape[0], dtype=np.int64)
-    with faiss_threads(work=float(xtr.shape[0]) * xtr.shape[1] * min(xte.shape[0], _CHUNK)):
-        index = faiss.IndexFlatIP(xtr.shape[1])
-        if on_gpu and k <= _GPU_MAX_K:  # faiss GPU search supports k <= 2048 only
-            index = faiss.index_cpu_to_all_gpus(index)
-        index.add(xtr)
-        for start in range(0, xte.shape[0], _CHUNK):
-            q = xte[start : start + _CHUNK]
-            sims, nbrs = index.search(q, k)
-            nbr_cls = ytr_idx[nbrs]  # (m, k); k <= N_train so no -1 neighbours
-            if weighting == "exp":
-                # Shift by the row maximum: the vote argmax is unchanged and
-                # exp() cannot overflow for small temperatures.
-                s64 = sims.astype(np.float64)
-                weights = np.exp((s64 - s64.max(axis=1, keepdims=True)) / float(temperature))
-            else:
-                weights = np.ones(nbrs.shape, dtype=np.float64)
-            m = q.shape[0]
-            flat = (np.arange(m, dtype=np.int64)[:, None] * n_classes + nbr_cls).ravel()
-            votes = np.bincount(flat, weights=weights.ravel(), minlength=m * n_classes).reshape(m, n_classes)
-            pred[start : start + m] = classes[np.argmax(votes, axis=1)]  # first maximum = smallest label
-    return pred
+    return knn_predict_grid(train_x, train_y, test_x, [k], temperature, weighting, gpu, device)[k]
 
 
 def accuracy(pred: np.ndarray, y: np.ndarray) -> float:
@@ -184,36 +238,52 @@ def knn_accuracy(train_x, train_y, test_x, test_y, **kw) -> float:
     return accuracy(pred, yte)
 
 
-def linear_probe(
+class LinearHeads:
+    """Linear classifiers fitted together by :func:`linear_heads`: the training standardisation and one
+    weight ``(n_classes, d)`` + bias per head, on the device they were trained on."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, grid: list[tuple]):
+        self.mean, self.std, self.weight, self.bias, self.grid = mean, std, weight, bias, grid
+
+    @torch.no_grad()
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """``(n_heads, N)`` int64 predictions of every head, ``x`` streamed in chunks of _CHUNK rows."""
+        h, c, d = self.weight.shape
+        w = self.weight.reshape(h * c, d).t()
+        out = []
+        for s in range(0, x.shape[0], _CHUNK):
+            xb = (torch.from_numpy(as_float32_matrix(x[s : s + _CHUNK], "x")).to(w.device) - self.mean) / self.std
+            out.append((xb @ w).reshape(-1, h, c).add_(self.bias).argmax(dim=2).t().cpu())
+        return torch.cat(out, dim=1).numpy().astype(np.int64)
+
+
+def linear_heads(
     train_x: np.ndarray,
     train_y: np.ndarray,
-    test_x: np.ndarray,
     n_classes: int,
+    lrs=(0.5,),
+    weight_decays=(5e-4,),
     epochs: int = 100,
-    lr: float = 0.5,
-    weight_decay: float = 5e-4,
     batch_size: int = 256,
     seed: int = 0,
-) -> np.ndarray:
-    """Train a linear classifier on frozen ``train_x`` and predict ``test_x``.
+    device="cpu",
+) -> LinearHeads:
+    """One linear classifier per (lr, weight decay) of ``lrs`` x ``weight_decays`` (lr-major order),
+    trained at once on the same minibatches (DINOv2's multi-head linear evaluation): the weights of
+    all heads are one ``(heads, n_classes, d)`` tensor, so a step is one matrix product whatever the
+    number of heads, and each head follows exactly the updates it would follow alone.
 
-    Multinomial logistic regression by minibatch SGD (see the module
-    docstring): features standardised with the training mean/std (constant
-    dimensions are centred, not scaled); weight ``(n_classes, d)`` and bias
-    zero-initialised; cross-entropy; SGD with momentum 0.9 (Nesterov), ``lr``
-    decayed to 0 by a per-step cosine, L2 ``weight_decay`` on the weight (not
-    the bias); shuffled minibatches of ``batch_size`` (the last one may be
-    smaller) drawn with a ``torch.Generator`` seeded from ``seed``. CPU only.
+    Multinomial logistic regression by minibatch SGD (see the module docstring): features
+    standardised with the training mean/std (constant dimensions are centred, not scaled); weights
+    and biases zero-initialised; cross-entropy; SGD with momentum 0.9 (Nesterov), each head's lr
+    decayed to 0 by a per-step cosine, its L2 weight decay on the weight (not the bias); shuffled
+    minibatches of ``batch_size`` (the last one may be smaller) drawn with a CPU ``torch.Generator``
+    seeded from ``seed``. Runs on ``device``.
 
     Args:
         train_y: integer labels in ``[0, n_classes)``.
-
-    Returns:
-        ``(N_test,)`` int64 predicted labels in ``[0, n_classes)``.
     """
     xtr = as_float32_matrix(train_x, "train_x")
-    xte = as_float32_matrix(test_x, "test_x")
-    _check_dims(xtr, xte)
     ytr = _labels(train_y, xtr.shape[0], "train_y")
     if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) or n_classes < 1:
         raise UserError(f"linear_probe: n_classes must be a positive integer, got {n_classes!r}")
@@ -222,23 +292,27 @@ def linear_probe(
         raise UserError(
             f"train_y: labels must lie in [0, {n_classes}), got range [{ytr.min()}, {ytr.max()}]"
         )
+    lrs, weight_decays = list(lrs), list(weight_decays)
     for name, val, ok in (
         ("epochs", epochs, isinstance(epochs, (int, np.integer)) and epochs >= 1),
         ("batch_size", batch_size, isinstance(batch_size, (int, np.integer)) and batch_size >= 1),
-        ("lr", lr, _is_real(lr) and lr > 0),
-        ("weight_decay", weight_decay, _is_real(weight_decay) and weight_decay >= 0),
+        ("lr", lrs, bool(lrs) and all(_is_real(v) and v > 0 for v in lrs)),
+        ("weight_decay", weight_decays, bool(weight_decays) and all(_is_real(v) and v >= 0 for v in weight_decays)),
     ):
         if not ok:
-            raise UserError(f"linear_probe: invalid {name}={val!r}")
+            raise UserError(f"linear_probe: invalid {name}={val[0] if isinstance(val, list) and len(val) == 1 else val!r}")
+    device = torch.device(device)
+    grid = [(float(lr), float(wd)) for lr in lrs for wd in weight_decays]
+    h = len(grid)
 
     # Statistics accumulated in float64, features kept in float32.
     mean = xtr.mean(axis=0, dtype=np.float64)
     std = xtr.std(axis=0, dtype=np.float64)
     std = np.where(std > 1e-12, std, 1.0)
-    mean32, std32 = mean.astype(np.float32), std.astype(np.float32)
-    xtr_t = torch.from_numpy((xtr - mean32) / std32)
-    xte_t = torch.from_numpy((xte - mean32) / std32)
-    ytr_t = torch.from_numpy(np.array(ytr))  # a copy: pandas hands out read-only arrays
+    mean_t = torch.from_numpy(mean.astype(np.float32)).to(device)
+    std_t = torch.from_numpy(std.astype(np.float32)).to(device)
+    xtr_t = (torch.from_numpy(xtr).to(device) - mean_t) / std_t
+    ytr_t = torch.from_numpy(np.array(ytr)).to(device)  # a copy: pandas hands out read-only arrays
 
     n, d = xtr_t.shape
     bs = int(min(batch_size, n))
@@ -251,38 +325,54 @@ def linear_probe(
     # (dL/dlogits = softmax - onehot): the same SGD as torch.optim.SGD(momentum=0.9,
     # nesterov=True) with coupled L2 decay on the weight, without autograd/optimizer
     # overhead (which dominates for a model this small).
-    weight = torch.zeros(n_classes, d)
-    bias = torch.zeros(n_classes)
+    weight = torch.zeros(h, n_classes, d, device=device)
+    bias = torch.zeros(h, n_classes, device=device)
     buf_w = torch.zeros_like(weight)
     buf_b = torch.zeros_like(bias)
+    base_lr = torch.tensor([g[0] for g in grid], device=device)
+    wd = torch.tensor([g[1] for g in grid], device=device)
     momentum = 0.9
-    wd = float(weight_decay)
     step = 0
     # Small per-step products run faster (and far more predictably on busy
     # machines) on one thread than with OpenMP fork/join on every op.
-    threads = 1 if bs * d * n_classes < _SMALL_STEP_FLOPS else None
+    threads = 1 if device.type == "cpu" and bs * d * n_classes < _SMALL_STEP_FLOPS else None
     with torch.no_grad(), _torch_threads(threads):
         for _ in range(int(epochs)):
-            perm = torch.randperm(n, generator=gen)
+            perm = torch.randperm(n, generator=gen).to(device)
             for start in range(0, n, bs):
                 idx = perm[start : start + bs]
                 xb = xtr_t[idx]
-                g = torch.softmax(torch.addmm(bias, xb, weight.t()), dim=1)
-                g[torch.arange(len(idx)), ytr_t[idx]] -= 1.0
-                g /= len(idx)
-                grad_w = g.t() @ xb
-                if wd:
-                    grad_w.add_(weight, alpha=wd)
+                m = len(idx)
+                g = torch.softmax((xb @ weight.reshape(h * n_classes, d).t()).reshape(m, h, n_classes) + bias, dim=2)
+                g[torch.arange(m, device=device), :, ytr_t[idx]] -= 1.0
+                g /= m
+                grad_w = (g.reshape(m, h * n_classes).t() @ xb).reshape(h, n_classes, d)
+                grad_w.add_(weight * wd[:, None, None])
                 grad_b = g.sum(dim=0)
                 buf_w.mul_(momentum).add_(grad_w)
                 buf_b.mul_(momentum).add_(grad_b)
-                step_lr = float(lr) * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
-                weight.add_(grad_w.add_(buf_w, alpha=momentum), alpha=-step_lr)
-                bias.add_(grad_b.add_(buf_b, alpha=momentum), alpha=-step_lr)
+                step_lr = base_lr * (0.5 * (1.0 + math.cos(math.pi * step / total_steps)))
+                weight.sub_(grad_w.add_(buf_w, alpha=momentum) * step_lr[:, None, None])
+                bias.sub_(grad_b.add_(buf_b, alpha=momentum) * step_lr[:, None])
                 step += 1
+    return LinearHeads(mean_t, std_t, weight, bias, grid)
 
-    with torch.no_grad():
-        pred = torch.cat(
-            [torch.addmm(bias, xte_t[s : s + _CHUNK], weight.t()).argmax(dim=1) for s in range(0, xte_t.shape[0], _CHUNK)]
-        )
-    return pred.numpy().astype(np.int64)
+
+def linear_probe(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    n_classes: int,
+    epochs: int = 100,
+    lr: float = 0.5,
+    weight_decay: float = 5e-4,
+    batch_size: int = 256,
+    seed: int = 0,
+    device="cpu",
+) -> np.ndarray:
+    """Train one linear classifier (:func:`linear_heads` with one head) on frozen ``train_x`` and
+    predict ``test_x``: ``(N_test,)`` int64 labels in ``[0, n_classes)``."""
+    xte = as_float32_matrix(test_x, "test_x")
+    _check_dims(as_float32_matrix(train_x, "train_x"), xte)
+    heads = linear_heads(train_x, train_y, n_classes, [lr], [weight_decay], epochs, batch_size, seed, device)
+    return heads.predict(xte)[0]

@@ -1,0 +1,102 @@
+"""The evaluation's inputs: the device it runs on, the probe splits (fit / val / test) and the one
+embedding of a checkpoint x dataset that every evaluation of that checkpoint reads.
+
+The `evaluate` job embeds the train, val and test images once and writes them (names.EMBEDDINGS, an
+uncompressed .npz: ``x`` (n, d) float16 unless a value overflows float16, then float32; ``index`` the
+dataset rows, ascending); fusion and the few-label linear probe read that file instead of loading the
+backbones again.
+
+Splits: ``val`` is the dataset's own val split when it has one; otherwise the first
+``eval.val_fraction`` of the train split's class-balanced seeded order (finest labels, seed
+``eval.cluster_seed``), so every class is held out in proportion. ``fit`` is the rest of train: the
+probes train on it, choose their hyper-parameters on val and report test.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..atomic import atomic_path
+from ..data.packed import PackedDataset
+from ..data.subsets import balanced_order
+from ..errors import UserError
+
+log = logging.getLogger("sslstudy.eval")
+
+def eval_device(name: str = "auto") -> torch.device:
+    """``auto``: the first CUDA device when torch sees one, else the CPU; ``cuda``/``cpu`` as asked."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: torch sees no CUDA device on this machine; use --device auto or cpu")
+    if name not in ("cuda", "cpu"):
+        raise UserError(f"--device {name}: use auto, cuda or cpu")
+    return torch.device(name)
+
+
+def probe_splits(ds: PackedDataset, cfg: dict) -> dict[str, np.ndarray]:
+    """Sorted dataset indices of fit (what the probes train on), val (what chooses their
+    hyper-parameters) and test (what they report)."""
+    train, test = ds.split_indices("train"), ds.split_indices("test")
+    val = ds.split_indices("val")
+    if len(val):
+        return dict(fit=train, val=val, test=test)
+    order = balanced_order(ds.labels, cfg["cluster_seed"], stratify=ds.levels[-1], split="train", dataset=ds.path)
+    n_val = int(round(cfg["val_fraction"] * len(order)))
+    if not 0 < n_val < len(order):
+        raise UserError(f"{ds.path}: eval.val_fraction={cfg['val_fraction']} of {len(order)} train images holds out "
+                        f"{n_val}; pick a fraction that leaves images on both sides")
+    val = np.sort(order[:n_val])
+    return dict(fit=np.setdiff1d(train, val), val=val, test=test)
+
+
+class Features:
+    """Embeddings of dataset rows ``index`` (ascending), looked up by dataset index."""
+
+    def __init__(self, x: np.ndarray, index: np.ndarray):
+        self.x, self.index = x, np.asarray(index, dtype=np.int64)
+
+    @property
+    def dim(self) -> int:
+        return self.x.shape[1]
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """float32 features of dataset rows ``rows`` (each must be in the cache)."""
+        pos = np.searchsorted(self.index, rows)
+        if len(rows) and (pos.max() >= len(self.index) or not np.array_equal(self.index[pos], rows)):
+            raise UserError("embedding cache lacks some requested rows; delete it and re-run its evaluate job")
+        return self.x[pos].astype(np.float32)
+
+    def save(self, path: str | Path) -> None:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, x=self.x, index=self.index)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Features":
+        try:
+            with np.load(path) as z:
+                return cls(z["x"], z["index"])
+        except (OSError, ValueError, KeyError) as e:
+            raise UserError(f"{path}: unreadable embedding cache ({type(e).__name__}); delete it and re-run its "
+                            f"evaluate job") from None
+
+
+def embed_dataset(backbone: torch.nn.Module, ds: PackedDataset, size: int, batch_size: int) -> Features:
+    """The backbone (on its device) on the eval view of every train, val and test image, streamed into
+    one host array: float16 when every value fits, else float32."""
+    from ..train import embed
+
+    rows = np.sort(np.concatenate([ds.split_indices(s) for s in ("train", "val", "test")]))
+    out = embed(backbone, ds.images, rows, size, batch_size=batch_size,
+                out=torch.empty(len(rows), backbone.out_dim, dtype=torch.float16))
+    if not torch.isfinite(out).all():  # a value beyond float16's range (or a non-finite embedding)
+        log.info("embeddings exceed the float16 range; cached as float32")
+        out = embed(backbone, ds.images, rows, size, batch_size=batch_size,
+                    out=torch.empty(len(rows), backbone.out_dim, dtype=torch.float32))
+        if not torch.isfinite(out).all():
+            raise UserError(f"{ds.path}: the backbone's embeddings are not finite; its checkpoint is broken")
+    return Features(out.numpy(), rows)

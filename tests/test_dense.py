@@ -170,7 +170,7 @@ def _masked_toy(tmp_path, masked):
     return load_dataset(return_path)
 
 
-CFG = dict(epochs=30, batch_size=32, lr=0.05, seed=0, correspondence_images=0)
+CFG = dict(epochs=10, batch_size=1024, lr=0.05, seed=0, pixels=64, correspondence_images=0)
 
 
 def test_probe_is_near_perfect_on_features_that_encode_the_mask(tmp_path, masked):
@@ -203,7 +203,7 @@ def test_probe_upsamples_coarse_maps_and_honours_ignore():
     f += 0.01 * torch.randn(f.shape, generator=torch.Generator().manual_seed(0))
     y_train = y.clone()
     y_train[:, 0, :4, :4] = 255  # class 0 never seen in training
-    pred = dense_probe(f, y_train, f, [k], epochs=50, batch_size=8, lr=0.1, seed=0)
+    pred = dense_probe(f, y_train, f, [k], epochs=30, batch_size=256, lr=0.1, seed=0, pixels=32)
     assert pred.shape == (n, 1, 8, 8)
     conf = confusion(pred[:, 0].numpy(), y[:, 0].numpy(), k)
     # the three trained quadrants are right away from the quadrant borders
@@ -269,3 +269,57 @@ def test_missing_masks_is_one_clear_error(tmp_path):
     with pytest.raises(UserError, match="no masks.npy .*sslstudy synth"):
         evaluate_dense(Decoder(5), load_dataset(tmp_path / "plain"), CFG, 16, {})
     assert json.loads((tmp_path / "plain" / "meta.json").read_text()).get("masks") is None
+
+
+# ---------------------------------------------------------------------------- command and report
+
+
+def test_dense_command_writes_a_tidy_table(masked, tmp_path):
+    from sslstudy.cli import main
+    from sslstudy.models import build_backbone
+    from sslstudy.train import BACKBONE, atomic_torch_save
+
+    torch.manual_seed(0)
+    arch = dict(arch="cnn4", width=4)
+    state = {BACKBONE + k: v for k, v in build_backbone(**arch).state_dict().items()}
+    ckpt = tmp_path / "ep000.pt"
+    atomic_torch_save(dict(epoch=0, model=state, config=dict(backbone=arch, epochs=3, views=[{}, {}])), ckpt)
+    ids = dict(method="densecl", domain="natural", subset="frac1", quality="clean", seed=0)
+    out = tmp_path / "dense.csv"
+    cfg = dict(CFG, epochs=2, correspondence_images=16)
+    rc = main(["dense", "--checkpoint", str(ckpt), "--dataset", str(masked / "natural"), "--eval", json.dumps(cfg),
+               "--views", json.dumps(dict(scale=[0.4, 1.0])), "--size", "32", "--run", "densecl/natural_frac1_clean/seed0",
+               "--ids", json.dumps(ids), "--weights", "random", "--out", str(out)])
+    assert rc == 0
+    df = pd.read_csv(out)
+    assert list(df.columns) == ["run", *ids, "weights", "epoch", "eval_domain", "level", "metric", "value"]
+    assert set(zip(df["level"], df["metric"])) == {("coarse", "miou"), ("coarse", "pixel_acc"), ("mid", "miou"),
+                                                  ("mid", "pixel_acc"), ("label-free", "correspondence")}
+    assert (df["epoch"] == 0).all() and (df["weights"] == "random").all()
+    assert df["value"].between(0, 1).all()
+
+
+def _dense_rows(values: dict) -> pd.DataFrame:
+    """(method, seed) -> coarse mIoU, as the dense command writes them."""
+    return pd.DataFrame([dict(run=f"{m}/natural_frac1_clean/seed{s}", method=m, domain="natural", subset="frac1",
+                              quality="clean", seed=s, weights="pretrained", epoch=30, eval_domain="natural",
+                              level="coarse", metric="miou", value=v) for (m, s), v in values.items()])
+
+
+def test_report_section_summarises_and_pairs_densecl_with_moco(tmp_path):
+    from sslstudy.report import dense as R
+    from sslstudy.report.html import ENV, Page
+
+    df = _dense_rows({("densecl", 0): 0.60, ("densecl", 1): 0.64, ("densecl", 2): 0.62,
+                      ("moco", 0): 0.50, ("moco", 1): 0.55, ("moco", 2): 0.51, ("simclr", 0): 0.4})
+    s = R.summary(df).set_index("method")
+    assert s.loc["densecl", "mean"] == pytest.approx(0.62) and s.loc["densecl", "n"] == 3
+    assert s.loc["simclr", "n"] == 1 and np.isnan(s.loc["simclr", "low"])
+    v = R.versus(df).iloc[0]
+    assert v["mean"] == pytest.approx((0.10 + 0.09 + 0.11) / 3) and v["n"] == 3
+    assert v["significant"] and v["verdict"] == "higher"
+    assert R.versus(df[df["method"] != "moco"]).empty
+    page = Page(tmp_path, tmp_path)
+    html = ENV.get_template("dense.html").render(dense=R.section(page, df))
+    assert "densecl - moco" in html and (tmp_path / "tables" / "dense_versus.csv").is_file()
+    assert "Not in this study" in ENV.get_template("dense.html").render(dense=R.section(page, pd.DataFrame()))

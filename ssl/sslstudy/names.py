@@ -148,6 +148,7 @@ JOBS = dict(
     supervised="{domain}_{labels}/seed{seed}",
     fusion="seed{seed}/{a}/{b}/on_{on}",
     clustering="{run}",
+    dense="{run}/{weights}_on_{on}",
 )
 
 
@@ -195,6 +196,7 @@ LOWSHOT_TABLE = f"results/lowshot/{JOBS['lowshot']}.csv"
 SUPERVISED_TABLE = f"{SUPERVISED_DIR}/scores.csv"
 FUSION_TABLE = f"results/fusion/{JOBS['fusion']}.csv"
 CLUSTERS_TABLE = f"results/clusters/{JOBS['clustering']}.csv"
+DENSE_TABLE = f"results/dense/{JOBS['dense']}.csv"
 
 
 def packed_files(folder: str) -> list[str]:

@@ -54,36 +54,66 @@ def feature_maps(backbone: torch.nn.Module, ds: PackedDataset, indices: np.ndarr
 # ---------------------------------------------------------------------------- linear probe
 
 
-def _logits(head: torch.nn.Conv2d, f: torch.Tensor, mask_size: int) -> torch.Tensor:
-    return F.interpolate(head(f), size=(mask_size, mask_size), mode="bilinear", align_corners=False)
+_PASS = 256  # images per upsampling pass (bounds memory only)
+
+
+def _up(f: torch.Tensor, size: int) -> torch.Tensor:
+    return F.interpolate(f, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def upsampling_matrix(h: int, w: int, size: int) -> torch.Tensor:
+    """(size*size, h*w): row p holds the weights `_up` gives each map cell at output pixel p."""
+    eye = torch.eye(h * w).reshape(h * w, 1, h, w)
+    return _up(eye, size).reshape(h * w, size * size).T.contiguous()
+
+
+def pixel_rows(f: torch.Tensor, y: torch.Tensor, pixels: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training rows of the probe: for ``pixels`` seeded random pixels of each image, the
+    feature map upsampled (bilinear) to the mask size at that pixel, and its labels.
+    f: (N, C, h, w); y: (N, L, S, S) -> ((N*pixels, C) float, (N*pixels, L) long)."""
+    n, c, s = len(f), f.shape[1], y.shape[-1]
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randint(0, s * s, (n, pixels), generator=g)
+    u = upsampling_matrix(f.shape[2], f.shape[3], s)
+    x = torch.bmm(u[pick], f.flatten(2).transpose(1, 2))  # (N, pixels, C)
+    lab = torch.gather(y.flatten(2), 2, pick[:, None].expand(-1, y.shape[1], -1))  # (N, L, pixels)
+    return x.reshape(-1, c), lab.transpose(1, 2).reshape(-1, y.shape[1])
 
 
 def dense_probe(f_tr: torch.Tensor, y_tr: torch.Tensor, f_te: torch.Tensor, n_classes: list[int], epochs: int,
-                batch_size: int, lr: float, seed: int) -> torch.Tensor:
+                batch_size: int, lr: float, seed: int, pixels: int) -> torch.Tensor:
     """Train the 1x1-conv head on (f_tr (N, C, h, w), y_tr (N, L, S, S) long labels of L levels,
-    IGNORE skipped) -> (M, L, S, S) uint8 predictions for f_te."""
-    mean = f_tr.mean(dim=(0, 2, 3), keepdim=True)
-    std = f_tr.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
-    f_tr, f_te = (f_tr - mean) / std, (f_te - mean) / std
-    s = y_tr.shape[-1]
-    head = torch.nn.Conv2d(f_tr.shape[1], sum(n_classes), 1)
+    IGNORE skipped) -> (M, L, S, S) uint8 predictions for f_te.
+
+    Upsampling is linear and a bilinear weight sum is 1, so the upsampled logits at a pixel are the
+    head applied to the upsampled features there: the head is trained as a linear softmax
+    classifier on ``pixels`` sampled pixels per image (``pixel_rows``), ``batch_size`` rows a step,
+    and predicts every pixel of the test maps."""
+    x, y = pixel_rows(f_tr, y_tr, pixels, seed)
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    x = (x - mean) / std
+    head = torch.nn.Linear(x.shape[1], sum(n_classes))
     torch.nn.init.zeros_(head.weight)
     torch.nn.init.zeros_(head.bias)
     opt = torch.optim.Adam(head.parameters(), lr=lr)
     g = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
-        for idx in torch.randperm(len(f_tr), generator=g).split(batch_size):
-            logits = _logits(head, f_tr[idx], s).split(n_classes, dim=1)
-            target = y_tr[idx]
+        for idx in torch.randperm(len(x), generator=g).split(batch_size):
+            logits = head(x[idx]).split(n_classes, dim=1)
+            target = y[idx]
             loss = sum(F.cross_entropy(z, target[:, j], ignore_index=IGNORE) for j, z in enumerate(logits))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+    s = y_tr.shape[-1]
     pred = torch.empty((len(f_te), len(n_classes), s, s), dtype=torch.uint8)
-    with torch.no_grad():
-        for idx in torch.arange(len(f_te)).split(batch_size):
-            for j, z in enumerate(_logits(head, f_te[idx], s).split(n_classes, dim=1)):
-                pred[idx, j] = z.argmax(dim=1).to(torch.uint8)
+    with torch.no_grad():  # the same head as a 1x1 convolution on the standardised map, upsampled
+        w = (head.weight / std).reshape(*head.weight.shape, 1, 1)
+        b = head.bias - head.weight @ (mean / std)
+        for lo in range(0, len(f_te), _PASS):
+            z = _up(F.conv2d(f_te[lo:lo + _PASS], w, b), s)
+            for j, zj in enumerate(z.split(n_classes, dim=1)):
+                pred[lo:lo + _PASS, j] = zj.argmax(dim=1).to(torch.uint8)
     return pred
 
 
@@ -163,7 +193,7 @@ def matched_views(backbone: torch.nn.Module, images: np.ndarray, specs: list[Vie
 
 
 def correspondence_accuracy(backbone: torch.nn.Module, ds: PackedDataset, indices: np.ndarray, spec: ViewSpec,
-                            seed: int, batch_size: int = 512) -> float:
+                            seed: int, batch_size: int = _PASS) -> float:
     """`matched_views`'s accuracy over ``indices``, in batches (pooled over every view-1 cell)."""
     hits = total = 0.0
     for k, i in enumerate(range(0, len(indices), batch_size)):
@@ -184,12 +214,11 @@ def evaluate_dense(backbone: torch.nn.Module, ds: PackedDataset, cfg: dict, size
     require_map(backbone, str(ds.path))
     ds.require_masks()
     tr, te = ds.split_indices("train"), ds.split_indices("test")
-    f_tr = feature_maps(backbone, ds, tr, size, cfg["batch_size"])
-    f_te = feature_maps(backbone, ds, te, size, cfg["batch_size"])
+    f_tr, f_te = feature_maps(backbone, ds, tr, size), feature_maps(backbone, ds, te, size)
     levels = ds.mask_levels
     k = [len(ds.mask_classes(lv)) for lv in levels]
     y_tr = torch.from_numpy(np.stack([ds.mask_array(lv, tr) for lv in levels], axis=1)).long()
-    pred = dense_probe(f_tr, y_tr, f_te, k, cfg["epochs"], cfg["batch_size"], cfg["lr"], cfg["seed"]).numpy()
+    pred = dense_probe(f_tr, y_tr, f_te, k, cfg["epochs"], cfg["batch_size"], cfg["lr"], cfg["seed"], cfg["pixels"]).numpy()
     rows = []
     for j, lv in enumerate(levels):
         conf = confusion(pred[:, j], ds.mask_array(lv, te), k[j])

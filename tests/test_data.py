@@ -93,7 +93,7 @@ def test_meta_is_canonical_and_free_of_volatile_fields(small_root):
     raw = (small_root / "natural" / "meta.json").read_text()
     meta = json.loads(raw)
     assert raw == json.dumps(meta, sort_keys=True, indent=2) + "\n"
-    assert set(meta) == {"name", "levels", "classes", "parents", "image_size", "n_images", "source"}
+    assert set(meta) == {"name", "levels", "classes", "parents", "image_size", "n_images", "source", "masks"}
     assert meta["source"]["seed"] == 0 and meta["source"]["domain"] == "natural"
     text = raw.lower()
     for volatile in ("time", "date", "version\": \"", "numpy", "host", "user"):

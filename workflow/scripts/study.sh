@@ -6,7 +6,7 @@ cd "$(dirname "$0")/../.."
 t0=$(date +%s)
 bash workflow/scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
-if [ ! -f data/synth/natural/images.npy ]; then
+if [ ! -f data/synth/natural/images.npy ] || [ ! -f data/synth/natural/masks.npy ]; then  # masks: generator v2
   echo "generating the built-in synthetic data into data/synth" >&2
   sslstudy synth --params params/study.yaml --out data/synth
 fi

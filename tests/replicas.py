@@ -189,3 +189,59 @@ def places365(root: Path, n_train: int = 4, n_val: int = 2, seed: int = 0) -> di
     csv_path.write_text("category,level2,level1\n" + "".join(
         f"'{c}',\"{PLACES_TREE[c.split('/', 2)[2]][0]}\",\"{PLACES_TREE[c.split('/', 2)[2]][1]}\"\n" for c in PLACES))
     return dict(expected=expected, hierarchy=csv_path)
+
+
+# --------------------------------------------------------------------------- PASCAL VOC segmentation
+
+
+def voc_palette() -> list[int]:
+    """VOC's colour map (the bit-interleaved one its devkit builds), 256 RGB triples flattened."""
+    pal = []
+    for k in range(256):
+        r = g = b = 0
+        c = k
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        pal += [r, g, b]
+    return pal
+
+
+def voc_mask(ids: np.ndarray, path: Path) -> None:
+    """A palette PNG of class ids, as SegmentationClass/ holds them."""
+    im = Image.fromarray(ids.astype(np.uint8), mode="P")
+    im.putpalette(voc_palette())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im.save(path)
+
+
+def voc(root: Path, n_train: int = 6, n_val: int = 4, seed: int = 0) -> dict:
+    """VOCdevkit/VOC2012-style folder: JPEGImages/<id>.jpg (h x w varies), SegmentationClass/<id>.png
+    (a background image with one object rectangle of class 1 + k % 20 and a 255 border around it,
+    plus a small square of class 15, person, below it), ImageSets/Segmentation/{train,val}.txt.
+    Returns each id's full-size mask, its split and its dominant class."""
+    rng = np.random.default_rng(seed)
+    expected = {}
+    lists = {"train": [], "val": []}
+    for k in range(n_train + n_val):
+        split = "train" if k < n_train else "val"
+        i = f"2007_{k:06d}"
+        h, w = (60, 80) if k % 2 else (72, 64)
+        ids = np.zeros((h, w), dtype=np.uint8)
+        cls = 1 + k % 20
+        top, left = h // 4, w // 4
+        ids[top - 1:top + h // 2 + 1, left - 1:left + w // 2 + 1] = 255  # the object's border: ignore
+        ids[top:top + h // 2, left:left + w // 2] = cls
+        ids[3 * h // 4 + 2:3 * h // 4 + 6, w // 2 - 2:w // 2 + 2] = 15  # a small person below it
+        save(noise_image(rng, h, w), root / "JPEGImages" / f"{i}.jpg")
+        voc_mask(ids, root / "SegmentationClass" / f"{i}.png")
+        lists[split].append(i)
+        expected[i] = dict(mask=ids, split="train" if split == "train" else "test", cls=cls)
+    sets = root / "ImageSets" / "Segmentation"
+    sets.mkdir(parents=True)
+    for split, ids in lists.items():
+        (sets / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
+    (sets / "trainval.txt").write_text("".join(f"{i}\n" for i in lists["train"] + lists["val"]))
+    return expected

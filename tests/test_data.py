@@ -19,7 +19,7 @@ from sslstudy.data import packed, subsets, synth
 from sslstudy.data.packed import PackedDataset, load_dataset, write_dataset
 from sslstudy.errors import UserError
 
-FILES = ("images.npy", "labels.csv", "meta.json")
+FILES = ("images.npy", "labels.csv", "masks.npy", "meta.json")  # what `generate` writes
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
@@ -41,9 +41,9 @@ def domain_data() -> dict:
 
 @pytest.fixture
 def good_dataset(tmp_path) -> Path:
-    images, labels, meta = synth.generate_domain("natural", 128, image_size=16, seed=3)
+    images, labels, meta, masks = synth.generate_domain("natural", 128, image_size=16, seed=3, masks=True)
     path = tmp_path / "x"
-    write_dataset(path, images, labels, meta)
+    write_dataset(path, images, labels, meta, masks)
     return path
 
 
@@ -93,7 +93,7 @@ def test_meta_is_canonical_and_free_of_volatile_fields(small_root):
     raw = (small_root / "natural" / "meta.json").read_text()
     meta = json.loads(raw)
     assert raw == json.dumps(meta, sort_keys=True, indent=2) + "\n"
-    assert set(meta) == {"name", "levels", "classes", "parents", "image_size", "n_images", "source"}
+    assert set(meta) == {"name", "levels", "classes", "parents", "image_size", "n_images", "source", "masks"}
     assert meta["source"]["seed"] == 0 and meta["source"]["domain"] == "natural"
     text = raw.lower()
     for volatile in ("time", "date", "version\": \"", "numpy", "host", "user"):

@@ -11,7 +11,8 @@ from sslstudy.cli import main
 from sslstudy.methods.base import Batch
 from sslstudy.methods.densecl import dense_loss, match_locations
 from sslstudy.methods.moco import info_nce
-from sslstudy.report.matches import correspondence_figure, near, true_locations
+from sslstudy.eval.dense import near, true_locations
+from sslstudy.report.matches import correspondence_figure
 
 T = 0.2
 

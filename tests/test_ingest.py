@@ -338,3 +338,60 @@ def test_snakemake_ingest_rule_driven_by_params(tmp_path):
     assert re.search(r"^ingest\s+1$", changed.stdout + changed.stderr, re.M)
     lint = run(["snakemake", "--lint"], cwd=wf)
     assert "Congratulations, your workflow is in a good condition!" in lint.stdout + lint.stderr
+
+
+# --------------------------------------------------------------------------- PASCAL VOC segmentation
+
+
+def _nearest_crop(ids: np.ndarray, size: int) -> np.ndarray:
+    """The shorter side scaled to ``size`` and the centre square, by nearest pixel centres."""
+    h, w = ids.shape
+    side = min(h, w)
+    top, left = (h - side) / 2, (w - side) / 2
+    c = (np.arange(size) + 0.5) * side / size
+    return ids[np.floor(top + c).astype(int)][:, np.floor(left + c).astype(int)]
+
+
+def test_voc_layout_ingests_images_with_their_masks(tmp_path):
+    from sslstudy.data.sources.voc import CLASSES
+
+    expected = replicas.voc(tmp_path / "VOC2012")
+    ingest("voc", tmp_path / "VOC2012", tmp_path / "out" / "voc", size=32, workers=1, progress=False)
+    ds = load_dataset(tmp_path / "out" / "voc")
+    assert len(ds) == len(expected) and ds.mask_levels == ["class"]
+    assert ds.mask_classes("class") == list(CLASSES) and ds.meta["masks"]["ignore"] == 255
+    assert ds.masks.shape == (len(expected), 32, 32, 1)
+    for row in ds.labels.to_dict("records"):
+        e = expected[row["file"].split("/")[-1].removesuffix(".jpg")]
+        assert row["split"] == e["split"]
+        assert ds.class_names("class")[row["class"]] == CLASSES[e["cls"]]  # the object, not the person
+        got = ds.masks[row["index"], ..., 0]
+        want = _nearest_crop(e["mask"], 32)
+        assert (got == want).mean() > 0.97, row["file"]  # off by one source pixel at most where PIL rounds
+        assert set(np.unique(got)) == {0, 15, 255, e["cls"]}  # the ignore border survives resizing
+        assert got[16, 16] == e["cls"]
+    assert (ds.labels["split"] == "train").sum() == 6 and (ds.labels["split"] == "test").sum() == 4
+
+
+def test_voc_bad_masks_are_one_error_naming_the_file(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "VOC2012"
+    replicas.voc(root)
+    mask = root / "SegmentationClass" / "2007_000003.png"
+    ids = np.asarray(Image.open(mask)).copy()
+
+    replicas.voc_mask(ids[:, :-2], mask)  # two columns short
+    with pytest.raises(UserError, match=re.escape(str(mask)) + r": mask is 78x60 but its image .* is 80x60"):
+        ingest("voc", root, tmp_path / "out" / "voc", size=32, workers=1, progress=False)
+
+    bad = ids.copy()
+    bad[0, 10] = 30
+    replicas.voc_mask(bad, mask)
+    with pytest.raises(UserError, match=re.escape(str(mask)) + r": class id 30 is outside the palette"):
+        ingest("voc", root, tmp_path / "out" / "voc", size=32, workers=1, progress=False)
+
+    Image.fromarray(np.stack([ids] * 3, -1)).save(mask)  # an RGB rendering of the colours
+    with pytest.raises(UserError, match=re.escape(str(mask)) + r": mask is a RGB image, not a palette PNG"):
+        ingest("voc", root, tmp_path / "out" / "voc", size=32, workers=1, progress=False)
+    assert not (tmp_path / "out" / "voc").exists()

@@ -45,7 +45,7 @@ def tiny_study(tmp_path_factory, tiny_data):
 def test_report_has_every_section_and_tidy_tables(tiny_study):
     wf, _ = tiny_study
     html = (wf / "results/report.html").read_text()
-    for section in ("Results", "Quantity", "Domain", "Quality", "Granularity", "Fusion", "Periodic clustering",
+    for section in ("Results", "Quantity", "Domain", "Quality", "Granularity", "Fusion", "Periodic clustering", "Dense",
                     "Pretraining", "Data", "Config", "Versions"):
         assert re.search(rf"<h2[^>]*>{section}</h2>", html), section
     assert "Not in this study" not in html
@@ -59,7 +59,7 @@ def test_report_has_every_section_and_tidy_tables(tiny_study):
         if not key.startswith("data_"):
             assert link and (wf / "results" / link).is_file(), key
     df = pd.read_csv(wf / "results/metrics.csv")
-    assert set(df["eval"]) == {"frozen", "lowshot", "supervised", "fusion", "clusters"}
+    assert set(df["eval"]) == {"frozen", "lowshot", "supervised", "fusion", "clusters", "dense"}
     assert df["value"].between(-1, 1).all()
     frozen = df[df["eval"] == "frozen"]
     assert not frozen.duplicated(["run", "weights", "eval_domain", "level", "metric"]).any()
@@ -90,7 +90,7 @@ def test_axes_produce_their_data(tiny_study):
     assert (run_dir / "job.json").is_file() and (run_dir / "train.log").is_file()
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
     wall = pd.read_csv(wf / "results/tables/walltime.csv")
-    assert {"pretrain", "evaluate", "lowshot", "supervised", "fusion", "clustering", "corrupt", "pool"} <= set(wall["stage"])
+    assert {"pretrain", "evaluate", "lowshot", "supervised", "fusion", "clustering", "dense", "corrupt", "pool"} <= set(wall["stage"])
     assert wall.set_index("stage").loc["pretrain", "jobs"] == 6  # the study's runs, not the stale file
 
 
@@ -109,7 +109,7 @@ def test_dry_run_lists_dag_and_lint_is_clean(tiny_study):
     p = run(["snakemake", "-n", "--forceall", "--configfile", "tiny.yaml"], cwd=wf)
     n = counts(p.stdout + p.stderr)
     assert n == dict(subset=4, corrupt=2, pool=1, pretrain=6, evaluate=13, lowshot=8, supervised=3, fusion=4,
-                     clustering=6, report=1, all=1, total=49), n
+                     clustering=6, dense=6, report=1, all=1, total=55), n
     lint = run(["snakemake", "--lint", "--configfile", "tiny.yaml"], cwd=wf)
     assert "Congratulations, your workflow is in a good condition!" in lint.stdout + lint.stderr
 
@@ -120,7 +120,7 @@ def test_dry_run_lists_dag_and_lint_is_clean(tiny_study):
     # one more labelled count: linear + fine-tuning of both quantity runs, one supervised baseline
     ("quantity", {"labels": [1, 5, "all"]}, dict(lowshot=4, supervised=1, report=1)),
     # a training setting: fine-tuning jobs, supervised networks and what reads them; no pretraining
-    ("finetune", {"lr": 0.02}, dict(lowshot=4, supervised=3, evaluate=2, fusion=2, report=1)),
+    ("finetune", {"lr": 0.02}, dict(lowshot=4, supervised=3, evaluate=2, fusion=2, dense=2, report=1)),
 ])
 def test_changing_one_axis_value_reruns_only_what_depends_on_it(tiny_study, section, change, expected):
     wf, _ = tiny_study

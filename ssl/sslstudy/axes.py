@@ -1,4 +1,4 @@
-"""The study's axes (quantity, domain, quality, granularity, fusion, periodic clustering) expanded
+"""The study's axes (quantity, domain, quality, granularity, fusion, periodic clustering, dense) expanded
 from a validated config into what must exist: pretraining runs, supervised baselines, evaluation
 jobs, and each run's spec. Pure functions of the config; sslstudy.names names their files.
 
@@ -75,6 +75,9 @@ def ssl_runs(config: dict) -> list[dict]:
     out += [_run(m, d, ref, sd) for m in pick(config, "granularity", "methods") for d in pick(config, "granularity", "domains")
             for sd in seeds(config, "granularity")]
     out += [m for a, b in fusion_pairs(config) for m in (a, b) if m["kind"] == "ssl"]
+    if config["dense"]["enabled"]:
+        out += [_run(m, d, ref, sd) for m in pick(config, "dense", "methods") for d in pick(config, "dense", "domains")
+                for sd in seeds]
     return _unique(out)
 
 
@@ -165,10 +168,27 @@ def cluster_runs(config: dict) -> list[str]:
     return [run_id(m, d, ref, sd) for m in s["methods"] for d in s["domains"] for sd in seeds(config, "clustering")]
 
 
+def dense_jobs(config: dict) -> list[tuple[str, str, str]]:
+    """Dense evaluations as (model id, weights, domain): each dense method's run on the reference
+    subset, pretrained and random, and the supervised network with all labels where trained."""
+    d = config["dense"]
+    if not d["enabled"]:
+        return []
+    ref, seeds, trained = reference_subset(config), config["study"]["seeds"], models(config)
+    out = []
+    for dom in pick(config, "dense", "domains"):
+        for sd in seeds:
+            out += [(run_id(m, dom, ref, sd), w, dom) for m in pick(config, "dense", "methods") for w in ("pretrained", "random")]
+            sup = supervised_model(dom, ALL, sd)["id"]
+            if d["supervised"] and sup in trained:
+                out.append((sup, "pretrained", dom))
+    return list(dict.fromkeys(out))
+
+
 def check(config: dict, source: str = "params") -> list[str]:
     """Names an axis uses are well formed and methods have hyper-parameters; returns the plain domains."""
     plain = {d for r in models(config).values() for d in pool_members(r["domain"])}
-    plain |= {e for _, _, e in evaluations(config)}
+    plain |= {e for _, _, e in evaluations(config) + dense_jobs(config)}
     for d in sorted(plain):
         if POOL_SEP in d or "_" in d:
             raise UserError(f"{source}: domain name {d!r} may not contain '+' or '_' (they separate pools and run ids)")

@@ -114,6 +114,23 @@ def cmd_evaluate(a) -> None:
     _write_csv(a.out, _with_ids(df, ids))
 
 
+def cmd_dense(a) -> None:
+    import torch
+
+    from .data.packed import load_dataset
+    from .eval.dense import evaluate_dense
+    from .train import load_backbone
+
+    torch.set_num_threads(a.threads)
+    backbone, run_cfg = load_backbone(a.checkpoint)
+    ds = load_dataset(a.dataset)
+    df = evaluate_dense(backbone, ds, json.loads(a.eval), a.size, json.loads(a.views))
+    state_epoch = names.checkpoint_epoch(a.checkpoint.name)
+    state_epoch = run_cfg["epochs"] if state_epoch is None else state_epoch
+    ids = dict(run=a.run, **json.loads(a.ids), weights=a.weights, epoch=state_epoch, eval_domain=ds.name)
+    _write_csv(a.out, _with_ids(df, ids))
+
+
 def cmd_report(a) -> None:
     from .report.dag import split_named
     from .report.html import build_report
@@ -124,7 +141,7 @@ def cmd_report(a) -> None:
 
 
 # ---------------------------------------------------------------------------- the study's axes
-TABLES = ("frozen", "lowshot", "supervised", "fusion", "clusters")
+TABLES = ("frozen", "lowshot", "supervised", "fusion", "clusters", "dense")
 
 
 def _with_ids(df, ids: dict):
@@ -378,6 +395,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--weights", required=True, help="label of the weights, e.g. pretrained or random")
     s.add_argument("--embeddings", type=Path, required=True, help="where to write the embedding cache (names.EMBEDDINGS)")
     s.set_defaults(fn=cmd_evaluate)
+
+    s = sub.add_parser("dense", help="dense probe (mIoU, pixel accuracy per mask level) and correspondence score of a checkpoint")
+    _eval_options(s)
+    s.add_argument("--weights", required=True, help="label of the weights, e.g. pretrained or random")
+    s.add_argument("--views", default="{}", help="JSON: the view of the correspondence score (ViewSpec fields)")
+    s.set_defaults(fn=cmd_dense)
 
     _axis_parsers(sub)
 

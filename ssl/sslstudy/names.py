@@ -148,6 +148,7 @@ JOBS = dict(
     supervised="{domain}_{labels}/seed{seed}",
     fusion="seed{seed}/{a}/{b}/on_{on}",
     clustering="{run}",
+    dense="{run}/{weights}_on_{on}",
 )
 
 
@@ -169,6 +170,8 @@ IMAGES_FILE = "images.npy"
 LABELS_FILE = "labels.csv"
 META_FILE = "meta.json"
 DATASET_FILES = (IMAGES_FILE, LABELS_FILE, META_FILE)
+MASKS_FILE = "masks.npy"  # optional per-pixel label maps beside the images (meta.json "masks" describes them)
+IGNORE = 255  # the mask value of pixels no class is scored on (PASCAL VOC's boundary / void label)
 SYNTH_ROOT = "data/synth"  # where `sslstudy synth` writes the built-in domains
 INGEST_ROOT = "data"  # where the ingest rule writes data.ingest entries (as `sslstudy ingest` does by default)
 INGEST_DIR = f"{INGEST_ROOT}/{JOBS['ingest']}"
@@ -199,6 +202,7 @@ LOWSHOT_TABLE = f"results/lowshot/{JOBS['lowshot']}.csv"
 SUPERVISED_TABLE = f"{SUPERVISED_DIR}/scores.csv"
 FUSION_TABLE = f"results/fusion/{JOBS['fusion']}.csv"
 CLUSTERS_TABLE = f"results/clusters/{JOBS['clustering']}.csv"
+DENSE_TABLE = f"results/dense/{JOBS['dense']}.csv"
 
 
 def packed_files(folder: str) -> list[str]:

@@ -20,7 +20,7 @@ except UserError as e:
 
 SIZE = C["pretrain"]["views"]["size"]  # every evaluation is on clean images at this side
 THREADS = C["pretrain"]["threads"]
-# launch.evaluate=executor: each evaluation-type job (evaluate, lowshot, supervised, fusion, clustering)
+# launch.evaluate=executor: each evaluation-type job (evaluate, lowshot, supervised, fusion, clustering, dense)
 # runs its sslstudy command as a submitit job on launch.executor; the Snakemake job only waits.
 EVAL_REMOTE = C["launch"]["evaluate"] == "executor"
 EVAL_THREADS = 1 if EVAL_REMOTE else THREADS  # what Snakemake reserves
@@ -105,6 +105,10 @@ def fusion_tables():
     return [names.FUSION_TABLE.format(seed=a["seed"], a=names.member_name(a["method"], a["domain"]),
                                       b=names.member_name(b["method"], b["domain"]), on=on)
             for a, b in axes.fusion_pairs(C) for on in dict.fromkeys(axes.eval_domains(a) + axes.eval_domains(b))]
+
+
+def dense_tables():
+    return [names.DENSE_TABLE.format(run=rid, weights=w, on=on) for rid, w, on in axes.dense_jobs(C)]
 
 
 def cluster_tables():

@@ -3,7 +3,7 @@
 from sslstudy.report.dag import benchmarks, named
 
 REPORT_TABLES = dict(frozen=eval_tables(), lowshot=lowshot_tables(), supervised=supervised_tables(),
-                     fusion=fusion_tables(), clusters=cluster_tables())
+                     fusion=fusion_tables(), clusters=cluster_tables(), dense=dense_tables())
 BENCHMARKS = benchmarks(workflow, [f for files in REPORT_TABLES.values() for f in files])
 # each pretraining run's loss curve (a log of rule pretrain)
 CURVES = {m["id"]: f"{names.model_dir(m)}/{names.METRICS}" for m in MODELS.values() if m["kind"] == "ssl"}
@@ -40,5 +40,5 @@ rule report:
     shell:
         "sslstudy report --config {params.config} --out {output.html} --captions {params.captions}"
         " --frozen {input.frozen} --lowshot {input.lowshot} --supervised {input.supervised}"
-        " --fusion {input.fusion} --clusters {input.clusters} --curves {params.curves}"
+        " --fusion {input.fusion} --clusters {input.clusters} --dense {input.dense} --curves {params.curves}"
         " --benchmarks {params.benchmarks} --datasets {params.datasets} {params.dvc} 2> {log}"

@@ -7,7 +7,7 @@ t0=$(date +%s)
 bash workflow/scripts/setup.sh
 t1=$(date +%s)
 export PATH="$PWD/.venv/bin:$PATH"
-if [ ! -f data/synth/natural/images.npy ]; then
+if [ ! -f data/synth/natural/images.npy ] || [ ! -f data/synth/natural/masks.npy ]; then  # masks: generator v2
   echo "generating the built-in synthetic data into data/synth" >&2
   sslstudy synth --params params/study.yaml --out data/synth
 fi

@@ -1,5 +1,7 @@
 """Corrupted copies of a packed domain (the quality axis): same images, labels and splits, each
 image degraded one way. A copy is a pure function of the source folder, the corruption and the seed.
+Per-pixel masks (masks.npy) are copied unchanged, at their full size also where ``lowres`` shrinks
+the images: the dense probe scores predictions at the masks' resolution.
 
 Corruptions, named in run ids as ``<kind><strength>`` (e.g. ``jpeg10``):
 
@@ -109,4 +111,5 @@ def corrupt_dataset(src: str | Path, out: str | Path, tag: str, seed: int) -> No
         for i in range(0, len(ds), _CHUNK):
             images[i:i + _CHUNK] = corrupt_images(np.asarray(ds.images[i:i + _CHUNK]), tag, rng)
     meta = dict(ds.meta, image_size=size, source=dict(corrupted=str(src), corruption=tag, seed=int(seed)))
-    write_dataset(out, images, ds.labels, meta)
+    masks = None if ds.masks is None else np.asarray(ds.masks)
+    write_dataset(out, images, ds.labels, meta, masks)

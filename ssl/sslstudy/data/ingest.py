@@ -2,9 +2,12 @@
 
 The same for every source: decode in parallel over the cores (a process pool, PIL), resize the
 shorter side to ``size`` and crop the centre square, list unreadable images in a report file
-beside the output (and stop when more than ``max_failed`` of them fail), draw class-balanced
+beside the output (and stop when more than ``max_failed`` of them fail; an image whose mask cannot
+be read counts as unreadable), draw class-balanced
 seeded train/val/test splits where the source has none, and write through packed.write_dataset
-(atomic). The labels table gets a ``file`` column: where each image came from.
+(atomic). The labels table gets a ``file`` column: where each image came from. Segmentation
+sources (``voc``) bring a mask per image: resized and cropped like the image but nearest-neighbour
+(class ids stay ids), written as masks.npy.
 
 Re-running is cheap: meta.json carries a fingerprint of the listing (every file's path and size,
 the classes, splits and options), and an output with the same fingerprint is left alone. Decoded
@@ -33,7 +36,7 @@ from tqdm import tqdm
 
 from ..atomic import atomic_path, write_bytes
 from ..errors import UserError
-from ..names import META_FILE, ingest_report
+from ..names import IGNORE, META_FILE, ingest_report
 from .packed import load_dataset, write_dataset
 from .sources import SOURCES, scanner
 from .sources.hierarchy import build_tables
@@ -62,17 +65,33 @@ def square(im: Image.Image, size: int) -> np.ndarray:
     return np.asarray(rgb, dtype=np.uint8)
 
 
-def _decode(job: tuple) -> tuple[np.ndarray, list[str]]:
-    reader, root, refs, size = job
+def square_mask(im: Image.Image, size: int) -> np.ndarray:
+    """(size, size) uint8: the centre square of a label map scaled to ``size``, nearest-neighbour
+    (the same box as `square` takes of its image)."""
+    with im:
+        ids = im.copy()
+    w, h = ids.size
+    if (w, h) != (size, size):
+        side = min(w, h)
+        left, top = (w - side) / 2, (h - side) / 2
+        ids = ids.resize((size, size), Image.Resampling.NEAREST, box=(left, top, left + side, top + side))
+    return np.asarray(ids, dtype=np.uint8)
+
+
+def _decode(job: tuple) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    reader, root, refs, size, mask_reader, mask_refs = job
     images = np.zeros((len(refs), size, size, 3), dtype=np.uint8)
+    masks = np.zeros((len(refs), size, size, 1), dtype=np.uint8) if mask_reader else None
     errors = []
     for i, ref in enumerate(refs):
         try:
             images[i] = square(reader(root, ref), size)
+            if mask_reader:
+                masks[i, ..., 0] = square_mask(mask_reader(root, mask_refs[i]), size)
             errors.append("")
         except Exception as e:  # any unreadable image is reported, never fatal
             errors.append(f"{e.__class__.__name__}: {e}".replace("\n", " ")[:300] or e.__class__.__name__)
-    return images, errors
+    return images, masks, errors
 
 
 # --------------------------------------------------------------------------- planning
@@ -207,6 +226,7 @@ def _decode_chunks(listing: Listing, p: dict, size: int, work: Path, workers: in
     """Decode every kept image into chunk files under ``work``, reusing finished ones; returns the
     chunk files and how many images were decoded now."""
     refs = [listing.refs[i] for i in p["keep"]]
+    mask_refs = [listing.mask_refs[i] for i in p["keep"]] if listing.mask_reader else None
     n = len(refs)
     files, pool, decoded = [], None, 0
     try:
@@ -218,18 +238,21 @@ def _decode_chunks(listing: Listing, p: dict, size: int, work: Path, workers: in
                 if f.is_file():
                     bar.update(hi - lo)
                     continue
-                jobs = [(listing.reader, listing.root, refs[a:min(a + BATCH, hi)], size) for a in range(lo, hi, BATCH)]
+                jobs = [(listing.reader, listing.root, refs[a:min(a + BATCH, hi)], size, listing.mask_reader,
+                         mask_refs[a:min(a + BATCH, hi)] if mask_refs else None) for a in range(lo, hi, BATCH)]
                 if workers > 1 and pool is None:
                     pool = ProcessPoolExecutor(workers, mp_context=_context())
                 results = pool.map(_decode, jobs) if pool else map(_decode, jobs)
-                images, errors = [], []
-                for im, err in results:
+                images, masks, errors = [], [], []
+                for im, ms, err in results:
                     images.append(im)
+                    masks.append(ms)
                     errors += err
                     bar.update(len(err))
                 decoded += hi - lo
+                extra = dict(masks=np.concatenate(masks)) if mask_refs else {}
                 with atomic_path(f) as tmp, open(tmp, "wb") as fh:
-                    np.savez(fh, images=np.concatenate(images), errors=np.array(errors, dtype=str))
+                    np.savez(fh, images=np.concatenate(images), errors=np.array(errors, dtype=str), **extra)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
@@ -296,10 +319,13 @@ def ingest(source: str, root: str | os.PathLike, out: str | os.PathLike, *, size
     _check_failed(out, n_failed, n, max_failed)
 
     images = np.lib.format.open_memmap(work / "images.npy", mode="w+", dtype=np.uint8, shape=(int(ok.sum()), size, size, 3))
+    masks = np.empty((int(ok.sum()), size, size, 1), dtype=np.uint8) if listing.mask_reader else None
     at = 0
     for f, lo in zip(chunks, range(0, n, CHUNK)):
         block = _npz(f, "images")[ok[lo:lo + CHUNK]]
         images[at:at + len(block)] = block
+        if masks is not None:
+            masks[at:at + len(block)] = _npz(f, "masks")[ok[lo:lo + CHUNK]]
         at += len(block)
     labels = pd.DataFrame({"index": np.arange(at, dtype=np.int64), "split": p["split"][ok].astype(str),
                            "domain": out.name})
@@ -310,7 +336,10 @@ def ingest(source: str, root: str | os.PathLike, out: str | os.PathLike, *, size
                 n_images=at, source=dict(options, ingest=source, source_dir=Path(listing.root).name,
                                          fingerprint=fp, resize=RESIZE, n_tried=n, n_failed=n_failed,
                                          splits="drawn (class-balanced, seeded)" if p["drawn"] else "the source's"))
-    write_dataset(out, images, labels, meta)
+    if masks is not None:
+        meta["masks"] = dict(levels=listing.mask_levels, classes=listing.mask_classes, size=size, ignore=IGNORE,
+                             resize="as the images, nearest-neighbour")
+    write_dataset(out, images, labels, meta, masks)
     del images
     shutil.rmtree(work, ignore_errors=True)
     elapsed = time.perf_counter() - t0

@@ -7,6 +7,13 @@ A domain is one folder holding exactly three files::
                  fine), then any extra columns (ingested data: file, where each image came from)
     meta.json    name, levels, classes, parents, image_size, n_images, source
 
+and, for data with per-pixel labels (segmentation), a fourth::
+
+    masks.npy    uint8 array (N, S, S, M): M label maps per image, one per entry of meta.json
+                 ``masks.levels``, values indexing ``masks.classes[level]`` or 255 (ignore). S is
+                 ``masks.size``: the images' side, or the original side when a corruption shrank
+                 the images (the masks stay at full resolution).
+
 Folders are hashed by DVC, so every byte written here is a pure function of the
 inputs: ``meta.json`` uses sorted keys and a fixed indent, ``labels.csv`` uses
 ``\\n`` line endings, and nothing time- or version-dependent is recorded.
@@ -30,23 +37,46 @@ import numpy as np
 import pandas as pd
 
 from sslstudy.errors import UserError
-from sslstudy.names import DATASET_FILES, IMAGES_FILE, LABELS_FILE, META_FILE
+from sslstudy.names import DATASET_FILES, IMAGES_FILE, LABELS_FILE, MASKS_FILE, META_FILE
 
 SPLITS = ("train", "val", "test")
 BASE_COLUMNS = ("index", "split", "domain")
 META_KEYS = ("name", "levels", "classes", "parents", "image_size", "n_images", "source")
+MASK_KEYS = ("levels", "classes", "size", "ignore")  # meta.json "masks" (only with masks.npy)
 
 _REGENERATE = "regenerate it with `sslstudy synth` (or re-run the rule that writes it)"
 
 
 @dataclass
 class PackedDataset:
-    """A loaded, validated domain folder.  ``images`` is a read-only memmap."""
+    """A loaded, validated domain folder.  ``images`` (and ``masks``, None without masks.npy) are
+    read-only memmaps."""
 
     path: Path
     images: np.ndarray
     labels: pd.DataFrame
     meta: dict
+    masks: np.ndarray | None = None
+
+    @property
+    def mask_levels(self) -> list[str]:
+        """Levels of the per-pixel label maps (``[]`` without masks)."""
+        return list(self.meta["masks"]["levels"]) if self.masks is not None else []
+
+    def mask_classes(self, level: str) -> list[str]:
+        return list(self.meta["masks"]["classes"][level])
+
+    def require_masks(self) -> None:
+        if self.masks is None:
+            raise UserError(f"{self.path}: no {MASKS_FILE} (per-pixel labels); regenerate the built-in data with "
+                            f"`sslstudy synth` or ingest a segmentation dataset (source voc)")
+
+    def mask_array(self, level: str, indices: np.ndarray) -> np.ndarray:
+        """(len(indices), S, S) uint8 label maps at mask ``level`` (255: ignore)."""
+        self.require_masks()
+        if level not in self.mask_levels:
+            raise UserError(f"{self.path}: no mask level {level!r}; use one of {', '.join(self.mask_levels)}")
+        return np.asarray(self.masks[np.asarray(indices, dtype=np.int64), :, :, self.mask_levels.index(level)])
 
     @property
     def levels(self) -> list[str]:
@@ -123,16 +153,41 @@ def _check_before_write(path: Path, images: np.ndarray, labels: pd.DataFrame, me
         raise UserError(f"{path}: labels lack column(s) {', '.join(absent)}; fix the generator")
 
 
-def write_dataset(path: str | os.PathLike, images: np.ndarray, labels: pd.DataFrame, meta: dict) -> None:
+def _check_masks(path: Path, masks: np.ndarray | None, meta: dict, n: int) -> None:
+    info = meta.get("masks")
+    if masks is None and info is None:
+        return
+    if masks is None or info is None:
+        raise UserError(f"{path}: masks and meta['masks'] go together (one is missing); fix the generator")
+    missing = [k for k in MASK_KEYS if k not in info]
+    if missing:
+        raise UserError(f"{path}: meta['masks'] is missing {', '.join(missing)}; fix the generator")
+    m, s = len(info["levels"]), int(info["size"])
+    if not isinstance(masks, np.ndarray) or masks.dtype != np.uint8 or masks.shape != (n, s, s, m):
+        raise UserError(f"{path}: masks must be uint8 of shape {(n, s, s, m)}, got "
+                        f"{getattr(masks, 'dtype', type(masks).__name__)} {getattr(masks, 'shape', '')}; fix the generator")
+    for j, level in enumerate(info["levels"]):
+        k = len(info["classes"][level])
+        plane = masks[..., j]
+        bad = (plane >= k) & (plane != info["ignore"])
+        if bad.any():
+            raise UserError(f"{path}: mask level {level!r} holds value {int(plane[bad][0])} (image "
+                            f"{int(np.argwhere(bad)[0][0])}) outside its {k} classes and {info['ignore']}; fix the generator")
+
+
+def write_dataset(path: str | os.PathLike, images: np.ndarray, labels: pd.DataFrame, meta: dict,
+                  masks: np.ndarray | None = None) -> None:
     """Atomically write a domain folder at ``path`` (replacing any existing one).
 
     ``labels`` columns are written in the canonical order ``index, split, domain,
     <levels...>`` followed by any extra columns.  ``meta['n_images']`` and
-    ``meta['image_size']`` must agree with ``images``.
+    ``meta['image_size']`` must agree with ``images``; ``masks`` (uint8 (N, S, S, M)) with
+    ``meta['masks']``.
     """
     path = Path(path)
     images = np.ascontiguousarray(images)
     _check_before_write(path, images, labels, meta)
+    _check_masks(path, masks, meta, images.shape[0])
     if int(meta["n_images"]) != images.shape[0] or int(meta["image_size"]) != images.shape[1]:
         raise UserError(
             f"{path}: meta says n_images={meta['n_images']}, image_size={meta['image_size']} but images are "
@@ -153,6 +208,9 @@ def write_dataset(path: str | os.PathLike, images: np.ndarray, labels: pd.DataFr
         tmp.mkdir()
         with open(tmp / IMAGES_FILE, "wb") as fh:
             np.save(fh, images, allow_pickle=False)
+        if masks is not None:
+            with open(tmp / MASKS_FILE, "wb") as fh:
+                np.save(fh, np.ascontiguousarray(masks), allow_pickle=False)
         (tmp / LABELS_FILE).write_bytes(_labels_bytes(labels))
         (tmp / META_FILE).write_bytes(_meta_bytes(meta))
         if path.exists() or path.is_symlink():
@@ -216,8 +274,7 @@ def _load_meta(path: Path) -> dict:
     return meta
 
 
-def _load_images(path: Path) -> np.ndarray:
-    f = path / IMAGES_FILE
+def _load_npy(f: Path) -> np.ndarray:
     try:
         with open(f, "rb") as fh:
             magic = fh.read(6)
@@ -236,8 +293,6 @@ def _load_images(path: Path) -> np.ndarray:
         raise UserError(f"{f}: expected a single array, not an archive; {_REGENERATE}")
     if arr.dtype != np.uint8:
         raise UserError(f"{f}: dtype is {arr.dtype}, expected uint8; {_REGENERATE}")
-    if arr.ndim != 4 or arr.shape[-1] != 3:
-        raise UserError(f"{f}: shape is {arr.shape}, expected (N, H, W, 3); {_REGENERATE}")
     if isinstance(arr, np.memmap):
         expected = int(arr.offset) + int(arr.nbytes)
         actual = f.stat().st_size
@@ -245,6 +300,31 @@ def _load_images(path: Path) -> np.ndarray:
             raise UserError(
                 f"{f}: file has {actual} bytes but its header promises {expected} (incomplete write?); {_REGENERATE}"
             )
+    return arr
+
+
+def _load_images(path: Path) -> np.ndarray:
+    arr = _load_npy(path / IMAGES_FILE)
+    if arr.ndim != 4 or arr.shape[-1] != 3:
+        raise UserError(f"{path / IMAGES_FILE}: shape is {arr.shape}, expected (N, H, W, 3); {_REGENERATE}")
+    return arr
+
+
+def _load_masks(path: Path, meta: dict, n: int) -> np.ndarray | None:
+    info = meta.get("masks")
+    f = path / MASKS_FILE
+    if info is None:
+        if f.is_file():
+            raise UserError(f"{f}: meta.json has no 'masks' entry describing it; {_REGENERATE}")
+        return None
+    if not isinstance(info, dict) or any(k not in info for k in MASK_KEYS):
+        raise UserError(f"{path / META_FILE}: 'masks' must hold {', '.join(MASK_KEYS)}; {_REGENERATE}")
+    if not f.is_file():
+        raise UserError(f"{f}: missing file (meta.json lists masks); {_REGENERATE}")
+    arr = _load_npy(f)
+    want = (n, int(info["size"]), int(info["size"]), len(info["levels"]))
+    if arr.shape != want:
+        raise UserError(f"{f}: shape is {arr.shape}, expected {want} (meta.json masks); {_REGENERATE}")
     return arr
 
 
@@ -317,5 +397,5 @@ def load_dataset(path: str | os.PathLike) -> PackedDataset:
             f"{_REGENERATE}"
         )
     labels = _load_labels(path, meta, n)
-    return PackedDataset(path=path, images=images, labels=labels, meta=meta)
+    return PackedDataset(path=path, images=images, labels=labels, meta=meta, masks=_load_masks(path, meta, n))
 

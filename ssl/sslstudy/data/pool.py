@@ -6,6 +6,7 @@ The pool of domains d1..dk takes, from each split, ``n // k`` images of each dom
 of the member's class-balanced seeded order (as for subsets). Images are renumbered, domain order
 first. When every member has the same label hierarchy it is kept; otherwise the pool's only label
 level is ``source`` (which member an image came from) — pretraining does not use labels anyway.
+Per-pixel masks come along when every member has masks with the same levels and classes.
 """
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ def pool_dataset(sources: list[str | Path], out: str | Path, seed: int) -> None:
     if len(sizes) > 1:
         raise UserError(f"{out}: pooled domains have different image sizes {sorted(sizes)}; pool domains of one size")
     keep = _same_hierarchy([ds.meta for ds in dss])
-    parts, rows = [], []
+    dense = all(ds.masks is not None and ds.meta["masks"] == dss[0].meta["masks"] for ds in dss)
+    parts, rows, mask_parts = [], [], []
     for split in SPLITS:
         n = min(len(ds.split_indices(split)) for ds in dss)
         if n == 0:
@@ -42,6 +44,8 @@ def pool_dataset(sources: list[str | Path], out: str | Path, seed: int) -> None:
             take = n // len(dss) + (1 if j < n % len(dss) else 0)
             idx = np.sort(balanced_order(ds.labels, seed, stratify=ds.levels[-1], split=split, dataset=ds.path)[:take])
             parts.append(np.asarray(ds.images[idx]))
+            if dense:
+                mask_parts.append(np.asarray(ds.masks[idx]))
             lab = ds.labels.set_index("index").loc[idx]
             frame = pd.DataFrame({"split": [split] * take, "domain": [ds.name] * take})
             if keep:
@@ -60,4 +64,6 @@ def pool_dataset(sources: list[str | Path], out: str | Path, seed: int) -> None:
     images = np.concatenate(parts)
     meta = dict(hier, name=pool_name(names), image_size=dss[0].image_size, n_images=len(images),
                 source=dict(pool=[str(s) for s in sources], seed=int(seed)))
-    write_dataset(out, images, labels, meta)
+    if dense:
+        meta["masks"] = dss[0].meta["masks"]
+    write_dataset(out, images, labels, meta, np.concatenate(mask_parts) if dense else None)

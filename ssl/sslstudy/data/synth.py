@@ -19,6 +19,12 @@ colours and the background get a random permutation of three well-separated
 luminance levels), background colour and texture, position, scale, brightness and
 contrast.  Colour statistics therefore carry (almost) no label information.
 
+Per-pixel labels (``masks.npy``, the dense probe's targets) come from the same drawn geometry:
+a pixel belongs to the object where its anti-aliased coverage is at least one half (the signed
+distance at the pixel centre is <= 0); mask level ``coarse`` is 0 for background and 1 + the
+outline class on the object, ``mid`` 0 and 1 + the mid class (outline and pattern). Computing
+them draws nothing from the RNG, so the images are the same bytes with or without masks.
+
 Domains differ in image statistics, not in class definitions:
 
 * ``natural`` - smooth two-colour gradient backgrounds, mid-size objects, saturated colours
@@ -47,8 +53,9 @@ from PIL import Image
 from sslstudy.data.packed import write_dataset
 from sslstudy.atomic import atomic_path
 from sslstudy.errors import UserError
+from sslstudy.names import IGNORE
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: masks.npy beside the images (the images are unchanged)
 DOMAINS = ("natural", "texture", "aerial")
 LEVELS = ("coarse", "mid", "fine")
 SHAPES = ("disk", "square", "triangle", "cross")
@@ -57,6 +64,8 @@ CYCLES = (2, 3, 4, 5)
 N_COARSE = len(SHAPES)
 N_MID = N_COARSE * len(PATTERNS)
 N_FINE = N_MID * len(CYCLES)
+MASK_LEVELS = ("coarse", "mid")  # the per-pixel label maps, in masks.npy's last axis
+BACKGROUND = "background"
 CHUNK = 512  # images rendered per vectorised batch (fixed: part of the RNG stream layout)
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)
@@ -71,6 +80,12 @@ def class_names() -> dict[str, list[str]]:
     mid = [f"{s}-{p}" for s in SHAPES for p in PATTERNS]
     fine = [f"{m}-c{c}" for m in mid for c in CYCLES]
     return {"coarse": list(SHAPES), "mid": mid, "fine": fine}
+
+
+def mask_classes() -> dict[str, list[str]]:
+    """Class names of each mask level: background, then that level's classes."""
+    names = class_names()
+    return {level: [BACKGROUND, *names[level]] for level in MASK_LEVELS}
 
 
 def class_parents() -> dict[str, list[int]]:
@@ -289,7 +304,8 @@ def _labels(rng: np.random.Generator, n: int, test_fraction: float) -> tuple[np.
 
 def _render_chunk(
     rng: np.random.Generator, domain: str, fine: np.ndarray, p: dict[str, np.ndarray], size: int
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
+    """-> images (B, S, S, 3) uint8 and masks (B, S, S, len(MASK_LEVELS)) uint8."""
     st = _STYLES[domain]
     b = fine.shape[0]
     mid = fine // len(CYCLES)
@@ -336,11 +352,13 @@ def _render_chunk(
     px_per_unit = r * _F32(size)  # pixels per object unit
     alpha = np.empty((b, size, size), dtype=_F32)
     weight = np.empty((b, size, size), dtype=_F32)
+    inside = np.empty((b, size, size), dtype=bool)
     for s in range(N_COARSE):
         sel = np.flatnonzero(coarse == s)
         if sel.size:
             d = _sdf(s, u[sel], v[sel])
             alpha[sel] = np.clip(_F32(0.5) - d * px_per_unit[sel], _F32(0.0), one)
+            inside[sel] = d <= _F32(0.0)
     for k in range(len(PATTERNS)):
         sel = np.flatnonzero(pattern == k)
         if sel.size:
@@ -355,7 +373,8 @@ def _render_chunk(
     grain = rng.uniform(-1.0, 1.0, (b, size, size, 1)).astype(_F32) * _F32(st["grain"])
     img = img + grain
     img = np.clip(img, _F32(0.0), one) * _F32(255.0) + _F32(0.5)
-    return np.floor(img).astype(np.uint8)
+    masks = np.stack([np.where(inside, 1 + level[:, None, None], 0) for level in (coarse, mid)], axis=-1)
+    return np.floor(img).astype(np.uint8), masks.astype(np.uint8)
 
 
 # --------------------------------------------------------------------------- public API
@@ -388,8 +407,10 @@ def generate_domain(
     image_size: int = 32,
     seed: int = 0,
     test_fraction: float = 0.25,
-) -> tuple[np.ndarray, pd.DataFrame, dict]:
-    """Render one domain; returns ``(images uint8 (N,H,W,3), labels, meta)`` ready for write_dataset."""
+    masks: bool = False,
+) -> tuple:
+    """Render one domain; returns ``(images uint8 (N,H,W,3), labels, meta)`` ready for write_dataset,
+    and with ``masks`` also the label maps uint8 (N,H,W,len(MASK_LEVELS)) (then meta describes them)."""
     _validate(domain, n_images, image_size, seed, test_fraction)
     n_images, image_size, seed = int(n_images), int(image_size), int(seed)
     n_chunks = (n_images + CHUNK - 1) // CHUNK
@@ -401,11 +422,12 @@ def generate_domain(
     params = _draw_params(rng, domain, n_images)
 
     images = np.empty((n_images, image_size, image_size, 3), dtype=np.uint8)
+    maps = np.empty((n_images, image_size, image_size, len(MASK_LEVELS)), dtype=np.uint8)
     for k in range(n_chunks):
         lo, hi = k * CHUNK, min((k + 1) * CHUNK, n_images)
         chunk_rng = np.random.default_rng(children[1 + k])
         sub = {name: arr[lo:hi] for name, arr in params.items()}
-        images[lo:hi] = _render_chunk(chunk_rng, domain, fine[lo:hi], sub, image_size)
+        images[lo:hi], maps[lo:hi] = _render_chunk(chunk_rng, domain, fine[lo:hi], sub, image_size)
 
     mid = fine // len(CYCLES)
     labels = pd.DataFrame(
@@ -440,7 +462,16 @@ def generate_domain(
             },
         },
     }
-    return images, labels, meta
+    if not masks:
+        return images, labels, meta
+    meta["masks"] = {
+        "levels": list(MASK_LEVELS),
+        "classes": mask_classes(),
+        "size": image_size,
+        "ignore": IGNORE,
+        "definition": "object where its anti-aliased coverage is >= 1/2; background 0, else 1 + the image's class",
+    }
+    return images, labels, meta, maps
 
 
 def generate(
@@ -462,9 +493,9 @@ def generate(
     out_root = Path(out_root)
     paths = []
     for d in domains:
-        images, labels, meta = generate_domain(d, n_images, image_size, seed, test_fraction)
+        images, labels, meta, masks = generate_domain(d, n_images, image_size, seed, test_fraction, masks=True)
         path = out_root / d
-        write_dataset(path, images, labels, meta)
+        write_dataset(path, images, labels, meta, masks)
         paths.append(path)
     return paths
 

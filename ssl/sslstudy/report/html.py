@@ -20,6 +20,7 @@ from markupsafe import Markup
 
 from ..atomic import write_bytes
 from ..errors import UserError
+from . import dense as dense_report
 from . import dvc, figures, suspects, tables
 
 # templates/report.html; None renders as nothing (an absent figure or table)
@@ -36,6 +37,7 @@ SECTIONS = {
     "fusion": ("Fusion", "Do two models' concatenated features beat the better one alone?"),
     "clustering": ("Periodic clustering", "How does the cluster structure of the features (faiss k-means, K = classes "
                                           "per level) develop over pretraining?"),
+    dense_report.KEY: (dense_report.TITLE, dense_report.QUESTION),
 }
 
 
@@ -148,7 +150,8 @@ def build_report(inputs: dict[str, list[Path]], config: dict, out: Path, caption
     out_dir = out.parent
     page = Page(out_dir, captions)
 
-    tagged = [t[k].assign(eval=k) for k in ("frozen", "lowshot", "supervised", "fusion", "clusters") if not t[k].empty]
+    t.setdefault("dense", pd.DataFrame())
+    tagged = [t[k].assign(eval=k) for k in ("frozen", "lowshot", "supervised", "fusion", "clusters", "dense") if not t[k].empty]
     write_bytes(out_dir / "metrics.csv", pd.concat(tagged, ignore_index=True).to_csv(index=False).encode())
     write_bytes(out_dir / "metrics.json", (json.dumps(summary(frozen), indent=2, sort_keys=True) + "\n").encode())
 
@@ -190,6 +193,7 @@ def build_report(inputs: dict[str, list[Path]], config: dict, out: Path, caption
                             gap=page.linked("granularity_gap", gap, gap_wide, index=True)),
         fusion=fusion,
         clustering=page.axis("clustering", t["clusters"], figures.clustering, "clustering.enabled"),
+        dense=dense_report.section(page, t["dense"]),
         pretraining=dict(figure=page.figure("pretrain_loss", figures.loss(loss, flags), loss),
                          table=table(seconds, digits=1, index=True),
                          wall=page.linked("walltime", tables.walltime(benchmarks), digits=1)),

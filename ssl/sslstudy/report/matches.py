@@ -13,40 +13,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ..atomic import write_bytes  # noqa: E402
-from ..augment import MEAN, STD, ViewSpec, apply_params, sample_params, to_float  # noqa: E402
-from ..errors import UserError  # noqa: E402
-from ..methods.densecl import match_locations  # noqa: E402
-
-
-def true_locations(box1: torch.Tensor, flip1: torch.Tensor, box2: torch.Tensor, flip2: torch.Tensor,
-                   grid: tuple[int, int]) -> torch.Tensor:
-    """Where each cell centre of view 1 lies in view 2, from the crops that made them.
-
-    box*: (N, 4) crop (top, left, height, width) in image pixels; flip*: (N,) horizontal flips;
-    grid: (gh, gw) cells of the feature map -> (N, gh*gw) long: the view-2 cell (row-major) that
-    holds the same image point, -1 where the point is outside view 2."""
-    gh, gw = grid
-    rows, cols = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
-    a = ((cols.flatten() + 0.5) / gw).double()[None]  # fraction across view 1, left to right
-    b = ((rows.flatten() + 0.5) / gh).double()[None]
-    t1, l1, h1, w1 = box1.double().unbind(1)
-    t2, l2, h2, w2 = box2.double().unbind(1)
-    a = torch.where(flip1[:, None], 1 - a, a)
-    x = l1[:, None] + w1[:, None] * a   # image coordinates of the cell centres
-    y = t1[:, None] + h1[:, None] * b
-    a2 = (x - l2[:, None]) / w2[:, None]
-    a2 = torch.where(flip2[:, None], 1 - a2, a2)
-    b2 = (y - t2[:, None]) / h2[:, None]
-    inside = (a2 >= 0) & (a2 < 1) & (b2 >= 0) & (b2 < 1)
-    cell = (b2 * gh).floor().long().clamp(0, gh - 1) * gw + (a2 * gw).floor().long().clamp(0, gw - 1)
-    return torch.where(inside, cell, -1)
-
-
-def near(match: torch.Tensor, truth: torch.Tensor, gw: int) -> torch.Tensor:
-    """(N, S) bool: the matched cell is within one cell (8-neighbourhood) of the true one."""
-    dr = (match // gw - truth // gw).abs()
-    dc = (match % gw - truth % gw).abs()
-    return (truth >= 0) & (dr <= 1) & (dc <= 1)
+from ..augment import MEAN, STD, ViewSpec  # noqa: E402
+from ..eval.dense import matched_views, near, require_map  # noqa: E402
 
 
 def correspondence_figure(view1: torch.Tensor, view2: torch.Tensor, match: torch.Tensor, grid: tuple[int, int],
@@ -91,25 +59,10 @@ def run_matches(checkpoint: Path, n_images: int = 6, seed: int = 0) -> dict:
     from ..train import load_backbone
 
     backbone, cfg = load_backbone(checkpoint)
-    if not hasattr(backbone, "forward_map"):
-        raise UserError(f"{checkpoint}: backbone {cfg['backbone']['arch']} has no feature map")
+    require_map(backbone, str(checkpoint))
     ds = load_dataset(cfg["data"]["dataset"])
-    idx = ds.split_indices("test")[:n_images]
-    x = to_float(torch.from_numpy(np.asarray(ds.images[idx])))
-    g = torch.Generator().manual_seed(seed)
-    views, params = [], []
-    for v in cfg["views"][:2]:
-        spec = ViewSpec(**v)
-        p = sample_params(spec, x.shape[0], x.shape[-2], x.shape[-1], g)
-        views.append(apply_params(x, p, spec))
-        params.append(p)
-    f1, f2 = backbone.forward_map(views[0]), backbone.forward_map(views[1])
-    grid = tuple(f1.shape[-2:])
-    match = match_locations(f1, f2)
-    truth = true_locations(params[0]["box"], params[0]["flip"], params[1]["box"], params[1]["flip"], grid)
-    inside = truth >= 0
-    acc = float(near(match, truth, grid[1]).sum() / inside.sum().clamp(min=1))
-    return dict(view1=views[0], view2=views[1], match=match, grid=grid, truth=truth, accuracy=acc)
+    images = np.asarray(ds.images[ds.split_indices("test")[:n_images]])
+    return matched_views(backbone, images, [ViewSpec(**v) for v in cfg["views"][:2]], seed)
 
 
 def write_matches_figure(checkpoint: Path, out: Path, n_images: int = 6, seed: int = 0) -> float:

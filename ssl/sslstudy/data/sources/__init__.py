@@ -1,5 +1,6 @@
 """Readers of real image collections on disk, by name: each lists a collection (sslstudy.data.ingest
-decodes it). ``imagenet`` is an ImageFolder tree (train/ and val/ class folders)."""
+decodes it). ``imagenet`` is an ImageFolder tree (train/ and val/ class folders); ``voc`` is
+segmentation data in the PASCAL VOC layout (its masks are ingested beside the images)."""
 from __future__ import annotations
 
 from importlib import import_module
@@ -11,6 +12,7 @@ SOURCES = {
     "cifar100": ("cifar100", ()),
     "inat2021": ("inat2021", ("train_split",)),
     "places365": ("places365", ("hierarchy",)),
+    "voc": ("voc", ()),
 }
 
 

@@ -31,6 +31,12 @@ class Listing:
     reader: Callable[[Path, Any], Image.Image] | None = None
     files: list[str] = field(default_factory=list)  # files (relative to root) whose sizes stamp the listing
     notes: list[str] = field(default_factory=list)  # what was left out, printed for the user
+    # segmentation sources: image i's label map is mask_reader(root, mask_refs[i]) (a palette image of
+    # class ids of mask_classes[level], one level), checked by the source when it lists it
+    mask_reader: Callable[[Path, Any], Image.Image] | None = None
+    mask_refs: list[Any] = field(default_factory=list)
+    mask_levels: list[str] = field(default_factory=list)
+    mask_classes: dict[str, list[str]] = field(default_factory=dict)
 
     def add(self, ref: Any, fine: int, split: str | None, name: str | None = None) -> None:
         self.refs.append(ref)

@@ -77,7 +77,7 @@ def ssl_runs(config: dict) -> list[dict]:
     out += [m for a, b in fusion_pairs(config) for m in (a, b) if m["kind"] == "ssl"]
     if config["dense"]["enabled"]:
         out += [_run(m, d, ref, sd) for m in pick(config, "dense", "methods") for d in pick(config, "dense", "domains")
-                for sd in seeds]
+                for sd in seeds(config, "dense")]
     return _unique(out)
 
 
@@ -174,10 +174,10 @@ def dense_jobs(config: dict) -> list[tuple[str, str, str]]:
     d = config["dense"]
     if not d["enabled"]:
         return []
-    ref, seeds, trained = reference_subset(config), config["study"]["seeds"], models(config)
+    ref, trained = reference_subset(config), models(config)
     out = []
     for dom in pick(config, "dense", "domains"):
-        for sd in seeds:
+        for sd in seeds(config, "dense"):
             out += [(run_id(m, dom, ref, sd), w, dom) for m in pick(config, "dense", "methods") for w in ("pretrained", "random")]
             sup = supervised_model(dom, ALL, sd)["id"]
             if d["supervised"] and sup in trained:

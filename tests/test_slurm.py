@@ -24,12 +24,13 @@ from sslstudy.launch import distributed_env, executor, launch_pretrain
 pytestmark = pytest.mark.slurm
 
 # Small jobs for a 2-core node: 1 CPU and 1.5 GB each, no GPU; the launcher polls every 0.5 s.
-SLURM = dict(gpus_per_node=0, cpus_per_task=1, mem_gb=1.5)
+JOB = dict(gpus=0, cpus=1, mem_gb=1.5, time_min=30)
 
 
-def slurm_launch(**slurm) -> dict:
+def slurm_launch(**pretrain) -> dict:
+    """The launch of SLURM jobs for these tests; pretrain: changes to the pretraining job's resources."""
     params = yaml.safe_load((ROOT / "params/study.yaml").read_text())
-    params["launch"] = dict(executor="slurm", timeout_min=30, poll_s=0.5, slurm=dict(SLURM, **slurm))
+    params["launch"] = dict(executor="slurm", poll_s=0.5, pretrain=dict(JOB, **pretrain), evaluation=dict(JOB))
     return studyconfig.validate(params)["launch"]  # schema defaults filled in
 
 
@@ -137,7 +138,7 @@ def test_out_of_memory_and_scancel_fail_with_the_log(slurm_cluster, tiny_data, s
     err = p.stderr
     log = re.search(r"log: (\S+)", err).group(1)
     assert Path(log).is_file() and log.startswith(str(tmp_path / "oom" / "submitit"))
-    assert "ended FAILED" in err and "exceeded memory limit" in err and "raise launch.slurm.mem_gb" in err, err
+    assert "ended FAILED" in err and "exceeded memory limit" in err and "raise launch.pretrain.mem_gb" in err, err
     # scancel while it runs
     t = Background(spec, tmp_path / "cancel", slurm_launch())
     wait_for(lambda: (tmp_path / "cancel" / "checkpoints" / "ep001.pt").exists(), "the job to train")
@@ -150,8 +151,8 @@ def test_out_of_memory_and_scancel_fail_with_the_log(slurm_cluster, tiny_data, s
 
 def test_multi_task_job_gets_the_ddp_environment(slurm_cluster, tmp_path):
     """The launch side of DDP: tasks per node from the profile, env:// variables per rank."""
-    launch = slurm_launch(tasks_per_node=2, mem_gb=0.5)
-    job = executor(tmp_path, launch, threads=1, name="ddp-env").submit(distributed_env)
+    launch = slurm_launch(tasks_per_node=2, cpus=2, mem_gb=0.5)
+    job = executor(tmp_path, launch, threads=1, name="ddp-env", kind="pretrain").submit(distributed_env)
     envs = job.results()
     assert sorted(e["rank"] for e in envs) == [0, 1] and {e["world_size"] for e in envs} == {2}
     assert len({(e["master_addr"], e["master_port"]) for e in envs}) == 1
@@ -179,14 +180,15 @@ def tiny_params(wf: Path, tiny_data: Path, **pretrain) -> None:
                               **pretrain)
     params["pretrain"]["optim"]["warmup_epochs"] = 1
     params["eval"]["linear_epochs"] = 5
+    params["launch"].update(pretrain=JOB, evaluation=JOB)  # the study names its jobs' resources, the profile the cluster's
     (wf / "tiny.yaml").write_text(yaml.safe_dump(params))
 
 
 def slurm_profile(wf: Path, **launch) -> None:
-    """Our ./slurm profile, its launch line resized for this 2-core node."""
+    """Our ./slurm profile, its launch line polling fast for the tests."""
     shutil.copytree(ROOT / "slurm", wf / "slurm")
     prof = yaml.safe_load((wf / "slurm/config.yaml").read_text())
-    ours = dict(executor="slurm", poll_s=0.5, slurm=SLURM, **launch)
+    ours = dict(executor="slurm", poll_s=0.5, **launch)
     prof["config"] = [f"launch={json.dumps(ours)}"]
     prof["cores"] = 2
     (wf / "slurm/config.yaml").write_text(yaml.safe_dump(prof))

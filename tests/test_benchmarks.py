@@ -17,3 +17,14 @@ def test_bench_step_runs_at_its_tiny_size(tmp_path, capsys):
         assert r["device"] == "cpu" and r["host_peak_rss_gb"] > 0
     out = capsys.readouterr().out
     assert out.count("ratio=") == 3 and (tmp_path / "rows.json").is_file()
+
+
+def test_gpu_check_script_parses_and_fits_its_budget():
+    """benchmarks/gpu_check.sh: `bash -n` clean; its parts' time limits add up to at most 8 minutes."""
+    import re
+    import subprocess
+
+    script = ROOT / "benchmarks/gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    limits = [int(x) for x in re.findall(r"^part \w+ (\d+) ", script.read_text(), re.M)]
+    assert len(limits) == 6 and sum(limits) <= 480, limits

@@ -99,6 +99,15 @@ def slurm_parameters(launch: dict, kind: str) -> dict:
     return {k: v for k, v in params.items() if v is not None}
 
 
+def local_gpus(asked: int) -> int:
+    """GPUs of a local job: one (a local job is one task) where some were asked for and torch sees CUDA."""
+    if not asked:
+        return 0
+    import torch
+
+    return 1 if torch.cuda.is_available() else 0
+
+
 def job_name(folder: Path) -> str:
     """e.g. sslstudy-simclr_natural_frac1_clean_seed0 for results/runs/simclr/natural_frac1_clean/seed0"""
     return "sslstudy-" + "_".join(Path(folder).parts[-3:])
@@ -110,8 +119,8 @@ def executor(folder: Path, launch: dict, threads: int, name: str, kind: str) -> 
         params = slurm_parameters(launch, kind)
     else:
         params = dict(timeout_min=launch[kind]["time_min"])
-        if launch["executor"] == "local":
-            params.update(cpus_per_task=threads, gpus_per_node=0)
+        if launch["executor"] == "local":  # submitit hides the GPUs beyond gpus_per_node (CUDA_VISIBLE_DEVICES)
+            params.update(cpus_per_task=threads, gpus_per_node=local_gpus(launch[kind]["gpus"]))
     ex.update_parameters(name=name, **params)
     return ex
 

@@ -79,9 +79,16 @@ SchedulerParameters=sched_interval=1
 MinJobAge=3600
 KillWait=5
 ReturnToService=2
-NodeName={host} CPUs={cpus} RealMemory={mem} State=UNKNOWN
+# GPUs as generic resources bound to device files that are no GPUs (gres.conf: /dev/null, /dev/zero;
+# Debian's Slurm 22.05 counts a gpu line without File as 0 GPUs and drains the node): SLURM
+# schedules --gpus-per-node jobs on them, and nothing on the node is a GPU
+GresTypes=gpu
+NodeName={host} CPUs={cpus} RealMemory={mem} Gres=gpu:{gpus} State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """
+
+
+FAKE_GPUS = ("/dev/null", "/dev/zero")  # the device files of the test cluster's GPUs (see CONF)
 
 
 class LocalSlurm:
@@ -91,6 +98,7 @@ class LocalSlurm:
         self.procs: list[subprocess.Popen] = []
         self.cpus = os.cpu_count() or 1
         self.mem_mb = min(8000, _mem_mb() // 2)
+        self.gpus = len(FAKE_GPUS)  # generic resources only (see CONF)
 
     @property
     def env(self) -> dict:
@@ -102,8 +110,10 @@ class LocalSlurm:
         key = self.root / "munge.key"
         key.write_bytes(os.urandom(128))
         key.chmod(0o400)
-        self.conf.write_text(CONF.format(host=socket.gethostname().split(".")[0], root=self.root, cpus=self.cpus,
-                                         mem=self.mem_mb, ctld_port=_free_port(), slurmd_port=_free_port()))
+        host = socket.gethostname().split(".")[0]
+        self.conf.write_text(CONF.format(host=host, root=self.root, cpus=self.cpus, mem=self.mem_mb, gpus=self.gpus,
+                                         ctld_port=_free_port(), slurmd_port=_free_port()))
+        (self.root / "gres.conf").write_text("".join(f"NodeName={host} Name=gpu File={f}\n" for f in FAKE_GPUS[:self.gpus]))
         env = dict(os.environ, SLURM_CONF=str(self.conf))
         r = self.root
         self._spawn(["munged", "-F", "-f", f"--socket={r}/munge.socket", f"--key-file={key}",

@@ -26,7 +26,7 @@ def test_stopped_launcher_stops_its_local_job_and_the_rerun_resumes(tiny_data, t
     spec = tiny_spec(tiny_data / "natural", tmp_path / "subset.npy", epochs=30, batch_size=16)
     run_dir = tmp_path / "run"
     cmd = [str(BIN / "sslstudy"), "pretrain", "--run-dir", str(run_dir), "--spec", json.dumps(spec),
-           "--launch", json.dumps(dict(executor="local", timeout_min=10, poll_s=1, slurm={}))]
+           "--launch", json.dumps(dict(executor="local", poll_s=1, pretrain=dict(time_min=10)))]
     launcher = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
     wait_for(lambda: (run_dir / "checkpoints/ep002.pt").exists(), "local training")
     job_pid = int(json.loads((run_dir / "job.json").read_text())["job_id"])  # a local job's id is its pid

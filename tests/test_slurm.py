@@ -24,12 +24,13 @@ from sslstudy.launch import distributed_env, executor, launch_pretrain
 pytestmark = pytest.mark.slurm
 
 # Small jobs for a 2-core node: 1 CPU and 1.5 GB each, no GPU; the launcher polls every 0.5 s.
-SLURM = dict(gpus_per_node=0, cpus_per_task=1, mem_gb=1.5)
+JOB = dict(gpus=0, cpus=1, mem_gb=1.5, time_min=30)
 
 
-def slurm_launch(**slurm) -> dict:
+def slurm_launch(**pretrain) -> dict:
+    """The launch of SLURM jobs for these tests; pretrain: changes to the pretraining job's resources."""
     params = yaml.safe_load((ROOT / "params/study.yaml").read_text())
-    params["launch"] = dict(executor="slurm", timeout_min=30, poll_s=0.5, slurm=dict(SLURM, **slurm))
+    params["launch"] = dict(executor="slurm", poll_s=0.5, pretrain=dict(JOB, **pretrain), evaluation=dict(JOB))
     return studyconfig.validate(params)["launch"]  # schema defaults filled in
 
 
@@ -137,7 +138,7 @@ def test_out_of_memory_and_scancel_fail_with_the_log(slurm_cluster, tiny_data, s
     err = p.stderr
     log = re.search(r"log: (\S+)", err).group(1)
     assert Path(log).is_file() and log.startswith(str(tmp_path / "oom" / "submitit"))
-    assert "ended FAILED" in err and "exceeded memory limit" in err and "raise launch.slurm.mem_gb" in err, err
+    assert "ended FAILED" in err and "exceeded memory limit" in err and "raise launch.pretrain.mem_gb" in err, err
     # scancel while it runs
     t = Background(spec, tmp_path / "cancel", slurm_launch())
     wait_for(lambda: (tmp_path / "cancel" / "checkpoints" / "ep001.pt").exists(), "the job to train")
@@ -150,11 +151,62 @@ def test_out_of_memory_and_scancel_fail_with_the_log(slurm_cluster, tiny_data, s
 
 def test_multi_task_job_gets_the_ddp_environment(slurm_cluster, tmp_path):
     """The launch side of DDP: tasks per node from the profile, env:// variables per rank."""
-    launch = slurm_launch(tasks_per_node=2, mem_gb=0.5)
-    job = executor(tmp_path, launch, threads=1, name="ddp-env").submit(distributed_env)
+    launch = slurm_launch(tasks_per_node=2, cpus=2, mem_gb=0.5)
+    job = executor(tmp_path, launch, threads=1, name="ddp-env", kind="pretrain").submit(distributed_env)
     envs = job.results()
     assert sorted(e["rank"] for e in envs) == [0, 1] and {e["world_size"] for e in envs} == {2}
     assert len({(e["master_addr"], e["master_port"]) for e in envs}) == 1
+
+
+# A task of a GPU job on the test cluster's fake GPUs: DDP env from SLURM, train on the CPU (gloo),
+# print this rank's parameters' digest and world size.
+RANK_SCRIPT = """
+import hashlib, json, sys
+import torch
+from sslstudy import distributed as D
+from sslstudy.launch import distributed_env
+from sslstudy.train import _Trainer
+distributed_env()
+t = _Trainer(json.loads(sys.argv[1]), __import__("pathlib").Path(sys.argv[2]))
+t.run(None)
+w = dict(t.model.named_parameters())  # the weights DDP keeps equal (BN statistics stay each rank's own)
+print("RANK", D.rank(), D.world(), hashlib.sha256(b"".join(w[k].detach().numpy().tobytes() for k in sorted(w))).hexdigest())
+"""
+
+
+def ended(cluster, job_id: str, timeout: float = 300) -> None:
+    """Wait for a job submitted without our launcher to complete (submitit alone would wait forever for
+    a killed job here: the test cluster has no accounting)."""
+    t0 = time.time()
+    while (state := cluster.job(job_id).get("JobState")) in ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", None):
+        assert time.time() - t0 < timeout, f"job {job_id} still {state} after {timeout} s"
+        time.sleep(1)
+    assert state == "COMPLETED", cluster.job(job_id)
+
+
+def test_gpu_jobs_on_fake_gpus_one_task_per_gpu_for_pretraining_one_for_evaluation(slurm_cluster, subset, tiny_data, tmp_path):
+    """The test cluster declares 2 GPUs (generic resources, no devices). A 2-GPU pretraining job runs 2
+    DDP tasks (gloo: pretrain.device cpu) whose ranks end with identical parameters; a 2-GPU evaluation
+    job runs one task."""
+    import sys
+
+    launch = slurm_launch(gpus=2, cpus=2, mem_gb=4)  # 2 tasks, each a submitit process and its training child
+    launch["evaluation"].update(gpus=2, cpus=1)
+    spec = dict(tiny_spec(tiny_data / "natural", subset, epochs=1, threads=1, device="cpu"),
+                optim=dict(tiny_spec(tiny_data, subset)["optim"], warmup_epochs=0))
+    # no env=: the command inherits each task's SLURM/submitit environment
+    cmd = submitit.helpers.CommandFunction([sys.executable, "-c", RANK_SCRIPT, json.dumps(spec), str(tmp_path / "run")])
+    job = executor(tmp_path / "pre", launch, threads=1, name="fake-gpu-pretrain", kind="pretrain").submit(cmd)
+    ended(slurm_cluster, job.job_id)
+    outs = job.results()
+    ranks = sorted(ln.split()[1:] for o in outs for ln in o.splitlines() if ln.startswith("RANK"))
+    assert [r[:2] for r in ranks] == [["0", "2"], ["1", "2"]] and ranks[0][2] == ranks[1][2], outs
+    fields = slurm_cluster.job(job.job_id)  # SLURM allotted the 2 GPUs (scontrol: TresPerNode=gres:gpu:2)
+    assert any(v.endswith("gpu:2") for k, v in fields.items() if k.startswith("TresPer")), fields
+    ev = executor(tmp_path / "eval", launch, threads=1, name="fake-gpu-eval", kind="evaluation").submit(distributed_env)
+    ended(slurm_cluster, ev.job_id)
+    envs = ev.results()
+    assert len(envs) == 1 and envs[0]["world_size"] == 1, envs
 
 
 # ----------------------------------------------------------------------------- through Snakemake
@@ -179,14 +231,15 @@ def tiny_params(wf: Path, tiny_data: Path, **pretrain) -> None:
                               **pretrain)
     params["pretrain"]["optim"]["warmup_epochs"] = 1
     params["eval"]["linear_epochs"] = 5
+    params["launch"].update(pretrain=JOB, evaluation=JOB)  # the study names its jobs' resources, the profile the cluster's
     (wf / "tiny.yaml").write_text(yaml.safe_dump(params))
 
 
 def slurm_profile(wf: Path, **launch) -> None:
-    """Our ./slurm profile, its launch line resized for this 2-core node."""
+    """Our ./slurm profile, its launch line polling fast for the tests."""
     shutil.copytree(ROOT / "slurm", wf / "slurm")
     prof = yaml.safe_load((wf / "slurm/config.yaml").read_text())
-    ours = dict(executor="slurm", poll_s=0.5, slurm=SLURM, **launch)
+    ours = dict(executor="slurm", poll_s=0.5, **launch)
     prof["config"] = [f"launch={json.dumps(ours)}"]
     prof["cores"] = 2
     (wf / "slurm/config.yaml").write_text(yaml.safe_dump(prof))

@@ -170,3 +170,81 @@ def test_unknown_backbone():
 
     with pytest.raises(UserError, match="pretrain.backbone.arch"):
         build_backbone("vgg")
+
+
+# ----------------------------------------------------------------------------- device, precision, data overlap
+def test_a_gpu_request_without_cuda_is_one_line(tiny_data, subset, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    spec = tiny_spec(tiny_data / "natural", subset)
+    for over, asked in ((dict(gpus=2), "the job has 2 GPU(s) (launch.pretrain.gpus)"), (dict(device="cuda"), "pretrain.device is cuda")):
+        with pytest.raises(UserError) as e:
+            train(dict(spec, **over), tmp_path / "run")
+        msg = str(e.value)
+        assert "\n" not in msg and asked in msg and "torch sees no CUDA device" in msg and "pretrain.device: cpu" in msg, msg
+    train(dict(spec, gpus=2, device="cpu", epochs=1, optim=dict(spec["optim"], warmup_epochs=0)), tmp_path / "cpu")
+    assert "device cpu" in (tmp_path / "cpu" / "train.log").read_text()
+
+
+def test_bf16_on_a_cpu_without_it_stops_or_falls_back_when_allowed(tiny_data, subset, tmp_path, monkeypatch):
+    import sslstudy.train as T
+
+    monkeypatch.setattr(T, "cpu_bf16", lambda: None)
+    spec = tiny_spec(tiny_data / "natural", subset, epochs=1, optim=dict(tiny_spec(tiny_data, subset)["optim"], warmup_epochs=0))
+    with pytest.raises(UserError) as e:
+        train(dict(spec, precision="bf16"), tmp_path / "stop")
+    assert "\n" not in str(e.value) and "no native bf16" in str(e.value) and "precision_fallback: true" in str(e.value)
+    train(dict(spec, precision="bf16", precision_fallback=True), tmp_path / "fallback")
+    train(dict(spec, precision="auto"), tmp_path / "auto")
+    text = (tmp_path / "fallback" / "train.log").read_text()
+    assert "training in fp32 (pretrain.precision_fallback: true)" in text and "precision fp32 (bf16 asked" in text
+    assert "precision fp32 (precision auto: this CPU has no native bf16" in (tmp_path / "auto" / "train.log").read_text()
+    a = torch.load(tmp_path / "fallback" / "final.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "auto" / "final.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the fallback is plain fp32
+
+
+class _OnTheCaller:
+    """A ThreadPoolExecutor stand-in that reads each batch on the calling (main) thread: the loop as it
+    was before the reader thread."""
+
+    def __init__(self, *a, **kw):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def submit(self, fn, *args):
+        from concurrent.futures import Future
+
+        f = Future()
+        f.set_result(fn(*args))
+        return f
+
+
+def test_reading_ahead_in_a_thread_changes_no_bit(tiny_data, subset, tmp_path, monkeypatch):
+    """The next batch is read in a background thread while the step runs: the same weights, bit for bit,
+    as reading every batch on the main thread."""
+    import threading
+
+    import sslstudy.train as T
+
+    spec = tiny_spec(tiny_data / "natural", subset, epochs=2)
+    readers, read = set(), T._Trainer._read
+
+    def spy(self, it):
+        readers.add(threading.current_thread().name)
+        return read(self, it)
+
+    monkeypatch.setattr(T._Trainer, "_read", spy)
+    train(spec, tmp_path / "ahead")
+    assert readers and all(n.startswith("sslstudy-read") for n in readers), readers
+    monkeypatch.setattr(T, "ThreadPoolExecutor", _OnTheCaller)
+    readers.clear()
+    train(spec, tmp_path / "inline")
+    assert readers == {threading.main_thread().name}
+    a = torch.load(tmp_path / "ahead" / "final.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "inline" / "final.pt", weights_only=False)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

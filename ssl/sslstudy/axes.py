@@ -213,6 +213,7 @@ def pretrain_spec(config: dict, run: dict) -> dict:
     return dict(
         run=run["id"], seed=run["seed"], epochs=p["epochs"], batch_size=p["batch_size"],
         checkpoint_every=p["checkpoint_every"], threads=p["threads"], on_collapse=p["on_collapse"],
+        device=p["device"], precision=p["precision"], precision_fallback=p["precision_fallback"], compile=p["compile"],
         backbone=p["backbone"], optim=optim, views=views,
         method=dict(name=run["method"], params=params),
         data=dict(dataset=dataset_dir(config, run["domain"], run["quality"]), subset=subset_path(config, run["domain"], run["subset"])),

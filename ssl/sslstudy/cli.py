@@ -76,20 +76,22 @@ def _log_launcher() -> None:
 
 
 def cmd_pretrain(a) -> None:
+    from .config import validate_launch
     from .launch import launch_pretrain
 
     _log_launcher()
     spec = json.loads(a.spec)
-    launch = json.loads(a.launch)
-    launch_pretrain(spec, a.run_dir, launch)
+    launch_pretrain(spec, a.run_dir, validate_launch(json.loads(a.launch)))
 
 
 def cmd_remote(a) -> None:
     """Run this same command (without --launch) as a submitit job on launch.executor, and wait for it."""
+    from .config import validate_launch
     from .launch import run_job
 
     _log_launcher()
-    run_job(functools.partial(run_command, a.argv), a.job_dir, json.loads(a.launch), a.threads, what=f"{a.cmd} {a.out}")
+    run_job(functools.partial(run_command, a.argv), a.job_dir, validate_launch(json.loads(a.launch)), a.threads,
+            what=f"{a.cmd} {a.out}")
 
 
 def cmd_evaluate(a) -> None:

@@ -14,7 +14,14 @@ from .errors import UserError
 from .names import IMAGES_FILE, SYNTH_ROOT, dataset_path
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
-RENAMED = {"launch.cluster": "launch.executor"}  # old keys: their error names the new one
+RENAMED = {  # old keys: their error names the new one
+    "launch.cluster": "launch.executor",
+    "launch.timeout_min": "launch.pretrain.time_min and launch.evaluation.time_min",
+    **{f"launch.slurm.{old}": f"launch.pretrain.{new} and launch.evaluation.{new}"
+       for old, new in (("gpus_per_node", "gpus"), ("cpus_per_task", "cpus (per node)"), ("mem_gb", "mem_gb"))},
+    "launch.slurm.nodes": "launch.pretrain.nodes",
+    "launch.slurm.tasks_per_node": "launch.pretrain.tasks_per_node",
+}
 
 
 def _with_defaults(validator_cls):
@@ -96,6 +103,20 @@ def validate(config: dict, source: str = "config") -> dict:
         if warm >= p["epochs"]:
             raise UserError(f"{source}: warmup_epochs ({warm}, for {m}) must be smaller than pretrain.epochs ({p['epochs']}); lower it")
     return config
+
+
+def validate_launch(launch: dict, source: str = "--launch") -> dict:
+    """A launch section alone (a command's --launch JSON), defaults filled; UserError on the first problem."""
+    schema = load_schema()["properties"]["launch"]
+    launch = copy.deepcopy(launch)
+    errors = sorted(_Validator(schema).iter_errors(launch), key=lambda e: list(e.absolute_path))
+    if errors:
+        e = errors[0]
+        where = ".".join(["launch", *map(str, e.absolute_path)])
+        if e.validator == "additionalProperties":
+            e.message += "".join(f"; {k} is now {RENAMED[k]}" for k in (f"{where}.{x}" for x in e.instance) if k in RENAMED)
+        raise UserError(f"{source}: {where}: {e.message}; fix it (allowed keys and types: {SCHEMA.relative_to(SCHEMA.parents[2])})")
+    return launch
 
 
 def load(path: str | Path) -> dict:

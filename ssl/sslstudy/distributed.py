@@ -9,13 +9,21 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 
 
-def init_from_env() -> None:
-    """Join the process group described by the environment (no-op for a single process)."""
+def init_from_env(cuda: bool | None = None) -> None:
+    """Join the process group described by the environment (no-op for a single process): NCCL when
+    the ranks train on GPUs (cuda; default: whenever torch sees CUDA), else gloo."""
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend)
+        dist.init_process_group("nccl" if cuda else "gloo")
+
+
+def device() -> torch.device:
+    """The device the process group's collectives run on (NCCL: this rank's GPU; gloo: the CPU)."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def world() -> int:
@@ -53,6 +61,11 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     if world() > 1:
         dist.all_reduce(x)
     return x
+
+
+def all_reduce_sum_async(x: torch.Tensor):
+    """Start summing x over ranks in place; returns the work to wait() on (None for a single process)."""
+    return dist.all_reduce(x, async_op=True) if world() > 1 else None
 
 
 def barrier() -> None:

@@ -67,9 +67,45 @@ class PretrainJob(submitit.helpers.Checkpointable):
 
 
 # ----------------------------------------------------------------------------- executors
-def slurm_tasks(slurm: dict) -> int:
-    """Tasks per node: one per GPU (DDP world size = nodes x tasks), or as configured."""
-    return slurm["tasks_per_node"] or max(1, slurm["gpus_per_node"])
+PRETRAIN, EVALUATION = "pretrain", "evaluation"  # the kinds of job; their resources: launch.<kind>
+
+
+def tasks_per_node(launch: dict, kind: str) -> int:
+    """Pretraining: one task per GPU (DDP world size = nodes x tasks), or as configured; an
+    evaluation-type job: one task, whatever its GPU count."""
+    if kind == EVALUATION:
+        return 1
+    r = launch[PRETRAIN]
+    return r["tasks_per_node"] or max(1, r["gpus"])
+
+
+def task_cpus(launch: dict, kind: str) -> int:
+    """CPUs (= torch threads) of one task: the node's CPUs shared among its tasks."""
+    r, n = launch[kind], tasks_per_node(launch, kind)
+    if r["cpus"] < n:
+        raise UserError(f"launch.{kind}.cpus is {r['cpus']}, fewer than the {n} tasks per node; give every task a CPU in params")
+    return r["cpus"] // n
+
+
+def slurm_parameters(launch: dict, kind: str) -> dict:
+    """submitit's SLURM parameters of one job of this kind: the study's resources (launch.<kind>) and
+    the cluster's settings (launch.slurm)."""
+    r, s = launch[kind], launch["slurm"]
+    extra = dict(s["extra"], **({"qos": s["qos"]} if s["qos"] else {}))
+    params = dict(timeout_min=r["time_min"], slurm_partition=s["partition"], slurm_account=s["account"],
+                  nodes=r.get("nodes", 1), gpus_per_node=r["gpus"], tasks_per_node=tasks_per_node(launch, kind),
+                  cpus_per_task=task_cpus(launch, kind), mem_gb=r["mem_gb"], slurm_signal_delay_s=s["signal_delay_s"],
+                  slurm_additional_parameters=extra or None)
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def local_gpus(asked: int) -> int:
+    """GPUs of a local job: one (a local job is one task) where some were asked for and torch sees CUDA."""
+    if not asked:
+        return 0
+    import torch
+
+    return 1 if torch.cuda.is_available() else 0
 
 
 def job_name(folder: Path) -> str:
@@ -77,19 +113,15 @@ def job_name(folder: Path) -> str:
     return "sslstudy-" + "_".join(Path(folder).parts[-3:])
 
 
-def executor(folder: Path, launch: dict, threads: int, name: str) -> submitit.Executor:
+def executor(folder: Path, launch: dict, threads: int, name: str, kind: str) -> submitit.Executor:
     ex = submitit.AutoExecutor(folder=folder / "submitit", cluster=launch["executor"])
-    params = dict(timeout_min=launch["timeout_min"], name=name)
     if launch["executor"] == "slurm":
-        s = launch["slurm"]
-        params.update(slurm_partition=s["partition"], slurm_account=s["account"], gpus_per_node=s["gpus_per_node"],
-                      cpus_per_task=s["cpus_per_task"], mem_gb=s["mem_gb"], tasks_per_node=slurm_tasks(s),
-                      nodes=s["nodes"], slurm_signal_delay_s=s["signal_delay_s"],
-                      slurm_additional_parameters=s["extra"] or None)
-        params = {k: v for k, v in params.items() if v is not None}
-    elif launch["executor"] == "local":
-        params.update(cpus_per_task=threads, gpus_per_node=0)
-    ex.update_parameters(**params)
+        params = slurm_parameters(launch, kind)
+    else:
+        params = dict(timeout_min=launch[kind]["time_min"])
+        if launch["executor"] == "local":  # submitit hides the GPUs beyond gpus_per_node (CUDA_VISIBLE_DEVICES)
+            params.update(cpus_per_task=threads, gpus_per_node=local_gpus(launch[kind]["gpus"]))
+    ex.update_parameters(name=name, **params)
     return ex
 
 
@@ -153,27 +185,28 @@ def _reattach(folder: Path, launch: dict):
     return None
 
 
-def run_job(fn: Callable, folder: Path, launch: dict, threads: int, what: str,
+def run_job(fn: Callable, folder: Path, launch: dict, threads: int, what: str, kind: str = EVALUATION,
             valid: Callable[[object], bool] = lambda r: True):
     """Run fn (any picklable callable without arguments) through submitit, or re-attach to the job
     already running it, and return its result.
+    kind: PRETRAIN or EVALUATION, whose resources (launch.<kind>) the job gets.
     A re-attached job's result is used only if `valid(result)` (e.g. its files still exist)."""
     folder = Path(folder)
     with _folder_lock(folder):
         job = _reattach(folder, launch)
         if job is not None:
             try:
-                result = _wait(job, launch, what)
+                result = _wait(job, launch, what, kind)
                 if valid(result):
                     return result
             except UserError as e:
                 log.warning("previous job failed, submitting again: %s", e)
-        job = executor(folder, launch, threads, name=job_name(folder)).submit(fn)
+        job = executor(folder, launch, threads, name=job_name(folder), kind=kind).submit(fn)
         log.info("submitted %s job %s for %s", launch["executor"], job.job_id, what)
         write_bytes(folder / "job.json", (json.dumps(dict(job_id=str(job.job_id), executor=launch["executor"],
                                                           submitted=time.time())) + "\n").encode())
         with _cancel_local_on_exit(job, launch):
-            return _wait(job, launch, what)
+            return _wait(job, launch, what, kind)
 
 
 @contextmanager
@@ -196,17 +229,17 @@ def _cancel_local_on_exit(job, launch: dict) -> Iterator[None]:
             signal.signal(s, h)
 
 
-def _wait(job, launch: dict, what: str):
+def _wait(job, launch: dict, what: str, kind: str):
     if launch["executor"] == "slurm":
         ended = _wait_slurm(job, launch["poll_s"])
         if ended is not None:
-            raise UserError(_failure(job, what, f"ended {ended.name} ({ended.detail}) without a result"))
+            raise UserError(_failure(job, what, kind, f"ended {ended.name} ({ended.detail}) without a result"))
     try:
         return job.result()
     except UserError:
         raise  # debug executor: the job's own one-line error
     except (FailedJobError, UncompletedJobError) as e:
-        raise UserError(_failure(job, what, _last_error(str(e)))) from None
+        raise UserError(_failure(job, what, kind, _last_error(str(e)))) from None
 
 
 def _wait_slurm(job, poll_s: float, grace_s: float = 15) -> SlurmState | None:
@@ -228,18 +261,18 @@ def _wait_slurm(job, poll_s: float, grace_s: float = 15) -> SlurmState | None:
     return None
 
 
-def _failure(job, what: str, headline: str) -> str:
+def _failure(job, what: str, kind: str, headline: str) -> str:
     """Job id, what failed, the fix when known, the log path and the log's last meaningful lines."""
     err = Path(job.paths.stderr)
     tail = _tail(err) or _tail(Path(job.paths.stdout)) or ["(log empty or missing)"]
-    hint = next((h for key, h in HINTS if key in headline or any(key in ln for ln in tail)), "")
+    hint = next((h.format(kind=kind) for key, h in HINTS if key in headline or any(key in ln for ln in tail)), "")
     return (f"{what}: job {job.job_id} {headline}{hint}; log: {err}\n  last lines of the log:\n"
             + "\n".join(f"    {ln}" for ln in tail))
 
 
-HINTS = (("memory limit", " - out of memory: raise launch.slurm.mem_gb"),
-         ("OUT_OF_MEMORY", " - out of memory: raise launch.slurm.mem_gb"),
-         ("TIMEOUT", " - time limit: raise launch.timeout_min"),
+HINTS = (("memory limit", " - out of memory: raise launch.{kind}.mem_gb"),
+         ("OUT_OF_MEMORY", " - out of memory: raise launch.{kind}.mem_gb"),
+         ("TIMEOUT", " - time limit: raise launch.{kind}.time_min"),
          ("CANCELLED", " - cancelled (scancel or an admin): run again to resume from the last checkpoint"),
          ("NODE_FAIL", " - node failure: run again to resume from the last checkpoint"))
 
@@ -263,10 +296,10 @@ def _last_error(message: str) -> str:
 # ----------------------------------------------------------------------------- pretraining
 def launch_pretrain(spec: dict, run_dir: str | Path, launch: dict) -> Path:
     run_dir = Path(run_dir)
-    if launch["executor"] == "slurm":
-        spec = dict(spec, threads=launch["slurm"]["cpus_per_task"])  # use the CPUs the job was given
+    if launch["executor"] == "slurm":  # use the CPUs the job was given; train() checks its GPUs are there
+        spec = dict(spec, threads=task_cpus(launch, PRETRAIN), gpus=launch[PRETRAIN]["gpus"])
     result = run_job(PretrainJob(spec, str(run_dir)), run_dir, launch, spec["threads"], what=f"pretraining {run_dir}",
-                     valid=lambda r: Path(r).is_file())
+                     kind=PRETRAIN, valid=lambda r: Path(r).is_file())
     _say_collapse(run_dir)
     return Path(result)
 

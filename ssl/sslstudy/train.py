@@ -4,8 +4,10 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -162,6 +164,53 @@ def _amp(device: torch.device) -> dict:
     return dict(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
+# ----------------------------------------------------------------------------- device and precision
+def choose_device(cfg: dict) -> torch.device:
+    """pretrain.device (auto: the GPU when torch sees CUDA). A job given GPUs (cfg gpus, from
+    launch.pretrain.gpus on SLURM) or device cuda on a machine without CUDA: one UserError line."""
+    want = cfg.get("device", "auto")
+    if want == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    if want == "cuda" or cfg.get("gpus"):
+        asked = "pretrain.device is cuda" if want == "cuda" else f"the job has {cfg['gpus']} GPU(s) (launch.pretrain.gpus)"
+        build = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "built without CUDA"
+        raise UserError(f"{cfg['run']}: {asked} but torch sees no CUDA device on {socket.gethostname()} "
+                        f"(torch {torch.__version__}, {build}); run it on a GPU node with the CUDA build (make study GPU=1), "
+                        f"or set launch.pretrain.gpus: 0 or pretrain.device: cpu in params")
+    return torch.device("cpu")
+
+
+def cpu_bf16() -> str | None:
+    """The CPU's native bf16 instructions (AMX or AVX512-BF16, from /proc/cpuinfo's flags), or None."""
+    try:
+        flags = next((ln.split(":", 1)[1].split() for ln in open("/proc/cpuinfo") if ln.startswith("flags")), [])
+    except OSError:
+        return None
+    found = [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
+    return "+".join(found) or None
+
+
+def choose_precision(cfg: dict, device: torch.device) -> tuple[torch.dtype | None, str]:
+    """pretrain.precision -> (the autocast dtype or None for fp32, what ran in words, for train.log)."""
+    want = cfg.get("precision", "auto")
+    if want == "fp32":
+        return None, "fp32 (pretrain.precision: fp32)"
+    if device.type == "cuda":
+        return torch.bfloat16, "bf16 autocast on CUDA"
+    native = cpu_bf16()
+    if native:
+        return torch.bfloat16, f"bf16 autocast on the CPU ({native})"
+    if want == "auto":
+        return None, "fp32 (precision auto: this CPU has no native bf16, no AMX or AVX512-BF16)"
+    why = f"{cfg['run']}: pretrain.precision is bf16 but this CPU has no native bf16 (no AMX or AVX512-BF16 in /proc/cpuinfo)"
+    if not cfg.get("precision_fallback", False):
+        raise UserError(f"{why}; set pretrain.precision: auto or fp32, or pretrain.precision_fallback: true to train in fp32")
+    log.warning("%s; training in fp32 (pretrain.precision_fallback: true)", why)
+    return None, "fp32 (bf16 asked, no native bf16 on this CPU; precision_fallback)"
+
+
 def build_model(cfg: dict, n_train: int = 0) -> Method:
     torch.manual_seed(cfg["seed"])
     backbone = build_backbone(**cfg["backbone"])
@@ -203,13 +252,21 @@ class _Trainer:
     """One call of `train`: what is fixed for the run (data, schedule, model, optimiser) and `pos`."""
 
     def __init__(self, cfg: dict, run_dir: Path):
-        D.init_from_env()
+        self.device = choose_device(cfg)
+        D.init_from_env(cuda=self.device.type == "cuda")
+        if self.device.type == "cuda":
+            self.device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU
         self.cfg, self.run_dir, self.lead = cfg, run_dir, D.rank() == 0
         if self.lead:
             run_dir.mkdir(parents=True, exist_ok=True)
             _log_to(run_dir / names.TRAIN_LOG)
         torch.set_num_threads(cfg["threads"])
-        self.device = torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
+        self.dtype, precision = choose_precision(cfg, self.device)
+        self.compile = cfg.get("compile", False)
+        if self.lead:
+            where = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else f"{cfg['threads']} thread(s)"
+            log.info("device %s (%s), precision %s, compile %s, data read one batch ahead in a thread%s", self.device, where,
+                     precision, "on" if self.compile else "off", " (pinned, non_blocking copy)" if self.device.type == "cuda" else "")
 
         self.ds = load_dataset(cfg["data"]["dataset"])
         self.idx = np.sort(load_indices(cfg["data"]["subset"]))
@@ -227,6 +284,8 @@ class _Trainer:
 
         self.model = build_model(cfg, len(self.idx)).to(self.device, memory_format=torch.channels_last)
         self.opt = build_optimizer(self.model, ocfg, lr)
+        if self.compile:
+            self.model.backbone.compile()  # in place: the state_dict keeps its keys
         self.ctx = Context(self.ds, self.idx, self.device, cfg)
         pick = np.random.default_rng(0).choice(len(self.idx), min(HEALTH_IMAGES, len(self.idx)), replace=False)
         self.health_rows = self.idx[np.sort(pick)]  # the same images for every seed of a subset
@@ -279,28 +338,42 @@ class _Trainer:
         else:
             gen.set_state(pos.gen)
         t0 = time.time()
-        while pos.it < self.steps_per_epoch:
-            if self._stop_requested():
-                self._stop(gen)
-            self._step(gen)
-            pos.it += 1
-            self.done_here += 1
+        with ThreadPoolExecutor(1, thread_name_prefix="sslstudy-read") as reader:
+            ahead = reader.submit(self._read, pos.it)
+            while pos.it < self.steps_per_epoch:
+                if self._stop_requested():
+                    self._stop(gen)
+                images = ahead.result()
+                if pos.it + 1 < self.steps_per_epoch:  # the next batch is read while this step runs
+                    ahead = reader.submit(self._read, pos.it + 1)
+                self._step(gen, images.to(self.device, non_blocking=True))
+                pos.it += 1
+                self.done_here += 1
         self._end_epoch(time.time() - t0)
 
-    def _step(self, gen: torch.Generator) -> None:
-        """One optimiser step on batch pos.it of the epoch's order; adds its logs to pos.sums."""
+    def _picked(self, it: int) -> np.ndarray:
+        """The subset positions of batch `it` of this epoch's order (the global batch, sorted)."""
+        return np.sort(self.pos.order[it * self.bs:(it + 1) * self.bs])
+
+    def _read(self, it: int) -> torch.Tensor:
+        """This rank's images of batch `it` (uint8, on the CPU; pinned for the copy to a GPU). Runs in the
+        reader thread, one batch ahead of the steps; no random numbers."""
+        images = torch.from_numpy(np.asarray(self.ds.images[self.idx[self._picked(it)[D.local_slice(self.bs)]]]))
+        return images.pin_memory() if self.device.type == "cuda" else images
+
+    def _step(self, gen: torch.Generator, images: torch.Tensor) -> None:
+        """One optimiser step on batch pos.it of the epoch's order (images: its rows of this rank, on
+        the device); adds its logs to pos.sums."""
         pos, bs, model = self.pos, self.bs, self.model
         step = pos.epoch * self.steps_per_epoch + pos.it
         for g in self.opt.param_groups:
             g["lr"] = self.lr_sched[step]
-        picked = np.sort(pos.order[pos.it * bs:(pos.it + 1) * bs])
-        rows = D.local_slice(bs)
-        images = torch.from_numpy(np.asarray(self.ds.images[self.idx[picked[rows]]])).to(self.device, non_blocking=True)
+        picked, rows = self._picked(pos.it), D.local_slice(bs)
         views = [make_views(images, spec, gen, rows, bs).contiguous(memory_format=torch.channels_last)
                  for spec in model.view_specs]
         batch = Batch(views, torch.from_numpy(picked[rows]).to(self.device), step, self.total, pos.epoch, gen)
         model.before_step(step, self.total)
-        with torch.autocast(**_amp(self.device)):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype is not None):
             loss, logs = self.net(batch)
         if not torch.isfinite(loss):
             raise Diverged(f"{self.run_dir}: loss is {loss.item()} at epoch {pos.epoch + 1} step {pos.it}; "
@@ -435,9 +508,9 @@ def _epoch_of(line: str) -> float:
 
 
 def _same_run(cfg: dict) -> dict:
-    """What must match to resume: everything but the thread count (a run may move to a SLURM node) and
-    what to do on collapse (neither changes the weights)."""
-    return {k: v for k, v in cfg.items() if k not in ("threads", "on_collapse")}
+    """What must match to resume: everything but the thread and GPU counts (a run may move to a SLURM
+    node), what to do on collapse and whether bf16 may fall back (none changes the weights)."""
+    return {k: v for k, v in cfg.items() if k not in ("threads", "gpus", "on_collapse", "precision_fallback")}
 
 
 class _DeferredSignal:
@@ -447,6 +520,7 @@ class _DeferredSignal:
     def __init__(self):
         self._flag = False
         self._previous = None
+        self._pending = None  # (work, tensor): the ranks' flags being summed
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -457,8 +531,20 @@ class _DeferredSignal:
         self._flag = True
 
     def requested(self) -> bool:
-        flag = torch.tensor(float(self._flag))
-        return bool(D.all_reduce_sum(flag) > 0)  # every rank stops at the same step
+        """Whether to stop before this step. One process: once the signal came. Several: every rank
+        stops at the same step; each call starts summing the ranks' flags (asynchronously, on the
+        process group's device: NCCL reduces only GPU tensors) and reads the sum the call before
+        started, so no step waits for the others' flags and a signal stops the ranks a step later."""
+        if D.world() == 1:
+            return self._flag
+        stop = False
+        if self._pending is not None:
+            work, flags = self._pending
+            work.wait()
+            stop = bool(flags.item() > 0)
+        flags = torch.tensor(float(self._flag), device=D.device())
+        self._pending = (D.all_reduce_sum_async(flags), flags)
+        return stop
 
     def pass_on(self) -> None:
         if self._previous is not None and self._flag:
@@ -467,7 +553,9 @@ class _DeferredSignal:
             if callable(prev):
                 prev(signal.SIGUSR2, None)
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, *exc):
+        if self._pending is not None and exc_type is None:
+            self._pending[0].wait()  # every rank started it; leave no collective behind
         if self._previous is not None:
             signal.signal(signal.SIGUSR2, self._previous)
         return False

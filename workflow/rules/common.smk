@@ -47,7 +47,7 @@ def remote(rule):
 def eval_cpus(w, threads):
     """torch threads of an evaluation-type command: the SLURM job's CPUs, else the rule's threads."""
     if EVAL_REMOTE and C["launch"]["executor"] == "slurm":
-        return C["launch"]["slurm"]["cpus_per_task"]
+        return C["launch"]["evaluation"]["cpus"]
     return threads
 
 

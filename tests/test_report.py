@@ -148,11 +148,23 @@ def test_collapsed_run_is_listed_with_its_reason_and_folder(flagged):
 def test_suspect_runs_are_marked_in_the_tables(flagged):
     _, html = flagged
     results = html[html.index(">Results</h2>"):html.index('id="quantity"')]
+    comparisons = html[html.index('id="comparisons"'):html.index(">Pretraining</h2>")]
     pretraining = html[html.index(">Pretraining</h2>"):html.index(">Data</h2>")]
-    for part in (results, pretraining):
-        assert f"{COLLAPSED} ⚠ (collapsed)" in part
-        assert f"{BELOW} ⚠ (below random)" in part
-        assert f">{OK}</th>" in part and f"{OK} ⚠" not in part
+    # tables of means over seeds and of paired differences name the flagged runs of a row
+    for part in (results, comparisons):
+        assert f"swav ⚠ ({COLLAPSED}: collapsed)" in part
+        assert f"simclr ⚠ ({BELOW}: below random)" in part
+    assert ">byol</th>" in results and "byol ⚠" not in results
+    assert f"byol ⚠ ({BELOW}: below random)" in comparisons  # against the reference, simclr
+    assert f"{COLLAPSED} ⚠ (collapsed)" in pretraining and f"{BELOW} ⚠ (below random)" in pretraining
+    assert f">{OK}</th>" in pretraining and f"{OK} ⚠" not in pretraining
+    cs = pd.read_csv(out_of(flagged) / "tables/comparisons.csv", keep_default_na=False)
+    sus = cs[cs["comparison"] == "pretrained vs random weights"].groupby("method")["suspect"].first()
+    assert sus.to_dict() == {"byol": "", "simclr": f"{BELOW}: below random", "swav": f"{COLLAPSED}: collapsed"}
+
+
+def out_of(built):
+    return built[0]
 
 
 def test_run_below_its_random_weights_is_listed(flagged):

@@ -20,7 +20,8 @@ from markupsafe import Markup
 
 from ..atomic import write_bytes
 from ..errors import UserError
-from . import figures, suspects, tables
+from .. import stats
+from . import comparisons, figures, findings, suspects, tables
 
 # templates/report.html; None renders as nothing (an absent figure or table)
 ENV = Environment(loader=PackageLoader("sslstudy.report"), autoescape=True, undefined=StrictUndefined,
@@ -28,6 +29,7 @@ ENV = Environment(loader=PackageLoader("sslstudy.report"), autoescape=True, unde
 PACKAGES = ("torch", "torchvision", "faiss-cpu", "snakemake", "dvc", "submitit", "numpy", "pandas", "seaborn", "scikit-learn")
 # section title -> what it answers (the first paragraph of each section)
 SECTIONS = {
+    "findings": ("Findings", "Does this study find what Cole et al. (CVPR 2022) found?"),
     "quantity": ("Quantity", "How much do more pretraining images and more labels help, frozen and fine-tuned, "
                              "against the same network trained from scratch on the same labels?"),
     "domain": ("Domain", "Does pretraining on the evaluation domain matter, and does pooling domains (equal total size) help?"),
@@ -36,7 +38,14 @@ SECTIONS = {
     "fusion": ("Fusion", "Do two models' concatenated features beat the better one alone?"),
     "clustering": ("Periodic clustering", "How does the cluster structure of the features (faiss k-means, K = classes "
                                           "per level) develop over pretraining?"),
+    "comparisons": ("Comparisons", "Which differences can be told from noise? Each is a paired difference over seeds "
+                                   "(a − b per seed, then the mean and its 95% Student t interval)."),
 }
+# columns of the evaluation tables that name a model, an evaluation or a score; any other column
+# (e.g. a probe hyper-parameter chosen on val) is listed in the report's probe-settings table
+KNOWN = {"run", "method", "domain", "subset", "quality", "seed", "weights", "epoch", "eval_domain", "level_index", "level",
+         "metric", "value", "split", "mode", "labels", "labelled_images", "pretrain_images", "pair", "model", "member", "dim"}
+METRICS = ["knn", "linear"]  # what the report's tables show (every metric is in the CSVs)
 
 
 def summary(df: pd.DataFrame) -> dict:
@@ -92,6 +101,71 @@ class Page:
         if table.empty:
             return section(key, empty=params)
         return section(key, figure=self.figure(key, draw(table), table if data is None else data))
+
+
+def splits(t: dict[str, pd.DataFrame]) -> str:
+    """Which split the numbers come from: the tables' split column, else what the evaluation does (test)."""
+    seen = {k: sorted(map(str, d["split"].dropna().unique())) for k, d in t.items() if not d.empty and "split" in d}
+    if not seen:
+        return "the test split (the evaluation tables carry no split column)"
+    return "; ".join(f"{k}: {', '.join(v)} split" for k, v in seen.items())
+
+
+def probe_settings(t: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The extra columns of each table (the probes' settings chosen on val): their values per method and metric."""
+    rows = []
+    for kind, d in t.items():
+        extra = [c for c in d.columns if c not in KNOWN] if not d.empty else []
+        for c in extra:
+            for (m, metric), g in d.groupby(["method", "metric"] if "method" in d else ["pair", "metric"], sort=True):
+                vals = sorted(map(str, g[c].dropna().unique()))
+                if vals:
+                    rows.append(dict(table=kind, method=m, metric=metric, setting=c, values=", ".join(vals)))
+    return pd.DataFrame(rows)
+
+
+def results_summary(base: pd.DataFrame, flags: dict[str, str]) -> pd.DataFrame:
+    """Means over seeds of the study's own runs (pretrained and random weights) per level and metric."""
+    if base.empty:
+        return base
+    single = base[["domain", "subset", "quality"]].drop_duplicates().shape[0] == 1
+    model = base["method"] if single else base["method"] + "/" + base["domain"] + "_" + base["subset"] + "_" + base["quality"]
+    d = base.assign(model=model).groupby(["model", "weights", "eval_domain", "level_index", "level", "metric", "seed", "run"],
+                                         as_index=False)["value"].mean()
+    return tables.summary(d, ["model", "weights", "eval_domain", "level_index", "level", "metric"], flags)
+
+
+def comparison_tables(page: "Page", cs: pd.DataFrame) -> list[dict]:
+    """One table per comparison kind present (title, table html)."""
+    out = []
+    for axis, kind in comparisons.KINDS:
+        wide = comparisons.shown(cs, kind)
+        if not wide.empty:
+            out.append(dict(title=f"{axis}: {kind}", html=table(wide, index=True)))
+    return out
+
+
+def fusion_pairs(fusion: pd.DataFrame, cs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each pair and evaluation domain at the finest level: each member and the fused features
+    (mean ± interval over seeds), and the paired gain of fused over the better member; and the
+    summary behind it (its CSV)."""
+    f = tables.finest(fusion)
+    s = tables.summary(f.assign(member=f["model"].where(f["member"] != "a+b", "fused")),
+                       ["pair", "eval_domain", "member", "metric"], {})
+    s["column"] = s["member"].where(s["member"] == "fused", "member: " + s["member"])
+    wide = tables.cells(s, ["pair", "eval_domain"], ["column"])
+    gain = tables.finest(cs[cs["axis"] == "fusion"])
+    if not gain.empty:
+        g = gain.assign(pair=gain["a"].str.removesuffix(" (fused)"))
+        g = g.assign(pair=[suspects.with_mark(p, sus) for p, sus in zip(g["pair"], g["suspect"])])
+        wide = wide.reset_index()
+        cells = dict(zip(zip(gain["a"].str.removesuffix(" (fused)"), gain["eval_domain"]),
+                         zip(g["pair"], [comparisons.diff_cell(r) for r in gain.itertuples()])))
+        wide["gain over better member"] = [cells.get((p, e), ("", "–"))[1] for p, e in zip(wide["pair"], wide["eval_domain"])]
+        wide["pair"] = [cells.get((p, e), (p, ""))[0] for p, e in zip(wide["pair"], wide["eval_domain"])]
+        wide = wide.set_index(["pair", "eval_domain"])
+    wide.columns.name = None
+    return wide, s.drop(columns="column")
 
 
 def section(key: str, figure: dict | None = None, empty: str | None = None, **extra) -> dict:
@@ -151,18 +225,25 @@ def build_report(inputs: dict[str, list[Path]], config: dict, out: Path, caption
     flags = dict(zip(suspect["run"], suspect["flag"]))
 
     # baseline: the study's own runs, pretrained vs random weights
-    base = frozen[frozen["run"].isin(frozen.loc[frozen["weights"] == "random", "run"])]
-    base = base[base["eval_domain"] == base["domain"]]
-    wide = (suspects.marked(base, flags).pivot_table(index=["run", "weights"], columns=["level_index", "level", "metric"], values="value")
-            .sort_index(axis=1).droplevel(0, axis=1))
+    base = comparisons.baseline(frozen)
+    rs = results_summary(base, flags)
+    shown = rs[rs["metric"].isin(METRICS)]
+    wide = tables.cells(shown, ["model", "weights", "eval_domain"] if rs["eval_domain"].nunique() > 1 else ["model", "weights"],
+                        ["metric", "level_index", "level"], label="model").droplevel(1, axis=1)
+
+    # every comparison, paired on seed; the findings from them
+    per_seed = comparisons.per_seed(t, config)
+    cs = comparisons.summary(per_seed, flags)
+    found = findings.findings(per_seed, config)
+    head = findings.headline(found, config)
 
     gr = tables.granularity(frozen, config)
-    gap = tables.granularity_gap(gr)
-    gap_wide = gap if gap.empty else gap.pivot_table(index=["domain", "method", "metric"], columns=["level_index", "level"],
-                                                     values="gap").droplevel(0, axis=1)
     ft = tables.fusion_table(t["fusion"])
     fusion = page.axis("fusion", ft, figures.fusion, "fusion.kinds and fusion.pairs", data=t["fusion"])
-    fusion["pairs"] = page.linked("fusion_table", ft) if fusion["figure"] else None
+    fusion["pairs"] = None
+    if fusion["figure"]:
+        pairs, pair_summary = fusion_pairs(t["fusion"], cs)
+        fusion["pairs"] = page.linked("fusion_pairs", pair_summary, pairs, index=True)
 
     seconds = loss if loss.empty else (loss.groupby("run")["seconds"].agg(["sum", "count"])
                                        .rename(columns={"sum": "pretrain seconds", "count": "epochs"}))
@@ -173,13 +254,19 @@ def build_report(inputs: dict[str, list[Path]], config: dict, out: Path, caption
         n_models=frozen["run"].nunique(), nav=SECTIONS,
         warnings=dict(rows=suspect.to_dict("records"), checked=suspects.CHECKED,
                       link=page.csv("suspect_runs", suspect)),
-        results=dict(figure=page.figure("accuracy_per_level", figures.accuracy_per_level(suspects.marked(base, flags, sign="\n"), name_runs=bool(flags)), base),
+        split=splits(t), interval=stats.INTERVAL_NOTE,
+        findings=dict(table=table(head.drop(columns=["why"]).set_index("finding")) if not head.empty else None,
+                      why=head[["finding", "why"]].to_dict("records"), link=page.csv("findings", found),
+                      margin=findings.FUSION_MARGIN),
+        comparisons=dict(tables=comparison_tables(page, cs), link=page.csv("comparisons", cs),
+                         per_seed=page.csv("comparisons_per_seed", per_seed)),
+        probes=page.linked("probe_settings", probe_settings(t)),
+        results=dict(summary=page.csv("results_summary", rs), figure=page.figure("accuracy_per_level", figures.accuracy_per_level(suspects.marked(base, flags, sign="\n"), name_runs=bool(flags)), base),
                      table=table(wide, index=True)),
         quantity=page.axis("quantity", tables.quantity(t["lowshot"], t["supervised"]), figures.quantity, "quantity.labels"),
         domain=page.axis("domain", tables.domain_matrix(frozen, config), figures.domain_heatmap, "domain.domains"),
         quality=page.axis("quality", tables.quality_drop(frozen, config), figures.quality_drop, "quality (every corruption list)"),
-        granularity=section("granularity", figure=page.figure("granularity", figures.granularity(gr), gr),
-                            gap=page.linked("granularity_gap", gap, gap_wide, index=True)),
+        granularity=section("granularity", figure=page.figure("granularity", figures.granularity(gr), gr)),
         fusion=fusion,
         clustering=page.axis("clustering", t["clusters"], figures.clustering, "clustering.enabled"),
         pretraining=dict(figure=page.figure("pretrain_loss", figures.loss(suspects.marked(loss, flags, sign=""), flagged=len(flags)), loss),

@@ -83,6 +83,16 @@ def mark(run: str, flags: dict[str, str], sign: str = " ⚠") -> str:
     return f"{run}{sign} ({flags[run]})" if run in flags else run
 
 
+def flagged(runs, flags: dict[str, str]) -> str:
+    """The flagged runs among `runs`: "run: flag; run: flag" ("" when none)."""
+    return "; ".join(f"{r}: {flags[r]}" for r in sorted(set(runs)) if r in flags)
+
+
+def with_mark(label: str, suspect: str, sign: str = " ⚠") -> str:
+    """A row of several runs (seeds, members) as the tables show it: "simclr ⚠ (run: flag)" when any is flagged."""
+    return f"{label}{sign} ({suspect})" if suspect else label
+
+
 def marked(df: pd.DataFrame, flags: dict[str, str], sign: str = " ⚠") -> pd.DataFrame:
     """df with its run column (or index level) marked."""
     if df.empty or not flags:

@@ -206,6 +206,6 @@ def headline(f: pd.DataFrame, config: dict) -> pd.DataFrame:
             continue
         main = g[g["method"] == ref].iloc[0] if ref in set(g["method"]) else g.iloc[0]
         rest = g[g["method"] != main["method"]]["verdict"].value_counts()
-        others = ", ".join(f"{n} {v}" for v, n in rest.items()) if not rest.empty else "–"
+        others = ", ".join(f"{rest[v]} {v}" for v in ("agrees", "disagrees", "inconclusive") if v in rest) or "–"
         out.append({**main.to_dict(), "other methods": others})
     return pd.DataFrame(out, columns=COLUMNS + ["other methods"])

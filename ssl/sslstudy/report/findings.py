@@ -6,7 +6,6 @@ agrees when all its parts agree, disagrees when any part disagrees, and is incon
 and when its axis is off in params (nothing to compare)."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,12 +51,8 @@ class Part:
     def text(self) -> str:
         d = self.diff
         if d.n < 2:
-            return f"{self.label}: {_signed(d.mean)} (inconclusive: {d.n} paired seed{'s' * (d.n != 1)}, no interval)"
-        return f"{self.label}: {stats.cell(d.mean, d.low, d.high, d.n, sign=True)} [{_signed(d.low)}, {_signed(d.high)}]"
-
-
-def _signed(x: float) -> str:
-    return "–" if math.isnan(x) else f"{x:+.3f}"
+            return f"{self.label}: " + ("no paired seeds" if d.n == 0 else f"{stats.cell(d.mean, d.low, d.high, d.n, sign=True)}: inconclusive")
+        return f"{self.label}: {stats.cell(d.mean, d.low, d.high, d.n, sign=True)}"
 
 
 def verdict(parts: list[Part]) -> str:
@@ -97,7 +92,7 @@ def quantity(d: pd.DataFrame, method: str, domain: str) -> tuple[list[Part], str
     the two smallest (linear probe, most labels, finest level): < 0 when it saturates."""
     g = _finest(_kind(d, 9, method=method, domain=domain, mode="linear"))
     if g.empty:
-        return [], "quantity axis off (quantity.labels or linear mode empty)"
+        return [], "no quantity rows (quantity.labels empty, or no linear mode in quantity.modes)"
     most = max(set(g["labels"]), key=lambda t: (t == "lall", int(t[1:]) if t[1:].isdigit() else 0))
     g = g[g["labels"] == most]
     steps = sorted({(r.count_b, r.count_a, r.b, r.a) for r in g.itertuples()})
@@ -121,7 +116,7 @@ def domain(d: pd.DataFrame, method: str) -> tuple[list[Part], str]:
     for r in cross.drop_duplicates(["a", "b", "eval_domain"]).itertuples():
         g = cross[(cross["a"] == r.a) & (cross["b"] == r.b) & (cross["eval_domain"] == r.eval_domain)]
         parts.append(_part(f"cross-domain {r.a} − pooled {r.b} on {r.eval_domain}", _seeds(g), "<0"))
-    return parts, "" if parts else "domain axis has no pool holding an in-domain pretraining set (domain.pools)"
+    return parts, "" if parts else "no pool holding a domain that is also pretrained on alone (domain.pools, domain.domains)"
 
 
 def quality(d: pd.DataFrame, method: str, domain: str) -> tuple[list[Part], str]:
@@ -172,7 +167,7 @@ def _row(finding: str, method: str, dom: str, parts: list[Part], why: str) -> di
                         for p in parts if p.verdict == "inconclusive")
     return dict(finding=finding, paper=PAPER[finding], method=method, domain=dom,
                 found="; ".join(p.text() for p in parts) if parts else "–",
-                seeds="/".join(map(str, n)) if n else "0", verdict=v, why=why)
+                seeds="/".join(map(str, n)) if n else "–", verdict=v, why=why)
 
 
 def findings(d: pd.DataFrame, config: dict) -> pd.DataFrame:

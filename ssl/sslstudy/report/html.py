@@ -255,7 +255,7 @@ def build_report(inputs: dict[str, list[Path]], config: dict, out: Path, caption
         warnings=dict(rows=suspect.to_dict("records"), checked=suspects.CHECKED,
                       link=page.csv("suspect_runs", suspect)),
         split=splits(t), interval=stats.INTERVAL_NOTE,
-        findings=dict(table=table(head.drop(columns=["why"]).set_index("finding")) if not head.empty else None,
+        findings=dict(table=table(head.drop(columns=["why"]).rename(columns={"found": "this study found (a − b ± 95% t half-width, n seeds)"})) if not head.empty else None,
                       why=head[["finding", "why"]].to_dict("records"), link=page.csv("findings", found),
                       margin=findings.FUSION_MARGIN),
         comparisons=dict(tables=comparison_tables(page, cs), link=page.csv("comparisons", cs),

@@ -270,7 +270,7 @@ def test_comparisons_are_paired_over_seeds(seeded):
     part = html[html.index('id="comparisons"'):html.index(">Pretraining</h2>")]
     assert "<h3>quality: corrupted vs clean</h3>" in part and "-.300 ± " in part and "(n=3) *" in part
     # swav is below its random weights over 3 seeds: flagged and marked in the comparisons
-    assert "swav ⚠ (swav/natural_frac1_clean/seed0: below random" in part
+    assert "swav ⚠ (swav/natural_frac1_clean/seed{0,1,2}: below random)" in part
 
 
 def test_findings_table_is_at_the_top_with_verdicts(seeded):
@@ -293,3 +293,13 @@ def test_split_and_probe_settings_are_shown(seeded, report):
     probes = pd.read_csv(seeded[0] / "tables/probe_settings.csv", dtype=str)
     assert probes.query("method == 'simclr' and metric == 'linear'")["values"].tolist() == ["0.1"]
     assert "the evaluation tables carry no split column" in report[1]
+
+
+def test_flagged_runs_are_named_once_per_model_and_flag():
+    from sslstudy.report.suspects import flagged, with_mark
+
+    flags = {f"swav/natural_frac1_clean/seed{s}": "collapsed" for s in (0, 2, 10)} | {BELOW: "below random"}
+    runs = [*flags, OK, "swav/natural_frac1_clean/seed1"]
+    text = flagged(runs, flags)
+    assert text == f"{BELOW}: below random; swav/natural_frac1_clean/seed{{0,2,10}}: collapsed"
+    assert with_mark("swav", text).startswith("swav ⚠ (simclr/") and with_mark("byol", flagged([OK], flags)) == "byol"

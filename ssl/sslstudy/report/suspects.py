@@ -84,8 +84,20 @@ def mark(run: str, flags: dict[str, str], sign: str = " ⚠") -> str:
 
 
 def flagged(runs, flags: dict[str, str]) -> str:
-    """The flagged runs among `runs`: "run: flag; run: flag" ("" when none)."""
-    return "; ".join(f"{r}: {flags[r]}" for r in sorted(set(runs)) if r in flags)
+    """The flagged runs among `runs`, seeds of one model and flag written once:
+    "swav/natural_frac1_clean/seed{0,2}: collapsed; simclr/natural_frac1_clean/seed1: below random" ("" when none)."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for r in sorted(set(runs)):
+        if r in flags:
+            model, _, seed = r.rpartition("/seed")
+            key = (model, flags[r]) if model and seed.isdigit() else (r, flags[r])
+            groups.setdefault(key, []).append(seed if model and seed.isdigit() else "")
+    out = []
+    for (model, flag), seeds in groups.items():
+        seeds = sorted(seeds, key=lambda x: int(x) if x else -1)
+        name = model if seeds == [""] else f"{model}/seed{seeds[0]}" if len(seeds) == 1 else f"{model}/seed{{{','.join(seeds)}}}"
+        out.append(f"{name}: {flag}")
+    return "; ".join(out)
 
 
 def with_mark(label: str, suspect: str, sign: str = " ⚠") -> str:

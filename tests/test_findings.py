@@ -169,3 +169,27 @@ def test_headline_keeps_the_reference_method_and_counts_the_others(config):
     # byol disagrees, moco agrees, the five methods without rows are inconclusive
     assert head.loc["granularity", "other methods"] == "1 agrees, 1 disagrees, 5 inconclusive"
     assert set(head.index) == set(findings.PAPER)
+
+
+# ----------------------------------------------------------------------------- the comparisons behind them
+def test_quantity_comparisons_labels_and_supervised_from_scratch(config):
+    low = []
+    for labels, n, acc in (("l1", 64, 0.20), ("l10", 640, 0.35), ("lall", 2048, 0.45)):
+        low += [dict(r, labels=labels, labelled_images=n, value=r["value"] - 0.45 + acc) for r in lowshot({3276: 0.45})]
+    sup = [dict(r, run=f"supervised/natural_{r['labels']}_clean/seed{r['seed']}", method="supervised", subset=r["labels"],
+                mode="supervised", metric="supervised", pretrain_images=0, value=r["value"] - 0.05) for r in low]
+    t = dict(tables(lowshot=low), supervised=pd.DataFrame(sup))
+    c = comparisons.summary(comparisons.per_seed(t, config), {})
+    labels = c[c["comparison"] == "more vs fewer labels"].query("level == 'fine'")
+    assert labels[["a", "b"]].values.tolist() == [["l10 (640)", "l1 (64)"], ["lall (2048)", "l10 (640)"]]
+    assert labels["mean"].tolist() == pytest.approx([0.15, 0.10]) and labels["n"].tolist() == [3, 3]
+    scratch = c[c["comparison"] == "SSL vs supervised from scratch, same labels"].query("level == 'fine'")
+    assert len(scratch) == 3 and scratch["mean"].tolist() == pytest.approx([0.05] * 3)
+    assert set(scratch["verdict"]) == {"higher"} and set(scratch["metric"]) == {"linear"}
+
+
+def test_cross_domain_vs_in_domain_rows(config):
+    c = comparisons.summary(comparisons.per_seed(tables(domain_rows(0.6, 0.5, 0.3, NOISE)), config), {})
+    cross = c[(c["comparison"] == "cross-domain vs in-domain") & (c["level"] == "fine")]
+    assert cross[["a", "b", "eval_domain"]].values.tolist() == [["aerial", "natural", "natural"], ["natural", "aerial", "aerial"]]
+    assert cross["mean"].tolist() == pytest.approx([-0.3, -0.3]) and set(cross["verdict"]) == {"lower"}

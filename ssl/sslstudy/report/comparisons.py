@@ -173,9 +173,10 @@ def _steps(d: pd.DataFrame, column: str, count: str, on: list[str], kind: tuple[
     return out
 
 
-def quantity(lowshot: pd.DataFrame, supervised: pd.DataFrame, config: dict) -> list[pd.DataFrame]:
+def quantity(lowshot: pd.DataFrame, supervised: pd.DataFrame) -> list[pd.DataFrame]:
     """More vs fewer pretraining images (same labels and mode), more vs fewer labels (same
-    pretraining subset and mode), and SSL vs the network trained from scratch on the same labels."""
+    pretraining subset and mode), and SSL (its largest pretraining set) vs the network trained from
+    scratch on the same labels."""
     if lowshot.empty:
         return []
     ids = ["method", "domain", "quality", "eval_domain", "mode", "labels", "level_index", "level", "metric"]
@@ -192,7 +193,7 @@ def quantity(lowshot: pd.DataFrame, supervised: pd.DataFrame, config: dict) -> l
     if not supervised.empty:
         sup = supervised.groupby(["domain", "eval_domain", "labels", "level_index", "level", "seed", "run"],
                                  as_index=False)["value"].mean()
-        ref = d[d["subset"] == reference_subset(config)]
+        ref = d[d["pretrain_images"] == d.groupby(["method", "domain"])["pretrain_images"].transform("max")]
         on = ["domain", "eval_domain", "labels", "level_index", "level"]
         for (m, mode), g in ref.groupby(["method", "mode"], sort=True):
             out.append(_pair(g, sup, on, *KINDS[11], f"{m} ({mode})", "supervised from scratch", method=m, mode=mode,
@@ -205,7 +206,7 @@ def per_seed(t: dict[str, pd.DataFrame], config: dict) -> pd.DataFrame:
     frozen = t["frozen"]
     parts = (pretrained_vs_random(frozen) + methods_vs_reference(frozen, config) + corrupted_vs_clean(frozen, config)
              + domains(frozen, config) + fusion(t["fusion"], config) + ssl_vs_supervised(frozen, config)
-             + quantity(t["lowshot"], t["supervised"], config))
+             + quantity(t["lowshot"], t["supervised"]))
     parts = [p for p in parts if not p.empty]
     if not parts:
         return pd.DataFrame(columns=PER_SEED)
@@ -240,7 +241,7 @@ def shown(s: pd.DataFrame, comparison: str, metrics=("knn", "linear")) -> pd.Dat
     if d.empty:
         return d
     index = [c for c in ("method", "a", "b", "domain", "subset", "quality", "eval_domain", "mode", "labels", "metric")
-             if c in ("a", "b") or d[c].nunique() > 1]
+             if c in ("a", "b") or (d[c].nunique() > 1 and not d[c].eq(d["a"]).all())]
     first = index[0]
     d = d.assign(**{first: [suspects.with_mark(x, sus) for x, sus in zip(d[first], d["suspect"])]},
                  cell=[diff_cell(r) for r in d.itertuples()])

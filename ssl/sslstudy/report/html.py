@@ -228,8 +228,9 @@ def build_report(inputs: dict[str, list[Path]], config: dict, out: Path, caption
     base = comparisons.baseline(frozen)
     rs = results_summary(base, flags)
     shown = rs[rs["metric"].isin(METRICS)]
-    wide = tables.cells(shown, ["model", "weights", "eval_domain"] if rs["eval_domain"].nunique() > 1 else ["model", "weights"],
-                        ["metric", "level_index", "level"], label="model").droplevel(1, axis=1)
+    wide = shown if shown.empty else tables.cells(
+        shown, ["model", "weights", "eval_domain"] if rs["eval_domain"].nunique() > 1 else ["model", "weights"],
+        ["metric", "level_index", "level"], label="model").droplevel(1, axis=1)
 
     # every comparison, paired on seed; the findings from them
     per_seed = comparisons.per_seed(t, config)

@@ -131,7 +131,8 @@ def fusion(table: pd.DataFrame, config: dict) -> list[pd.DataFrame]:
         return []
     on = ["pair", "eval_domain", "level_index", "level", "metric"]
     d = table.groupby(on + ["member", "seed"], as_index=False)["value"].mean()
-    names = dict(zip(zip(table["pair"], table["member"]), table["model"]))
+    # the members' names from the pair ("simclr@natural + barlow@natural"), as `sslstudy fusion` writes it
+    names = {(p, m): name for p in set(table["pair"]) for m, name in zip(("a", "b"), p.split(" + "))}
     d["run"] = [member(config, names[(p, m)], s)["id"] if m != "a+b" else "" for p, m, s in zip(d["pair"], d["member"], d["seed"])]
     out = []
     for key, g in d.groupby(on, sort=True):
@@ -168,8 +169,7 @@ def _steps(d: pd.DataFrame, column: str, count: str, on: list[str], kind: tuple[
     out = []
     for small, big in zip(sizes.index[:-1], sizes.index[1:]):
         a, b = d[d[column] == big], d[d[column] == small]
-        out.append(_pair(a, b, on, *kind, f"{big} ({sizes[big]:.0f})", f"{small} ({sizes[small]:.0f})",
-                         **{column: big}, **context))
+        out.append(_pair(a, b, on, *kind, f"{big} ({sizes[big]:.0f})", f"{small} ({sizes[small]:.0f})", **context))
     return out
 
 
@@ -240,8 +240,10 @@ def shown(s: pd.DataFrame, comparison: str, metrics=("knn", "linear")) -> pd.Dat
     d = s[(s["comparison"] == comparison) & s["metric"].isin(metrics if comparison != KINDS[11][1] else s["metric"])]
     if d.empty:
         return d
-    index = [c for c in ("method", "a", "b", "domain", "subset", "quality", "eval_domain", "mode", "labels", "metric")
-             if c in ("a", "b") or (d[c].nunique() > 1 and not d[c].eq(d["a"]).all())]
+    index = []
+    for c in ("method", "a", "b", "domain", "subset", "quality", "eval_domain", "mode", "labels", "metric"):
+        if c in ("a", "b") or (d[c].nunique() > 1 and not any(d[c].eq(d[k]).all() for k in index + ["a"])):
+            index.append(c)
     first = index[0]
     d = d.assign(**{first: [suspects.with_mark(x, sus) for x, sus in zip(d[first], d["suspect"])]},
                  cell=[diff_cell(r) for r in d.itertuples()])

@@ -150,10 +150,10 @@ def fusion_pairs(fusion: pd.DataFrame, cs: pd.DataFrame) -> tuple[pd.DataFrame, 
     (mean ± interval over seeds), and the paired gain of fused over the better member; and the
     summary behind it (its CSV)."""
     f = tables.finest(fusion)
-    s = tables.summary(f.assign(member=f["model"].where(f["member"] != "a+b", "fused")),
-                       ["pair", "eval_domain", "member", "metric"], {})
-    s["column"] = s["member"].where(s["member"] == "fused", "member: " + s["member"])
+    s = tables.summary(f, ["pair", "eval_domain", "member", "metric"], {})
+    s["column"] = s["member"].map({"a": "member a", "b": "member b", "a+b": "fused"})
     wide = tables.cells(s, ["pair", "eval_domain"], ["column"])
+    wide = wide[[c for c in ("member a", "member b", "fused") if c in wide.columns]]
     gain = tables.finest(cs[cs["axis"] == "fusion"])
     if not gain.empty:
         g = gain.assign(pair=gain["a"].str.removesuffix(" (fused)"))

@@ -114,7 +114,7 @@ def test_quality(config, drops, noise, expected):
 def test_quality_with_one_seed_is_inconclusive(config):
     drops = {"downup4": -0.30, "jpeg10": -0.02}
     row = verdict(tables(quality_rows(drops, NOISE, seeds=(0,))), config, "quality")
-    assert row["verdict"] == "inconclusive" and row["seeds"] == "1" and "n < 2" in row["why"]
+    assert row["verdict"] == "inconclusive" and row["seeds"] == "1" and row["why"] == "fewer than 2 paired seeds: no interval (study.seeds)"
     assert "drop downup4 − drop jpeg10: -.280 (1 seed, no interval): inconclusive" in row["found"]
 
 

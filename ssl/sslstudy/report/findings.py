@@ -161,7 +161,9 @@ def fusion(d: pd.DataFrame, method: str) -> tuple[list[Part], str]:
 def _row(finding: str, method: str, dom: str, parts: list[Part], why: str) -> dict:
     n = sorted({p.diff.n for p in parts})
     v = verdict(parts)
-    if not why and v == "inconclusive":
+    if not why and v == "inconclusive" and all(p.diff.n < 2 for p in parts if p.verdict == "inconclusive"):
+        why = "fewer than 2 paired seeds: no interval (study.seeds)"
+    elif not why and v == "inconclusive":
         why = "; ".join(f"{p.label}: n < 2" if p.diff.n < 2 else f"{p.label}: interval holds " +
                         (f"+{FUSION_MARGIN:.2f}" if p.expect == "<margin" else "zero")
                         for p in parts if p.verdict == "inconclusive")

@@ -1,5 +1,6 @@
 """`sslstudy report` on hand-made tables: it reads only the files it is given, and escapes text from the study."""
 import json
+import re
 import shutil
 
 import numpy as np
@@ -269,6 +270,10 @@ def test_comparisons_are_paired_over_seeds(seeded):
     assert len(per.query("comparison == 'method vs reference' and a == 'byol' and metric == 'knn' and level == 'fine'")) == 3
     part = html[html.index('id="comparisons"'):html.index(">Pretraining</h2>")]
     assert "<h3>quality: corrupted vs clean</h3>" in part and "-.300 ± " in part and "(n=3) *" in part
+    fusion = html[html.index('id="fusion"'):html.index('id="clustering"')]
+    row = fusion[fusion.index("<th>simclr@natural + barlow@natural</th>"):]
+    row = row[:row.index("</tr>")]
+    assert re.findall(r"<td>([^<]*)</td>", row) == [".600 ± .009 (n=3)", ".500 ± .009 (n=3)", ".901 ± .017 (n=3)", "+.300 ± .009 (n=3) *"]
     # swav is below its random weights over 3 seeds: flagged and marked in the comparisons
     assert "swav ⚠ (swav/natural_frac1_clean/seed{0,1,2}: below random)" in part
 

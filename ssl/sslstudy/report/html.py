@@ -135,7 +135,7 @@ def results_summary(base: pd.DataFrame, flags: dict[str, str]) -> pd.DataFrame:
     return tables.summary(d, ["model", "weights", "eval_domain", "level_index", "level", "metric"], flags)
 
 
-def comparison_tables(page: "Page", cs: pd.DataFrame) -> list[dict]:
+def comparison_tables(cs: pd.DataFrame) -> list[dict]:
     """One table per comparison kind present (title, table html)."""
     out = []
     for axis, kind in comparisons.KINDS:
@@ -155,15 +155,12 @@ def fusion_pairs(fusion: pd.DataFrame, cs: pd.DataFrame) -> tuple[pd.DataFrame, 
     wide = tables.cells(s, ["pair", "eval_domain"], ["column"])
     wide = wide[[c for c in ("member a", "member b", "fused") if c in wide.columns]]
     gain = tables.finest(cs[cs["axis"] == "fusion"])
-    if not gain.empty:
-        g = gain.assign(pair=gain["a"].str.removesuffix(" (fused)"))
-        g = g.assign(pair=[suspects.with_mark(p, sus) for p, sus in zip(g["pair"], g["suspect"])])
-        wide = wide.reset_index()
-        cells = dict(zip(zip(gain["a"].str.removesuffix(" (fused)"), gain["eval_domain"]),
-                         zip(g["pair"], [comparisons.diff_cell(r) for r in gain.itertuples()])))
-        wide["gain over better member"] = [cells.get((p, e), ("", "–"))[1] for p, e in zip(wide["pair"], wide["eval_domain"])]
-        wide["pair"] = [cells.get((p, e), (p, ""))[0] for p, e in zip(wide["pair"], wide["eval_domain"])]
-        wide = wide.set_index(["pair", "eval_domain"])
+    if not gain.empty:  # (pair, evaluation domain) -> (the pair marked when a member is suspect, the gain's cell)
+        by = {(r.a.removesuffix(" (fused)"), r.eval_domain): (suspects.with_mark(r.a.removesuffix(" (fused)"), r.suspect),
+                                                             comparisons.diff_cell(r)) for r in gain.itertuples()}
+        keys = list(wide.index)
+        wide = wide.assign(**{"gain over better member": [by.get(k, ("", "–"))[1] for k in keys]})
+        wide.index = pd.MultiIndex.from_tuples([(by.get(k, (k[0], ""))[0], k[1]) for k in keys], names=["pair", "eval_domain"])
     wide.columns.name = None
     return wide, s.drop(columns="column")
 
@@ -259,7 +256,7 @@ def build_report(inputs: dict[str, list[Path]], config: dict, out: Path, caption
         findings=dict(table=table(head.drop(columns=["why"]).rename(columns={"found": "this study found (a − b ± 95% t half-width, n seeds)"})) if not head.empty else None,
                       why=head[["finding", "why"]].to_dict("records"), link=page.csv("findings", found),
                       margin=findings.FUSION_MARGIN),
-        comparisons=dict(tables=comparison_tables(page, cs), link=page.csv("comparisons", cs),
+        comparisons=dict(tables=comparison_tables(cs), link=page.csv("comparisons", cs),
                          per_seed=page.csv("comparisons_per_seed", per_seed)),
         probes=page.linked("probe_settings", probe_settings(t)),
         results=dict(summary=page.csv("results_summary", rs), figure=page.figure("accuracy_per_level", figures.accuracy_per_level(suspects.marked(base, flags, sign="\n"), name_runs=bool(flags)), base),

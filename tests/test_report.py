@@ -1,7 +1,9 @@
 """`sslstudy report` on hand-made tables: it reads only the files it is given, and escapes text from the study."""
 import json
+import re
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -148,11 +150,23 @@ def test_collapsed_run_is_listed_with_its_reason_and_folder(flagged):
 def test_suspect_runs_are_marked_in_the_tables(flagged):
     _, html = flagged
     results = html[html.index(">Results</h2>"):html.index('id="quantity"')]
+    comparisons = html[html.index('id="comparisons"'):html.index(">Pretraining</h2>")]
     pretraining = html[html.index(">Pretraining</h2>"):html.index(">Data</h2>")]
-    for part in (results, pretraining):
-        assert f"{COLLAPSED} ⚠ (collapsed)" in part
-        assert f"{BELOW} ⚠ (below random)" in part
-        assert f">{OK}</th>" in part and f"{OK} ⚠" not in part
+    # tables of means over seeds and of paired differences name the flagged runs of a row
+    for part in (results, comparisons):
+        assert f"swav ⚠ ({COLLAPSED}: collapsed)" in part
+        assert f"simclr ⚠ ({BELOW}: below random)" in part
+    assert ">byol</th>" in results and "byol ⚠" not in results
+    assert f"byol ⚠ ({BELOW}: below random)" in comparisons  # against the reference, simclr
+    assert f"{COLLAPSED} ⚠ (collapsed)" in pretraining and f"{BELOW} ⚠ (below random)" in pretraining
+    assert f">{OK}</th>" in pretraining and f"{OK} ⚠" not in pretraining
+    cs = pd.read_csv(out_of(flagged) / "tables/comparisons.csv", keep_default_na=False)
+    sus = cs[cs["comparison"] == "pretrained vs random weights"].groupby("method")["suspect"].first()
+    assert sus.to_dict() == {"byol": "", "simclr": f"{BELOW}: below random", "swav": f"{COLLAPSED}: collapsed"}
+
+
+def out_of(built):
+    return built[0]
 
 
 def test_run_below_its_random_weights_is_listed(flagged):
@@ -326,3 +340,118 @@ def test_every_figure_is_saved_as_svg_beside_its_png_and_linked(report):
         assert svg.startswith("<?xml") and "<svg" in svg, key
         assert f'href="figures/{key}.svg"' in html, key
     assert "1 seed, no interval" in (out / "figures/accuracy_per_level.svg").read_text()  # text stays text in the SVG
+
+
+# ----------------------------------------------------------------------------- seeds, intervals, findings
+SEEDS = (0, 1, 2)
+NOISE = (0.0, 0.004, -0.003)
+
+
+def seeded_rows():
+    """Three seeds of: three methods and their random weights, two corruptions, a pool, a supervised
+    baseline; each value has a fixed per-seed noise, with a `split` and a chosen-probe column."""
+    rows = []
+    for s, eps in zip(SEEDS, NOISE):
+        for m, acc in (("simclr", 0.7), ("byol", 0.6), ("swav", 0.1)):
+            rows += frozen_rows(f"{m}/natural_frac1_clean/seed{s}", acc + eps, random=0.3, seed=s)
+        for q, acc in (("downup4", 0.4), ("jpeg10", 0.68)):
+            rows += [dict(r, run=f"simclr/natural_frac0.25_{q}/seed{s}", subset="frac0.25", quality=q)
+                     for r in frozen_rows("simclr/x", acc + eps, seed=s) if r["weights"] == "pretrained"]
+        rows += [dict(r, run=f"simclr/natural_frac0.25_clean/seed{s}", subset="frac0.25")
+                 for r in frozen_rows("simclr/x", 0.7, seed=s) if r["weights"] == "pretrained"]
+        rows += [dict(r, run=f"supervised/natural_lall_clean/seed{s}", subset="lall")
+                 for r in frozen_rows("supervised/x", 0.9 + eps, seed=s) if r["weights"] == "pretrained"]
+    for r in rows:
+        r.update(split="test", linear_lr=0.1 if r["metric"] == "linear" else None)
+    return rows
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory):
+    d = tmp_path_factory.mktemp("seeded")
+    pd.DataFrame(seeded_rows()).to_csv(d / "frozen.csv", index=False)
+    pair = "simclr@natural + barlow@natural"
+    names = {"a": "simclr@natural", "b": "barlow@natural", "a+b": pair}
+    fusion = [dict(pair=pair, seed=s, eval_domain="natural", model=names[m], member=m, level_index=i, level=lv,
+                   metric="linear", value=v + eps * (2 if m == "a+b" else 1), dim=64)
+              for s, eps in zip(SEEDS, NOISE) for m, v in (("a", 0.6), ("b", 0.5), ("a+b", 0.9))
+              for i, lv in enumerate(("coarse", "fine"))]
+    pd.DataFrame(fusion).to_csv(d / "fusion.csv", index=False)
+    config = load(ROOT / "params/study.yaml")
+    config["study"]["seeds"] = list(SEEDS)
+    out = d / "results"
+    rc = main(["report", "--config", json.dumps(config), "--out", str(out / "report.html"), "--captions", str(ROOT / "workflow/report"),
+               "--frozen", str(d / "frozen.csv"), "--fusion", str(d / "fusion.csv")])
+    assert rc == 0
+    return out, (out / "report.html").read_text()
+
+
+def test_tables_show_means_with_intervals_and_n(seeded):
+    out, html = seeded
+    results = html[html.index(">Results</h2>"):html.index('id="quantity"')]
+    mean = np.mean([0.7 + e for e in NOISE])
+    assert f"{mean:.3f}".lstrip("0") + " ± " in results and "(n=3)" in results and "1 seed, no interval" not in results
+    s = pd.read_csv(out / "tables/results_summary.csv")
+    row = s.query("model == 'simclr' and weights == 'pretrained' and metric == 'knn' and level == 'fine'").iloc[0]
+    assert (row["mean"], row["n"], row["interval"]) == (pytest.approx(mean), 3, "t")
+    assert "Student t interval over seeds" in html
+    assert len(pd.read_csv(out / "tables/accuracy_per_level.csv").query("weights == 'pretrained' and method == 'simclr'")) == 12
+
+
+def test_one_seed_says_no_interval(report):
+    _, html = report
+    results = html[html.index(">Results</h2>"):html.index('id="quantity"')]
+    assert ".500 (1 seed, no interval)" in results and " ± " not in results
+
+
+def test_comparisons_are_paired_over_seeds(seeded):
+    out, html = seeded
+    cs = pd.read_csv(out / "tables/comparisons.csv", keep_default_na=False)
+    got = cs.groupby("comparison")["n"].agg(["min", "max"])
+    for kind in ("pretrained vs random weights", "method vs reference", "corrupted vs clean", "SSL vs supervised",
+                 "fused vs better member (SSL+SSL)"):
+        assert got.loc[kind].tolist() == [3, 3], kind
+    r = cs.query("comparison == 'method vs reference' and a == 'byol' and metric == 'knn' and level == 'fine'").iloc[0]
+    assert (r["b"], r["mean"], r["verdict"], r["significant"], r["seeds"]) == ("simclr", pytest.approx(-0.1), "lower", True, "0,1,2")
+    per = pd.read_csv(out / "tables/comparisons_per_seed.csv", keep_default_na=False)
+    assert len(per.query("comparison == 'method vs reference' and a == 'byol' and metric == 'knn' and level == 'fine'")) == 3
+    part = html[html.index('id="comparisons"'):html.index(">Pretraining</h2>")]
+    assert "<h3>quality: corrupted vs clean</h3>" in part and "-.300 ± " in part and "(n=3) *" in part
+    fusion = html[html.index('id="fusion"'):html.index('id="clustering"')]
+    row = fusion[fusion.index("<th>simclr@natural + barlow@natural</th>"):]
+    row = row[:row.index("</tr>")]
+    assert re.findall(r"<td>([^<]*)</td>", row) == [".600 ± .009 (n=3)", ".500 ± .009 (n=3)", ".901 ± .017 (n=3)", "+.300 ± .009 (n=3) *"]
+    # swav is below its random weights over 3 seeds: flagged and marked in the comparisons
+    assert "swav ⚠ (swav/natural_frac1_clean/seed{0,1,2}: below random)" in part
+
+
+def test_findings_table_is_at_the_top_with_verdicts(seeded):
+    out, html = seeded
+    top = html[html.index('id="findings"'):html.index(">Results</h2>")]
+    assert html.index('<section id="warnings"') < html.index('id="findings"')
+    f = pd.read_csv(out / "tables/findings.csv", keep_default_na=False)
+    v = f[f["method"] == "simclr"].set_index("finding")["verdict"].to_dict()
+    # downup4 loses .30, jpeg10 .02: agrees; fused gains .30 over the better member: disagrees
+    assert v["quality"] == "agrees" and v["fusion"] == "disagrees"
+    assert v["quantity"] == "inconclusive" and v["domain"] == "inconclusive"  # axes without rows here
+    for finding in ("quantity", "domain", "quality", "granularity", "fusion"):
+        assert f"<td>{finding}</td>" in top
+    assert "drop downup4 − drop jpeg10: -.280 ± " in top
+
+
+def test_split_and_probe_settings_are_shown(seeded, report):
+    _, html = seeded
+    assert "Every number is from frozen: test split" in html
+    probes = pd.read_csv(seeded[0] / "tables/probe_settings.csv", dtype=str)
+    assert probes.query("method == 'simclr' and metric == 'linear'")["values"].tolist() == ["0.1"]
+    assert "the evaluation tables carry no split column" in report[1]
+
+
+def test_flagged_runs_are_named_once_per_model_and_flag():
+    from sslstudy.report.suspects import flagged, with_mark
+
+    flags = {f"swav/natural_frac1_clean/seed{s}": "collapsed" for s in (0, 2, 10)} | {BELOW: "below random"}
+    runs = [*flags, OK, "swav/natural_frac1_clean/seed1"]
+    text = flagged(runs, flags)
+    assert text == f"{BELOW}: below random; swav/natural_frac1_clean/seed{{0,2,10}}: collapsed"
+    assert with_mark("swav", text).startswith("swav ⚠ (simclr/") and with_mark("byol", flagged([OK], flags)) == "byol"

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from scipy import stats as st
 
-from sslstudy.stats import compare, interval, paired_difference, summarise
+from sslstudy.stats import cell, compare, differences, interval, paired_difference, summarise, summarise_differences
 
 
 def test_interval_by_hand():
@@ -94,3 +94,40 @@ def test_compare_pretrained_vs_random():
     assert list(one_key["method"]) == ["byol", "simclr"]
     with pytest.raises(ValueError, match="compared column"):
         compare(_table(), by=["weights"], column="weights", a="pretrained", b="random")
+
+
+def test_differences_join_on_keys_and_seed():
+    a = pd.DataFrame(dict(level=["x", "x", "x", "y"], seed=[0, 1, 2, 0], value=[0.5, 0.6, 0.7, 0.9], run=["a0", "a1", "a2", "a0"]))
+    b = pd.DataFrame(dict(level=["x", "x", "x", "y"], seed=[0, 1, 3, 0], value=[0.4, 0.4, 0.1, float("nan")], run=["b0", "b1", "b3", "b0"]))
+    d = differences(a, b, on=["level"], keep=["run"])
+    assert d[["level", "seed"]].values.tolist() == [["x", 0], ["x", 1]]  # seed 2/3 unpaired, y NaN on b
+    assert d["diff"].tolist() == pytest.approx([0.1, 0.2])
+    assert d["run_a"].tolist() == ["a0", "a1"] and d["run_b"].tolist() == ["b0", "b1"]
+    with pytest.raises(ValueError, match="several rows for one seed on side a"):
+        differences(pd.concat([a, a]), b, on=["level"])
+
+
+def test_summarise_differences_matches_ttest_rel():
+    rng = np.random.default_rng(3)
+    rows = []
+    for g, shift in (("same", 0.0), ("up", 0.05)):
+        b = rng.normal(0.5, 0.02, size=5)
+        a = b + shift + rng.normal(0, 0.01, size=5)
+        rows += [dict(group=g, seed=s, diff=x - y, a=x, b=y) for s, (x, y) in enumerate(zip(a, b))]
+    d = pd.DataFrame(rows)
+    out = summarise_differences(d, ["group"]).set_index("group")
+    for g in ("same", "up"):
+        part = d[d["group"] == g]
+        res = st.ttest_rel(part["a"], part["b"])
+        assert (out.loc[g, "low"], out.loc[g, "high"]) == pytest.approx(tuple(res.confidence_interval(0.95)), rel=1e-10)
+        assert bool(out.loc[g, "significant"]) == (res.pvalue < 0.05)
+        assert out.loc[g, "seeds"] == "0,1,2,3,4" and out.loc[g, "n"] == 5
+    assert out.loc["up", "verdict"] == "higher"
+
+
+def test_cell_text():
+    iv = interval([1.0, 2.0, 3.0])
+    assert cell(iv.mean, iv.low, iv.high, iv.n) == "2.000 ± 2.484 (n=3)"
+    assert cell(0.412, float("nan"), float("nan"), 1) == ".412 (1 seed, no interval)"
+    assert cell(-0.031, -0.05, -0.012, 2, sign=True) == "-.031 ± .019 (n=2)"
+    assert cell(float("nan"), float("nan"), float("nan"), 0) == "–"

@@ -81,16 +81,27 @@ def _series(x) -> pd.Series:
     return x if isinstance(x, pd.Series) else pd.Series(dict(x) if isinstance(x, Mapping) else x, dtype=float)
 
 
+def _verdict(iv: Interval) -> tuple[bool, str]:
+    """(the interval excludes zero, "higher"/"lower"/"inconclusive"); below 2 values: inconclusive."""
+    significant = iv.n >= 2 and (iv.low > 0 or iv.high < 0)
+    return significant, ("higher" if iv.mean > 0 else "lower") if significant else "inconclusive"
+
+
+def difference(values: Iterable[float], seeds: Iterable = (), level: float = 0.95) -> Difference:
+    """The interval of per-seed differences already taken (NaN dropped), with its verdict."""
+    x = pd.Series(list(values), index=list(seeds) or None, dtype=float).dropna()
+    iv = interval(x.to_numpy(), level)
+    significant, verdict = _verdict(iv)
+    return Difference(**asdict(iv), seeds=tuple(sorted(x.index)), significant=significant, verdict=verdict)
+
+
 def paired_difference(a, b, level: float = 0.95) -> Difference:
     """a, b: seed -> value (mappings or Series indexed by seed). Seeds missing or NaN on either
     side are dropped; the rest give the differences a_s - b_s and their t interval."""
     a, b = _series(a).astype(float), _series(b).astype(float)
     both = a.index.intersection(b.index)
     d = (a[both] - b[both]).dropna()
-    iv = interval(d.to_numpy(), level)
-    significant = iv.n >= 2 and (iv.low > 0 or iv.high < 0)
-    verdict = ("higher" if iv.mean > 0 else "lower") if significant else "inconclusive"
-    return Difference(**asdict(iv), seeds=tuple(sorted(d.index)), significant=significant, verdict=verdict)
+    return difference(d.to_numpy(), d.index, level)
 
 
 def _groups(df: pd.DataFrame, by: list[str]):
@@ -118,16 +129,60 @@ def summarise(df: pd.DataFrame, by: list[str], value: str = "value", seed: str =
     return pd.DataFrame(rows, columns=by + COLUMNS)
 
 
+def differences(a: pd.DataFrame, b: pd.DataFrame, on: list[str], value: str = "value", seed: str = "seed",
+                keep: Iterable[str] = ()) -> pd.DataFrame:
+    """Per-seed differences of two tables joined on `on` + seed: the keys, seed, then a, b and
+    diff = a - b (rows without a partner, or NaN on either side, dropped). `keep`: columns of both
+    sides kept as <column>_a / <column>_b (e.g. run, to mark suspect runs)."""
+    on, keep = list(on), list(keep)
+    for name, side in (("a", a), ("b", b)):
+        dup = side.duplicated(on + [seed])
+        if dup.any():
+            key = tuple(side.loc[dup.idxmax(), on])
+            raise ValueError(f"group {key}: several rows for one seed on side {name}; add the columns that tell "
+                             f"them apart to on={on}")
+    cols = on + [seed]
+    pick = lambda side, tag: side[cols + [value] + keep].rename(  # noqa: E731
+        columns={value: tag, **{k: f"{k}_{tag}" for k in keep}})
+    out = pick(a, "a").merge(pick(b, "b"), on=cols, how="inner")
+    out["diff"] = out["a"] - out["b"]
+    return out.dropna(subset=["diff"]).sort_values(cols, kind="stable").reset_index(drop=True)
+
+
+def summarise_differences(d: pd.DataFrame, by: list[str], value: str = "diff", seed: str = "seed",
+                          level: float = 0.95) -> pd.DataFrame:
+    """Per-seed differences (one row per group of `by` and seed) -> one row per group: the keys, then
+    mean, low, high, n, interval, significant, verdict and seeds (e.g. "0,1,2")."""
+    by = list(by)
+    rows = []
+    for key, g in _groups(d, by):
+        _check_unique(g, by + [seed], key, by)
+        r = difference(g[value].to_numpy(), g[seed].to_numpy(), level)
+        rows.append({**dict(zip(by, key)), **r.row(), "seeds": ",".join(map(str, r.seeds))})
+    return pd.DataFrame(rows, columns=by + DIFF_COLUMNS + ["seeds"])
+
+
 def compare(df: pd.DataFrame, by: list[str], column: str, a, b, value: str = "value", seed: str = "seed",
             level: float = 0.95) -> pd.DataFrame:
     """Within each group of `by`, the paired difference (on seed) of the rows with column == a minus
-    those with column == b: the group's keys, then mean, low, high, n, interval, significant, verdict."""
+    those with column == b: the group's keys, then mean, low, high, n, interval, significant, verdict
+    (groups without a paired seed are left out)."""
     by = list(by)
     if column in by:
         raise ValueError(f"compare: {column!r} is the compared column; leave it out of by={by}")
-    rows = []
-    for key, g in _groups(df[df[column].isin([a, b])], by):
-        _check_unique(g, by + [column, seed], key, by)
-        side = {v: g[g[column] == v].set_index(seed)[value] for v in (a, b)}
-        rows.append({**dict(zip(by, key)), **paired_difference(side[a], side[b], level).row()})
-    return pd.DataFrame(rows, columns=by + DIFF_COLUMNS)
+    d = differences(df[df[column] == a], df[df[column] == b], by, value, seed)
+    return summarise_differences(d, by, level=level)[by + DIFF_COLUMNS]
+
+
+def cell(mean: float, low: float, high: float, n: int, digits: int = 3, sign: bool = False) -> str:
+    """One table cell of a summary row: ".412 ± .031 (n=3)"; ".412 (1 seed, no interval)"; "–"
+    (the interval's kind is said once, in the table's caption)."""
+    if not n or pd.isna(mean):
+        return "–"
+    m = _num(float(mean), digits, sign)
+    if n < 2:
+        return f"{m} (1 seed, no interval)"
+    return f"{m} ± {_num((float(high) - float(low)) / 2, digits)} (n={int(n)})"
+
+
+INTERVAL_NOTE = "mean ± half-width of the 95% Student t interval over seeds (n seeds); 1 seed: no interval"

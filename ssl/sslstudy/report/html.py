@@ -20,8 +20,9 @@ from markupsafe import Markup
 
 from ..atomic import write_bytes
 from ..errors import UserError
+from .. import stats
+from . import comparisons, dvc, figures, findings, suspects, tables
 from . import dense as dense_report
-from . import dvc, figures, suspects, tables
 
 # templates/report.html; None renders as nothing (an absent figure or table)
 ENV = Environment(loader=PackageLoader("sslstudy.report"), autoescape=True, undefined=StrictUndefined,
@@ -29,6 +30,7 @@ ENV = Environment(loader=PackageLoader("sslstudy.report"), autoescape=True, unde
 PACKAGES = ("torch", "torchvision", "faiss-cpu", "snakemake", "dvc", "submitit", "numpy", "pandas", "seaborn", "scikit-learn")
 # section title -> what it answers (the first paragraph of each section)
 SECTIONS = {
+    "findings": ("Findings", "Does this study find what Cole et al. (CVPR 2022) found?"),
     "quantity": ("Quantity", "How much do more pretraining images and more labels help, frozen and fine-tuned, "
                              "against the same network trained from scratch on the same labels?"),
     "domain": ("Domain", "Does pretraining on the evaluation domain matter, and does pooling domains (equal total size) help?"),
@@ -38,7 +40,14 @@ SECTIONS = {
     "clustering": ("Periodic clustering", "How does the cluster structure of the features (faiss k-means, K = classes "
                                           "per level) develop over pretraining?"),
     dense_report.KEY: (dense_report.TITLE, dense_report.QUESTION),
+    "comparisons": ("Comparisons", "Which differences can be told from noise? Each is a paired difference over seeds "
+                                   "(a − b per seed, then the mean and its 95% Student t interval)."),
 }
+# columns of the evaluation tables that name a model, an evaluation or a score; any other column
+# (e.g. a probe hyper-parameter chosen on val) is listed in the report's probe-settings table
+KNOWN = {"run", "method", "domain", "subset", "quality", "seed", "weights", "epoch", "eval_domain", "level_index", "level",
+         "metric", "value", "split", "mode", "labels", "labelled_images", "pretrain_images", "pair", "model", "member", "dim"}
+METRICS = ["knn", "linear"]  # what the report's tables show (every metric is in the CSVs)
 
 
 def summary(df: pd.DataFrame) -> dict:
@@ -103,6 +112,68 @@ class Page:
         return section(key, figure=self.figure(key, draw(table), table if data is None else data))
 
 
+def splits(t: dict[str, pd.DataFrame]) -> str:
+    """Which split the numbers come from: the tables' split column, else what the evaluation does (test)."""
+    seen = {k: sorted(map(str, d["split"].dropna().unique())) for k, d in t.items() if not d.empty and "split" in d}
+    if not seen:
+        return "the test split (the evaluation tables carry no split column)"
+    return "; ".join(f"{k}: {', '.join(v)} split" for k, v in seen.items())
+
+
+def probe_settings(t: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The extra columns of each table (the probes' settings chosen on val): their values per method and metric."""
+    rows = []
+    for kind, d in t.items():
+        extra = [c for c in d.columns if c not in KNOWN] if not d.empty else []
+        for c in extra:
+            for (m, metric), g in d.groupby(["method", "metric"] if "method" in d else ["pair", "metric"], sort=True):
+                vals = sorted(map(str, g[c].dropna().unique()))
+                if vals:
+                    rows.append(dict(table=kind, method=m, metric=metric, setting=c, values=", ".join(vals)))
+    return pd.DataFrame(rows)
+
+
+def results_summary(base: pd.DataFrame, flags: dict[str, str]) -> pd.DataFrame:
+    """Means over seeds of the study's own runs (pretrained and random weights) per level and metric."""
+    if base.empty:
+        return base
+    single = base[["domain", "subset", "quality"]].drop_duplicates().shape[0] == 1
+    model = base["method"] if single else base["method"] + "/" + base["domain"] + "_" + base["subset"] + "_" + base["quality"]
+    d = base.assign(model=model).groupby(["model", "weights", "eval_domain", "level_index", "level", "metric", "seed", "run"],
+                                         as_index=False)["value"].mean()
+    return tables.summary(d, ["model", "weights", "eval_domain", "level_index", "level", "metric"], flags)
+
+
+def comparison_tables(cs: pd.DataFrame) -> list[dict]:
+    """One table per comparison kind present (title, table html)."""
+    out = []
+    for axis, kind in comparisons.KINDS:
+        wide = comparisons.shown(cs, kind)
+        if not wide.empty:
+            out.append(dict(title=f"{axis}: {kind}", html=table(wide, index=True)))
+    return out
+
+
+def fusion_pairs(fusion: pd.DataFrame, cs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each pair and evaluation domain at the finest level: each member and the fused features
+    (mean ± interval over seeds), and the paired gain of fused over the better member; and the
+    summary behind it (its CSV)."""
+    f = tables.finest(fusion)
+    s = tables.summary(f, ["pair", "eval_domain", "member", "metric"], {})
+    s["column"] = s["member"].map({"a": "member a", "b": "member b", "a+b": "fused"})
+    wide = tables.cells(s, ["pair", "eval_domain"], ["column"])
+    wide = wide[[c for c in ("member a", "member b", "fused") if c in wide.columns]]
+    gain = tables.finest(cs[cs["axis"] == "fusion"])
+    if not gain.empty:  # (pair, evaluation domain) -> (the pair marked when a member is suspect, the gain's cell)
+        by = {(r.a.removesuffix(" (fused)"), r.eval_domain): (suspects.with_mark(r.a.removesuffix(" (fused)"), r.suspect),
+                                                             comparisons.diff_cell(r)) for r in gain.itertuples()}
+        keys = list(wide.index)
+        wide = wide.assign(**{"gain over better member": [by.get(k, ("", "–"))[1] for k in keys]})
+        wide.index = pd.MultiIndex.from_tuples([(by.get(k, (k[0], ""))[0], k[1]) for k in keys], names=["pair", "eval_domain"])
+    wide.columns.name = None
+    return wide, s.drop(columns="column")
+
+
 def section(key: str, figure: dict | None = None, empty: str | None = None, **extra) -> dict:
     title, question = SECTIONS[key]
     return dict(key=key, title=title, question=question, figure=figure, empty=empty, **extra)
@@ -161,19 +232,27 @@ def build_report(inputs: dict[str, list[Path]], config: dict, out: Path, caption
     flags = dict(zip(suspect["run"], suspect["flag"]))
 
     # baseline: the study's own runs, pretrained vs random weights
-    base = frozen[frozen["run"].isin(frozen.loc[frozen["weights"] == "random", "run"])]
-    base = base[base["eval_domain"] == base["domain"]]
+    base = comparisons.baseline(frozen)
     dvc.write(out_dir, base, loss, t["clusters"])
-    wide = (suspects.marked(base, flags).pivot_table(index=["run", "weights"], columns=["level_index", "level", "metric"], values="value")
-            .sort_index(axis=1).droplevel(0, axis=1))
+    rs = results_summary(base, flags)
+    shown = rs[rs["metric"].isin(METRICS)]
+    wide = shown if shown.empty else tables.cells(
+        shown, ["model", "weights", "eval_domain"] if rs["eval_domain"].nunique() > 1 else ["model", "weights"],
+        ["metric", "level_index", "level"], label="model").droplevel(1, axis=1)
+
+    # every comparison, paired on seed; the findings from them
+    per_seed = comparisons.per_seed(t, config)
+    cs = comparisons.summary(per_seed, flags)
+    found = findings.findings(per_seed, config)
+    head = findings.headline(found, config)
 
     gr = tables.granularity(frozen, config)
-    gap = tables.granularity_gap(gr)
-    gap_wide = gap if gap.empty else gap.pivot_table(index=["domain", "method", "metric"], columns=["level_index", "level"],
-                                                     values="gap").droplevel(0, axis=1)
     ft = tables.fusion_table(t["fusion"])
     fusion = page.axis("fusion", ft, lambda _: figures.fusion(t["fusion"]), "fusion.kinds and fusion.pairs", data=t["fusion"])
-    fusion["pairs"] = page.linked("fusion_table", ft) if fusion["figure"] else None
+    fusion["pairs"] = None
+    if fusion["figure"]:
+        pairs, pair_summary = fusion_pairs(t["fusion"], cs)
+        fusion["pairs"] = page.linked("fusion_pairs", pair_summary, pairs, index=True)
 
     seconds = loss if loss.empty else (loss.groupby("run")["seconds"].agg(["sum", "count"])
                                        .rename(columns={"sum": "pretrain seconds", "count": "epochs"}))
@@ -184,13 +263,19 @@ def build_report(inputs: dict[str, list[Path]], config: dict, out: Path, caption
         n_models=frozen["run"].nunique(), nav=SECTIONS,
         warnings=dict(rows=suspect.to_dict("records"), checked=suspects.CHECKED,
                       link=page.csv("suspect_runs", suspect)),
-        results=dict(figure=page.figure("accuracy_per_level", figures.accuracy_per_level(base, flags), base),
+        split=splits(t), interval=stats.INTERVAL_NOTE,
+        findings=dict(table=table(head.drop(columns=["why"]).rename(columns={"found": "this study found (a − b ± 95% t half-width, n seeds)"})) if not head.empty else None,
+                      why=head[["finding", "why"]].to_dict("records"), link=page.csv("findings", found),
+                      margin=findings.FUSION_MARGIN),
+        comparisons=dict(tables=comparison_tables(cs), link=page.csv("comparisons", cs),
+                         per_seed=page.csv("comparisons_per_seed", per_seed)),
+        probes=page.linked("probe_settings", probe_settings(t)),
+        results=dict(summary=page.csv("results_summary", rs), figure=page.figure("accuracy_per_level", figures.accuracy_per_level(base, flags), base),
                      table=table(wide, index=True)),
         quantity=page.axis("quantity", tables.quantity(t["lowshot"], t["supervised"]), figures.quantity, "quantity.labels"),
         domain=page.axis("domain", tables.domain_matrix(frozen, config), figures.domain_heatmap, "domain.domains"),
         quality=page.axis("quality", tables.quality_drop(frozen, config), figures.quality_drop, "quality (every corruption list)"),
-        granularity=section("granularity", figure=page.figure("granularity", figures.granularity(gr), gr),
-                            gap=page.linked("granularity_gap", gap, gap_wide, index=True)),
+        granularity=section("granularity", figure=page.figure("granularity", figures.granularity(gr), gr)),
         fusion=fusion,
         clustering=page.axis("clustering", t["clusters"], figures.clustering, "clustering.enabled"),
         dense=dense_report.section(page, t["dense"]),

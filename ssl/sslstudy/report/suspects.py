@@ -82,7 +82,29 @@ def mark(run: str, flags: dict[str, str]) -> str:
     return f"{run} ⚠ ({flags[run]})" if run in flags else run
 
 
-def marked(df: pd.DataFrame, flags: dict[str, str]) -> pd.DataFrame:
+def flagged(runs, flags: dict[str, str]) -> str:
+    """The flagged runs among `runs`, seeds of one model and flag written once:
+    "swav/natural_frac1_clean/seed{0,2}: collapsed; simclr/natural_frac1_clean/seed1: below random" ("" when none)."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for r in sorted(set(runs)):
+        if r in flags:
+            model, _, seed = r.rpartition("/seed")
+            key = (model, flags[r]) if model and seed.isdigit() else (r, flags[r])
+            groups.setdefault(key, []).append(seed if model and seed.isdigit() else "")
+    out = []
+    for (model, flag), seeds in groups.items():
+        seeds = sorted(seeds, key=lambda x: int(x) if x else -1)
+        name = model if seeds == [""] else f"{model}/seed{seeds[0]}" if len(seeds) == 1 else f"{model}/seed{{{','.join(seeds)}}}"
+        out.append(f"{name}: {flag}")
+    return "; ".join(out)
+
+
+def with_mark(label: str, suspect: str, sign: str = " ⚠") -> str:
+    """A row of several runs (seeds, members) as the tables show it: "simclr ⚠ (run: flag)" when any is flagged."""
+    return f"{label}{sign} ({suspect})" if suspect else label
+
+
+def marked(df: pd.DataFrame, flags: dict[str, str], sign: str = " ⚠") -> pd.DataFrame:
     """df with its run column (or index level) marked."""
     if df.empty or not flags:
         return df

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from .. import stats
 from ..axes import SUPERVISED, pick, pools, qualities, quality_subset, reference_subset
 from ..names import KINDS, parse_quality
 from ..errors import UserError
+from . import suspects
 
 KIND_ORDER = {k: i for i, k in enumerate(KINDS)}
 
@@ -82,17 +84,6 @@ def granularity(frozen: pd.DataFrame, config: dict) -> pd.DataFrame:
     return d.groupby(["method", "domain", "seed", "metric", "level_index", "level"], as_index=False)["value"].mean()
 
 
-def granularity_gap(gran: pd.DataFrame) -> pd.DataFrame:
-    """SSL minus supervised accuracy per level, paired on seed (empty without a supervised baseline)."""
-    if gran.empty or SUPERVISED not in set(gran["method"]):
-        return pd.DataFrame()
-    keys = ["domain", "seed", "metric", "level_index", "level"]
-    sup = gran[gran["method"] == SUPERVISED][keys + ["value"]].rename(columns={"value": "supervised"})
-    out = gran[gran["method"] != SUPERVISED].merge(sup, on=keys)
-    out["gap"] = out["value"] - out["supervised"]
-    return out
-
-
 def fusion_table(fusion: pd.DataFrame) -> pd.DataFrame:
     """Per pair and evaluation domain (finest level): each member alone, the pair, and the gain over the better member."""
     if fusion.empty:
@@ -102,6 +93,27 @@ def fusion_table(fusion: pd.DataFrame) -> pd.DataFrame:
     d.columns.name = None
     d["gain over best member"] = d["fused"] - d[["member a", "member b"]].max(axis=1)
     return d.reset_index()
+
+
+def summary(d: pd.DataFrame, by: list[str], flags: dict[str, str]) -> pd.DataFrame:
+    """Per-seed rows -> one row per group of `by`: mean, low, high, n, interval (95% Student t over
+    seeds) and `suspect` (the group's flagged runs, "run: flag; ..."; "" when none or no run column)."""
+    s = stats.summarise(d, by)
+    if "run" not in d or s.empty:
+        return s.assign(suspect="")
+    sus = d.groupby(by, dropna=False)["run"].agg(lambda rs: suspects.flagged(rs, flags)).rename("suspect")
+    return s.merge(sus.reset_index(), on=by, how="left")
+
+
+def cells(s: pd.DataFrame, index: list[str], columns: list[str], label: str | None = None) -> pd.DataFrame:
+    """A summary as the report shows it: `index` x `columns`, cells ".412 ± .031 (n=3)" or
+    ".412 (1 seed, no interval)"; `label` (an index column) carries the ⚠ mark of suspect rows."""
+    if s.empty:
+        return s
+    s = s.assign(cell=[stats.cell(r.mean, r.low, r.high, r.n) for r in s.itertuples()])
+    if label:
+        s = s.assign(**{label: [suspects.with_mark(x, sus) for x, sus in zip(s[label], s["suspect"])]})
+    return s.pivot_table(index=index, columns=columns, values="cell", aggfunc="first", sort=False).sort_index(axis=1)
 
 
 def walltime(benchmarks: list[tuple[str, Path]]) -> pd.DataFrame:

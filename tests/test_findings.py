@@ -34,7 +34,7 @@ def tables(frozen_rows=(), lowshot=(), fusion=()):
 
 
 def verdict(t, config, finding, method="simclr"):
-    f = findings.findings(comparisons.per_seed(t, config), config)
+    f = findings.findings(comparisons.per_seed(t, config), config, t)
     row = f[(f["finding"] == finding) & (f["method"] == method)]
     assert len(row) == 1, f
     return row.iloc[0]
@@ -193,3 +193,30 @@ def test_cross_domain_vs_in_domain_rows(config):
     cross = c[(c["comparison"] == "cross-domain vs in-domain") & (c["level"] == "fine")]
     assert cross[["a", "b", "eval_domain"]].values.tolist() == [["aerial", "natural", "natural"], ["natural", "aerial", "aerial"]]
     assert cross["mean"].tolist() == pytest.approx([-0.3, -0.3]) and set(cross["verdict"]) == {"lower"}
+
+
+# ----------------------------------------------------------------------------- DenseCL's claim
+def dense_rows(method, miou, noise):
+    return [dict(run=f"{method}/natural_frac1_clean/seed{s}", method=method, domain="natural", subset="frac1", quality="clean",
+                 seed=s, weights="pretrained", epoch=2, eval_domain="natural", level=lv, metric="miou", value=v + noise[k])
+            for k, s in enumerate(SEEDS) for lv, v in (("coarse", miou + 0.2), ("mid", miou))]
+
+
+@pytest.mark.parametrize("miou, linear, noise, expected", [
+    (0.40, 0.505, NOISE, "agrees"),        # +.10 mIoU, linear +.005: within ±.02
+    (0.40, 0.60, NOISE, "disagrees"),      # linear +.10: not matching MoCo on classification
+    (0.20, 0.50, NOISE, "disagrees"),      # mIoU −.10: worse dense features
+    (0.33, 0.50, WIDE, "inconclusive"),    # +.03 ± .06
+])
+def test_densecl_claim(config, miou, linear, noise, expected):
+    t = tables(frozen("densecl", "natural", "frac1", "clean", "natural", dict(coarse=0.8, fine=linear), noise=noise)
+               + frozen("moco", "natural", "frac1", "clean", "natural", dict(coarse=0.8, fine=0.50)))
+    t["dense"] = pd.DataFrame(dense_rows("densecl", miou, noise) + dense_rows("moco", 0.30, (0, 0, 0)))
+    row = verdict(t, config, "dense", method="densecl")
+    assert row["verdict"] == expected, row["found"]
+    assert row["found"].startswith("mIoU (mid) densecl − moco on natural: ") and row["seeds"] == "3"
+
+
+def test_densecl_claim_without_a_dense_evaluation_is_inconclusive(config):
+    row = verdict(tables(), config, "dense", method="densecl")
+    assert row["verdict"] == "inconclusive" and "dense.enabled" in row["why"]

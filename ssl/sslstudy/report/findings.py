@@ -28,14 +28,17 @@ PAPER = {
     "quality": "Resolution loss (downsample–upsample, smaller images) hurts most among corruptions; JPEG and salt-and-pepper far less.",
     "granularity": "The SSL–supervised gap widens from coarse to fine labels (≈30 points at species on iNat21).",
     "fusion": f"SSL+SSL fusion adds little over the better member (−0.6 / +1.4 points); here: gain below +{FUSION_MARGIN:.2f}.",
+    "dense": ("DenseCL (Wang et al., CVPR 2021): better dense features than MoCo v2 at equal cost (detection, segmentation) "
+              f"while matching it on classification; here: DenseCL − MoCo v2 frozen mIoU > 0 and linear accuracy within ±{FUSION_MARGIN:.2f}."),
 }
+DENSE_PAIR = ("densecl", "moco")
 
 
 @dataclass(frozen=True)
 class Part:
     label: str
     diff: stats.Difference
-    expect: str  # "<0", ">0" or "<margin" (FUSION_MARGIN)
+    expect: str  # "<0", ">0", "<margin" or "~0" (within ±FUSION_MARGIN)
 
     @property
     def verdict(self) -> str:
@@ -44,6 +47,10 @@ class Part:
             return "inconclusive"
         if self.expect == "<margin":
             return "agrees" if d.high < FUSION_MARGIN else "disagrees" if d.low > FUSION_MARGIN else "inconclusive"
+        if self.expect == "~0":
+            inside = -FUSION_MARGIN < d.low and d.high < FUSION_MARGIN
+            outside = d.low > FUSION_MARGIN or d.high < -FUSION_MARGIN
+            return "agrees" if inside else "disagrees" if outside else "inconclusive"
         if not d.significant:
             return "inconclusive"
         return "agrees" if (d.mean < 0) == (self.expect == "<0") else "disagrees"
@@ -158,6 +165,30 @@ def fusion(d: pd.DataFrame, method: str) -> tuple[list[Part], str]:
     return parts, "" if parts else "fusion axis has no SSL+SSL pair (fusion.kinds, fusion.pairs)"
 
 
+def dense(t: dict, config: dict) -> tuple[list[Part], str]:
+    """DenseCL − MoCo v2 per seed: frozen mIoU at the finest mask level (> 0) and linear accuracy at
+    the finest label level (within ±FUSION_MARGIN), on the first dense domain."""
+    a, b = DENSE_PAIR
+    dn, fr = t.get("dense", pd.DataFrame()), t.get("frozen", pd.DataFrame())
+    if dn is None or dn.empty or not {a, b} <= set(dn["method"]):
+        return [], "needs a dense evaluation of densecl and moco (dense.enabled, dense.methods)"
+    dom = (pick(config, "dense", "domains") or sorted(set(dn["eval_domain"])))[0]
+
+    def per_seed(df: pd.DataFrame, m: str, **sel) -> pd.Series:
+        g = df[(df["method"] == m) & (df["weights"] == "pretrained") & (df["eval_domain"] == dom) & (df["domain"] == dom)]
+        for k, v in sel.items():
+            g = g[g[k] == v]
+        return g.groupby("seed")["value"].mean()
+
+    miou = dn[dn["metric"] == "miou"]
+    level = miou["level"].iloc[-1] if not miou.empty else None
+    parts = [_part(f"mIoU ({level}) {a} − {b} on {dom}", _minus(per_seed(miou, a, level=level), per_seed(miou, b, level=level)), ">0")]
+    lin = _finest(fr[fr["metric"] == "linear"]) if not fr.empty else fr
+    if not lin.empty:
+        parts.append(_part(f"linear {a} − {b} on {dom}", _minus(per_seed(lin, a), per_seed(lin, b)), "~0"))
+    return parts, ""
+
+
 def _row(finding: str, method: str, dom: str, parts: list[Part], why: str) -> dict:
     n = sorted({p.diff.n for p in parts})
     v = verdict(parts)
@@ -165,15 +196,16 @@ def _row(finding: str, method: str, dom: str, parts: list[Part], why: str) -> di
         why = "fewer than 2 paired seeds: no interval (study.seeds)"
     elif not why and v == "inconclusive":
         why = "; ".join(f"{p.label}: n < 2" if p.diff.n < 2 else f"{p.label}: interval holds " +
-                        (f"+{FUSION_MARGIN:.2f}" if p.expect == "<margin" else "zero")
+                        (f"+{FUSION_MARGIN:.2f}" if p.expect == "<margin" else f"±{FUSION_MARGIN:.2f}" if p.expect == "~0" else "zero")
                         for p in parts if p.verdict == "inconclusive")
     return dict(finding=finding, paper=PAPER[finding], method=method, domain=dom,
                 found="; ".join(p.text() for p in parts) if parts else "–",
                 seeds="/".join(map(str, n)) if n else "–", verdict=v, why=why)
 
 
-def findings(d: pd.DataFrame, config: dict) -> pd.DataFrame:
-    """One row per finding and method of its axis (d: report.comparisons.per_seed)."""
+def findings(d: pd.DataFrame, config: dict, t: dict | None = None) -> pd.DataFrame:
+    """One row per finding and method of its axis (d: report.comparisons.per_seed; t: the report's
+    tables, for DenseCL's claim from the dense and frozen tables)."""
     rows = []
     first = lambda axis: pick(config, axis, "domains")[:1] or [""]  # noqa: E731
     for m in pick(config, "quantity", "methods"):
@@ -189,6 +221,7 @@ def findings(d: pd.DataFrame, config: dict) -> pd.DataFrame:
             rows.append(_row("granularity", m, dom, *granularity(d, m, dom)))
     for m in pick(config, "fusion", "methods"):
         rows.append(_row("fusion", m, ", ".join(pick(config, "fusion", "domains")), *fusion(d, m)))
+    rows.append(_row("dense", DENSE_PAIR[0], ", ".join(pick(config, "dense", "domains")), *dense(t or {}, config)))
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

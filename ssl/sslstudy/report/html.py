@@ -243,7 +243,7 @@ def build_report(inputs: dict[str, list[Path]], config: dict, out: Path, caption
     # every comparison, paired on seed; the findings from them
     per_seed = comparisons.per_seed(t, config)
     cs = comparisons.summary(per_seed, flags)
-    found = findings.findings(per_seed, config)
+    found = findings.findings(per_seed, config, t)
     head = findings.headline(found, config)
 
     gr = tables.granularity(frozen, config)

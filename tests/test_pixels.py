@@ -1,11 +1,23 @@
 """The real-pixel test set from images shipped inside installed packages (sslstudy.data.shipped):
 scikit-learn's digits as an ImageFolder tree, ingested into the packed format."""
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+import yaml
 
+from sslstudy import axes, config
 from sslstudy.data.packed import load_dataset
 from sslstudy.data.shipped import DIGIT_GROUPS, GROUPS, build_digits, digits_pixels
+from sslstudy.data.subsets import save_indices
+from sslstudy.eval.frozen import embed
+from sslstudy.eval.probes import knn_accuracy
+from sslstudy.train import list_checkpoints, load_backbone, train
+
+STUDY = Path(__file__).resolve().parents[1] / "params" / "study.yaml"
 
 FILES = ("images.npy", "labels.csv", "meta.json")
 
@@ -68,3 +80,55 @@ def test_rebuilding_an_up_to_date_output_is_skipped(built):
     r = build_digits(base / "digits", tree=base / "tree")
     assert r["skipped"]
     assert {n: (base / "digits" / n).read_bytes() for n in FILES} == before
+
+
+# ---- every method's study defaults on real pixels: no collapse, and better than random weights
+
+PIXEL_EPOCHS = 4  # fewer than the study's epochs, to keep CI short (docs/defaults.md)
+
+
+def _default_spec(method: str, dataset, subset, epochs: int) -> tuple[dict, dict]:
+    """The pretraining spec the workflow builds for ``method`` from params/study.yaml on ``dataset``
+    (its epochs replaced), and the study's kNN settings."""
+    params = yaml.safe_load(STUDY.read_text())
+    params["data"]["datasets"] = {"digits": str(dataset)}
+    params["study"].update(methods=[method], domains=["digits"], seeds=[0])
+    cfg = config.validate(params, "tests/test_pixels.py")
+    run = dict(id=f"{method}/digits_all_clean/seed0", method=method, domain="digits", subset="all", seed=0,
+               quality="clean")
+    spec = axes.pretrain_spec(cfg, run)
+    spec.update(epochs=epochs, checkpoint_every=epochs, threads=1,
+                data=dict(dataset=str(dataset), subset=str(subset)))
+    return spec, cfg["eval"]
+
+
+@pytest.fixture(scope="module")
+def digits_train(built, tmp_path_factory):
+    (base, _), _ = built
+    ds = load_dataset(base / "digits")
+    subset = tmp_path_factory.mktemp("subset") / "all.npy"
+    save_indices(subset, ds.split_indices("train"))
+    return base / "digits", subset, ds
+
+
+@pytest.mark.parametrize("method", ["simclr", "moco", "byol", "swav", "barlow", "densecl", "deepcluster", "pcl"])
+def test_every_method_learns_from_real_pixels_with_its_defaults(method, digits_train, tmp_path):
+    """params/study.yaml's pretraining of each method on the digits' train split (fewer epochs): no
+    epoch is flagged collapsed, and kNN on the digits beats the same network's random weights."""
+    dataset, subset, ds = digits_train
+    spec, ev = _default_spec(method, dataset, subset, PIXEL_EPOCHS)
+    train(spec, tmp_path / "run")
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == PIXEL_EPOCHS
+    collapsed = [r for r in records if r.get("collapsed")]
+    assert not collapsed, collapsed[:1]
+    tr, te = ds.split_indices("train"), ds.split_indices("test")
+    knn = []
+    for ckpt in (list_checkpoints(tmp_path / "run")[0], tmp_path / "run" / "final.pt"):  # ep000 = random weights
+        backbone, cfg = load_backbone(ckpt)
+        with torch.no_grad():
+            x_tr, x_te = (embed(backbone, ds, i, cfg["views"][0]["size"]) for i in (tr, te))
+        knn.append(knn_accuracy(x_tr, ds.label_array("digit", tr), x_te, ds.label_array("digit", te),
+                                k=ev["knn_k"], temperature=ev["knn_temperature"]))
+    random_weights, trained = knn
+    assert trained > random_weights, (method, knn)

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def spec_for(a) -> dict:
-    from sslstudy import config
+    from sslstudy import axes, config
     from sslstudy.data.packed import load_dataset
     from sslstudy.data.subsets import nested_subsets, save_indices
 
@@ -59,7 +59,7 @@ def spec_for(a) -> dict:
     save_indices(subset, nested_subsets(ds.labels, [n], seed=a.seed, stratify=ds.levels[-1], dataset=a.dataset)[n])
     run = dict(id=f"{a.method}/{name}_n{n}_clean/seed{a.seed}", method=a.method, domain=name, subset=f"n{n}",
                seed=a.seed, quality="clean")
-    spec = config.pretrain_spec(cfg, run)
+    spec = axes.pretrain_spec(cfg, run)
     spec["data"] = dict(dataset=str(a.dataset), subset=str(subset))
     return spec, cfg
 

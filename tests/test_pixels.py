@@ -1,11 +1,23 @@
 """The real-pixel test set from images shipped inside installed packages (sslstudy.data.shipped):
 scikit-learn's digits as an ImageFolder tree, ingested into the packed format."""
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+import yaml
 
+from sslstudy import axes, config
 from sslstudy.data.packed import load_dataset
 from sslstudy.data.shipped import DIGIT_GROUPS, GROUPS, build_digits, digits_pixels
+from sslstudy.data.subsets import save_indices
+from sslstudy.eval.frozen import embed
+from sslstudy.eval.probes import knn_accuracy
+from sslstudy.train import list_checkpoints, load_backbone, train
+
+STUDY = Path(__file__).resolve().parents[1] / "params" / "study.yaml"
 
 FILES = ("images.npy", "labels.csv", "meta.json")
 
@@ -68,3 +80,60 @@ def test_rebuilding_an_up_to_date_output_is_skipped(built):
     r = build_digits(base / "digits", tree=base / "tree")
     assert r["skipped"]
     assert {n: (base / "digits" / n).read_bytes() for n in FILES} == before
+
+
+# ---- every method's study defaults on real pixels: no collapse, and better than random weights
+
+METHODS = ["simclr", "moco", "byol", "swav", "barlow", "densecl", "deepcluster", "pcl"]
+# Runs the health check flags by the normalised std of the backbone's (ReLU, uncentred) features
+# alone while kNN improves (docs/defaults.md): the check's threshold, not these defaults, is at fault.
+STD_FALSE_ALARM = {"barlow", "moco", "pcl"}
+
+
+def _default_spec(method: str, dataset, subset) -> tuple[dict, dict]:
+    """The pretraining spec the workflow builds for ``method`` from params/study.yaml on
+    ``dataset``, and the study's kNN settings."""
+    params = yaml.safe_load(STUDY.read_text())
+    params["data"]["datasets"] = {"digits": str(dataset)}
+    params["study"].update(methods=[method], domains=["digits"], seeds=[0])
+    cfg = config.validate(params, "tests/test_pixels.py")
+    run = dict(id=f"{method}/digits_all_clean/seed0", method=method, domain="digits", subset="all", seed=0,
+               quality="clean")
+    spec = axes.pretrain_spec(cfg, run)
+    spec.update(checkpoint_every=spec["epochs"], threads=1, data=dict(dataset=str(dataset), subset=str(subset)))
+    return spec, cfg["eval"]
+
+
+@pytest.fixture(scope="module")
+def digits_train(built, tmp_path_factory):
+    (base, _), _ = built
+    ds = load_dataset(base / "digits")
+    subset = tmp_path_factory.mktemp("subset") / "all.npy"
+    save_indices(subset, ds.split_indices("train"))
+    return base / "digits", subset, ds
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_learns_from_real_pixels_with_its_defaults(method, digits_train, tmp_path):
+    """params/study.yaml's pretraining of each method on the digits' train split: kNN on the digits
+    beats the same network's random weights, and no epoch is flagged collapsed."""
+    dataset, subset, ds = digits_train
+    spec, ev = _default_spec(method, dataset, subset)
+    train(spec, tmp_path / "run")
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == spec["epochs"]
+    tr, te = ds.split_indices("train"), ds.split_indices("test")
+    knn = []
+    for ckpt in (list_checkpoints(tmp_path / "run")[0], tmp_path / "run" / "final.pt"):  # ep000 = random weights
+        backbone, cfg = load_backbone(ckpt)
+        with torch.no_grad():
+            x_tr, x_te = (embed(backbone, ds, i, cfg["views"][0]["size"]) for i in (tr, te))
+        knn.append(knn_accuracy(x_tr, ds.label_array("digit", tr), x_te, ds.label_array("digit", te),
+                                k=ev["knn_k"], temperature=ev["knn_temperature"]))
+    random_weights, trained = knn
+    assert trained > random_weights, (method, knn)
+    collapsed = [r for r in records if r.get("collapsed")]
+    if method in STD_FALSE_ALARM:  # fails once the health check stops flagging it: then drop it from the set
+        assert collapsed and all("normalised std" in r["collapse_reason"] for r in collapsed), collapsed
+        pytest.xfail("flagged by the backbone features' normalised std alone, while kNN beats random weights")
+    assert not collapsed, collapsed[:1]

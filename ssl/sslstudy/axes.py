@@ -156,7 +156,7 @@ def lowshot_jobs(config: dict) -> list[tuple[str, str, str]]:
     q = config["quantity"]
     runs = [r for r in ssl_runs(config) if r["quality"] == CLEAN and r["method"] in pick(config, "quantity", "methods")
             and r["domain"] in pick(config, "quantity", "domains")
-            and r["subset"] in [reference_subset(config), *map(subset_tag, q["subsets"])]]
+            and r["subset"] in [reference_subset(config), *map(subset_tag, q["subsets"])] and r["seed"] in seeds(config, "quantity")]
     return [(r["id"], mode, labels_tag(n)) for r in runs for mode in q["modes"] for n in q["labels"]] if q["labels"] else []
 
 

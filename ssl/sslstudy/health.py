@@ -22,9 +22,12 @@ def effective_rank(z: torch.Tensor, eps: float = RANKME_EPS) -> float:
 
 
 def normalized_std(z: torch.Tensor) -> float:
-    """Mean over dimensions of the per-dimension std of the L2-normalised (n, d) embeddings:
-    0 when all embeddings are equal, about 1/√d for isotropic ones (SimSiam, Chen & He 2021)."""
-    zn = F.normalize(torch.as_tensor(z).detach().to("cpu", torch.float64), dim=1)
+    """Mean over dimensions of the per-dimension std of the centred, then L2-normalised (n, d)
+    embeddings: 0 when all embeddings are equal, about 1/√d for isotropic ones (SimSiam, Chen & He
+    2021). Centring first: a backbone's ReLU features share one large mean direction, which
+    would make healthy features read as collapsed."""
+    z = torch.as_tensor(z).detach().to("cpu", torch.float64)
+    zn = F.normalize(z - z.mean(dim=0), dim=1)
     return float(zn.std(dim=0).mean())
 
 

@@ -219,7 +219,7 @@ def tiny_params(wf: Path, tiny_data: Path, **pretrain) -> None:
     """test_workflow's tiny study, one subset: 1 pretraining, 2 evaluations, the report."""
     params = yaml.safe_load((wf / "params/study.yaml").read_text())
     params["data"]["root"] = str(tiny_data)
-    params["study"].update(methods=["simclr"], domains=["natural"], subsets=[1.0])
+    params["study"].update(methods=["simclr"], domains=["natural"], subsets=[1.0], seeds=[0])
     # the axes off (a configfile merges over params/study.yaml, so each is switched off explicitly)
     params["quantity"].update(subsets=[], labels=[], supervised=False)
     params["domain"].update(domains=[], pools=[], evaluate_on=[])
@@ -227,6 +227,7 @@ def tiny_params(wf: Path, tiny_data: Path, **pretrain) -> None:
     params["granularity"].update(supervised=False)
     params["fusion"].update(kinds=[], pairs=[])
     params["clustering"].update(enabled=False)
+    params["dense"].update(enabled=False)
     params["pretrain"].update(dict(epochs=2, batch_size=32, checkpoint_every=1, backbone=dict(arch="cnn4", width=4)),
                               **pretrain)
     params["pretrain"]["optim"]["warmup_epochs"] = 1

@@ -48,9 +48,8 @@ def main(argv=None) -> None:
     from sslstudy.atomic import atomic_path
     from sslstudy.data.packed import load_dataset
     from sslstudy.data.subsets import nested_subsets, save_indices
-    from sslstudy.eval.frozen import embed
     from sslstudy.eval.probes import knn_accuracy
-    from sslstudy.train import list_checkpoints, load_backbone, train
+    from sslstudy.train import embed, list_checkpoints, load_backbone, train
 
     params = yaml.safe_load(Path(a.study).read_text())
     name = Path(a.dataset).name
@@ -81,9 +80,10 @@ def main(argv=None) -> None:
     for ckpt in (list_checkpoints(out / "run")[0], out / "run" / "final.pt"):  # ep000 = the random weights
         backbone, _ = load_backbone(ckpt)
         with torch.no_grad():
-            x_tr, x_te = (embed(backbone, ds, i, spec["views"][0]["size"]) for i in (tr, te))
+            x_tr, x_te = (embed(backbone, ds.images, i, spec["views"][0]["size"]) for i in (tr, te))
+            x_tr, x_te = x_tr.cpu().numpy(), x_te.cpu().numpy()
         knn.append({lv: knn_accuracy(x_tr, ds.label_array(lv, tr), x_te, ds.label_array(lv, te),
-                                     k=cfg["eval"]["knn_k"], temperature=cfg["eval"]["knn_temperature"])
+                                     k=sorted(cfg["eval"]["knn_k"])[len(cfg["eval"]["knn_k"]) // 2], temperature=cfg["eval"]["knn_temperature"])
                     for lv in ds.levels})
     metrics = [json.loads(x) for x in (out / "run" / "metrics.jsonl").read_text().splitlines()]
     doc = dict(method=a.method, seed=a.seed, argv=sys.argv[1:] if argv is None else argv, cpu_seconds=round(cpu, 1),

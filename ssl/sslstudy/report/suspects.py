@@ -9,7 +9,8 @@ from .. import stats
 COLUMNS = ["run", "flag", "reason", "folder"]
 # what the warnings box says was checked when no run is flagged
 CHECKED = ("the last pretraining-metrics record of each run (collapse check), and frozen pretrained vs random "
-           "weights of each run (paired over seeds at every level and metric; with 1 seed, kNN at the coarsest level)")
+           "weights of each run (paired over seeds: kNN and linear accuracy at every level; with 1 seed, kNN at the coarsest level)")
+SCORES = ("knn", "linear")  # what "below random" is judged on (clustering scores near zero at fine levels are noise)
 KEYS = ["method", "domain", "subset", "quality", "eval_domain", "level_index", "level", "metric"]
 
 
@@ -34,10 +35,11 @@ def collapsed(curves: pd.DataFrame) -> list[dict]:
 def below_random(frozen: pd.DataFrame) -> list[dict]:
     """Runs (of the study's own, evaluated on their pretraining domain) whose pretrained features score
     below their random weights: with >= 2 seeds a paired difference (on seed) with verdict "lower" at
-    some level/metric flags every seed's run; with 1 seed, pretrained < random for kNN at the coarsest level."""
+    some level for kNN or linear accuracy flags every seed's run; with 1 seed, pretrained < random for kNN at the coarsest level."""
     if frozen.empty:
         return []
-    d = frozen[frozen["run"].isin(frozen.loc[frozen["weights"] == "random", "run"]) & (frozen["eval_domain"] == frozen["domain"])]
+    d = frozen[frozen["run"].isin(frozen.loc[frozen["weights"] == "random", "run"]) & (frozen["eval_domain"] == frozen["domain"])
+               & frozen["metric"].isin(SCORES)]
     if d.empty:
         return []
     d = d.groupby(KEYS + ["weights", "seed", "run"], as_index=False, dropna=False)["value"].mean()

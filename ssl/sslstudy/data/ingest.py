@@ -52,17 +52,22 @@ RESIZE = "shorter side to size, centre crop, bicubic (PIL, JPEG draft decoding)"
 # --------------------------------------------------------------------------- decoding (workers)
 
 
+def _centre_square(im: Image.Image, size: int, resample: Image.Resampling) -> Image.Image:
+    """The centre square of ``im`` (shorter side) scaled to ``size``; unchanged when already that size."""
+    w, h = im.size
+    if (w, h) == (size, size):
+        return im
+    side = min(w, h)
+    left, top = (w - side) / 2, (h - side) / 2
+    return im.resize((size, size), resample, box=(left, top, left + side, top + side))
+
+
 def square(im: Image.Image, size: int) -> np.ndarray:
     """(size, size, 3) uint8: the centre square of ``im`` scaled to ``size`` (shorter side + crop)."""
     with im:
         im.draft("RGB", (size, size))  # JPEG: decode at the smallest DCT scale still >= size
         rgb = im.convert("RGB")  # reads the pixels: a truncated or broken file fails here
-    w, h = rgb.size
-    if (w, h) != (size, size):
-        side = min(w, h)
-        left, top = (w - side) / 2, (h - side) / 2
-        rgb = rgb.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side))
-    return np.asarray(rgb, dtype=np.uint8)
+    return np.asarray(_centre_square(rgb, size, Image.Resampling.BICUBIC), dtype=np.uint8)
 
 
 def square_mask(im: Image.Image, size: int) -> np.ndarray:
@@ -70,12 +75,7 @@ def square_mask(im: Image.Image, size: int) -> np.ndarray:
     (the same box as `square` takes of its image)."""
     with im:
         ids = im.copy()
-    w, h = ids.size
-    if (w, h) != (size, size):
-        side = min(w, h)
-        left, top = (w - side) / 2, (h - side) / 2
-        ids = ids.resize((size, size), Image.Resampling.NEAREST, box=(left, top, left + side, top + side))
-    return np.asarray(ids, dtype=np.uint8)
+    return np.asarray(_centre_square(ids, size, Image.Resampling.NEAREST), dtype=np.uint8)
 
 
 def _decode(job: tuple) -> tuple[np.ndarray, np.ndarray | None, list[str]]:

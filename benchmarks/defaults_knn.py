@@ -3,7 +3,7 @@ own random weights: the measurement behind docs/defaults.md.
 
     PYTHONPATH=ssl nice -n 5 python benchmarks/defaults_knn.py --method byol --out /tmp/byol \
         [--dataset data/synth/natural] [--study params/study.yaml] [--epochs N] [--seed 0] \
-        [--set key=YAML ...] [--optim key=YAML ...] [--views key=YAML ...]
+        [--set key=YAML ...] [--optim key=YAML ...] [--views key=YAML ...] [--pretrain key=YAML ...]
 
 The spec is built as the workflow builds it (sslstudy.config.validate, axes.pretrain_spec) on the
 dataset's whole train split (drawn as the study draws subset 1.0); --set overrides a method hyper-parameter, --optim a key of the
@@ -42,6 +42,7 @@ def main(argv=None) -> None:
     p.add_argument("--set", action="append", default=[], help="method hyper-parameter key=YAML value")
     p.add_argument("--optim", action="append", default=[], help="the method's optim key=YAML value")
     p.add_argument("--views", action="append", default=[], help="pretrain.views key=YAML value")
+    p.add_argument("--pretrain", action="append", default=[], help="pretrain key=YAML value (batch_size, ...)")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     from sslstudy import axes, config
@@ -60,6 +61,7 @@ def main(argv=None) -> None:
         method["optim"] = dict(method.get("optim") or {}, **_pairs(a.optim))
     params.setdefault("methods", {})[a.method] = method
     params["pretrain"]["views"].update(_pairs(a.views))
+    params["pretrain"].update(_pairs(a.pretrain))
     params["pretrain"]["epochs"] = a.epochs or params["pretrain"]["epochs"]
     params["pretrain"].update(checkpoint_every=params["pretrain"]["epochs"], threads=1)
     cfg = config.validate(params, "benchmarks/defaults_knn.py")

@@ -76,7 +76,10 @@ def test_report_has_every_section_and_tidy_tables(tiny_study):
         "run == @RUN and weights == 'random' and level == 'coarse' and metric == 'knn'")["value"].item(), abs=1e-4)
 
 
-def test_axes_produce_their_data(tiny_study):
+def test_axes_produce_their_data(tiny_study, tiny_data):
+    from sslstudy.data.packed import load_dataset
+    from sslstudy.eval.features import probe_splits
+
     wf, _ = tiny_study
     half = np.load(wf / "results/subsets/natural/seed0/frac0.5.npy")
     whole = np.load(wf / "results/subsets/natural/seed0/frac1.npy")
@@ -86,7 +89,8 @@ def test_axes_produce_their_data(tiny_study):
     spec = torch.load(wf / "results/runs/simclr/natural_frac0.5_lowres16/seed0/final.pt", weights_only=False)["config"]
     assert [v["size"] for v in spec["views"]] == [16, 16]
     low = pd.read_csv(wf / "results/lowshot/simclr/natural_frac0.5_clean/seed0/finetune.csv")  # every count of the run
-    assert low.groupby("labels")["labelled_images"].unique().map(list).to_dict() == {"l1": [64], "lall": [len(whole)]}
+    fit = probe_splits(load_dataset(tiny_data / "natural"), yaml.safe_load((wf / "tiny.yaml").read_text())["eval"])["fit"]
+    assert low.groupby("labels")["labelled_images"].unique().map(list).to_dict() == {"l1": [64], "lall": [len(fit)]}
     assert set(low["pretrain_images"]) == {len(half)}
     run_dir = wf / "results/runs" / RUN
     assert (run_dir / "job.json").is_file() and (run_dir / "train.log").is_file()
@@ -97,7 +101,7 @@ def test_axes_produce_their_data(tiny_study):
     assert jobs["pretrain"] == 6 and jobs["evaluate"] == 8 and jobs["lowshot"] == 4  # the study's, not the stale file
     # one evaluate folder per model: the plain grid's run has frozen, dense and embedding caches (fusion reads aerial)
     folder = wf / "results/eval" / RUN
-    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == [
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("[!.]*") if p.is_file()) == [
         "dense.csv", *(f"embeddings/{e}.npz" for e in ("pretrained_on_aerial", "pretrained_on_natural", "random_on_natural")),
         "frozen.csv"]
     frozen = pd.read_csv(folder / "frozen.csv")
@@ -136,7 +140,7 @@ def test_dry_run_lists_dag_and_lint_is_clean(tiny_study):
     # dense); no pretraining, no few-label linear probe
     ("finetune", {"lr": 0.02}, dict(lowshot=2, supervised=3, evaluate=2, fusion=2, report=1)),
     # a dense setting: the evaluate jobs of the models with dense evaluations and what reads their folders
-    ("dense", {"lr": 0.02}, dict(evaluate=4, lowshot=2, fusion=4, report=1)),
+    ("dense", {"lr": 0.02}, dict(evaluate=4, lowshot=1, fusion=4, report=1)),
 ])
 def test_changing_one_axis_value_reruns_only_what_depends_on_it(tiny_study, section, change, expected):
     wf, _ = tiny_study

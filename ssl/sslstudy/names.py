@@ -224,6 +224,7 @@ def parse_evaluation(name: str) -> tuple[str, str]:
         raise UserError(f"evaluation {name!r}: expected <pretrained|random>_on_<domain>")
     return m.group(1), m.group(2)
 
+
 def packed_files(folder: str) -> list[str]:
     return [f"{folder}/{f}" for f in DATASET_FILES]
 

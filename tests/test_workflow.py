@@ -77,6 +77,7 @@ def test_report_has_every_section_and_tidy_tables(tiny_study):
 
 
 def test_axes_produce_their_data(tiny_study, tiny_data):
+    from sslstudy import config
     from sslstudy.data.packed import load_dataset
     from sslstudy.eval.features import probe_splits
 
@@ -89,7 +90,8 @@ def test_axes_produce_their_data(tiny_study, tiny_data):
     spec = torch.load(wf / "results/runs/simclr/natural_frac0.5_lowres16/seed0/final.pt", weights_only=False)["config"]
     assert [v["size"] for v in spec["views"]] == [16, 16]
     low = pd.read_csv(wf / "results/lowshot/simclr/natural_frac0.5_clean/seed0/finetune.csv")  # every count of the run
-    fit = probe_splits(load_dataset(tiny_data / "natural"), yaml.safe_load((wf / "tiny.yaml").read_text())["eval"])["fit"]
+    cfg = config.validate(yaml.safe_load((wf / "tiny.yaml").read_text()))["eval"]
+    fit = probe_splits(load_dataset(tiny_data / "natural"), cfg)["fit"]
     assert low.groupby("labels")["labelled_images"].unique().map(list).to_dict() == {"l1": [64], "lall": [len(fit)]}
     assert set(low["pretrain_images"]) == {len(half)}
     run_dir = wf / "results/runs" / RUN

@@ -17,12 +17,11 @@ import pandas as pd
 # What each stage's `sslstudy` command imports before it does any work (sslstudy/cli.py).
 IMPORTS = {
     "pretrain": "sslstudy.launch, sslstudy.train",
-    "evaluate": "torch, sslstudy.eval.frozen, sslstudy.train",
+    "evaluate": "torch, sslstudy.eval.frozen, sslstudy.train",  # + sslstudy.eval.dense for models with dense evaluations
     "lowshot": "torch, sslstudy.eval.lowshot, sslstudy.train",
     "supervised": "torch, sslstudy.eval.lowshot, sslstudy.models, sslstudy.train",
     "fusion": "torch, sslstudy.eval.fusion, sslstudy.train",
     "clustering": "torch, sslstudy.eval.checkpoint_clustering",
-    "dense": "torch, sslstudy.eval.dense, sslstudy.train",
     "subset": "sslstudy.data.packed, sslstudy.data.subsets",
     "corrupt": "sslstudy.data.corrupt",
     "pool": "sslstudy.data.pool",

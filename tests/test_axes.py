@@ -5,7 +5,7 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from sslstudy import axes, config
+from sslstudy import axes, config, names
 from sslstudy.data.corrupt import corrupt_dataset, corrupt_images
 from sslstudy.names import parse_quality
 from sslstudy.data.packed import load_dataset
@@ -140,12 +140,48 @@ def test_supervised_checkpoint_reads_as_trained_not_random(tiny_data, tmp_path):
     assert state["epoch"] == state["config"]["epochs"] == 2  # 64 labelled images, 2 x 2 steps of 32
     assert load_backbone(ckpt)[1]["epochs"] == 2
     # its frozen evaluation is recorded at the trained epoch, not at 0 (the random weights' epoch)
-    run_command(["evaluate", *common, "--checkpoint", str(ckpt), "--eval", json.dumps(EVAL), "--weights", "pretrained",
-                 "--embeddings", str(tmp_path / "emb.npz"), "--device", "cpu", "--out", str(tmp_path / "eval.csv")])
-    df = pd.read_csv(tmp_path / "eval.csv")
+    run_command(["evaluate", "--dataset", f"natural={tiny_data / 'natural'}", "--size", "32", "--run", "sup",
+                 "--checkpoint", f"pretrained={ckpt}", "--eval", json.dumps(EVAL), "--frozen", "pretrained_on_natural",
+                 "--device", "cpu", "--out", str(tmp_path / "eval")])
+    df = pd.read_csv(tmp_path / "eval" / names.FROZEN_FILE)
     assert set(df["epoch"]) == {2} and set(df["weights"]) == {"pretrained"} and set(df["split"]) == {"test"}
-    feats = Features.load(tmp_path / "emb.npz")
+    assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["embeddings", names.FROZEN_FILE]  # no dense table
+    feats = Features.load(tmp_path / "eval" / names.EMBEDDINGS_FILE.format(weights="pretrained", on="natural"))
     assert feats.x.dtype == np.float16 and len(feats.index) == len(ds_rows(tiny_data / "natural"))
+
+
+def test_one_lowshot_call_over_every_count_equals_one_call_per_count(tiny_data, tmp_path):
+    """A (run, mode) job loads the checkpoint (or cache) once; fine-tuning trains a fresh copy per
+    count: its table is the per-count tables stacked."""
+    import json
+
+    import pandas as pd
+
+    from conftest import natural_subset
+    from sslstudy.cli import run_command
+    from sslstudy.train import BACKBONE, atomic_torch_save
+
+    arch = dict(arch="cnn4", width=4)
+    torch.manual_seed(0)
+    ckpt = tmp_path / "final.pt"
+    atomic_torch_save(dict(epoch=3, model={BACKBONE + k: v for k, v in build_backbone(**arch).state_dict().items()},
+                           config=dict(seed=0, epochs=3, backbone=arch, data=dict(subset=str(natural_subset(
+                               tiny_data, tmp_path / "subset.npy", 128))))), ckpt)
+    common = ["--checkpoint", str(ckpt), "--dataset", str(tiny_data / "natural"), "--size", "32", "--run", "r", "--eval", json.dumps(EVAL),
+              "--device", "cpu"]
+    run_command(["evaluate", "--checkpoint", f"pretrained={ckpt}", "--dataset", f"natural={tiny_data / 'natural'}", "--size", "32",
+                 "--embed", "pretrained_on_natural", "--eval", json.dumps(EVAL), "--device", "cpu", "--out", str(tmp_path / "eval")])
+    ft = dict(epochs=1, min_steps=3, batch_size=16, lr=0.05, weight_decay=5e-4, scale=[0.5, 1.0])
+    for mode, extra in [("linear", ["--embeddings", str(tmp_path / "eval" / names.EMBEDDINGS_FILE.format(weights="pretrained", on="natural"))]),
+                        ("finetune", ["--finetune", json.dumps(ft)])]:
+        run_command(["lowshot", *common, "--mode", mode, "--labels", "l1", "l2", *extra, "--out", str(tmp_path / f"{mode}.csv")])
+        both = pd.read_csv(tmp_path / f"{mode}.csv")
+        assert list(dict.fromkeys(both["labels"])) == ["l1", "l2"] and set(both["pretrain_images"]) == {128}
+        for tag, n in (("l1", 64), ("l2", 128)):
+            run_command(["lowshot", *common, "--mode", mode, "--labels", tag, *extra, "--out", str(tmp_path / f"{mode}_{tag}.csv")])
+            alone = pd.read_csv(tmp_path / f"{mode}_{tag}.csv")
+            assert set(alone["labelled_images"]) == {n}
+            pd.testing.assert_frame_equal(both[both["labels"] == tag].reset_index(drop=True), alone, check_exact=True)
 
 
 def ds_rows(path):
@@ -189,7 +225,8 @@ def test_each_axis_adds_its_runs_for_its_own_methods_and_domains():
     assert len(ids) == len(set(ids)) == 2 + 1 + 3 + 1
     assert {m["id"] for m in axes.supervised_models(c)} == {
         "supervised/natural_l1_clean/seed0", "supervised/natural_lall_clean/seed0"}
-    assert len(axes.lowshot_jobs(c)) == 2 * 2  # (frac1, frac0.5) x (l1, lall), linear only
+    assert axes.lowshot_jobs(c) == [("simclr/natural_frac1_clean/seed0", "linear"), ("simclr/natural_frac0.5_clean/seed0", "linear")]
+    assert axes.lowshot_labels(c) == ["l1", "lall"]  # each job covers every count
     ev = axes.evaluations(c)
     assert ("simclr/natural+aerial_frac1_clean/seed0", "pretrained", "texture") in ev
     assert ("simclr/aerial_frac1_jpeg10/seed0", "pretrained", "aerial") in ev
@@ -198,6 +235,24 @@ def test_each_axis_adds_its_runs_for_its_own_methods_and_domains():
         ("simclr/natural_frac1_clean/seed0", "simclr/aerial_frac1_clean/seed0")]
     spec = axes.pretrain_spec(c, next(r for r in axes.ssl_runs(c) if r["quality"] == "lowres16"))
     assert [v["size"] for v in spec["views"]] == [16, 16] and spec["data"]["dataset"] == "results/data/seed0/aerial_lowres16"
+
+
+def test_one_evaluate_job_per_model_covers_what_every_axis_reads():
+    """evaluation_plan: a model's frozen and dense evaluations and the embedding caches fusion and the
+    few-label linear probe read, in one job; a model only those read is embedded, not scored."""
+    c = grid(quantity=dict(domains=["natural"], subsets=[0.5], labels=[1, "all"], modes=["linear"]),
+             fusion=dict(domains=["natural"], kinds=["supervised"], pairs=[["simclr@natural", "simclr@aerial"]]),
+             dense=dict(enabled=True, domains=["natural"]))
+    plan, both = axes.evaluation_plan(c), [("pretrained", "natural"), ("random", "natural")]
+    assert plan == {
+        "simclr/natural_frac1_clean/seed0": dict(frozen=both, dense=both, embed=both + [("pretrained", "aerial")]),
+        "simclr/aerial_frac1_clean/seed0": dict(frozen=[("pretrained", "aerial"), ("random", "aerial")], dense=[],
+                                                embed=[("pretrained", "aerial"), ("random", "aerial"), ("pretrained", "natural")]),
+        "supervised/natural_lall_clean/seed0": dict(frozen=[], dense=[("pretrained", "natural")], embed=[("pretrained", "natural")]),
+        "simclr/natural_frac0.5_clean/seed0": dict(frozen=[], dense=[], embed=[("pretrained", "natural")]),  # few-label linear
+    }
+    assert {(r, w, on) for r, p in plan.items() for w, on in p["frozen"]} == set(axes.evaluations(c))
+    assert {(r, w, on) for r, p in plan.items() for w, on in p["dense"]} == set(axes.dense_jobs(c))
 
 
 def test_an_axis_runs_its_own_seeds_and_study_seeds_when_null():

@@ -14,7 +14,9 @@ from sslstudy.data import synth
 from sslstudy.data.corrupt import corrupt_dataset
 from sslstudy.data.packed import load_dataset, write_dataset
 from sslstudy.data.pool import pool_dataset
+from sslstudy import names
 from sslstudy.errors import UserError
+from sslstudy.eval.features import Features
 from sslstudy.eval.dense import (confusion, correspondence_accuracy, dense_probe, evaluate_dense, miou,
                                  pixel_accuracy)
 
@@ -274,29 +276,84 @@ def test_missing_masks_is_one_clear_error(tmp_path):
 # ---------------------------------------------------------------------------- command and report
 
 
-def test_dense_command_writes_a_tidy_table(masked, tmp_path):
-    from sslstudy.cli import main
+EVAL = dict(batch_size=256, linear_epochs=3, cluster_seed=0, knn_k=[5], knn_temperature=0.07, linear_lr=[0.5],
+            linear_wd=[5e-4], val_fraction=0.1)
+IDS = dict(method="densecl", domain="natural", subset="frac1", quality="clean", seed=0)
+
+
+def _checkpoints(tmp_path) -> dict:
+    """ep000.pt (random) and final.pt (other weights, 3 epochs) of a cnn4, as pretraining writes them."""
     from sslstudy.models import build_backbone
     from sslstudy.train import BACKBONE, atomic_torch_save
 
-    torch.manual_seed(0)
-    arch = dict(arch="cnn4", width=4)
-    state = {BACKBONE + k: v for k, v in build_backbone(**arch).state_dict().items()}
-    ckpt = tmp_path / "ep000.pt"
-    atomic_torch_save(dict(epoch=0, model=state, config=dict(backbone=arch, epochs=3, views=[{}, {}])), ckpt)
-    ids = dict(method="densecl", domain="natural", subset="frac1", quality="clean", seed=0)
-    out = tmp_path / "dense.csv"
-    cfg = dict(CFG, epochs=2, correspondence_images=16)
-    rc = main(["dense", "--checkpoint", str(ckpt), "--dataset", str(masked / "natural"), "--eval", json.dumps(cfg),
-               "--views", json.dumps(dict(scale=[0.4, 1.0])), "--size", "32", "--run", "densecl/natural_frac1_clean/seed0",
-               "--ids", json.dumps(ids), "--weights", "random", "--out", str(out)])
-    assert rc == 0
-    df = pd.read_csv(out)
-    assert list(df.columns) == ["run", *ids, "weights", "epoch", "eval_domain", "level", "metric", "value"]
+    arch, out = dict(arch="cnn4", width=4), {}
+    for seed, (weights, name, epoch) in enumerate([("random", "ep000.pt", 0), ("pretrained", "final.pt", 3)]):
+        torch.manual_seed(seed)
+        state = {BACKBONE + k: v for k, v in build_backbone(**arch).state_dict().items()}
+        out[weights] = tmp_path / name
+        atomic_torch_save(dict(epoch=epoch, model=state, config=dict(backbone=arch, epochs=3, views=[{}, {}])), out[weights])
+    return out
+
+
+def _evaluate(masked, checkpoints: dict, out, *evaluations: str) -> int:
+    from sslstudy.cli import main
+
+    return main(["evaluate", "--checkpoint", *(f"{w}={p}" for w, p in checkpoints.items()),
+                 "--dataset", f"natural={masked / 'natural'}", f"aerial={masked / 'aerial'}", *evaluations,
+                 "--eval", json.dumps(EVAL), "--dense-eval", json.dumps(dict(CFG, epochs=2, correspondence_images=16)),
+                 "--views", json.dumps(dict(scale=[0.4, 1.0])), "--size", "32", "--run", "densecl/natural_frac1_clean/seed0",
+                 "--ids", json.dumps(IDS), "--device", "cpu", "--out", str(out)])
+
+
+def test_dense_evaluation_writes_a_tidy_table(masked, tmp_path):
+    ckpt = _checkpoints(tmp_path)
+    assert _evaluate(masked, dict(random=ckpt["random"]), tmp_path / "eval", "--dense", "random_on_natural") == 0
+    assert [p.name for p in (tmp_path / "eval").iterdir()] == [names.DENSE_FILE]  # no frozen table, no embeddings
+    df = pd.read_csv(tmp_path / "eval" / names.DENSE_FILE)
+    assert list(df.columns) == ["run", *IDS, "weights", "epoch", "eval_domain", "level", "metric", "value"]
     assert set(zip(df["level"], df["metric"])) == {("coarse", "miou"), ("coarse", "pixel_acc"), ("mid", "miou"),
                                                   ("mid", "pixel_acc"), ("label-free", "correspondence")}
-    assert (df["epoch"] == 0).all() and (df["weights"] == "random").all()
+    assert (df["epoch"] == 0).all() and (df["weights"] == "random").all() and (df["eval_domain"] == "natural").all()
     assert df["value"].between(0, 1).all()
+
+
+def test_one_evaluate_call_equals_one_call_per_evaluation(masked, tmp_path):
+    """A model's job (each checkpoint loaded once, frozen, dense and embed-only evaluations in one
+    process) writes exactly what separate processes per evaluation write."""
+    ckpt = _checkpoints(tmp_path)
+    plan = ["--frozen", "pretrained_on_natural", "random_on_natural", "pretrained_on_aerial",
+            "--dense", "pretrained_on_natural", "random_on_natural", "--embed", "random_on_aerial"]
+    assert _evaluate(masked, ckpt, tmp_path / "one", *plan) == 0
+    one = tmp_path / "one"
+    frozen, dense = (pd.read_csv(one / f) for f in (names.FROZEN_FILE, names.DENSE_FILE))
+    assert list(frozen.drop_duplicates(["weights", "eval_domain"])[["weights", "eval_domain"]].itertuples(index=False, name=None)) == [
+        ("pretrained", "natural"), ("pretrained", "aerial"), ("random", "natural")]
+    assert set(frozen.query("weights == 'pretrained'")["epoch"]) == {3} and set(frozen.query("weights == 'random'")["epoch"]) == {0}
+    for flag, e in [("--frozen", "pretrained_on_natural"), ("--frozen", "pretrained_on_aerial"), ("--frozen", "random_on_natural"),
+                    ("--dense", "pretrained_on_natural"), ("--dense", "random_on_natural"), ("--embed", "random_on_aerial")]:
+        alone = tmp_path / flag.strip("-") / e
+        assert _evaluate(masked, ckpt, alone, flag, e) == 0
+        weights, on = names.parse_evaluation(e)
+        table, file = (dense, names.DENSE_FILE) if flag == "--dense" else (frozen, names.FROZEN_FILE)
+        if flag != "--embed":
+            rows = table[(table["weights"] == weights) & (table["eval_domain"] == on)].reset_index(drop=True)
+            pd.testing.assert_frame_equal(rows, pd.read_csv(alone / file), check_exact=True)
+        if flag != "--dense":
+            cache = names.EMBEDDINGS_FILE.format(weights=weights, on=on)
+            a, b = (Features.load(d / cache) for d in (one, alone))
+            assert np.array_equal(a.x, b.x) and np.array_equal(a.index, b.index)
+
+
+def test_evaluate_names_what_an_evaluation_lacks(masked, tmp_path, capsys):
+    ckpt = _checkpoints(tmp_path)
+    for args, needle in [(["--frozen", "pretrained_on_texture"], "pretrained_on_texture needs --dataset texture=DIR"),
+                         (["--dense", "random_on_natural"], "random_on_natural needs --checkpoint random=PATH"),
+                         (["--frozen", "natural"], "evaluation 'natural': expected <pretrained|random>_on_<domain>"),
+                         ([], "nothing to do")]:
+        assert _evaluate(masked, dict(pretrained=ckpt["pretrained"]), tmp_path / "eval", *args) == 2
+        err = capsys.readouterr().err.strip()
+        assert needle in err and len(err.splitlines()) == 1, err
+        assert not (tmp_path / "eval").exists()
 
 
 def _dense_rows(values: dict) -> pd.DataFrame:

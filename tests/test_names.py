@@ -6,6 +6,7 @@ import pytest
 from snakemake.io import regex_from_filepattern, update_wildcard_constraints
 
 from sslstudy import axes, config, names
+from sslstudy.errors import UserError
 
 
 def parse(template: str, path: str, **values) -> dict:
@@ -36,16 +37,22 @@ def test_run_pattern_and_run_ids_are_one_format(study):
 
 
 def test_table_paths_round_trip(study):
-    for rid, weights, on in axes.evaluations(study):
-        path = names.EVAL_TABLE.format(run=rid, weights=weights, on=on)
-        w = parse(names.EVAL_TABLE, path)
-        assert names.run_id(**{k: w[k] for k in names.RUN_FIELDS}) == rid and (w["weights"], w["on"]) == (weights, on)
-        assert names.log("evaluate").format(run=rid, weights=weights, on=on) == f"logs/evaluate/{rid}/{weights}_on_{on}.log"
-        emb = names.EMBEDDINGS.format(run=rid, weights=weights, on=on)
-        assert emb == f"results/embeddings/{rid}/{weights}_on_{on}.npz" and parse(names.EMBEDDINGS, emb) == w
-    for rid, mode, labels in axes.lowshot_jobs(study):
-        w = parse(names.LOWSHOT_TABLE, names.LOWSHOT_TABLE.format(run=rid, mode=mode, labels=labels))
-        assert names.run_id(**{k: w[k] for k in names.RUN_FIELDS}) == rid and (w["mode"], w["labels"]) == (mode, labels)
+    for rid, plan in axes.evaluation_plan(study).items():
+        folder = names.EVAL_DIR.format(run=rid)
+        w = parse(names.EVAL_DIR, folder)
+        assert folder == f"results/eval/{rid}" and names.run_id(**{k: w[k] for k in names.RUN_FIELDS}) == rid
+        assert names.log("evaluate").format(run=rid) == f"logs/evaluate/{rid}.log"
+        assert names.EVAL_TABLE.format(run=rid) == f"{folder}/frozen.csv" and names.DENSE_TABLE.format(run=rid) == f"{folder}/dense.csv"
+        for weights, on in plan["embed"]:
+            emb = names.EMBEDDINGS.format(run=rid, weights=weights, on=on)
+            assert emb == f"{folder}/embeddings/{weights}_on_{on}.npz" and parse(names.EMBEDDINGS, emb) == dict(w, weights=weights, on=on)
+            assert names.parse_evaluation(names.evaluation(weights, on)) == (weights, on)
+    for bad in ("pretrained", "finetuned_on_natural", "pretrained_on_a_b"):
+        with pytest.raises(UserError, match="expected <pretrained|random>_on_<domain>"):
+            names.parse_evaluation(bad)
+    for rid, mode in axes.lowshot_jobs(study):
+        w = parse(names.LOWSHOT_TABLE, names.LOWSHOT_TABLE.format(run=rid, mode=mode))
+        assert names.run_id(**{k: w[k] for k in names.RUN_FIELDS}) == rid and w["mode"] == mode
     for a, b in axes.fusion_pairs(study):
         ma, mb = names.member_name(a["method"], a["domain"]), names.member_name(b["method"], b["domain"])
         assert parse(names.FUSION_TABLE, names.FUSION_TABLE.format(seed=0, a=ma, b=mb, on="natural")) == dict(

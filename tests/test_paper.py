@@ -38,7 +38,7 @@ def test_paper_dag_builds_in_seconds(tmp_path):
     n = {m.group(1): int(m.group(2)) for m in re.finditer(r"^([a-z_]+)\s+(\d+)$", p.stdout + p.stderr, re.M)}
     per_method = len(EIGHT)
     assert n["pretrain"] == per_method * (4 + 3 * 4 + 9 + 4), n  # domains, quantity subsets, corruptions, pools
-    assert n["lowshot"] == per_method * 3 * 5 * 6 * 2 and n["supervised"] == 3 * 6, n
+    assert n["lowshot"] == per_method * 3 * 5 * 2 and n["supervised"] == 3 * 6, n  # per (run, mode): every labelled count
     assert seconds < 120, seconds  # generous: a busy shared machine; see the README for the measured time
 
 

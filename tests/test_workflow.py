@@ -76,7 +76,11 @@ def test_report_has_every_section_and_tidy_tables(tiny_study):
         "run == @RUN and weights == 'random' and level == 'coarse' and metric == 'knn'")["value"].item(), abs=1e-4)
 
 
-def test_axes_produce_their_data(tiny_study):
+def test_axes_produce_their_data(tiny_study, tiny_data):
+    from sslstudy import config
+    from sslstudy.data.packed import load_dataset
+    from sslstudy.eval.features import probe_splits
+
     wf, _ = tiny_study
     half = np.load(wf / "results/subsets/natural/seed0/frac0.5.npy")
     whole = np.load(wf / "results/subsets/natural/seed0/frac1.npy")
@@ -85,14 +89,26 @@ def test_axes_produce_their_data(tiny_study):
     import torch
     spec = torch.load(wf / "results/runs/simclr/natural_frac0.5_lowres16/seed0/final.pt", weights_only=False)["config"]
     assert [v["size"] for v in spec["views"]] == [16, 16]
-    low = pd.read_csv(wf / "results/lowshot/simclr/natural_frac0.5_clean/seed0/finetune_l1.csv")
-    assert set(low["labelled_images"]) == {64} and set(low["pretrain_images"]) == {len(half)}
+    low = pd.read_csv(wf / "results/lowshot/simclr/natural_frac0.5_clean/seed0/finetune.csv")  # every count of the run
+    cfg = config.validate(yaml.safe_load((wf / "tiny.yaml").read_text()))["eval"]
+    fit = probe_splits(load_dataset(tiny_data / "natural"), cfg)["fit"]
+    assert low.groupby("labels")["labelled_images"].unique().map(list).to_dict() == {"l1": [64], "lall": [len(fit)]}
+    assert set(low["pretrain_images"]) == {len(half)}
     run_dir = wf / "results/runs" / RUN
     assert (run_dir / "job.json").is_file() and (run_dir / "train.log").is_file()
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
     wall = pd.read_csv(wf / "results/tables/walltime.csv")
-    assert {"pretrain", "evaluate", "lowshot", "supervised", "fusion", "clustering", "dense", "corrupt", "pool"} <= set(wall["stage"])
-    assert wall.set_index("stage").loc["pretrain", "jobs"] == 6  # the study's runs, not the stale file
+    assert {"pretrain", "evaluate", "lowshot", "supervised", "fusion", "clustering", "corrupt", "pool"} <= set(wall["stage"])
+    jobs = wall.set_index("stage")["jobs"]
+    assert jobs["pretrain"] == 6 and jobs["evaluate"] == 8 and jobs["lowshot"] == 4  # the study's, not the stale file
+    # one evaluate folder per model: the plain grid's run has frozen, dense and embedding caches (fusion reads aerial)
+    folder = wf / "results/eval" / RUN
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("[!.]*") if p.is_file()) == [
+        "dense.csv", *(f"embeddings/{e}.npz" for e in ("pretrained_on_aerial", "pretrained_on_natural", "random_on_natural")),
+        "frozen.csv"]
+    frozen = pd.read_csv(folder / "frozen.csv")
+    assert set(zip(frozen["weights"], frozen["eval_domain"])) == {("pretrained", "natural"), ("random", "natural"),
+                                                                 ("pretrained", "aerial")}  # the domain axis
 
 
 def test_rerun_does_nothing(tiny_study):
@@ -109,8 +125,9 @@ def test_dry_run_lists_dag_and_lint_is_clean(tiny_study):
     wf, _ = tiny_study
     p = run(["snakemake", "-n", "--forceall", "--configfile", "tiny.yaml"], cwd=wf)
     n = counts(p.stdout + p.stderr)
-    assert n == dict(subset=4, corrupt=2, pool=1, pretrain=6, evaluate=13, lowshot=8, supervised=3, fusion=4,
-                     clustering=2, dense=6, report=1, all=1, total=51), n
+    # evaluate: one per evaluated model; lowshot: one per (run, mode), every labelled count
+    assert n == dict(subset=4, corrupt=2, pool=1, pretrain=6, evaluate=8, lowshot=4, supervised=3, fusion=4,
+                     clustering=2, report=1, all=1, total=36), n
     lint = run(["snakemake", "--lint", "--configfile", "tiny.yaml"], cwd=wf)
     assert "Congratulations, your workflow is in a good condition!" in lint.stdout + lint.stderr
 
@@ -118,10 +135,14 @@ def test_dry_run_lists_dag_and_lint_is_clean(tiny_study):
 @pytest.mark.parametrize("section, change, expected", [
     # one more JPEG quality: its copy, run, clean-image evaluation; then the report
     ("quality", {"jpeg": [50]}, dict(corrupt=1, pretrain=1, evaluate=1, report=1)),
-    # one more labelled count: linear + fine-tuning of both quantity runs, one supervised baseline
+    # one more labelled count: linear + fine-tuning of both quantity runs (each job covers every count), one
+    # supervised baseline
     ("quantity", {"labels": [1, 5, "all"]}, dict(lowshot=4, supervised=1, report=1)),
-    # a training setting: fine-tuning jobs, supervised networks and what reads them; no pretraining
-    ("finetune", {"lr": 0.02}, dict(lowshot=4, supervised=3, evaluate=2, fusion=2, dense=2, report=1)),
+    # a training setting: fine-tuning jobs, supervised networks and what reads them (their evaluate job: frozen and
+    # dense); no pretraining, no few-label linear probe
+    ("finetune", {"lr": 0.02}, dict(lowshot=2, supervised=3, evaluate=2, fusion=2, report=1)),
+    # a dense setting: the evaluate jobs of the models with dense evaluations and what reads their folders
+    ("dense", {"lr": 0.02}, dict(evaluate=4, lowshot=1, fusion=4, report=1)),
 ])
 def test_changing_one_axis_value_reruns_only_what_depends_on_it(tiny_study, section, change, expected):
     wf, _ = tiny_study

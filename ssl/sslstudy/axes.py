@@ -151,13 +151,20 @@ def evaluations(config: dict) -> list[tuple[str, str, str]]:
     return list(dict.fromkeys(out))
 
 
-def lowshot_jobs(config: dict) -> list[tuple[str, str, str]]:
-    """(SSL run id, mode, labels tag) of the quantity axis."""
+def lowshot_jobs(config: dict) -> list[tuple[str, str]]:
+    """(SSL run id, mode) of the quantity axis: one job each, over every count of lowshot_labels."""
     q = config["quantity"]
+    if not q["labels"]:
+        return []
     runs = [r for r in ssl_runs(config) if r["quality"] == CLEAN and r["method"] in pick(config, "quantity", "methods")
             and r["domain"] in pick(config, "quantity", "domains")
             and r["subset"] in [reference_subset(config), *map(subset_tag, q["subsets"])] and r["seed"] in seeds(config, "quantity")]
-    return [(r["id"], mode, labels_tag(n)) for r in runs for mode in q["modes"] for n in q["labels"]] if q["labels"] else []
+    return [(r["id"], mode) for r in runs for mode in q["modes"]]
+
+
+def lowshot_labels(config: dict) -> list[str]:
+    """The labels tags (l10, lall) every lowshot job covers."""
+    return [labels_tag(n) for n in config["quantity"]["labels"]]
 
 
 def cluster_runs(config: dict) -> list[str]:
@@ -183,6 +190,38 @@ def dense_jobs(config: dict) -> list[tuple[str, str, str]]:
             if d["supervised"] and sup in trained:
                 out.append((sup, "pretrained", dom))
     return list(dict.fromkeys(out))
+
+
+def fusion_domains(a: dict, b: dict) -> list[str]:
+    """Where a fusion pair is scored: each member's evaluation domains."""
+    return list(dict.fromkeys(eval_domains(a) + eval_domains(b)))
+
+
+def evaluation_plan(config: dict) -> dict[str, dict[str, list[tuple[str, str]]]]:
+    """Each evaluated model's one evaluate job, by model id: its frozen and dense evaluations as
+    (weights, domain), and every (weights, domain) it embeds: the frozen ones and the embedding
+    caches fusion and the few-label linear probe read (pretrained weights)."""
+    plan: dict = {}
+
+    def add(rid: str, kind: str, weights: str, on: str) -> None:
+        jobs = plan.setdefault(rid, dict(frozen=[], dense=[], embed=[]))[kind]
+        if (weights, on) not in jobs:
+            jobs.append((weights, on))
+
+    for rid, w, on in evaluations(config):
+        add(rid, "frozen", w, on)
+        add(rid, "embed", w, on)
+    for rid, w, on in dense_jobs(config):
+        add(rid, "dense", w, on)
+    for a, b in fusion_pairs(config):
+        for on in fusion_domains(a, b):
+            add(a["id"], "embed", "pretrained", on)
+            add(b["id"], "embed", "pretrained", on)
+    trained = models(config)
+    for rid, mode in lowshot_jobs(config):
+        if mode == "linear":
+            add(rid, "embed", "pretrained", trained[rid]["domain"])
+    return plan
 
 
 def check(config: dict, source: str = "params") -> list[str]:

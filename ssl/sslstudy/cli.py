@@ -95,42 +95,67 @@ def cmd_remote(a) -> None:
 
 
 def cmd_evaluate(a) -> None:
+    """Every frozen and dense evaluation of one model into its folder, each checkpoint loaded once."""
+    import pandas as pd
     import torch
 
+    from .atomic import atomic_dir
+    from .eval.features import eval_device
+    from .report.dag import split_named
+
+    checkpoints, datasets = dict(split_named(a.checkpoint)), dict(split_named(a.dataset))
+    frozen, dense = [names.parse_evaluation(e) for e in a.frozen], [names.parse_evaluation(e) for e in a.dense]
+    embed = list(dict.fromkeys(frozen + [names.parse_evaluation(e) for e in a.embed]))
+    if not embed + dense:
+        raise UserError("evaluate: nothing to do; name evaluations (<weights>_on_<domain>) with --frozen, --dense or --embed")
+    for w, on in embed + dense:
+        if w not in checkpoints:
+            raise UserError(f"evaluate: {names.evaluation(w, on)} needs --checkpoint {w}=PATH")
+        if on not in datasets:
+            raise UserError(f"evaluate: {names.evaluation(w, on)} needs --dataset {on}=DIR")
+    if dense and not json.loads(a.dense_eval):
+        raise UserError("evaluate --dense needs --dense-eval (JSON: the config's dense block)")
+    torch.set_num_threads(a.threads)
+    device = eval_device(a.device)
+    tables = dict(frozen=[], dense=[])
+    with atomic_dir(a.out) as out:
+        for weights in dict.fromkeys(w for w, _ in embed + dense):
+            domains = {kind: [on for w, on in pairs if w == weights] for kind, pairs in
+                       dict(embed=embed, frozen=frozen, dense=dense).items()}
+            _evaluate_checkpoint(a, weights, checkpoints[weights], datasets, domains, device, out, tables)
+        for kind, file in (("frozen", names.FROZEN_FILE), ("dense", names.DENSE_FILE)):
+            if tables[kind]:
+                _write_csv(out / file, pd.concat(tables[kind], ignore_index=True))
+
+
+def _evaluate_checkpoint(a, weights: str, checkpoint: Path, datasets: dict, domains: dict, device, out: Path,
+                         tables: dict) -> None:
+    """One checkpoint on its domains (``domains``: embed, frozen, dense lists): dense evaluations on
+    the CPU, then embeddings on device, saved into ``out``, with the frozen scores of the frozen
+    domains; ``tables`` gathers the rows."""
     from .data.packed import load_dataset
-    from .eval.features import embed_dataset, eval_device
+    from .eval.features import embed_dataset
     from .eval.frozen import evaluate
     from .train import load_backbone
 
-    torch.set_num_threads(a.threads)
-    device = eval_device(a.device)
-    backbone, run_cfg = load_backbone(a.checkpoint, device)
-    ds = load_dataset(a.dataset)
+    backbone, run_cfg = load_backbone(checkpoint)
+    epoch = names.checkpoint_epoch(checkpoint.name)
+    ids = dict(run=a.run, **json.loads(a.ids), weights=weights, epoch=run_cfg["epochs"] if epoch is None else epoch)
+    if domains["dense"]:
+        from .eval.dense import evaluate_dense
+
+        for on in domains["dense"]:
+            ds = load_dataset(datasets[on])
+            df = evaluate_dense(backbone, ds, json.loads(a.dense_eval), a.size, json.loads(a.views))
+            tables["dense"].append(_with_ids(df, dict(ids, eval_domain=ds.name)))
+    backbone.to(device)
     cfg = json.loads(a.eval)
-    feats = embed_dataset(backbone, ds, a.size, cfg["batch_size"])
-    feats.save(a.embeddings)
-    df = evaluate(feats, ds, cfg, device)
-    state_epoch = names.checkpoint_epoch(a.checkpoint.name)
-    state_epoch = run_cfg["epochs"] if state_epoch is None else state_epoch
-    ids = dict(run=a.run, **json.loads(a.ids), weights=a.weights, epoch=state_epoch, eval_domain=ds.meta["name"])
-    _write_csv(a.out, _with_ids(df, ids))
-
-
-def cmd_dense(a) -> None:
-    import torch
-
-    from .data.packed import load_dataset
-    from .eval.dense import evaluate_dense
-    from .train import load_backbone
-
-    torch.set_num_threads(a.threads)
-    backbone, run_cfg = load_backbone(a.checkpoint)
-    ds = load_dataset(a.dataset)
-    df = evaluate_dense(backbone, ds, json.loads(a.eval), a.size, json.loads(a.views))
-    state_epoch = names.checkpoint_epoch(a.checkpoint.name)
-    state_epoch = run_cfg["epochs"] if state_epoch is None else state_epoch
-    ids = dict(run=a.run, **json.loads(a.ids), weights=a.weights, epoch=state_epoch, eval_domain=ds.name)
-    _write_csv(a.out, _with_ids(df, ids))
+    for on in domains["embed"]:
+        ds = load_dataset(datasets[on])
+        feats = embed_dataset(backbone, ds, a.size, cfg["batch_size"])
+        feats.save(out / names.EMBEDDINGS_FILE.format(weights=weights, on=on))
+        if on in domains["frozen"]:
+            tables["frozen"].append(_with_ids(evaluate(feats, ds, cfg, device), dict(ids, eval_domain=ds.meta["name"])))
 
 
 def cmd_report(a) -> None:
@@ -178,33 +203,39 @@ def _count(subset_file: str) -> int:
 
 def cmd_lowshot(a) -> None:
     """Frozen linear (from the run's embedding cache) or fine-tuning of one SSL run with n labelled
-    images per class."""
+    images per class, for every n of --labels (the checkpoint or cache read once)."""
+    import copy
+
+    import pandas as pd
     import torch
 
     from .data.packed import load_dataset
     from .eval import lowshot
     from .eval.features import Features, eval_device
-    from .train import load_checkpoint
+    from .train import load_backbone, load_checkpoint
 
     torch.set_num_threads(a.threads)
     device = eval_device(a.device)
     ds = load_dataset(a.dataset)
     cfg = json.loads(a.eval)
-    train = lowshot.labelled_indices(ds, parse_labels_tag(a.labels), cfg)
+    labelled = {tag: lowshot.labelled_indices(ds, parse_labels_tag(tag), cfg) for tag in dict.fromkeys(a.labels)}
     if a.mode == "linear":
         if a.embeddings is None:
             raise UserError("lowshot --mode linear needs --embeddings (the run's evaluate cache)")
         run_cfg = load_checkpoint(a.checkpoint)["config"]
-        df = lowshot.frozen_linear(Features.load(a.embeddings), ds, train, cfg, device)
+        feats = Features.load(a.embeddings)
+        scores = {tag: lowshot.frozen_linear(feats, ds, train, cfg, device) for tag, train in labelled.items()}
     else:
-        from .train import load_backbone
-
         backbone, run_cfg = load_backbone(a.checkpoint)
-        model = lowshot.train_classifier(backbone, ds, train, json.loads(a.finetune), a.size, run_cfg["seed"])
-        df = lowshot.trained_rows(model, ds, a.size, "finetune")
-    ids = dict(run=a.run, **json.loads(a.ids), mode=a.mode, labels=a.labels, labelled_images=len(train),
-               pretrain_images=_count(run_cfg["data"]["subset"]), eval_domain=ds.name)
-    _write_csv(a.out, _with_ids(df, ids))
+        scores = {}
+        for tag, train in labelled.items():  # each count fine-tunes its own copy of the loaded weights
+            model = lowshot.train_classifier(copy.deepcopy(backbone), ds, train, json.loads(a.finetune), a.size, run_cfg["seed"])
+            scores[tag] = lowshot.trained_rows(model, ds, a.size, "finetune")
+    pretrain_images = _count(run_cfg["data"]["subset"])
+    _write_csv(a.out, pd.concat([_with_ids(df, dict(run=a.run, **json.loads(a.ids), mode=a.mode, labels=tag,
+                                                    labelled_images=len(labelled[tag]), pretrain_images=pretrain_images,
+                                                    eval_domain=ds.name))
+                                 for tag, df in scores.items()], ignore_index=True))
 
 
 def cmd_supervised(a) -> None:
@@ -282,7 +313,7 @@ def _axis_parsers(sub) -> None:
     _eval_options(s)
     s.add_argument("--mode", choices=("linear", "finetune"), required=True)
     s.add_argument("--embeddings", type=Path, help="linear mode: the run's embedding cache (names.EMBEDDINGS)")
-    s.add_argument("--labels", required=True, help="l<images per class> or lall")
+    s.add_argument("--labels", nargs="+", required=True, help="l<images per class> or lall, one or more (one table)")
     s.add_argument("--finetune", default="{}", help="JSON: fine-tuning settings")
     s.set_defaults(fn=cmd_lowshot)
 
@@ -311,7 +342,7 @@ def _axis_parsers(sub) -> None:
     s.set_defaults(fn=cmd_cluster_checkpoints)
 
 
-def _eval_options(s, checkpoint: bool = True, dataset: bool = True) -> None:
+def _eval_options(s, checkpoint: bool = True, dataset: bool = True, out: str = "the table to write (CSV)") -> None:
     """The options every evaluation-type command shares."""
     if checkpoint:
         s.add_argument("--checkpoint", type=Path, required=True)
@@ -323,7 +354,7 @@ def _eval_options(s, checkpoint: bool = True, dataset: bool = True) -> None:
     s.add_argument("--ids", default="{}", help="JSON: columns identifying the run (method, domain, ...)")
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--device", default="auto", help="auto (CUDA when torch sees it, else CPU), cuda or cpu")
-    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--out", type=Path, required=True, help=out)
     s.add_argument("--launch", help="JSON: launch settings; run this command as a submitit job on launch.executor")
     s.add_argument("--job-dir", type=Path, help="with --launch: the job's folder (job.json, submitit logs)")
 
@@ -392,17 +423,20 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--launch", required=True, help="JSON: launch settings (executor, slurm resources)")
     s.set_defaults(fn=cmd_pretrain)
 
-    s = sub.add_parser("evaluate", help="kNN, linear and k-means scores of a checkpoint at every label level")
-    _eval_options(s)
-    s.add_argument("--weights", required=True, help="label of the weights, e.g. pretrained or random")
-    s.add_argument("--embeddings", type=Path, required=True, help="where to write the embedding cache (names.EMBEDDINGS)")
-    s.set_defaults(fn=cmd_evaluate)
-
-    s = sub.add_parser("dense", help="dense probe (mIoU, pixel accuracy per mask level) and correspondence score of a checkpoint")
-    _eval_options(s)
-    s.add_argument("--weights", required=True, help="label of the weights, e.g. pretrained or random")
+    s = sub.add_parser("evaluate", help="one model's kNN, linear and k-means scores at every label level, dense probe and "
+                       "correspondence score, and embedding caches, into one folder")
+    _eval_options(s, checkpoint=False, dataset=False,
+                  out="the model's folder (names.EVAL_DIR): frozen.csv, dense.csv, embeddings/; replaced when done")
+    s.add_argument("--checkpoint", nargs="+", required=True, metavar="WEIGHTS=PT",
+                   help="the checkpoint of each weights label, e.g. pretrained=final.pt random=checkpoints/ep000.pt")
+    s.add_argument("--dataset", nargs="+", required=True, metavar="DOMAIN=DIR", help="the packed folder of each domain")
+    s.add_argument("--frozen", nargs="*", default=[], metavar="EVALUATION",
+                   help="<weights>_on_<domain>: embed and score (frozen table), e.g. pretrained_on_natural")
+    s.add_argument("--dense", nargs="*", default=[], metavar="EVALUATION", help="<weights>_on_<domain>: dense table")
+    s.add_argument("--embed", nargs="*", default=[], metavar="EVALUATION", help="<weights>_on_<domain>: embedding cache only")
+    s.add_argument("--dense-eval", default="{}", help="JSON: dense settings (the config's dense block)")
     s.add_argument("--views", default="{}", help="JSON: the view of the correspondence score (ViewSpec fields)")
-    s.set_defaults(fn=cmd_dense)
+    s.set_defaults(fn=cmd_evaluate)
 
     _axis_parsers(sub)
 

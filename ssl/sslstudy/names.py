@@ -143,12 +143,11 @@ JOBS = dict(
     corrupt="seed{seed}/{dataset}",
     pool="seed{seed}/{dataset}",
     pretrain="{run}",
-    evaluate="{run}/{weights}_on_{on}",
-    lowshot="{run}/{mode}_{labels}",
+    evaluate="{run}",  # one job per model: every frozen and dense evaluation of its checkpoints
+    lowshot="{run}/{mode}",  # every labelled count of one mode
     supervised="{domain}_{labels}/seed{seed}",
     fusion="seed{seed}/{a}/{b}/on_{on}",
     clustering="{run}",
-    dense="{run}/{weights}_on_{on}",
 )
 
 
@@ -195,14 +194,35 @@ EPOCH_GLOB = "ep[0-9][0-9][0-9].pt"
 _EPOCH = re.compile(r"^ep([0-9]{3,})\.pt$")
 
 # tables
-EVAL_TABLE = f"results/eval/{JOBS['evaluate']}.csv"
-# the evaluate job's embeddings of train/val/test (sslstudy.eval.features), read by fusion and few-label linear
-EMBEDDINGS = f"results/embeddings/{JOBS['evaluate']}.npz"
+#: One evaluation of a model: its weights (pretrained or random) on a domain.
+EVALUATION = "{weights}_on_{on}"
+_EVALUATION = re.compile(rf"^({WILDCARDS['weights']})_on_({WILDCARDS['on']})$")
+#: The evaluate job's folder (one per model): the frozen table, the dense table (models with dense
+#: evaluations) and the embedding caches of train/val/test (sslstudy.eval.features), one per evaluation,
+#: read by fusion and the few-label linear probe.
+EVAL_DIR = f"results/eval/{JOBS['evaluate']}"
+FROZEN_FILE = "frozen.csv"
+DENSE_FILE = "dense.csv"
+EMBEDDINGS_FILE = f"embeddings/{EVALUATION}.npz"
+EVAL_TABLE = f"{EVAL_DIR}/{FROZEN_FILE}"
+DENSE_TABLE = f"{EVAL_DIR}/{DENSE_FILE}"
+EMBEDDINGS = f"{EVAL_DIR}/{EMBEDDINGS_FILE}"
 LOWSHOT_TABLE = f"results/lowshot/{JOBS['lowshot']}.csv"
 SUPERVISED_TABLE = f"{SUPERVISED_DIR}/scores.csv"
 FUSION_TABLE = f"results/fusion/{JOBS['fusion']}.csv"
 CLUSTERS_TABLE = f"results/clusters/{JOBS['clustering']}.csv"
-DENSE_TABLE = f"results/dense/{JOBS['dense']}.csv"
+
+
+def evaluation(weights: str, on: str) -> str:
+    return EVALUATION.format(weights=weights, on=on)
+
+
+def parse_evaluation(name: str) -> tuple[str, str]:
+    """``"pretrained_on_natural"`` -> ``("pretrained", "natural")``."""
+    m = _EVALUATION.match(name)
+    if not m:
+        raise UserError(f"evaluation {name!r}: expected <pretrained|random>_on_<domain>")
+    return m.group(1), m.group(2)
 
 
 def packed_files(folder: str) -> list[str]:

@@ -10,17 +10,19 @@ from sslstudy import axes, names
 from sslstudy import config as studyconfig
 from sslstudy.errors import UserError
 from sslstudy.names import pattern
+from sslstudy.report.dag import named
 
 try:
     C = studyconfig.validate(config, " + ".join(map(str, workflow.configfiles)) or "config")
     MODELS = axes.models(C)
+    PLAN = axes.evaluation_plan(C)  # each evaluated model's evaluate job
     studyconfig.check_datasets(C)
 except UserError as e:
     sys.exit(f"error: {e}")
 
 SIZE = C["pretrain"]["views"]["size"]  # every evaluation is on clean images at this side
 THREADS = C["pretrain"]["threads"]
-# launch.evaluate=executor: each evaluation-type job (evaluate, lowshot, supervised, fusion, clustering, dense)
+# launch.evaluate=executor: each evaluation-type job (evaluate, lowshot, supervised, fusion, clustering)
 # runs its sslstudy command as a submitit job on launch.executor; the Snakemake job only waits.
 EVAL_REMOTE = C["launch"]["evaluate"] == "executor"
 EVAL_THREADS = 1 if EVAL_REMOTE else THREADS  # what Snakemake reserves
@@ -79,8 +81,41 @@ def supervised_of(w):
     return m
 
 
+def plan_of(w):
+    """What the evaluate job of the model w names does: frozen, dense and embed lists of (weights, on)."""
+    rid = run_of(w)["id"]
+    if rid not in PLAN:
+        raise ValueError(f"{rid} has no evaluation in this study")
+    return PLAN[rid]
+
+
+def eval_checkpoints(w):
+    """--checkpoint WEIGHTS=PATH of the evaluate job of w."""
+    m, p = run_of(w), plan_of(w)
+    paths = dict(pretrained=names.final_checkpoint(m), random=names.random_weights(m))
+    return named((weights, paths[weights]) for weights in dict.fromkeys(x for x, _ in p["embed"] + p["dense"]))
+
+
+def eval_domains_of(w):
+    """The domains the evaluate job of w reads."""
+    p = plan_of(w)
+    return list(dict.fromkeys(on for _, on in p["embed"] + p["dense"]))
+
+
+def eval_evaluations(w):
+    """--frozen/--dense/--embed: what the job computes (embed: caches no frozen table row needs)."""
+    p = plan_of(w)
+    lists = dict(frozen=p["frozen"], dense=p["dense"], embed=[e for e in p["embed"] if e not in p["frozen"]])
+    return " ".join(f"--{k} " + " ".join(names.evaluation(*e) for e in v) for k, v in lists.items() if v)
+
+
+def eval_dir_of(m):
+    """Model m's evaluate folder (its tables and embedding caches)."""
+    return names.EVAL_DIR.format(run=m["id"])
+
+
 def embeddings_of(m, on):
-    """The embedding cache of model m's pretrained weights on domain `on` (its evaluate job's output)."""
+    """The embedding cache of model m's pretrained weights on domain `on`, in its evaluate folder."""
     return names.EMBEDDINGS.format(run=m["id"], weights="pretrained", on=on)
 
 
@@ -89,12 +124,21 @@ def member_of(w, which):
 
 
 # ---- every table the report reads, one list per kind
+def eval_dirs():
+    """The evaluate folders the report reads (models with frozen or dense tables)."""
+    return [names.EVAL_DIR.format(run=rid) for rid, p in PLAN.items() if p["frozen"] or p["dense"]]
+
+
 def eval_tables():
-    return [names.EVAL_TABLE.format(run=rid, weights=w, on=on) for rid, w, on in axes.evaluations(C)]
+    return [names.EVAL_TABLE.format(run=rid) for rid, p in PLAN.items() if p["frozen"]]
+
+
+def dense_tables():
+    return [names.DENSE_TABLE.format(run=rid) for rid, p in PLAN.items() if p["dense"]]
 
 
 def lowshot_tables():
-    return [names.LOWSHOT_TABLE.format(run=rid, mode=mode, labels=lab) for rid, mode, lab in axes.lowshot_jobs(C)]
+    return [names.LOWSHOT_TABLE.format(run=rid, mode=mode) for rid, mode in axes.lowshot_jobs(C)]
 
 
 def supervised_tables():
@@ -104,11 +148,7 @@ def supervised_tables():
 def fusion_tables():
     return [names.FUSION_TABLE.format(seed=a["seed"], a=names.member_name(a["method"], a["domain"]),
                                       b=names.member_name(b["method"], b["domain"]), on=on)
-            for a, b in axes.fusion_pairs(C) for on in dict.fromkeys(axes.eval_domains(a) + axes.eval_domains(b))]
-
-
-def dense_tables():
-    return [names.DENSE_TABLE.format(run=rid, weights=w, on=on) for rid, w, on in axes.dense_jobs(C)]
+            for a, b in axes.fusion_pairs(C) for on in axes.fusion_domains(a, b)]
 
 
 def cluster_tables():

@@ -1,24 +1,32 @@
-# Frozen-feature evaluation of a model (SSL run or supervised network) on a clean domain: kNN,
-# linear probe (finest labels, mapped up) and k-means NMI/ARI at every label level. `random` is the
-# run's epoch-0 checkpoint (the same backbone at its random initialisation).
+# One job per evaluated model (SSL run or supervised network; sslstudy.axes.evaluation_plan): each
+# checkpoint loaded once, every evaluation of it into the model's folder (names.EVAL_DIR):
+# * frozen.csv: kNN, linear probe (finest labels, mapped up) and k-means NMI/ARI at every label level,
+#   per weights x clean domain;
+# * dense.csv (dense axis): a frozen 1x1-conv probe on the backbone's last feature map (mIoU, pixel
+#   accuracy per mask level) and the label-free correspondence score of DenseCL's matching
+#   (sslstudy.eval.dense; the masks are masks.npy in the domain's packed folder);
+# * embeddings/<weights>_on_<domain>.npz: train/val/test embedded once (sslstudy.eval.features), read
+#   by fusion and the few-label linear probe instead of embedding the checkpoint again.
+# `random` is the run's epoch-0 checkpoint (the same backbone at its random initialisation);
 # ep000.pt is written by pretraining but not declared (see pretrain.smk): both wait for final.pt.
-# The job embeds train/val/test once into `embeddings` (sslstudy.eval.features); fusion and the
-# few-label linear probe read it instead of embedding the checkpoint again.
+
 
 rule evaluate:
     input:
         final=lambda w: names.final_checkpoint(run_of(w)),
-        data=lambda w: dataset_files(w.on),
+        data=lambda w: [f for on in eval_domains_of(w) for f in dataset_files(on)],
     output:
-        table=pattern(names.EVAL_TABLE),
-        embeddings=pattern(names.EMBEDDINGS),
+        directory(pattern(names.EVAL_DIR)),
     params:
-        ckpt=lambda w: names.final_checkpoint(run_of(w)) if w.weights == "pretrained" else names.random_weights(run_of(w)),
+        checkpoints=eval_checkpoints,
+        datasets=lambda w: named((on, dataset_dir(on)) for on in eval_domains_of(w)),
+        evaluations=eval_evaluations,
         size=SIZE,
         eval=q(C["eval"]),
+        # only for the models with dense evaluations: a dense setting reruns only their jobs
+        dense=lambda w: f"--dense-eval {q(C['dense'])} --views {q(C['pretrain']['views'])}" if plan_of(w)["dense"] else "",
         ids=lambda w: ids(run_of(w)),
         run=lambda w: run_of(w)["id"],
-        dataset=lambda w: dataset_dir(w.on),
         cpus=eval_cpus,
         remote=remote("evaluate"),
     threads: EVAL_THREADS
@@ -30,6 +38,6 @@ rule evaluate:
     benchmark:
         pattern(names.benchmark("evaluate"))
     shell:
-        "sslstudy evaluate --checkpoint {params.ckpt} --dataset {params.dataset} --eval {params.eval} --size {params.size}"
-        " --run {params.run} --ids {params.ids} --weights {wildcards.weights} --threads {params.cpus}"
-        " --embeddings {output.embeddings} --out {output.table} {params.remote} 2> {log}"
+        "sslstudy evaluate --checkpoint {params.checkpoints} --dataset {params.datasets} {params.evaluations}"
+        " --eval {params.eval} {params.dense} --size {params.size} --run {params.run} --ids {params.ids}"
+        " --threads {params.cpus} --out {output} {params.remote} 2> {log}"

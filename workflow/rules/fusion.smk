@@ -1,15 +1,17 @@
 # Fusion axis: a linear probe on the concatenated frozen features of two models, beside each member
-# (sslstudy.axes.fusion_pairs), read from the members' embedding caches (their evaluate jobs).
+# (sslstudy.axes.fusion_pairs), read from the members' embedding caches (in their evaluate folders).
 
 
 rule fusion:
     input:
-        a=lambda w: embeddings_of(member_of(w, "a"), w.on),
-        b=lambda w: embeddings_of(member_of(w, "b"), w.on),
+        a=lambda w: eval_dir_of(member_of(w, "a")),
+        b=lambda w: eval_dir_of(member_of(w, "b")),
         data=lambda w: dataset_files(w.on),
     output:
         names.FUSION_TABLE,
     params:
+        a=lambda w: embeddings_of(member_of(w, "a"), w.on),
+        b=lambda w: embeddings_of(member_of(w, "b"), w.on),
         size=SIZE,
         eval=q(C["eval"]),
         dataset=lambda w: dataset_dir(w.on),
@@ -24,5 +26,5 @@ rule fusion:
     benchmark:
         names.benchmark("fusion")
     shell:
-        "sslstudy fusion --a {input.a} --b {input.b} --name-a {wildcards.a} --name-b {wildcards.b} --seed {wildcards.seed}"
+        "sslstudy fusion --a {params.a} --b {params.b} --name-a {wildcards.a} --name-b {wildcards.b} --seed {wildcards.seed}"
         " --dataset {params.dataset} --eval {params.eval} --size {params.size} --threads {params.cpus} --out {output} {params.remote} 2> {log}"

@@ -1,16 +1,18 @@
 # Quantity axis: few-label linear probe (frozen) and fine-tuning of an SSL run, n labelled images
-# per finest class (sslstudy.axes.lowshot_jobs). The linear mode reads the run's embedding cache of
-# its domain (the evaluate job's); fine-tuning loads the backbone.
+# per finest class: one job per run and mode over every n (sslstudy.axes.lowshot_jobs), one table.
+# The linear mode reads the run's embedding cache of its domain (in its evaluate folder);
+# fine-tuning loads the backbone once and fine-tunes a copy per n.
 
 
 rule lowshot:
     input:
         ckpt=lambda w: names.final_checkpoint(run_of(w)),
-        embeddings=lambda w: [embeddings_of(run_of(w), w.domain)] if w.mode == "linear" else [],
+        evaluated=lambda w: [eval_dir_of(run_of(w))] if w.mode == "linear" else [],
         data=lambda w: dataset_files(w.domain),
     output:
         pattern(names.LOWSHOT_TABLE),
     params:
+        labels=" ".join(axes.lowshot_labels(C)),
         size=SIZE,
         eval=q(C["eval"]),
         finetune=lambda w: q(C["finetune"] if w.mode == "finetune" else {}),
@@ -30,5 +32,5 @@ rule lowshot:
         pattern(names.benchmark("lowshot"))
     shell:
         "sslstudy lowshot --checkpoint {input.ckpt} --dataset {params.dataset} --mode {wildcards.mode}"
-        " --labels {wildcards.labels} {params.embeddings} --eval {params.eval} --finetune {params.finetune} --size {params.size}"
+        " --labels {params.labels} {params.embeddings} --eval {params.eval} --finetune {params.finetune} --size {params.size}"
         " --run {params.run} --ids {params.ids} --threads {params.cpus} --out {output} {params.remote} 2> {log}"

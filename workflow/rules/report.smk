@@ -1,10 +1,12 @@
 # Tidy tables, seaborn figures (captions: workflow/report/*.rst) and one standalone HTML page.
 # Every file the report reads is named on its command line.
-from sslstudy.report.dag import benchmarks, named
+from sslstudy.report.dag import benchmarks
 
-REPORT_TABLES = dict(frozen=eval_tables(), lowshot=lowshot_tables(), supervised=supervised_tables(),
-                     fusion=fusion_tables(), clusters=cluster_tables(), dense=dense_tables())
-BENCHMARKS = benchmarks(workflow, [f for files in REPORT_TABLES.values() for f in files])
+# the frozen and dense tables are files in the evaluate folders (the inputs)
+REPORT_TABLES = dict(lowshot=lowshot_tables(), supervised=supervised_tables(), fusion=fusion_tables(),
+                     clusters=cluster_tables())
+EVALUATED = eval_dirs()
+BENCHMARKS = benchmarks(workflow, EVALUATED + [f for files in REPORT_TABLES.values() for f in files])
 # each pretraining run's loss curve (a log of rule pretrain)
 CURVES = {m["id"]: f"{names.model_dir(m)}/{names.METRICS}" for m in MODELS.values() if m["kind"] == "ssl"}
 REPORT_DOMAINS = list(dict.fromkeys(on for _, _, on in axes.evaluations(C)))
@@ -12,6 +14,7 @@ REPORT_DOMAINS = list(dict.fromkeys(on for _, _, on in axes.evaluations(C)))
 
 rule report:
     input:
+        evaluated=EVALUATED,
         **REPORT_TABLES,
         captions=sorted(glob.glob(f"{workflow.basedir}/workflow/report/*.rst")),
         benchmarks=list(BENCHMARKS),
@@ -28,6 +31,8 @@ rule report:
         plots=[f"results/{names.PLOT_FILE.format(name=p)}" for p in names.PLOTS],
     params:
         config=q(C),
+        frozen=eval_tables(),
+        dense=dense_tables(),
         captions=lambda w, input: os.path.dirname(input.captions[0]),
         curves=named(CURVES.items()),
         benchmarks=named((r, f) for f, r in BENCHMARKS.items()),
@@ -39,6 +44,6 @@ rule report:
         "logs/report/report.log",
     shell:
         "sslstudy report --config {params.config} --out {output.html} --captions {params.captions}"
-        " --frozen {input.frozen} --lowshot {input.lowshot} --supervised {input.supervised}"
-        " --fusion {input.fusion} --clusters {input.clusters} --dense {input.dense} --curves {params.curves}"
+        " --frozen {params.frozen} --lowshot {input.lowshot} --supervised {input.supervised}"
+        " --fusion {input.fusion} --clusters {input.clusters} --dense {params.dense} --curves {params.curves}"
         " --benchmarks {params.benchmarks} --datasets {params.datasets} {params.dvc} 2> {log}"

@@ -5,6 +5,7 @@ import signal
 import subprocess
 
 import pandas as pd
+import pytest
 import yaml
 
 from conftest import BIN, copy_workflow, natural_subset, run, tiny_spec
@@ -19,15 +20,24 @@ def alive(pid: int) -> bool:
     return True
 
 
-def test_stopped_launcher_stops_its_local_job_and_the_rerun_resumes(tiny_data, tmp_path):
+def ignore_int_and_hup():
+    """What a launcher inherits when a script starts it in the background (SIGINT) under nohup (SIGHUP)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("started", ["foreground", "background"])
+def test_stopped_launcher_stops_its_local_job_and_the_rerun_resumes(tiny_data, tmp_path, started):
     """A local submitit job ignores SIGTERM and can't be re-attached: stopping the launcher (as a
-    killed Snakemake does) must stop the job, so a rerun never trains twice on one folder."""
+    killed Snakemake does) must stop the job, so a rerun never trains twice on one folder; also when
+    the launcher inherited SIGINT and SIGHUP ignored (the job must not inherit that)."""
     natural_subset(tiny_data, tmp_path / "subset.npy", 192)
     spec = tiny_spec(tiny_data / "natural", tmp_path / "subset.npy", epochs=30, batch_size=16)
     run_dir = tmp_path / "run"
     cmd = [str(BIN / "sslstudy"), "pretrain", "--run-dir", str(run_dir), "--spec", json.dumps(spec),
            "--launch", json.dumps(dict(executor="local", poll_s=1, pretrain=dict(time_min=10)))]
-    launcher = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+    launcher = subprocess.Popen(cmd, stderr=subprocess.DEVNULL,
+                                preexec_fn=ignore_int_and_hup if started == "background" else None)
     wait_for(lambda: (run_dir / "checkpoints/ep002.pt").exists(), "local training")
     job_pid = int(json.loads((run_dir / "job.json").read_text())["job_id"])  # a local job's id is its pid
     launcher.send_signal(signal.SIGTERM)

@@ -296,7 +296,9 @@ def test_killed_snakemake_reattaches_to_its_running_job(slurm_cluster, tiny_data
     env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}")
     run_dir = wf / "results/runs/simclr/natural_frac1_clean/seed0"
     out1, out2 = (open(tmp_path / f"snakemake{i}.out", "w+") for i in (1, 2))  # an orphan keeps a pipe open
-    first = subprocess.Popen(cmd, cwd=wf, env=env, stdout=out1, stderr=subprocess.STDOUT, start_new_session=True)
+    # a terminal's Ctrl-C: SIGINT handled by default even when this test runs in the background (ignored there)
+    first = subprocess.Popen(cmd, cwd=wf, env=env, stdout=out1, stderr=subprocess.STDOUT, start_new_session=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     wait_for(lambda: (run_dir / "checkpoints/ep002.pt").exists(), "training on SLURM")
     jid = job_id(run_dir)
     if kill == "ctrl-c":

@@ -201,29 +201,43 @@ def run_job(fn: Callable, folder: Path, launch: dict, threads: int, what: str, k
                     return result
             except UserError as e:
                 log.warning("previous job failed, submitting again: %s", e)
-        job = executor(folder, launch, threads, name=job_name(folder), kind=kind).submit(fn)
-        log.info("submitted %s job %s for %s", launch["executor"], job.job_id, what)
-        write_bytes(folder / "job.json", (json.dumps(dict(job_id=str(job.job_id), executor=launch["executor"],
-                                                          submitted=time.time())) + "\n").encode())
-        with _cancel_local_on_exit(job, launch):
+        with _cancel_local_on_exit(launch) as started:
+            job = executor(folder, launch, threads, name=job_name(folder), kind=kind).submit(fn)
+            started(job)
+            log.info("submitted %s job %s for %s", launch["executor"], job.job_id, what)
+            write_bytes(folder / "job.json", (json.dumps(dict(job_id=str(job.job_id), executor=launch["executor"],
+                                                              submitted=time.time())) + "\n").encode())
             return _wait(job, launch, what, kind)
 
 
 @contextmanager
-def _cancel_local_on_exit(job, launch: dict) -> Iterator[None]:
+def _cancel_local_on_exit(launch: dict) -> Iterator:
     """A local submitit job ignores SIGTERM and cannot be re-attached: when the launcher is stopped
-    (Snakemake killed), stop its job too, so a restart never runs two on one folder."""
+    (Snakemake killed), stop its job too, so a restart never runs two on one folder. Yields
+    started(job), to call once the job is submitted. The handlers go in before the job starts, so it
+    starts with default signal handling even when the launcher inherited some signals ignored (started
+    in the background by a script, or by nohup): otherwise it would ignore job.cancel()'s SIGINT.
+    What the launcher inherited ignored, it ignores again once the job has started."""
     if launch["executor"] != "local" or threading.current_thread() is not threading.main_thread():
-        yield
+        yield lambda job: None
         return
+    submitted: list = []
 
     def stop(signum, frame):
-        job.cancel()
+        for job in submitted:
+            job.cancel()
         sys.exit(128 + signum)
 
     old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+
+    def started(job) -> None:
+        submitted.append(job)
+        for s, h in old.items():
+            if h is signal.SIG_IGN:
+                signal.signal(s, h)
+
     try:
-        yield
+        yield started
     finally:
         for s, h in old.items():
             signal.signal(s, h)

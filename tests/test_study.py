@@ -8,7 +8,7 @@ from conftest import copy_workflow, run
 from sslstudy import axes, config, stats
 from sslstudy.data.synth import generate
 
-MARGIN = 0.08  # accuracy points: more labels than one per class help by more than this
+MARGIN = 0.04  # accuracy points: all labels help every classifier by more than this over one per class
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_every_axis_is_in_the_tables(default_study):
     c = config.load("params/study.yaml")
     assert set(df["eval"]) == {"frozen", "lowshot", "supervised", "fusion", "clusters", "dense"}
     low = df[df["eval"] == "lowshot"]
-    assert len(low.groupby(["run", "mode", "labels"])) == len(axes.lowshot_jobs(c))
+    assert len(low.groupby(["run", "mode", "labels"])) == len(axes.lowshot_jobs(c)) * len(axes.lowshot_labels(c))
     frozen = df[df["eval"] == "frozen"]
     assert set(frozen["quality"]) == {"clean", *axes.qualities(c)}
     assert {"natural+aerial"} <= set(frozen["domain"]) and {"texture"} <= set(frozen["eval_domain"])

@@ -2,6 +2,7 @@
 CPU. With a single process every helper is the identity, so methods call them unconditionally."""
 from __future__ import annotations
 
+import atexit
 import os
 
 import torch
@@ -17,6 +18,14 @@ def init_from_env(cuda: bool | None = None) -> None:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
+        atexit.register(_leave)
+
+
+def _leave() -> None:
+    """Leave the process group before the interpreter exits: a group still alive at exit can abort the
+    process from its communication threads ("terminate called without an active exception")."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def device() -> torch.device:

@@ -1,8 +1,10 @@
 """Faults without a cluster: a killed launcher of a local job, two studies at once in one folder."""
+import glob
 import json
 import os
 import signal
 import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -47,6 +49,17 @@ def test_stopped_launcher_stops_its_local_job_and_the_rerun_resumes(tiny_data, t
     subprocess.run(cmd, check=True, stderr=subprocess.DEVNULL, timeout=600)
     assert "resumed from" in (run_dir / "train.log").read_text()
     assert len((run_dir / "train.log").read_text().split("starting ")) == 2  # started once, resumed after
+
+
+@pytest.mark.skipif(bool(glob.glob("/dev/nvidia[0-9]*")), reason="a GPU machine asks torch whether CUDA works")
+def test_a_local_launcher_without_gpus_does_not_import_torch(tmp_path):
+    """The launcher of a local job only submits and waits: torch (seconds of start-up per job) is
+    imported in the job's process, not also in the launcher's."""
+    code = ("import sys; from pathlib import Path; from sslstudy import launch, config; "
+            "launch.executor(Path(sys.argv[1]), config.validate_launch({'executor': 'local'}), 1, 'x', launch.PRETRAIN); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_two_studies_at_once_in_one_folder(tiny_data, tmp_path):

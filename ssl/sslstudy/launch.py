@@ -7,6 +7,7 @@ ends without a result raises UserError naming its SLURM state, its log and the l
 from __future__ import annotations
 
 import fcntl
+import glob
 import json
 import logging
 import os
@@ -100,8 +101,9 @@ def slurm_parameters(launch: dict, kind: str) -> dict:
 
 
 def local_gpus(asked: int) -> int:
-    """GPUs of a local job: one (a local job is one task) where some were asked for and torch sees CUDA."""
-    if not asked:
+    """GPUs of a local job: one (a local job is one task) where some were asked for and torch sees CUDA.
+    A machine without NVIDIA device nodes answers 0 without importing torch (the launcher stays light)."""
+    if not asked or not glob.glob("/dev/nvidia[0-9]*"):
         return 0
     import torch
 

@@ -248,3 +248,37 @@ def test_reading_ahead_in_a_thread_changes_no_bit(tiny_data, subset, tmp_path, m
     a = torch.load(tmp_path / "ahead" / "final.pt", weights_only=False)["model"]
     b = torch.load(tmp_path / "inline" / "final.pt", weights_only=False)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+OPTIMIZERS = """
+import sys, torch
+if sys.argv[1] == "dynamo":
+    import torch._dynamo
+from sslstudy.train import build_optimizer
+torch.manual_seed(0)
+out = []
+for wd in (1e-4, 0.0):
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    net.optim_groups = lambda wd: [dict(params=list(net.parameters()), weight_decay=wd, lars=True)]
+    opt = build_optimizer(net, dict(name="lars", momentum=0.9, eta=0.001, weight_decay=wd), 0.5)
+    for _ in range(3):
+        opt.zero_grad()
+        net(torch.randn(8, 4)).square().mean().backward()
+        opt.step()
+    opt.load_state_dict(opt.state_dict())
+    out += [p.sum().item() for p in net.parameters()]
+print("torch._dynamo" in sys.modules, out)
+"""
+
+
+def test_lars_runs_without_importing_dynamo_and_steps_the_same():
+    """lean_optim: building, stepping and (re)loading LARS leaves torch._dynamo unimported (a second
+    of start-up per pretraining job) and gives the weights of optimizers whose dynamo guard ran.
+    (torch.optim's own steps, e.g. SGD's, still import it.)"""
+    import subprocess
+    import sys
+
+    lean, guarded = (subprocess.run([sys.executable, "-c", OPTIMIZERS, how], capture_output=True, text=True, check=True).stdout
+                     for how in ("lean", "dynamo"))
+    assert lean.startswith("False ") and guarded.startswith("True ")
+    assert lean.split(" ", 1)[1] == guarded.split(" ", 1)[1]

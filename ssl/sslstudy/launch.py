@@ -34,6 +34,7 @@ log = logging.getLogger("sslstudy.launch")
 #: SLURM states of a job that may still produce a result (squeue(1), "JOB STATE CODES").
 ACTIVE = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
                     "RESIZING", "SUSPENDED", "PREEMPTED", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD"})
+LOCAL_POLL_S = 0.05  # how often a launcher checks whether its local job's process has ended
 UNREACHABLE = "UNREACHABLE"  # slurmctld did not answer: keep waiting, the job may be fine
 
 
@@ -250,6 +251,9 @@ def _wait(job, launch: dict, what: str, kind: str):
         ended = _wait_slurm(job, launch["poll_s"])
         if ended is not None:
             raise UserError(_failure(job, what, kind, f"ended {ended.name} ({ended.detail}) without a result"))
+    elif launch["executor"] == "local":  # submitit's own wait polls once a second: a job's slot would idle
+        while not job.done():
+            time.sleep(LOCAL_POLL_S)
     try:
         return job.result()
     except UserError:

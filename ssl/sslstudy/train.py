@@ -23,6 +23,7 @@ from .data.packed import load_dataset
 from .data.subsets import load_indices
 from .errors import UserError
 from .health import collapse_check, embedding_health, trivial_info, trivial_loss
+from .lean_optim import skip_dynamo_import
 from .methods import build_method
 from .methods.base import Batch, Method
 from .models import build_backbone
@@ -70,6 +71,7 @@ class LARS(torch.optim.Optimizer):
 
 
 def build_optimizer(model, cfg: dict, lr: float) -> torch.optim.Optimizer:
+    skip_dynamo_import()
     groups = model.optim_groups(cfg["weight_decay"])
     if cfg["name"] == "lars":
         return LARS(groups, lr=lr, momentum=cfg["momentum"], eta=cfg["eta"])

@@ -8,6 +8,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sslstudy import axes
+from sslstudy.config import load
+
+_STUDY = load(Path(__file__).resolve().parents[1] / "params" / "study.yaml")
+QUALITY_SUBSET, QUALITIES = axes.quality_subset(_STUDY), axes.qualities(_STUDY)  # the shipped quality axis
 METHODS = ["simclr", "moco", "byol", "swav", "barlow", "densecl", "deepcluster", "pcl"]
 LEVELS = ["coarse", "mid", "fine"]
 CHANCE = [0.25, 1 / 16, 1 / 64]
@@ -49,8 +54,8 @@ def study(seeds=(0, 1, 2), seed: int = 0) -> dict[str, pd.DataFrame]:
                 if dom == "natural" and ev == "natural":
                     continue  # the comparison's run above
                 frozen += _levels(ids, 0.6 if ev in dom else 0.45, rng, weights="pretrained", epoch=30, eval_domain=ev)
-        for q in ("clean", "downup2", "downup4", "jpeg10", "saltpepper0.01", "blur1", "lowres16"):
-            ids = _run("simclr", "natural", "frac0.25", q, s)
+        for q in ([] if QUALITY_SUBSET == "frac1" else ["clean"]) + QUALITIES:  # frac1: the clean twin is the comparison's run
+            ids = _run("simclr", "natural", QUALITY_SUBSET, q, s)
             frozen += _levels(ids, 0.6 - (0.1 if q.startswith("lowres") else 0.02), rng, weights="pretrained", epoch=30,
                               eval_domain="natural")
         for lab, n in (("l1", 64), ("l10", 640), ("lall", 3000)):

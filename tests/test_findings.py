@@ -17,6 +17,8 @@ LEVELS = ("coarse", "fine")
 def config():
     c = load(ROOT / "params/study.yaml")
     c["study"]["seeds"] = list(SEEDS)
+    # the quality cases below use every corruption, on a 25% subset
+    c["quality"].update(subset=0.25, downup=[2, 4], jpeg=[10], saltpepper=[0.01], blur=[1.0], lowres=[16])
     return c
 
 

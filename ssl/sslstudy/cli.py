@@ -70,16 +70,18 @@ def cmd_subset(a) -> None:
     save_indices(a.out, idx)
 
 
-def _log_launcher() -> None:
-    """The launcher's messages (submitted, re-attached, requeued) go to stderr = the rule's log."""
+def _log_stderr() -> None:
+    """Messages (a launcher's submitted / re-attached / requeued, what precision a fine-tuning ran in)
+    go to stderr = the rule's log."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its "Loading faiss" lines
 
 
 def cmd_pretrain(a) -> None:
     from .config import validate_launch
     from .launch import launch_pretrain
 
-    _log_launcher()
+    _log_stderr()
     spec = json.loads(a.spec)
     launch_pretrain(spec, a.run_dir, validate_launch(json.loads(a.launch)))
 
@@ -89,7 +91,7 @@ def cmd_remote(a) -> None:
     from .config import validate_launch
     from .launch import run_job
 
-    _log_launcher()
+    _log_stderr()
     run_job(functools.partial(run_command, a.argv), a.job_dir, validate_launch(json.loads(a.launch)), a.threads,
             what=f"{a.cmd} {a.out}")
 
@@ -206,6 +208,8 @@ def cmd_lowshot(a) -> None:
     images per class, for every n of --labels (the checkpoint or cache read once)."""
     import copy
 
+    _log_stderr()
+
     import pandas as pd
     import torch
 
@@ -241,6 +245,8 @@ def cmd_lowshot(a) -> None:
 def cmd_supervised(a) -> None:
     """The backbone trained from scratch on n labelled images per class: scores and a checkpoint."""
     import torch
+
+    _log_stderr()
 
     from .data.packed import load_dataset
     from .eval import lowshot

@@ -195,10 +195,10 @@ def cpu_bf16() -> str | None:
 
 
 def choose_precision(cfg: dict, device: torch.device) -> tuple[torch.dtype | None, str]:
-    """pretrain.precision -> (the autocast dtype or None for fp32, what ran in words, for train.log)."""
+    """pretrain.precision (or finetune.precision) -> (the autocast dtype or None for fp32, what ran in words)."""
     want = cfg.get("precision", "auto")
     if want == "fp32":
-        return None, "fp32 (pretrain.precision: fp32)"
+        return None, "fp32 (precision: fp32)"
     if device.type == "cuda":
         return torch.bfloat16, "bf16 autocast on CUDA"
     native = cpu_bf16()

@@ -13,6 +13,7 @@ image per class still gets a useful number of steps.
 """
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -27,6 +28,8 @@ from ..errors import UserError
 from ..names import ALL
 from .features import Features, probe_splits
 from .frozen import choose_linear, level_accuracy, tidy
+
+log = logging.getLogger("sslstudy.lowshot")
 
 def labelled_indices(ds: PackedDataset, per_class: int | str, cfg: dict) -> np.ndarray:
     """Sorted fit indices (train less the val holdout, features.probe_splits): ``per_class`` images of
@@ -73,8 +76,14 @@ class Classifier(nn.Module):
 
 
 def train_classifier(backbone: nn.Module, ds: PackedDataset, train: np.ndarray, cfg: dict, size: int, seed: int) -> Classifier:
-    """Train backbone + a new linear head end to end on the finest labels of ``train``."""
+    """Train backbone + a new linear head end to end on the finest labels of ``train``; the forward pass
+    in bf16 autocast where ``cfg["precision"]`` (finetune.precision) auto finds native bf16, as pretraining does."""
+    from ..train import choose_precision
+
     finest = ds.levels[-1]
+    device = next(backbone.parameters()).device
+    dtype, what = choose_precision(dict(precision=cfg.get("precision", "auto")), device)
+    log.info("fine-tuning on %d images: %s", len(train), what)
     torch.manual_seed(seed)
     model = Classifier(backbone, ds.n_classes(finest))
     y = torch.from_numpy(ds.label_array(finest, train))
@@ -97,7 +106,9 @@ def train_classifier(backbone: nn.Module, ds: PackedDataset, train: np.ndarray, 
         views = make_views(batch, spec, gen)
         for g in opt.param_groups:
             g["lr"] = cfg["lr"] * 0.5 * (1 + math.cos(math.pi * step / steps))
-        loss = nn.functional.cross_entropy(model(views), y[np.sort(pick.numpy())])
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype is not None):
+            logits = model(views)
+        loss = nn.functional.cross_entropy(logits.float(), y[np.sort(pick.numpy())])
         if not torch.isfinite(loss):
             raise UserError(f"{ds.path}: fine-tuning loss is {loss.item()} at step {step}; lower finetune.lr in params")
         opt.zero_grad(set_to_none=True)

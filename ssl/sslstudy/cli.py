@@ -208,8 +208,6 @@ def cmd_lowshot(a) -> None:
     images per class, for every n of --labels (the checkpoint or cache read once)."""
     import copy
 
-    _log_stderr()
-
     import pandas as pd
     import torch
 
@@ -218,6 +216,7 @@ def cmd_lowshot(a) -> None:
     from .eval.features import Features, eval_device
     from .train import load_backbone, load_checkpoint
 
+    _log_stderr()
     torch.set_num_threads(a.threads)
     device = eval_device(a.device)
     ds = load_dataset(a.dataset)
@@ -246,13 +245,12 @@ def cmd_supervised(a) -> None:
     """The backbone trained from scratch on n labelled images per class: scores and a checkpoint."""
     import torch
 
-    _log_stderr()
-
     from .data.packed import load_dataset
     from .eval import lowshot
     from .models import build_backbone
     from .train import BACKBONE, atomic_torch_save
 
+    _log_stderr()
     torch.set_num_threads(a.threads)
     ds = load_dataset(a.dataset)
     ft, arch = json.loads(a.finetune), json.loads(a.backbone)

@@ -31,6 +31,7 @@ from .frozen import choose_linear, level_accuracy, tidy
 
 log = logging.getLogger("sslstudy.lowshot")
 
+
 def labelled_indices(ds: PackedDataset, per_class: int | str, cfg: dict) -> np.ndarray:
     """Sorted fit indices (train less the val holdout, features.probe_splits): ``per_class`` images of
     every finest class (nested in ``per_class``), in the balanced order of seed eval.cluster_seed."""

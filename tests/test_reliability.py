@@ -1,5 +1,4 @@
 """Faults without a cluster: a killed launcher of a local job, two studies at once in one folder."""
-import glob
 import json
 import os
 import signal
@@ -11,6 +10,7 @@ import pytest
 import yaml
 
 from conftest import BIN, copy_workflow, natural_subset, run, tiny_spec
+from sslstudy.launch import nvidia_devices
 from test_slurm import tiny_params, wait_for
 
 
@@ -51,7 +51,7 @@ def test_stopped_launcher_stops_its_local_job_and_the_rerun_resumes(tiny_data, t
     assert len((run_dir / "train.log").read_text().split("starting ")) == 2  # started once, resumed after
 
 
-@pytest.mark.skipif(bool(glob.glob("/dev/nvidia[0-9]*")), reason="a GPU machine asks torch whether CUDA works")
+@pytest.mark.skipif(nvidia_devices(), reason="a GPU machine asks torch whether CUDA works")
 def test_a_local_launcher_without_gpus_does_not_import_torch(tmp_path):
     """The launcher of a local job only submits and waits: torch (seconds of start-up per job) is
     imported in the job's process, not also in the launcher's."""

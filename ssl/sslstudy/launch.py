@@ -101,10 +101,15 @@ def slurm_parameters(launch: dict, kind: str) -> dict:
     return {k: v for k, v in params.items() if v is not None}
 
 
+def nvidia_devices() -> bool:
+    """Whether this machine has NVIDIA device nodes (answers without importing torch)."""
+    return bool(glob.glob("/dev/nvidia[0-9]*"))
+
+
 def local_gpus(asked: int) -> int:
     """GPUs of a local job: one (a local job is one task) where some were asked for and torch sees CUDA.
     A machine without NVIDIA device nodes answers 0 without importing torch (the launcher stays light)."""
-    if not asked or not glob.glob("/dev/nvidia[0-9]*"):
+    if not asked or not nvidia_devices():
         return 0
     import torch
 

@@ -1,7 +1,7 @@
 """The project's whole training step vs a bare step of the same model, side by side in one process.
 
     PYTHONPATH=ssl python benchmarks/bench_step.py [--tiny] [--methods simclr byol swav] [--compile]
-        [--arch resnet50 --size 224 --batch 256 --precision bf16] [--steps 6] [--rounds 2]
+        [--arch resnet50 --size 224 --batch 256 --precision bf16] [--width 16] [--steps 6] [--rounds 2]
 
 ours: sslstudy.train.train on a synthetic domain for two epochs; its second epoch's `seconds` in
 metrics.jsonl times the step loop alone (read from the memmap one batch ahead, views, forward/backward,
@@ -158,6 +158,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--methods", nargs="+", default=["simclr", "byol", "swav"])
     ap.add_argument("--tiny", action="store_true", help="cnn4 of width 8, 32 px, batch 32: seconds on 2 CPU cores")
     ap.add_argument("--arch", default="resnet50")
+    ap.add_argument("--width", type=int, default=32, help="cnn4 width (the default study's: 16)")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
@@ -167,7 +168,6 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, help="also write the rows here")
     a = ap.parse_args(argv)
-    a.width = 32
     if a.tiny:
         a.arch, a.size, a.batch, a.width = "cnn4", 32, 32, 8
     a.steps = a.steps or (4 if a.tiny else 6)

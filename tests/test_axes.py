@@ -298,3 +298,29 @@ def test_bad_axis_values_are_one_line_errors():
         axes.fusion_pairs(grid(fusion=dict(pairs=[["simclr@natural", "simclr@natural"]])))
     with pytest.raises(UserError, match="method.*nosuch.*no hyper-parameters"):
         axes.check(grid(quality=dict(methods=["nosuch"], jpeg=[10])))
+
+
+def test_random_weights_are_evaluated_once_per_seed_and_domain():
+    """Every method's run of a seed starts from the same backbone weights, so the eight-method
+    comparison evaluates them once per seed and domain (random_twins) and the others share them."""
+    c = config.load("params/study.yaml")
+    s = c["study"]
+    twins = axes.random_twins(c, "frozen")
+    assert len(twins) == len(s["methods"]) * len(s["seeds"])
+    assert set(twins.values()) == {f"{s['methods'][0]}/natural_frac1_clean/seed{sd}" for sd in s["seeds"]}
+    assert sorted(r for r, w, _ in axes.evaluations(c) if w == "random") == sorted(set(twins.values()))
+    dense = [(r, on) for r, w, on in axes.dense_jobs(c) if w == "random"]
+    assert dense == [(src, on) for (r, on), src in axes.random_twins(c, "dense").items() if r == src]
+    assert len(dense) == len(axes.seeds(c, "dense"))
+    from sslstudy.train import build_model
+
+    refs = []
+    for sd in s["seeds"][:2]:
+        states = {}
+        for m in s["methods"]:
+            spec = axes.pretrain_spec(c, next(r for r in axes.ssl_runs(c) if r["method"] == m and r["seed"] == sd))
+            states[m] = build_model(spec, n_train=256).backbone.state_dict()
+        refs.append(states[s["methods"][0]])
+        for m, st in states.items():
+            assert st.keys() == refs[-1].keys() and all(torch.equal(st[k], refs[-1][k]) for k in st), (m, sd)
+    assert not torch.equal(refs[0]["features.0.weight"], refs[1]["features.0.weight"])  # the seed does change them

@@ -195,6 +195,24 @@ def test_seeds_below_random_are_flagged_by_the_paired_difference():
     assert suspects(pd.DataFrame(noisy), pd.DataFrame()).empty  # lower on average but inconclusive
 
 
+def test_runs_of_a_seed_share_the_one_evaluation_of_their_random_weights():
+    """share_random: a run whose random weights the seed's first run evaluated gets those rows under
+    its own ids (random_of names the evaluated run); rows a run has of its own are kept as they are."""
+    from sslstudy.report.tables import share_random
+
+    c = load(ROOT / "params/study.yaml")
+    src, moco, moco1 = (f"{m}/natural_frac1_clean/seed{s}" for m, s in (("simclr", 0), ("moco", 0), ("moco", 1)))
+    rows = pd.DataFrame(frozen_rows(src, 0.8, random=0.4) + frozen_rows(moco, 0.6, random=0.9)[:4]
+                        + frozen_rows(moco1, 0.6, seed=1)[:4])  # moco: pretrained rows only; seed 1: no evaluated random
+    out = share_random(rows, c, "frozen")
+    got = out[(out["run"] == moco) & (out["weights"] == "random")]
+    assert len(got) == 4 and got["value"].eq(0.4).all() and got["method"].eq("moco").all() and got["random_of"].eq(src).all()
+    assert out[out["run"] == moco1]["weights"].eq("pretrained").all()  # its seed's random weights were not evaluated
+    assert len(out) == len(rows) + 4 and out["run"].nunique() == 3  # no run only the random rows name
+    own = pd.DataFrame(frozen_rows(src, 0.8) + frozen_rows(moco, 0.6, random=0.45))
+    assert share_random(own, c, "frozen").equals(own)
+
+
 # ----------------------------------------------------------------------------- figures
 from study_tables import METHODS, study  # noqa: E402
 

@@ -131,8 +131,9 @@ def eval_domains(model: dict) -> list[str]:
 def evaluations(config: dict) -> list[tuple[str, str, str]]:
     """Frozen evaluations as (model id, weights, evaluation domain), without duplicates."""
     s, ref = config["study"], reference_subset(config)
-    out = [(run_id(m, d, subset_tag(v), sd), w, d) for m in s["methods"] for d in s["domains"] for v in s["subsets"]
-           for sd in s["seeds"] for w in ("pretrained", "random")]
+    out = [(run_id(m, d, subset_tag(v), sd), "pretrained", d) for m in s["methods"] for d in s["domains"]
+           for v in s["subsets"] for sd in s["seeds"]]
+    out += [(src, "random", on) for (rid, on), src in random_twins(config, "frozen").items() if rid == src]
     if qualities(config):
         out += [(run_id(m, d, quality_subset(config), sd, ql), "pretrained", d) for m in pick(config, "quality", "methods")
                 for d in pick(config, "quality", "domains") for ql in [CLEAN, *qualities(config)] for sd in seeds(config, "quality")]
@@ -149,6 +150,26 @@ def evaluations(config: dict) -> list[tuple[str, str, str]]:
             if g["supervised"]:
                 out.append((supervised_model(d, ALL, sd)["id"], "pretrained", d))
     return list(dict.fromkeys(out))
+
+
+def random_twins(config: dict, kind: str) -> dict[tuple[str, str], str]:
+    """(run id, domain) of every run compared with its random weights (the eight-method comparison's
+    runs for kind "frozen", the dense axis's for "dense") -> the run whose evaluation of them it shares.
+    Every run of a seed starts from the same backbone weights (train.build_model seeds the backbone
+    before building anything else), so they are evaluated once per seed and domain, by the first run."""
+    if kind == "frozen":
+        s = config["study"]
+        wanted = [(m, d, subset_tag(v), sd) for m in s["methods"] for d in s["domains"] for v in s["subsets"] for sd in s["seeds"]]
+    elif config["dense"]["enabled"]:
+        wanted = [(m, d, reference_subset(config), sd) for d in pick(config, "dense", "domains")
+                  for sd in seeds(config, "dense") for m in pick(config, "dense", "methods")]
+    else:
+        wanted = []
+    first, out = {}, {}
+    for m, d, sub, sd in wanted:
+        rid = run_id(m, d, sub, sd)
+        out[(rid, d)] = first.setdefault((sd, d), rid)
+    return out
 
 
 def lowshot_jobs(config: dict) -> list[tuple[str, str]]:
@@ -177,15 +198,18 @@ def cluster_runs(config: dict) -> list[str]:
 
 def dense_jobs(config: dict) -> list[tuple[str, str, str]]:
     """Dense evaluations as (model id, weights, domain): each dense method's run on the reference
-    subset, pretrained and random, and the supervised network with all labels where trained."""
+    subset, pretrained, the random weights once per seed (random_twins), and the supervised network
+    with all labels where trained."""
     d = config["dense"]
     if not d["enabled"]:
         return []
-    ref, trained = reference_subset(config), models(config)
+    ref, trained, twins = reference_subset(config), models(config), random_twins(config, "dense")
     out = []
     for dom in pick(config, "dense", "domains"):
         for sd in seeds(config, "dense"):
-            out += [(run_id(m, dom, ref, sd), w, dom) for m in pick(config, "dense", "methods") for w in ("pretrained", "random")]
+            for m in pick(config, "dense", "methods"):
+                rid = run_id(m, dom, ref, sd)
+                out += [(rid, "pretrained", dom)] + ([(rid, "random", dom)] if twins[(rid, dom)] == rid else [])
             sup = supervised_model(dom, ALL, sd)["id"]
             if d["supervised"] and sup in trained:
                 out.append((sup, "pretrained", dom))

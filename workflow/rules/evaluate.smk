@@ -7,7 +7,8 @@
 #   (sslstudy.eval.dense; the masks are masks.npy in the domain's packed folder);
 # * embeddings/<weights>_on_<domain>.npz: train/val/test embedded once (sslstudy.eval.features), read
 #   by fusion and the few-label linear probe instead of embedding the checkpoint again.
-# `random` is the run's epoch-0 checkpoint (the same backbone at its random initialisation);
+# `random` is the run's epoch-0 checkpoint (the same backbone at its random initialisation), evaluated
+# by the first run of each seed and domain only (axes.random_twins; the report shares its rows);
 # ep000.pt is written by pretraining but not declared (see pretrain.smk): both wait for final.pt.
 
 

@@ -215,6 +215,9 @@ def build_report(inputs: dict[str, list[Path]], config: dict, out: Path, caption
     curves (run id -> metrics.jsonl), benchmarks ((rule, TSV) of each job), datasets (evaluation
     domain -> packed folder, drawn as contact sheets) and data_dvc (its hash is shown)."""
     t = {k: tables.load(v) for k, v in inputs.items()}
+    for kind in ("frozen", "dense"):  # random weights evaluated once per seed: every run's rows
+        if kind in t:
+            t[kind] = tables.share_random(t[kind], config, kind)
     frozen = t["frozen"]
     if frozen.empty:
         raise UserError("no frozen evaluation tables given; the study has no runs (check study: in params)")

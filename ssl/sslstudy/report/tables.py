@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 
 from .. import stats
-from ..axes import SUPERVISED, pick, pools, qualities, quality_subset, reference_subset
-from ..names import KINDS, parse_quality
+from ..axes import SUPERVISED, models, pick, pools, qualities, quality_subset, random_twins, reference_subset
+from ..names import KINDS, RUN_FIELDS, parse_quality
 from ..errors import UserError
 from . import suspects
 
@@ -24,6 +24,23 @@ def require(paths, what: str) -> None:
 def load(paths: list[Path]) -> pd.DataFrame:
     require(paths, "evaluation table")
     return pd.concat([pd.read_csv(p) for p in paths], ignore_index=True) if paths else pd.DataFrame()
+
+
+def share_random(df: pd.DataFrame, config: dict, kind: str) -> pd.DataFrame:
+    """The table (kind frozen or dense) with every run's random-weights rows: a run whose random
+    weights another run evaluated (axes.random_twins) gets a copy of that run's rows under its own
+    ids, with the evaluated run in column `random_of` (runs the table has pretrained rows of)."""
+    if df.empty or "weights" not in df:
+        return df
+    rand, trained, add = df[df["weights"] == "random"], models(config), []
+    have = set(zip(rand["run"], rand["eval_domain"]))
+    evaluated = set(zip(df["run"], df["eval_domain"]))
+    for (rid, on), src in random_twins(config, kind).items():
+        if (rid, on) in have or (rid, on) not in evaluated or (src, on) not in have:
+            continue
+        ids = {k: trained[rid][k] for k in RUN_FIELDS}
+        add.append(rand[(rand["run"] == src) & (rand["eval_domain"] == on)].assign(run=rid, random_of=src, **ids))
+    return pd.concat([df, *add], ignore_index=True) if add else df
 
 
 def finest(df: pd.DataFrame) -> pd.DataFrame:

@@ -16,7 +16,6 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/lowshot.smk"
 include: "workflow/rules/supervised.smk"
 include: "workflow/rules/fusion.smk"
-include: "workflow/rules/clustering.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -17,11 +17,10 @@ import pandas as pd
 # What each stage's `sslstudy` command imports before it does any work (sslstudy/cli.py).
 IMPORTS = {
     "pretrain": "sslstudy.launch, sslstudy.train",
-    "evaluate": "torch, sslstudy.eval.frozen, sslstudy.train",  # + sslstudy.eval.dense for models with dense evaluations
+    "evaluate": "torch, sslstudy.eval.frozen, sslstudy.train",  # + eval.dense / eval.checkpoint_clustering where the model has them
     "lowshot": "torch, sslstudy.eval.lowshot, sslstudy.train",
     "supervised": "torch, sslstudy.eval.lowshot, sslstudy.models, sslstudy.train",
     "fusion": "torch, sslstudy.eval.fusion, sslstudy.train",
-    "clustering": "torch, sslstudy.eval.checkpoint_clustering",
     "subset": "sslstudy.data.packed, sslstudy.data.subsets",
     "corrupt": "sslstudy.data.corrupt",
     "pool": "sslstudy.data.pool",

@@ -267,11 +267,13 @@ def test_one_evaluate_job_per_model_covers_what_every_axis_reads():
              dense=dict(enabled=True, domains=["natural"]))
     plan, both = axes.evaluation_plan(c), [("pretrained", "natural"), ("random", "natural")]
     assert plan == {
-        "simclr/natural_frac1_clean/seed0": dict(frozen=both, dense=both, embed=both + [("pretrained", "aerial")]),
+        "simclr/natural_frac1_clean/seed0": dict(frozen=both, dense=both, embed=both + [("pretrained", "aerial")], cluster=["natural"]),
         "simclr/aerial_frac1_clean/seed0": dict(frozen=[("pretrained", "aerial"), ("random", "aerial")], dense=[],
-                                                embed=[("pretrained", "aerial"), ("random", "aerial"), ("pretrained", "natural")]),
-        "supervised/natural_lall_clean/seed0": dict(frozen=[], dense=[("pretrained", "natural")], embed=[("pretrained", "natural")]),
-        "simclr/natural_frac0.5_clean/seed0": dict(frozen=[], dense=[], embed=[("pretrained", "natural")]),  # few-label linear
+                                                embed=[("pretrained", "aerial"), ("random", "aerial"), ("pretrained", "natural")],
+                                                cluster=["aerial"]),  # the periodic clustering of the method comparison's runs
+        "supervised/natural_lall_clean/seed0": dict(frozen=[], dense=[("pretrained", "natural")], embed=[("pretrained", "natural")],
+                                                    cluster=[]),
+        "simclr/natural_frac0.5_clean/seed0": dict(frozen=[], dense=[], embed=[("pretrained", "natural")], cluster=[]),  # few-label linear
     }
     assert {(r, w, on) for r, p in plan.items() for w, on in p["frozen"]} == set(axes.evaluations(c))
     assert {(r, w, on) for r, p in plan.items() for w, on in p["dense"]} == set(axes.dense_jobs(c))

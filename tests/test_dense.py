@@ -349,6 +349,8 @@ def test_evaluate_names_what_an_evaluation_lacks(masked, tmp_path, capsys):
     for args, needle in [(["--frozen", "pretrained_on_texture"], "pretrained_on_texture needs --dataset texture=DIR"),
                          (["--dense", "random_on_natural"], "random_on_natural needs --checkpoint random=PATH"),
                          (["--frozen", "natural"], "evaluation 'natural': expected <pretrained|random>_on_<domain>"),
+                         (["--cluster", "natural"], "--cluster needs --run-dir"),
+                         (["--cluster", "texture", "--run-dir", str(tmp_path)], "--cluster texture needs --dataset texture=DIR"),
                          ([], "nothing to do")]:
         assert _evaluate(masked, dict(pretrained=ckpt["pretrained"]), tmp_path / "eval", *args) == 2
         err = capsys.readouterr().err.strip()

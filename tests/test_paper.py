@@ -58,7 +58,8 @@ def test_the_profile_gives_the_paper_its_resources(tmp_path):
     launches = {}  # command -> the --launch JSON of each of its jobs
     for m in re.finditer(r"sslstudy ([\w-]+) .*?--launch '([^']+)'", p.stdout):
         launches.setdefault(m.group(1), []).append(json.loads(m.group(2)))
-    assert {"pretrain", "evaluate", "lowshot", "supervised", "fusion", "cluster-checkpoints"} <= set(launches), sorted(launches)
+    assert {"pretrain", "evaluate", "lowshot", "supervised", "fusion"} <= set(launches), sorted(launches)
+    assert re.search(r"sslstudy evaluate .*--cluster \S+ --run-dir results/runs/", p.stdout)  # periodic clustering in its evaluate job
     pre = {json.dumps(slurm_parameters(la, PRETRAIN), sort_keys=True) for la in launches["pretrain"]}
     assert [json.loads(x) for x in pre] == [dict(timeout_min=2880, nodes=1, gpus_per_node=8, tasks_per_node=8, cpus_per_task=8,
                                                  mem_gb=480, slurm_signal_delay_s=90)]

@@ -98,13 +98,14 @@ def test_axes_produce_their_data(tiny_study, tiny_data):
     assert (run_dir / "job.json").is_file() and (run_dir / "train.log").is_file()
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
     wall = pd.read_csv(wf / "results/tables/walltime.csv")
-    assert {"pretrain", "evaluate", "lowshot", "supervised", "fusion", "clustering", "corrupt", "pool"} <= set(wall["stage"])
+    assert {"pretrain", "evaluate", "lowshot", "supervised", "fusion", "corrupt", "pool"} <= set(wall["stage"])
     jobs = wall.set_index("stage")["jobs"]
     assert jobs["pretrain"] == 6 and jobs["evaluate"] == 8 and jobs["lowshot"] == 4  # the study's, not the stale file
-    # one evaluate folder per model: the plain grid's run has frozen, dense and embedding caches (fusion reads aerial)
+    # one evaluate folder per model: the plain grid's run has frozen, dense, periodic clustering and
+    # embedding caches (fusion reads aerial)
     folder = wf / "results/eval" / RUN
     assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("[!.]*") if p.is_file()) == [
-        "dense.csv", *(f"embeddings/{e}.npz" for e in ("pretrained_on_aerial", "pretrained_on_natural", "random_on_natural")),
+        "clusters.csv", "dense.csv", *(f"embeddings/{e}.npz" for e in ("pretrained_on_aerial", "pretrained_on_natural", "random_on_natural")),
         "frozen.csv"]
     frozen = pd.read_csv(folder / "frozen.csv")
     assert set(zip(frozen["weights"], frozen["eval_domain"])) == {("pretrained", "natural"), ("random", "natural"),
@@ -125,9 +126,9 @@ def test_dry_run_lists_dag_and_lint_is_clean(tiny_study):
     wf, _ = tiny_study
     p = run(["snakemake", "-n", "--forceall", "--configfile", "tiny.yaml"], cwd=wf)
     n = counts(p.stdout + p.stderr)
-    # evaluate: one per evaluated model; lowshot: one per (run, mode), every labelled count
+    # evaluate: one per evaluated model (its periodic clustering included); lowshot: one per (run, mode)
     assert n == dict(subset=4, corrupt=2, pool=1, pretrain=6, evaluate=8, lowshot=4, supervised=3, fusion=4,
-                     clustering=2, report=1, all=1, total=36), n
+                     report=1, all=1, total=34), n
     lint = run(["snakemake", "--lint", "--configfile", "tiny.yaml"], cwd=wf)
     assert "Congratulations, your workflow is in a good condition!" in lint.stdout + lint.stderr
 

@@ -221,14 +221,18 @@ def fusion_domains(a: dict, b: dict) -> list[str]:
     return list(dict.fromkeys(eval_domains(a) + eval_domains(b)))
 
 
-def evaluation_plan(config: dict) -> dict[str, dict[str, list[tuple[str, str]]]]:
+def evaluation_plan(config: dict) -> dict[str, dict[str, list]]:
     """Each evaluated model's one evaluate job, by model id: its frozen and dense evaluations as
-    (weights, domain), and every (weights, domain) it embeds: the frozen ones and the embedding
-    caches fusion and the few-label linear probe read (pretrained weights)."""
+    (weights, domain), every (weights, domain) it embeds (the frozen ones and the embedding caches
+    fusion and the few-label linear probe read, pretrained weights), and the domains its every
+    checkpoint is clustered on (cluster: runs of the clustering axis, else empty)."""
     plan: dict = {}
 
+    def entry(rid: str) -> dict:
+        return plan.setdefault(rid, dict(frozen=[], dense=[], embed=[], cluster=[]))
+
     def add(rid: str, kind: str, weights: str, on: str) -> None:
-        jobs = plan.setdefault(rid, dict(frozen=[], dense=[], embed=[]))[kind]
+        jobs = entry(rid)[kind]
         if (weights, on) not in jobs:
             jobs.append((weights, on))
 
@@ -245,6 +249,8 @@ def evaluation_plan(config: dict) -> dict[str, dict[str, list[tuple[str, str]]]]
     for rid, mode in lowshot_jobs(config):
         if mode == "linear":
             add(rid, "embed", "pretrained", trained[rid]["domain"])
+    for rid in cluster_runs(config):
+        entry(rid)["cluster"] = eval_domains(trained[rid])
     return plan
 
 

@@ -108,8 +108,13 @@ def cmd_evaluate(a) -> None:
     checkpoints, datasets = dict(split_named(a.checkpoint)), dict(split_named(a.dataset))
     frozen, dense = [names.parse_evaluation(e) for e in a.frozen], [names.parse_evaluation(e) for e in a.dense]
     embed = list(dict.fromkeys(frozen + [names.parse_evaluation(e) for e in a.embed]))
-    if not embed + dense:
+    if not embed + dense + a.cluster:
         raise UserError("evaluate: nothing to do; name evaluations (<weights>_on_<domain>) with --frozen, --dense or --embed")
+    if a.cluster and a.run_dir is None:
+        raise UserError("evaluate --cluster needs --run-dir (the pretraining run whose checkpoints are clustered)")
+    for on in a.cluster:
+        if on not in datasets:
+            raise UserError(f"evaluate: --cluster {on} needs --dataset {on}=DIR")
     for w, on in embed + dense:
         if w not in checkpoints:
             raise UserError(f"evaluate: {names.evaluation(w, on)} needs --checkpoint {w}=PATH")
@@ -125,8 +130,14 @@ def cmd_evaluate(a) -> None:
             domains = {kind: [on for w, on in pairs if w == weights] for kind, pairs in
                        dict(embed=embed, frozen=frozen, dense=dense).items()}
             _evaluate_checkpoint(a, weights, checkpoints[weights], datasets, domains, device, out, tables)
-        for kind, file in (("frozen", names.FROZEN_FILE), ("dense", names.DENSE_FILE)):
-            if tables[kind]:
+        if a.cluster:
+            from .data.packed import load_dataset
+            from .eval.checkpoint_clustering import cluster_checkpoints
+
+            df = cluster_checkpoints(a.run_dir, [load_dataset(datasets[on]) for on in a.cluster], json.loads(a.eval), a.size, device)
+            tables["clusters"] = [_with_ids(df, dict(run=a.run, **json.loads(a.ids)))]
+        for kind, file in (("frozen", names.FROZEN_FILE), ("dense", names.DENSE_FILE), ("clusters", names.CLUSTERS_FILE)):
+            if tables.get(kind):
                 _write_csv(out / file, pd.concat(tables[kind], ignore_index=True))
 
 
@@ -286,19 +297,6 @@ def cmd_fusion(a) -> None:
     _write_csv(a.out, _with_ids(df, dict(pair=f"{a.name_a} + {a.name_b}", seed=a.seed, eval_domain=ds.name)))
 
 
-def cmd_cluster_checkpoints(a) -> None:
-    import torch
-
-    from .data.packed import load_dataset
-    from .eval.checkpoint_clustering import cluster_checkpoints
-
-    torch.set_num_threads(a.threads)
-    from .eval.features import eval_device
-
-    df = cluster_checkpoints(a.run_dir, [load_dataset(d) for d in a.datasets], json.loads(a.eval), a.size, eval_device(a.device))
-    _write_csv(a.out, _with_ids(df, dict(run=a.run, **json.loads(a.ids))))
-
-
 def _axis_parsers(sub) -> None:
     s = sub.add_parser("corrupt", help="write a corrupted copy of a packed domain (quality axis)")
     s.add_argument("--dataset", type=Path, required=True)
@@ -338,12 +336,6 @@ def _axis_parsers(sub) -> None:
     s.add_argument("--name-b", required=True)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(fn=cmd_fusion)
-
-    s = sub.add_parser("cluster-checkpoints", help="faiss k-means NMI/ARI of every checkpoint of a run")
-    s.add_argument("--run-dir", type=Path, required=True)
-    s.add_argument("--datasets", type=Path, nargs="+", required=True)
-    _eval_options(s, checkpoint=False, dataset=False)
-    s.set_defaults(fn=cmd_cluster_checkpoints)
 
 
 def _eval_options(s, checkpoint: bool = True, dataset: bool = True, out: str = "the table to write (CSV)") -> None:
@@ -430,7 +422,7 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("evaluate", help="one model's kNN, linear and k-means scores at every label level, dense probe and "
                        "correspondence score, and embedding caches, into one folder")
     _eval_options(s, checkpoint=False, dataset=False,
-                  out="the model's folder (names.EVAL_DIR): frozen.csv, dense.csv, embeddings/; replaced when done")
+                  out="the model's folder (names.EVAL_DIR): frozen.csv, dense.csv, clusters.csv, embeddings/; replaced when done")
     s.add_argument("--checkpoint", nargs="+", required=True, metavar="WEIGHTS=PT",
                    help="the checkpoint of each weights label, e.g. pretrained=final.pt random=checkpoints/ep000.pt")
     s.add_argument("--dataset", nargs="+", required=True, metavar="DOMAIN=DIR", help="the packed folder of each domain")
@@ -438,6 +430,9 @@ def parser() -> argparse.ArgumentParser:
                    help="<weights>_on_<domain>: embed and score (frozen table), e.g. pretrained_on_natural")
     s.add_argument("--dense", nargs="*", default=[], metavar="EVALUATION", help="<weights>_on_<domain>: dense table")
     s.add_argument("--embed", nargs="*", default=[], metavar="EVALUATION", help="<weights>_on_<domain>: embedding cache only")
+    s.add_argument("--cluster", nargs="*", default=[], metavar="DOMAIN",
+                   help="periodic clustering: every checkpoints/epNNN.pt of --run-dir clustered on these domains (clusters.csv)")
+    s.add_argument("--run-dir", type=Path, help="the pretraining run whose checkpoints --cluster reads")
     s.add_argument("--dense-eval", default="{}", help="JSON: dense settings (the config's dense block)")
     s.add_argument("--views", default="{}", help="JSON: the view of the correspondence score (ViewSpec fields)")
     s.set_defaults(fn=cmd_evaluate)

@@ -147,7 +147,6 @@ JOBS = dict(
     lowshot="{run}/{mode}",  # every labelled count of one mode
     supervised="{domain}_{labels}/seed{seed}",
     fusion="seed{seed}/{a}/{b}/on_{on}",
-    clustering="{run}",
 )
 
 
@@ -198,11 +197,12 @@ _EPOCH = re.compile(r"^ep([0-9]{3,})\.pt$")
 EVALUATION = "{weights}_on_{on}"
 _EVALUATION = re.compile(rf"^({WILDCARDS['weights']})_on_({WILDCARDS['on']})$")
 #: The evaluate job's folder (one per model): the frozen table, the dense table (models with dense
-#: evaluations) and the embedding caches of train/val/test (sslstudy.eval.features), one per evaluation,
+#: evaluations), the periodic clustering table (runs of the clustering axis) and the embedding caches of train/val/test (sslstudy.eval.features), one per evaluation,
 #: read by fusion and the few-label linear probe.
 EVAL_DIR = f"results/eval/{JOBS['evaluate']}"
 FROZEN_FILE = "frozen.csv"
 DENSE_FILE = "dense.csv"
+CLUSTERS_FILE = "clusters.csv"
 EMBEDDINGS_FILE = f"embeddings/{EVALUATION}.npz"
 EVAL_TABLE = f"{EVAL_DIR}/{FROZEN_FILE}"
 DENSE_TABLE = f"{EVAL_DIR}/{DENSE_FILE}"
@@ -210,7 +210,7 @@ EMBEDDINGS = f"{EVAL_DIR}/{EMBEDDINGS_FILE}"
 LOWSHOT_TABLE = f"results/lowshot/{JOBS['lowshot']}.csv"
 SUPERVISED_TABLE = f"{SUPERVISED_DIR}/scores.csv"
 FUSION_TABLE = f"results/fusion/{JOBS['fusion']}.csv"
-CLUSTERS_TABLE = f"results/clusters/{JOBS['clustering']}.csv"
+CLUSTERS_TABLE = f"{EVAL_DIR}/{CLUSTERS_FILE}"
 
 
 def evaluation(weights: str, on: str) -> str:

@@ -22,7 +22,7 @@ except UserError as e:
 
 SIZE = C["pretrain"]["views"]["size"]  # every evaluation is on clean images at this side
 THREADS = C["pretrain"]["threads"]
-# launch.evaluate=executor: each evaluation-type job (evaluate, lowshot, supervised, fusion, clustering)
+# launch.evaluate=executor: each evaluation-type job (evaluate, lowshot, supervised, fusion)
 # runs its sslstudy command as a submitit job on launch.executor; the Snakemake job only waits.
 EVAL_REMOTE = C["launch"]["evaluate"] == "executor"
 EVAL_THREADS = 1 if EVAL_REMOTE else THREADS  # what Snakemake reserves
@@ -99,14 +99,18 @@ def eval_checkpoints(w):
 def eval_domains_of(w):
     """The domains the evaluate job of w reads."""
     p = plan_of(w)
-    return list(dict.fromkeys(on for _, on in p["embed"] + p["dense"]))
+    return list(dict.fromkeys([on for _, on in p["embed"] + p["dense"]] + p["cluster"]))
 
 
 def eval_evaluations(w):
-    """--frozen/--dense/--embed: what the job computes (embed: caches no frozen table row needs)."""
+    """--frozen/--dense/--embed: what the job computes (embed: caches no frozen table row needs);
+    --cluster: the domains every checkpoint of the run (--run-dir) is clustered on."""
     p = plan_of(w)
     lists = dict(frozen=p["frozen"], dense=p["dense"], embed=[e for e in p["embed"] if e not in p["frozen"]])
-    return " ".join(f"--{k} " + " ".join(names.evaluation(*e) for e in v) for k, v in lists.items() if v)
+    out = [f"--{k} " + " ".join(names.evaluation(*e) for e in v) for k, v in lists.items() if v]
+    if p["cluster"]:
+        out.append(f"--cluster {' '.join(p['cluster'])} --run-dir {names.model_dir(run_of(w))}")
+    return " ".join(out)
 
 
 def eval_dir_of(m):
@@ -152,4 +156,4 @@ def fusion_tables():
 
 
 def cluster_tables():
-    return [names.CLUSTERS_TABLE.format(run=rid) for rid in axes.cluster_runs(C)]
+    return [names.CLUSTERS_TABLE.format(run=rid) for rid, p in PLAN.items() if p["cluster"]]

@@ -5,6 +5,8 @@
 # * dense.csv (dense axis): a frozen 1x1-conv probe on the backbone's last feature map (mIoU, pixel
 #   accuracy per mask level) and the label-free correspondence score of DenseCL's matching
 #   (sslstudy.eval.dense; the masks are masks.npy in the domain's packed folder);
+# * clusters.csv (clustering axis): every saved checkpoints/epNNN.pt of the run embedded and clustered
+#   with faiss k-means (K = classes per level), NMI/ARI vs epoch (sslstudy.eval.checkpoint_clustering);
 # * embeddings/<weights>_on_<domain>.npz: train/val/test embedded once (sslstudy.eval.features), read
 #   by fusion and the few-label linear probe instead of embedding the checkpoint again.
 # `random` is the run's epoch-0 checkpoint (the same backbone at its random initialisation), evaluated

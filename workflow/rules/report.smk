@@ -2,9 +2,8 @@
 # Every file the report reads is named on its command line.
 from sslstudy.report.dag import benchmarks
 
-# the frozen and dense tables are files in the evaluate folders (the inputs)
-REPORT_TABLES = dict(lowshot=lowshot_tables(), supervised=supervised_tables(), fusion=fusion_tables(),
-                     clusters=cluster_tables())
+# the frozen, dense and clustering tables are files in the evaluate folders (the inputs)
+REPORT_TABLES = dict(lowshot=lowshot_tables(), supervised=supervised_tables(), fusion=fusion_tables())
 EVALUATED = eval_dirs()
 BENCHMARKS = benchmarks(workflow, EVALUATED + [f for files in REPORT_TABLES.values() for f in files])
 # each pretraining run's loss curve (a log of rule pretrain)
@@ -33,6 +32,7 @@ rule report:
         config=q(C),
         frozen=eval_tables(),
         dense=dense_tables(),
+        clusters=cluster_tables(),
         captions=lambda w, input: os.path.dirname(input.captions[0]),
         curves=named(CURVES.items()),
         benchmarks=named((r, f) for f, r in BENCHMARKS.items()),
@@ -45,5 +45,5 @@ rule report:
     shell:
         "sslstudy report --config {params.config} --out {output.html} --captions {params.captions}"
         " --frozen {params.frozen} --lowshot {input.lowshot} --supervised {input.supervised}"
-        " --fusion {input.fusion} --clusters {input.clusters} --dense {params.dense} --curves {params.curves}"
+        " --fusion {input.fusion} --clusters {params.clusters} --dense {params.dense} --curves {params.curves}"
         " --benchmarks {params.benchmarks} --datasets {params.datasets} {params.dvc} 2> {log}"

@@ -109,7 +109,8 @@ def cmd_evaluate(a) -> None:
     frozen, dense = [names.parse_evaluation(e) for e in a.frozen], [names.parse_evaluation(e) for e in a.dense]
     embed = list(dict.fromkeys(frozen + [names.parse_evaluation(e) for e in a.embed]))
     if not embed + dense + a.cluster:
-        raise UserError("evaluate: nothing to do; name evaluations (<weights>_on_<domain>) with --frozen, --dense or --embed")
+        raise UserError("evaluate: nothing to do; name evaluations (<weights>_on_<domain>) with --frozen, --dense or --embed, "
+                        "or domains with --cluster")
     if a.cluster and a.run_dir is None:
         raise UserError("evaluate --cluster needs --run-dir (the pretraining run whose checkpoints are clustered)")
     for on in a.cluster:

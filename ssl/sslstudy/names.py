@@ -197,8 +197,9 @@ _EPOCH = re.compile(r"^ep([0-9]{3,})\.pt$")
 EVALUATION = "{weights}_on_{on}"
 _EVALUATION = re.compile(rf"^({WILDCARDS['weights']})_on_({WILDCARDS['on']})$")
 #: The evaluate job's folder (one per model): the frozen table, the dense table (models with dense
-#: evaluations), the periodic clustering table (runs of the clustering axis) and the embedding caches of train/val/test (sslstudy.eval.features), one per evaluation,
-#: read by fusion and the few-label linear probe.
+#: evaluations), the periodic clustering table (runs of the clustering axis) and the embedding caches
+#: of train/val/test (sslstudy.eval.features), one per evaluation, read by fusion and the few-label
+#: linear probe.
 EVAL_DIR = f"results/eval/{JOBS['evaluate']}"
 FROZEN_FILE = "frozen.csv"
 DENSE_FILE = "dense.csv"

@@ -130,10 +130,8 @@ def eval_domains(model: dict) -> list[str]:
 
 def evaluations(config: dict) -> list[tuple[str, str, str]]:
     """Frozen evaluations as (model id, weights, evaluation domain), without duplicates."""
-    s, ref = config["study"], reference_subset(config)
-    out = [(run_id(m, d, subset_tag(v), sd), "pretrained", d) for m in s["methods"] for d in s["domains"]
-           for v in s["subsets"] for sd in s["seeds"]]
-    out += [(src, "random", on) for (rid, on), src in random_twins(config, "frozen").items() if rid == src]
+    ref, twins = reference_subset(config), random_twins(config, "frozen")  # twins: the method comparison's runs
+    out = [(rid, "pretrained", on) for rid, on in twins] + [(src, "random", on) for (rid, on), src in twins.items() if rid == src]
     if qualities(config):
         out += [(run_id(m, d, quality_subset(config), sd, ql), "pretrained", d) for m in pick(config, "quality", "methods")
                 for d in pick(config, "quality", "domains") for ql in [CLEAN, *qualities(config)] for sd in seeds(config, "quality")]

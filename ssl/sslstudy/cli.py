@@ -125,7 +125,7 @@ def cmd_evaluate(a) -> None:
         raise UserError("evaluate --dense needs --dense-eval (JSON: the config's dense block)")
     torch.set_num_threads(a.threads)
     device = eval_device(a.device)
-    tables = dict(frozen=[], dense=[])
+    tables = dict(frozen=[], dense=[], clusters=[])
     with atomic_dir(a.out) as out:
         for weights in dict.fromkeys(w for w, _ in embed + dense):
             domains = {kind: [on for w, on in pairs if w == weights] for kind, pairs in
@@ -136,9 +136,9 @@ def cmd_evaluate(a) -> None:
             from .eval.checkpoint_clustering import cluster_checkpoints
 
             df = cluster_checkpoints(a.run_dir, [load_dataset(datasets[on]) for on in a.cluster], json.loads(a.eval), a.size, device)
-            tables["clusters"] = [_with_ids(df, dict(run=a.run, **json.loads(a.ids)))]
+            tables["clusters"].append(_with_ids(df, dict(run=a.run, **json.loads(a.ids))))
         for kind, file in (("frozen", names.FROZEN_FILE), ("dense", names.DENSE_FILE), ("clusters", names.CLUSTERS_FILE)):
-            if tables.get(kind):
+            if tables[kind]:
                 _write_csv(out / file, pd.concat(tables[kind], ignore_index=True))
 
 

@@ -1,6 +1,8 @@
 """Where a finished study's time went: per stage, jobs, summed job wall time and CPU seconds from
-Snakemake's benchmark files, split into start-up (interpreter + the stage's imports, measured here
-in fresh interpreters, times the job count) and the rest (reading data and checkpoints, compute).
+Snakemake's benchmark files (plus, for jobs run in the fork server, the CPU seconds their logs
+report), split into start-up (interpreter + the stage's imports, measured here in fresh
+interpreters, times the count of jobs that ran in their own process) and the rest (reading data
+and checkpoints, compute).
 
     PYTHONPATH=ssl .venv/bin/python benchmarks/study_profile.py results/benchmarks
 """
@@ -13,6 +15,8 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+
+from sslstudy.report.tables import forked_cpu
 
 # What each stage's `sslstudy` command imports before it does any work (sslstudy/cli.py).
 IMPORTS = {
@@ -44,13 +48,16 @@ def profile(bench_dir: Path) -> pd.DataFrame:
     rows = []
     for tsv in sorted(bench_dir.rglob("*.tsv")):
         b = pd.read_csv(tsv, sep="\t")
+        forked = forked_cpu(tsv)
         rows.append(dict(stage=tsv.relative_to(bench_dir).parts[0], wall=float(b["s"].iloc[-1]),
-                         cpu=float(b["cpu_time"].iloc[-1])))
+                         cpu=float(b["cpu_time"].iloc[-1]) + forked, own=not forked))
     if not rows:
         raise SystemExit(f"{bench_dir}: no Snakemake benchmark files; run the study first")
-    df = pd.DataFrame(rows).groupby("stage").agg(jobs=("wall", "size"), wall_s=("wall", "sum"), cpu_s=("cpu", "sum"))
+    df = pd.DataFrame(rows).groupby("stage").agg(jobs=("wall", "size"), wall_s=("wall", "sum"), cpu_s=("cpu", "sum"),
+                                                 own=("own", "sum"))
     start = {s: import_cpu_seconds(IMPORTS[s]) if s in IMPORTS else float("nan") for s in df.index}
-    df["startup_cpu_s"] = [min(start[s] * n, c) for s, n, c in zip(df.index, df["jobs"], df["cpu_s"])]
+    # a job run in the fork server imported nothing: only those in their own process pay the imports
+    df["startup_cpu_s"] = [min(start[s] * n, c) for s, n, c in zip(df.index, df.pop("own"), df["cpu_s"])]
     df["rest_cpu_s"] = df["cpu_s"] - df["startup_cpu_s"]
     df = df.sort_values("cpu_s", ascending=False)
     df.loc["total"] = df.sum(numeric_only=True)

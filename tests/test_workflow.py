@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from conftest import copy_workflow, run
+from sslstudy import forkserver
 
 RUN = "simclr/natural_frac1_clean/seed0"
 
@@ -95,11 +96,18 @@ def test_axes_produce_their_data(tiny_study, tiny_data):
     assert low.groupby("labels")["labelled_images"].unique().map(list).to_dict() == {"l1": [64], "lall": [len(fit)]}
     assert set(low["pretrain_images"]) == {len(half)}
     run_dir = wf / "results/runs" / RUN
-    assert (run_dir / "job.json").is_file() and (run_dir / "train.log").is_file()
+    assert (run_dir / "train.log").is_file() and not (run_dir / "job.json").exists()  # inline: no submitit job
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
     wall = pd.read_csv(wf / "results/tables/walltime.csv")
     assert {"pretrain", "evaluate", "lowshot", "supervised", "fusion", "corrupt", "pool"} <= set(wall["stage"])
     jobs = wall.set_index("stage")["jobs"]
+    # the training and evaluation jobs ran in the fork server (launch.forkserver; data jobs that start
+    # before it listens run in their own process), and the time table counts their CPU
+    forked = {stage: [forkserver.worker_cpu(p.read_text()) for p in (wf / "logs" / stage).rglob("*.log")]
+              for stage in ("pretrain", "evaluate", "lowshot", "supervised", "fusion")}
+    assert {stage: len(cpu) for stage, cpu in forked.items()} == jobs[list(forked)].to_dict()
+    assert all(c > 0 for cpu in forked.values() for c in cpu), forked
+    assert wall.set_index("stage")["cpu_total"]["pretrain"] >= sum(forked["pretrain"])
     assert jobs["pretrain"] == 6 and jobs["evaluate"] == 8 and jobs["lowshot"] == 4  # the study's, not the stale file
     # one evaluate folder per model: the plain grid's run has frozen, dense, periodic clustering and
     # embedding caches (fusion reads aerial)

@@ -493,6 +493,12 @@ def _strip_launch(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the console command: in the study's fork server if one answers (sslstudy.forkserver)
+        from .forkserver import run
+
+        code = run(sys.argv[1:])
+        if code is not None:
+            return code
     a = parser().parse_args(argv)
     if a.cmd != "pretrain" and getattr(a, "launch", None):
         if a.job_dir is None:

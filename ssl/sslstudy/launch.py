@@ -1,4 +1,4 @@
-"""Jobs through submitit: in-process (debug), a local subprocess, or SLURM.
+"""Jobs in the launcher's process (inline), or through submitit: in-process (debug), a local subprocess, or SLURM.
 
 One job folder holds one job at a time: its id is stored in `job.json`, a restarted launcher
 re-attaches to a queued or running SLURM job instead of submitting a second one, and a job that
@@ -70,6 +70,7 @@ class PretrainJob(submitit.helpers.Checkpointable):
 
 # ----------------------------------------------------------------------------- executors
 PRETRAIN, EVALUATION = "pretrain", "evaluation"  # the kinds of job; their resources: launch.<kind>
+INLINE = "inline"  # launch.executor without submitit: the job runs in the launcher's process
 
 
 def tasks_per_node(launch: dict, kind: str) -> int:
@@ -201,6 +202,8 @@ def run_job(fn: Callable, folder: Path, launch: dict, threads: int, what: str, k
     A re-attached job's result is used only if `valid(result)` (e.g. its files still exist)."""
     folder = Path(folder)
     with _folder_lock(folder):
+        if launch["executor"] == INLINE:
+            return fn()
         job = _reattach(folder, launch)
         if job is not None:
             try:

@@ -159,8 +159,17 @@ def log(rule: str) -> str:
     return f"{job_dir(rule)}.log"
 
 
+FORKSERVER_LOG = "logs/forkserver.log"  # the preloaded server's own messages (sslstudy.forkserver)
+
+
 def benchmark(rule: str) -> str:
     return f"results/benchmarks/{rule}/{JOBS[rule]}.tsv"
+
+
+def benchmark_log(tsv: str | os.PathLike) -> str | None:
+    """The log of the job whose benchmark file is `tsv` (.../results/benchmarks/R/J.tsv -> .../logs/R/J.log)."""
+    head, sep, tail = str(tsv).rpartition("results/benchmarks/")
+    return f"{head}logs/{tail.removesuffix('.tsv')}.log" if sep else None
 
 
 # packed datasets (sslstudy.data.packed)

@@ -157,3 +157,16 @@ def fusion_tables():
 
 def cluster_tables():
     return [names.CLUSTERS_TABLE.format(run=rid) for rid, p in PLAN.items() if p["cluster"]]
+
+
+# launch.forkserver: one process imports torch and sslstudy once for this run's jobs, which fork it
+# (sslstudy.forkserver; it exits with Snakemake). Not for SLURM runs, whose jobs run elsewhere.
+FORKSERVER = (C["launch"]["forkserver"] and C["launch"]["executor"] != "slurm" and workflow.local_exec
+              and not workflow.remote_exec and not workflow.subprocess_exec)
+
+
+onstart:
+    if FORKSERVER:
+        from sslstudy import forkserver
+
+        forkserver.start(names.FORKSERVER_LOG)

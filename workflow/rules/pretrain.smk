@@ -1,5 +1,5 @@
 # One run = method x domain view (subset, quality, pool) x seed. A local rule: the compute goes
-# through submitit (debug / local / slurm from launch.executor); a rerun resumes from checkpoints/last.pt.
+# in the job (launch.executor inline) or through submitit (debug / local / slurm); a rerun resumes from checkpoints/last.pt.
 # Only final.pt is declared: Snakemake deletes the declared outputs of a killed or incomplete job, so
 # last.pt and the kept epNNN.pt (ep000.pt = the random weights) are not.
 

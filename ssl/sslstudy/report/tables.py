@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import stats
+from .. import forkserver, names, stats
 from ..axes import SUPERVISED, models, pick, pools, qualities, quality_subset, random_twins, reference_subset
 from ..names import KINDS, RUN_FIELDS, parse_quality
 from ..errors import UserError
@@ -133,13 +133,23 @@ def cells(s: pd.DataFrame, index: list[str], columns: list[str], label: str | No
     return s.pivot_table(index=index, columns=columns, values="cell", aggfunc="first", sort=False).sort_index(axis=1)
 
 
+def forked_cpu(tsv) -> float:
+    """CPU seconds the job of benchmark file `tsv` spent in the fork server (from its log; 0 if none)."""
+    log = names.benchmark_log(tsv)
+    try:
+        return forkserver.worker_cpu(Path(log).read_text(errors="replace")) if log else 0.0
+    except OSError:
+        return 0.0
+
+
 def walltime(benchmarks: list[tuple[str, Path]]) -> pd.DataFrame:
-    """Per-stage wall time from Snakemake's benchmark files, given as (rule, file) of each job."""
+    """Per-stage wall time from Snakemake's benchmark files, given as (rule, file) of each job; CPU
+    seconds from them plus what the job's log says its command used in the fork server."""
     require([f for _, f in benchmarks], "benchmark file")
     rows = []
     for stage, f in benchmarks:
         t = pd.read_csv(f, sep="\t")
-        rows.append(dict(stage=stage, seconds=float(t["s"].iloc[-1]), cpu=float(t["cpu_time"].iloc[-1])))
+        rows.append(dict(stage=stage, seconds=float(t["s"].iloc[-1]), cpu=float(t["cpu_time"].iloc[-1]) + forked_cpu(f)))
     if not rows:
         return pd.DataFrame()
     d = pd.DataFrame(rows).groupby("stage").agg(jobs=("seconds", "count"), wall_total=("seconds", "sum"),

@@ -122,10 +122,12 @@ def test_no_server_means_the_command_runs_in_its_own_process(tiny_data, tmp_path
 def test_the_server_ends_with_its_parent(tmp_path):
     """start() (Snakemake's onstart) in a process that then exits: the server removes its socket and
     folder and exits too."""
-    code = ("import sys, time; from sslstudy import forkserver; p = forkserver.start(sys.argv[1]); print(p, flush=True); "
-            "[time.sleep(0.1) for _ in range(600) if not __import__('os').path.exists(p)]")
+    code = ("import os, sys; from sslstudy import forkserver; p = forkserver.start(sys.argv[1]); "
+            "print(p, os.path.exists(p), os.environ[forkserver.ENV] == p)")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "fs.log")], capture_output=True, text=True,
-                         check=True, timeout=120)
-    sock = Path(out.stdout.strip())
+                         check=True, timeout=180)
+    path, listening, exported = out.stdout.split()
+    assert listening == exported == "True"  # start() returns once the server listens
+    sock = Path(path)
     wait_for(lambda: not sock.parent.exists(), "the server to end", 30)
     assert (tmp_path / "fs.log").read_text() == ""

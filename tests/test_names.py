@@ -75,3 +75,10 @@ def test_dataset_and_checkpoint_names(study):
     assert names.random_weights(run).endswith(f"/{names.CHECKPOINTS}/ep000.pt")
     assert [names.checkpoint_epoch(names.epoch_checkpoint(e)) for e in (0, 7, 120)] == [0, 7, 120]
     assert names.checkpoint_epoch(names.FINAL) is None
+
+
+def test_a_jobs_log_is_named_by_its_benchmark_file():
+    for rule in names.JOBS:
+        assert names.benchmark_log(names.benchmark(rule)) == names.log(rule)
+        assert names.benchmark_log(f"/study/{names.benchmark(rule)}") == f"/study/{names.log(rule)}"
+    assert names.benchmark_log("elsewhere/x.tsv") is None

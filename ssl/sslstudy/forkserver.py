@@ -253,9 +253,10 @@ def _exit(code: int) -> None:
 
 
 # ----------------------------------------------------------------------------- from Snakemake
-def start(log: str) -> str:
-    """Start a server for this process's jobs (a child that exits when this process does) and export
-    its socket's path, which it returns. Jobs that start before it listens run in their own process."""
+def start(log: str, wait_s: float = 120) -> str | None:
+    """Start a server for this process's jobs (a child that exits when this process does), wait until
+    it listens, and export its socket's path, which it returns; None (nothing exported: the jobs run
+    in their own processes) if it ended or did not listen within wait_s (its log says why)."""
     import subprocess
     import tempfile
 
@@ -264,8 +265,13 @@ def start(log: str) -> str:
     env.pop(ENV, None)
     os.makedirs(os.path.dirname(log) or ".", exist_ok=True)
     with open(log, "ab") as err:
-        subprocess.Popen([sys.executable, "-m", "sslstudy.forkserver", path], env=env, stdin=subprocess.DEVNULL,
-                         stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen([sys.executable, "-m", "sslstudy.forkserver", path], env=env,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+    deadline = time.time() + wait_s
+    while not os.path.exists(path):
+        if proc.poll() is not None or time.time() > deadline:
+            return None
+        time.sleep(0.05)
     os.environ[ENV] = path
     return path
 

@@ -169,4 +169,6 @@ onstart:
     if FORKSERVER:
         from sslstudy import forkserver
 
-        forkserver.start(names.FORKSERVER_LOG)
+        if forkserver.start(names.FORKSERVER_LOG) is None:
+            print(f"sslstudy: the fork server did not start (see {names.FORKSERVER_LOG}); every job imports torch itself",
+                  file=sys.stderr)

@@ -18,12 +18,14 @@ import pandas as pd
 
 from sslstudy.report.tables import forked_cpu
 
-# What each stage's `sslstudy` command imports before it does any work (sslstudy/cli.py).
+# What each stage's `sslstudy` command imports before it does any work (sslstudy/cli.py); torch._dynamo:
+# what a process's first torch.optim optimizer imports (pretraining, fine-tuning; the dense probe too,
+# in the evaluate jobs of the dense axis, not counted here; the linear probe has its own SGD).
 IMPORTS = {
-    "pretrain": "sslstudy.launch, sslstudy.train",
+    "pretrain": "sslstudy.launch, sslstudy.train, torch._dynamo",
     "evaluate": "torch, sslstudy.eval.frozen, sslstudy.train",  # + eval.dense / eval.checkpoint_clustering where the model has them
-    "lowshot": "torch, sslstudy.eval.lowshot, sslstudy.train",
-    "supervised": "torch, sslstudy.eval.lowshot, sslstudy.models, sslstudy.train",
+    "lowshot": "torch, sslstudy.eval.lowshot, sslstudy.train, torch._dynamo",
+    "supervised": "torch, sslstudy.eval.lowshot, sslstudy.models, sslstudy.train, torch._dynamo",
     "fusion": "torch, sslstudy.eval.fusion, sslstudy.train",
     "subset": "sslstudy.data.packed, sslstudy.data.subsets",
     "corrupt": "sslstudy.data.corrupt",

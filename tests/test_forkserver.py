@@ -94,10 +94,11 @@ def _worker_of(server_proc) -> psutil.Process:
     return found[0]
 
 
-@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
 def test_a_stopped_client_stops_its_worker(server, tiny_data, tmp_path, how):
-    """SIGTERM to the client is forwarded (the client exits as its worker did); a client killed outright
-    (SIGKILL: nothing forwarded) takes the worker with it."""
+    """SIGTERM and SIGINT to the client are forwarded (the client exits as its worker did: 128 + the
+    signal, as a shell reports it); a client killed outright (SIGKILL: nothing forwarded) takes the
+    worker with it."""
     proc, path = server
     natural_subset(tiny_data, tmp_path / "subset.npy", 192)
     spec = json.dumps(tiny_spec(tiny_data / "natural", tmp_path / "subset.npy", epochs=50, batch_size=16))
@@ -108,7 +109,7 @@ def test_a_stopped_client_stops_its_worker(server, tiny_data, tmp_path, how):
     worker = _worker_of(proc)
     wait_for(lambda: (tmp_path / "run/checkpoints/ep001.pt").exists(), "training")
     client.send_signal(how)
-    assert client.wait(30) == (128 + signal.SIGTERM if how == signal.SIGTERM else -signal.SIGKILL)
+    assert client.wait(30) == (-signal.SIGKILL if how == signal.SIGKILL else 128 + how)
     wait_for(lambda: not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE, "the worker to stop", 30)
     assert not (tmp_path / "run/final.pt").exists()
 

@@ -212,10 +212,11 @@ def _work(request: dict, fds: list[int]) -> None:
         code = main(request["argv"])
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except BaseException:  # noqa: BLE001 - printed as an uncaught exception would be
+    except BaseException as e:  # noqa: BLE001 - printed as an uncaught exception would be
         import traceback
 
         traceback.print_exc()
+        code = 128 + signal.SIGINT if isinstance(e, KeyboardInterrupt) else 1
     finally:
         _exit(code)
 
@@ -265,7 +266,8 @@ def start(log: str, wait_s: float = 120) -> str | None:
     env.pop(ENV, None)
     os.makedirs(os.path.dirname(log) or ".", exist_ok=True)
     with open(log, "ab") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "sslstudy.forkserver", path], env=env,
+        # its own session: a Ctrl-C reaches the clients, which forward it, not the server and supervisors
+        proc = subprocess.Popen([sys.executable, "-m", "sslstudy.forkserver", path], env=env, start_new_session=True,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
     deadline = time.time() + wait_s
     while not os.path.exists(path):

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
@@ -18,14 +17,7 @@ from conftest import BIN, natural_subset, tiny_spec
 
 from sslstudy import forkserver
 from sslstudy.train import load_checkpoint
-
-
-def wait_for(cond, what: str, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while not cond():
-        if time.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
+from test_slurm import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +26,7 @@ def server(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("fs") / "socket")
     env = dict(os.environ, **{v: "1" for v in forkserver.THREAD_VARS})
     proc = subprocess.Popen([sys.executable, "-m", "sslstudy.forkserver", path], env=env)
-    wait_for(lambda: os.path.exists(path), "the server to listen")
+    wait_for(lambda: os.path.exists(path), "the server to listen", timeout=120)
     yield proc, path
     proc.terminate()
     proc.wait(30)
@@ -90,7 +82,7 @@ def _worker_of(server_proc) -> psutil.Process:
     """The one worker running under the server (server -> supervisor -> worker)."""
     found = []
     wait_for(lambda: found.extend(c for s in psutil.Process(server_proc.pid).children() for c in s.children()) or found,
-             "the worker to start")
+             "the worker to start", timeout=120)
     return found[0]
 
 
@@ -107,7 +99,7 @@ def test_a_stopped_client_stops_its_worker(server, tiny_data, tmp_path, how):
                                "--launch", json.dumps(dict(executor="inline"))], cwd=tmp_path, env=env,
                               stderr=subprocess.DEVNULL)
     worker = _worker_of(proc)
-    wait_for(lambda: (tmp_path / "run/checkpoints/ep001.pt").exists(), "training")
+    wait_for(lambda: (tmp_path / "run/checkpoints/ep001.pt").exists(), "training", timeout=120)
     client.send_signal(how)
     assert client.wait(30) == (-signal.SIGKILL if how == signal.SIGKILL else 128 + how)
     wait_for(lambda: not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE, "the worker to stop", 30)

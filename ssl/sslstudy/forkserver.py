@@ -28,7 +28,7 @@ import time
 
 ENV = "SSLSTUDY_FORKSERVER"  # the socket's path, exported to the jobs
 CPU_LINE = "sslstudy: ran in the fork server: {cpu:.2f} CPU-s"  # the client's last line on stderr (the job's log)
-CPU_PATTERN = r"sslstudy: ran in the fork server: ([0-9.]+) CPU-s"
+CPU_PATTERN = re.escape(CPU_LINE).replace(re.escape("{cpu:.2f}"), "([0-9.]+)")
 PRELOAD = ("torch", "torch._dynamo", "numpy", "sslstudy.train", "sslstudy.launch", "sslstudy.config", "sslstudy.eval.frozen",
            "sslstudy.eval.dense", "sslstudy.eval.lowshot", "sslstudy.eval.checkpoint_clustering", "threadpoolctl")
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")  # what Snakemake sets per job

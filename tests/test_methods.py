@@ -129,8 +129,8 @@ import sslstudy.train as T
 from sslstudy import distributed as D
 
 step = T._Trainer._step
-def step_and_signal(self, gen, images):
-    step(self, gen, images)
+def step_and_signal(self, gen, images, views):
+    step(self, gen, images, views)
     if D.rank() == 1 and self.pos.it == 1:  # after the epoch's 2nd step: a preemption warning that reaches rank 1 only
         os.kill(os.getpid(), signal.SIGUSR2)
 T._Trainer._step = step_and_signal

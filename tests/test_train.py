@@ -224,27 +224,33 @@ class _OnTheCaller:
         return f
 
 
-def test_reading_ahead_in_a_thread_changes_no_bit(tiny_data, subset, tmp_path, monkeypatch):
-    """The next batch is read in a background thread while the step runs: the same weights, bit for bit,
-    as reading every batch on the main thread."""
+@pytest.mark.parametrize("method", ["simclr", "moco"])  # MoCo's forward draws from the views' generator too
+def test_reading_and_views_ahead_in_a_thread_change_no_bit(method, tiny_data, subset, tmp_path, monkeypatch):
+    """With a core to spare, the next batch is read and its views made in a background thread while the
+    step's backward runs: the same weights, bit for bit, as reading and making views on the main thread."""
     import threading
 
     import sslstudy.train as T
+    from test_methods import method_spec
 
-    spec = tiny_spec(tiny_data / "natural", subset, epochs=2)
-    readers, read = set(), T._Trainer._read
+    spec = method_spec(method, tiny_data / "natural", subset, epochs=2)
+    calls, prepare = [], T._Trainer._prepare
 
-    def spy(self, it):
-        readers.add(threading.current_thread().name)
-        return read(self, it)
+    def spy(self, it, params=None):
+        calls.append((threading.current_thread().name, params is not None))
+        return prepare(self, it, params)
 
-    monkeypatch.setattr(T._Trainer, "_read", spy)
+    monkeypatch.setattr(T._Trainer, "_prepare", spy)
+    monkeypatch.setattr(T.os, "sched_getaffinity", lambda pid: {0, 1})
     train(spec, tmp_path / "ahead")
-    assert readers and all(n.startswith("sslstudy-read") for n in readers), readers
+    steps = len(calls) // 2
+    assert steps > 2 and all(n.startswith("sslstudy-read") for n, _ in calls), calls
+    assert [v for _, v in calls] == 2 * ([False] + [True] * (steps - 1))  # an epoch's first views: on the main thread
     monkeypatch.setattr(T, "ThreadPoolExecutor", _OnTheCaller)
-    readers.clear()
+    monkeypatch.setattr(T.os, "sched_getaffinity", lambda pid: {0})  # no core to spare: views on the main thread
+    calls.clear()
     train(spec, tmp_path / "inline")
-    assert readers == {threading.main_thread().name}
+    assert calls == [(threading.main_thread().name, False)] * (2 * steps)
     a = torch.load(tmp_path / "ahead" / "final.pt", weights_only=False)["model"]
     b = torch.load(tmp_path / "inline" / "final.pt", weights_only=False)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

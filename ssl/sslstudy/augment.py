@@ -56,7 +56,9 @@ Multi-crop: call :func:`make_views` once per crop with a different :class:`ViewS
 """
 from __future__ import annotations
 
+import ctypes
 import math
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -67,7 +69,7 @@ from torch import Tensor
 from .errors import UserError
 
 __all__ = ["MEAN", "STD", "ViewSpec", "to_float", "normalize", "sample_params", "apply_params",
-           "make_views", "eval_view"]
+           "batch_params", "views_from", "make_views", "eval_view", "set_thread_threads"]
 
 #: ImageNet channel statistics used to normalise views (RGB, for images in [0, 1]).
 MEAN = (0.485, 0.456, 0.406)
@@ -554,13 +556,32 @@ def _blocked(images: Tensor, params: dict[str, Tensor], spec: ViewSpec, convert)
     # instead of every small kernel split across the threads: no OpenMP barrier per op. On a loaded
     # machine those barriers stalled whenever one thread was descheduled (2 threads, 32 px: ~20x
     # slower than 1 thread at a load average of 14, measured).
-    try:
-        with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-            for f in [pool.submit(run, idx) for idx in parts]:
-                f.result()
-    finally:
-        torch.set_num_threads(threads)     # set_num_threads is partly process-wide: restore it
+    for f in [_pool(workers).submit(run, idx) for idx in parts]:
+        f.result()
     return out
+
+
+def set_thread_threads(n: int = 1) -> None:
+    """Make the calling thread's torch ops use ``n`` threads and leave every other thread as it is.
+    (``torch.set_num_threads`` is partly process-wide: it also sets the count that new threads start
+    with and empties oneDNN's cache of compiled convolutions, which the next step then rebuilds.)"""
+    torch.get_num_threads()          # torch's lazy per-thread set-up first: it would undo the line below
+    try:
+        ctypes.CDLL(None).omp_set_num_threads(int(n))
+    except AttributeError:           # not an OpenMP build of torch: its thread pool is shared, leave it
+        pass
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """A process's pool of ``workers`` single-threaded workers for :func:`_blocked`, made once."""
+    with _POOLS_LOCK:
+        if workers not in _POOLS:
+            _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="sslstudy-views", initializer=set_thread_threads)
+        return _POOLS[workers]
 
 
 def apply_params(x01: Tensor, params: dict[str, Tensor], spec: ViewSpec) -> Tensor:
@@ -578,6 +599,26 @@ def apply_params(x01: Tensor, params: dict[str, Tensor], spec: ViewSpec) -> Tens
     return _blocked(x01, params, spec, lambda x: x.to(torch.float32))
 
 
+def batch_params(spec: ViewSpec, height: int, width: int, generator: torch.Generator, batch: int,
+                 rows: slice | None = None) -> dict[str, Tensor]:
+    """:func:`sample_params` for a global ``batch`` of ``height x width`` images, cut to ``rows``
+    (a data-parallel rank's slice; None: all). What :func:`make_views` draws, without the images,
+    so the next batch's parameters can be drawn before its images are read."""
+    params = sample_params(spec, batch, height, width, generator)
+    if rows is not None:
+        params = {k: v if k == "image_hw" else v[rows] for k, v in params.items()}
+    return params
+
+
+def views_from(images: Tensor, params: dict[str, Tensor], spec: ViewSpec) -> Tensor:
+    """The views that ``params`` (from :func:`batch_params`) describe, of a uint8 batch; no random numbers."""
+    chw = _chw(images)
+    if chw.shape[0] == 0:
+        return torch.empty(0, 3, spec.size, spec.size, dtype=torch.float32, device=chw.device)
+    _check(chw, params)
+    return _blocked(chw, params, spec, to_float)   # converts block by block on the CPU
+
+
 def make_views(images: Tensor, spec: ViewSpec, generator: torch.Generator, rows: slice | None = None,
                batch: int | None = None) -> Tensor:
     """Augmented, normalised (B, 3, spec.size, spec.size) float32 views of a uint8 batch.
@@ -588,14 +629,8 @@ def make_views(images: Tensor, spec: ViewSpec, generator: torch.Generator, rows:
     Data-parallel ranks pass their ``rows`` of a global ``batch``: parameters are drawn for the
     whole global batch (every rank draws the same) and ``images`` holds only those rows.
     """
-    chw = _chw(images)
-    b, _, h, w = chw.shape
-    params = sample_params(spec, b if batch is None else batch, h, w, generator)
-    if rows is not None:
-        params = {k: v if k == "image_hw" else v[rows] for k, v in params.items()}
-    if b == 0:
-        return torch.empty(0, 3, spec.size, spec.size, dtype=torch.float32, device=chw.device)
-    return _blocked(chw, params, spec, to_float)   # converts block by block on the CPU
+    b, _, h, w = _chw(images).shape
+    return views_from(images, batch_params(spec, h, w, generator, b if batch is None else batch, rows), spec)
 
 
 def eval_view(images: Tensor, size: int) -> Tensor:

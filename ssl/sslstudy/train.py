@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import socket
 import threading
@@ -18,7 +19,7 @@ from tqdm import tqdm
 from .atomic import atomic_path
 from . import distributed as D
 from . import names
-from .augment import ViewSpec, eval_view, make_views
+from .augment import ViewSpec, batch_params, eval_view, make_views, set_thread_threads, views_from
 from .data.packed import load_dataset
 from .data.subsets import load_indices
 from .errors import UserError
@@ -265,10 +266,14 @@ class _Trainer:
         torch.set_num_threads(cfg["threads"])
         self.dtype, precision = choose_precision(cfg, self.device)
         self.compile = cfg.get("compile", False)
+        # with a core to spare, the CPU's reader thread also makes the next batch's views (one thread, while
+        # the backward runs); on a GPU the views are kernels queued on the main thread, the batch pinned
+        self.views_ahead = self.device.type == "cpu" and cfg["threads"] < len(os.sched_getaffinity(0))
         if self.lead:
             where = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else f"{cfg['threads']} thread(s)"
-            log.info("device %s (%s), precision %s, compile %s, data read one batch ahead in a thread%s", self.device, where,
-                     precision, "on" if self.compile else "off", " (pinned, non_blocking copy)" if self.device.type == "cuda" else "")
+            log.info("device %s (%s), precision %s, compile %s, %s one batch ahead in a thread", self.device, where,
+                     precision, "on" if self.compile else "off",
+                     "data read and views made" if self.views_ahead else "data read (pinned, non_blocking copy)")
 
         self.ds = load_dataset(cfg["data"]["dataset"])
         self.idx = np.sort(load_indices(cfg["data"]["subset"]))
@@ -305,7 +310,8 @@ class _Trainer:
                         mininterval=5)
         self.stop_after, self.done_here = stop_after, 0  # done_here: steps done in this call
         try:
-            with _DeferredSignal() as self.preempt:
+            with _DeferredSignal() as self.preempt, ThreadPoolExecutor(
+                    1, thread_name_prefix="sslstudy-read", initializer=set_thread_threads) as self.reader:
                 while self.pos.epoch < self.epochs:
                     self._run_epoch()
         finally:
@@ -340,43 +346,63 @@ class _Trainer:
         else:
             gen.set_state(pos.gen)
         t0 = time.time()
-        with ThreadPoolExecutor(1, thread_name_prefix="sslstudy-read") as reader:
-            ahead = reader.submit(self._read, pos.it)
+        self.ahead, self.ahead_gen = self.reader.submit(self._prepare, pos.it), None
+        try:
             while pos.it < self.steps_per_epoch:
                 if self._stop_requested():
-                    self._stop(gen)
-                images = ahead.result()
-                if pos.it + 1 < self.steps_per_epoch:  # the next batch is read while this step runs
-                    ahead = reader.submit(self._read, pos.it + 1)
-                self._step(gen, images.to(self.device, non_blocking=True))
+                    self._stop(gen.get_state() if self.ahead_gen is None else self.ahead_gen)
+                images, views = self.ahead.result()
+                self.ahead_gen = None
+                if pos.it + 1 < self.steps_per_epoch and not self.views_ahead:  # read while this step runs
+                    self.ahead = self.reader.submit(self._prepare, pos.it + 1)
+                self._step(gen, images.to(self.device, non_blocking=True), views)
                 pos.it += 1
                 self.done_here += 1
+        finally:
+            self.ahead.cancel() or self.ahead.exception()  # nothing of this epoch left running
         self._end_epoch(time.time() - t0)
 
     def _picked(self, it: int) -> np.ndarray:
         """The subset positions of batch `it` of this epoch's order (the global batch, sorted)."""
         return np.sort(self.pos.order[it * self.bs:(it + 1) * self.bs])
 
-    def _read(self, it: int) -> torch.Tensor:
-        """This rank's images of batch `it` (uint8, on the CPU; pinned for the copy to a GPU). Runs in the
-        reader thread, one batch ahead of the steps; no random numbers."""
+    def _prepare(self, it: int, params: list | None = None) -> tuple[torch.Tensor, list | None]:
+        """This rank's images of batch `it` (uint8, on the CPU; pinned for the copy to a GPU) and, given
+        their view parameters, its views. Runs in the reader thread, one batch ahead of the steps; draws
+        no random numbers."""
         images = torch.from_numpy(np.asarray(self.ds.images[self.idx[self._picked(it)[D.local_slice(self.bs)]]]))
-        return images.pin_memory() if self.device.type == "cuda" else images
+        if params is not None:
+            return images, [views_from(images, p, s) for p, s in zip(params, self.model.view_specs)]
+        return (images.pin_memory() if self.device.type == "cuda" else images), None
 
-    def _step(self, gen: torch.Generator, images: torch.Tensor) -> None:
+    def _draw_next(self, gen: torch.Generator) -> None:
+        """On the CPU, once this step's forward has drawn its random numbers: draw the next batch's view
+        parameters (the same numbers, in the same order, as drawing them at its step) and let the reader
+        thread read its images and make its views while this step's backward runs."""
+        it = self.pos.it + 1
+        if not self.views_ahead or it >= self.steps_per_epoch:
+            return
+        self.ahead_gen = gen.get_state()  # what a stop before that step saves
+        h, w = self.ds.images.shape[1:3]
+        params = [batch_params(s, h, w, gen, self.bs, D.local_slice(self.bs)) for s in self.model.view_specs]
+        self.ahead = self.reader.submit(self._prepare, it, params)
+
+    def _step(self, gen: torch.Generator, images: torch.Tensor, views: list | None) -> None:
         """One optimiser step on batch pos.it of the epoch's order (images: its rows of this rank, on
-        the device); adds its logs to pos.sums."""
+        the device; views: made ahead, or None to make them here); adds its logs to pos.sums."""
         pos, bs, model = self.pos, self.bs, self.model
         step = pos.epoch * self.steps_per_epoch + pos.it
         for g in self.opt.param_groups:
             g["lr"] = self.lr_sched[step]
         picked, rows = self._picked(pos.it), D.local_slice(bs)
-        views = [make_views(images, spec, gen, rows, bs).contiguous(memory_format=torch.channels_last)
-                 for spec in model.view_specs]
+        if views is None:
+            views = [make_views(images, spec, gen, rows, bs) for spec in model.view_specs]
+        views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         batch = Batch(views, torch.from_numpy(picked[rows]).to(self.device), step, self.total, pos.epoch, gen)
         model.before_step(step, self.total)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype is not None):
             loss, logs = self.net(batch)
+        self._draw_next(gen)
         if not torch.isfinite(loss):
             raise Diverged(f"{self.run_dir}: loss is {loss.item()} at epoch {pos.epoch + 1} step {pos.it}; "
                            f"lower pretrain.optim.lr (now {self.cfg['optim']['lr']}) in params")
@@ -391,9 +417,9 @@ class _Trainer:
     def _stop_requested(self) -> bool:
         return (self.stop_after is not None and self.done_here >= self.stop_after) or self.preempt.requested()
 
-    def _stop(self, gen: torch.Generator) -> None:
+    def _stop(self, gen_state: torch.Tensor) -> None:
         pos = self.pos
-        self._save_last(gen.get_state())
+        self._save_last(gen_state)
         log.info("stopped at epoch %d step %d; state in checkpoints/last.pt", pos.epoch, pos.it)
         self.preempt.pass_on()
         raise Stopped(f"{self.run_dir}: stopped at epoch {pos.epoch} step {pos.it}")

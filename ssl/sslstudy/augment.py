@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import ctypes
 import math
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -576,15 +575,6 @@ def set_thread_threads(n: int = 1) -> None:
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
 
-
-def _forget_pools() -> None:
-    """In a forked child: its parent's worker threads did not come along; it makes its own pools."""
-    global _POOLS_LOCK
-    _POOLS.clear()
-    _POOLS_LOCK = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_forget_pools)
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from .atomic import atomic_path
 from . import distributed as D
 from . import names
-from .augment import ViewSpec, batch_params, eval_view, make_views, set_thread_threads, views_from
+from .augment import ViewSpec, batch_params, eval_view, set_thread_threads, views_from
 from .data.packed import load_dataset
 from .data.subsets import load_indices
 from .errors import UserError
@@ -347,19 +347,16 @@ class _Trainer:
             gen.set_state(pos.gen)
         t0 = time.time()
         self.ahead, self.ahead_gen = self.reader.submit(self._prepare, pos.it), None
-        try:
-            while pos.it < self.steps_per_epoch:
-                if self._stop_requested():
-                    self._stop(gen.get_state() if self.ahead_gen is None else self.ahead_gen)
-                images, views = self.ahead.result()
-                self.ahead_gen = None
-                if pos.it + 1 < self.steps_per_epoch and not self.views_ahead:  # read while this step runs
-                    self.ahead = self.reader.submit(self._prepare, pos.it + 1)
-                self._step(gen, images.to(self.device, non_blocking=True), views)
-                pos.it += 1
-                self.done_here += 1
-        finally:
-            self.ahead.cancel() or self.ahead.exception()  # nothing of this epoch left running
+        while pos.it < self.steps_per_epoch:
+            if self._stop_requested():
+                self._stop(gen.get_state() if self.ahead_gen is None else self.ahead_gen)
+            images, views = self.ahead.result()
+            self.ahead_gen = None
+            if pos.it + 1 < self.steps_per_epoch and not self.views_ahead:  # read while this step runs
+                self.ahead = self.reader.submit(self._prepare, pos.it + 1)
+            self._step(gen, images.to(self.device, non_blocking=True), views)
+            pos.it += 1
+            self.done_here += 1
         self._end_epoch(time.time() - t0)
 
     def _picked(self, it: int) -> np.ndarray:
@@ -372,8 +369,17 @@ class _Trainer:
         no random numbers."""
         images = torch.from_numpy(np.asarray(self.ds.images[self.idx[self._picked(it)[D.local_slice(self.bs)]]]))
         if params is not None:
-            return images, [views_from(images, p, s) for p, s in zip(params, self.model.view_specs)]
+            return images, self._views(images, params)
         return (images.pin_memory() if self.device.type == "cuda" else images), None
+
+    def _draw(self, gen: torch.Generator) -> list[dict]:
+        """The random parameters of every view of one batch (this rank's rows of the global batch)."""
+        h, w = self.ds.images.shape[1:3]
+        return [batch_params(s, h, w, gen, self.bs, D.local_slice(self.bs)) for s in self.model.view_specs]
+
+    def _views(self, images: torch.Tensor, params: list[dict]) -> list[torch.Tensor]:
+        return [views_from(images, p, s).contiguous(memory_format=torch.channels_last)
+                for p, s in zip(params, self.model.view_specs)]
 
     def _draw_next(self, gen: torch.Generator) -> None:
         """On the CPU, once this step's forward has drawn its random numbers: draw the next batch's view
@@ -383,9 +389,7 @@ class _Trainer:
         if not self.views_ahead or it >= self.steps_per_epoch:
             return
         self.ahead_gen = gen.get_state()  # what a stop before that step saves
-        h, w = self.ds.images.shape[1:3]
-        params = [batch_params(s, h, w, gen, self.bs, D.local_slice(self.bs)) for s in self.model.view_specs]
-        self.ahead = self.reader.submit(self._prepare, it, params)
+        self.ahead = self.reader.submit(self._prepare, it, self._draw(gen))
 
     def _step(self, gen: torch.Generator, images: torch.Tensor, views: list | None) -> None:
         """One optimiser step on batch pos.it of the epoch's order (images: its rows of this rank, on
@@ -396,8 +400,7 @@ class _Trainer:
             g["lr"] = self.lr_sched[step]
         picked, rows = self._picked(pos.it), D.local_slice(bs)
         if views is None:
-            views = [make_views(images, spec, gen, rows, bs) for spec in model.view_specs]
-        views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+            views = self._views(images, self._draw(gen))
         batch = Batch(views, torch.from_numpy(picked[rows]).to(self.device), step, self.total, pos.epoch, gen)
         model.before_step(step, self.total)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype is not None):

@@ -382,3 +382,32 @@ def test_report_section_summarises_and_pairs_densecl_with_moco(tmp_path):
     html = ENV.get_template("dense.html").render(dense=R.section(page, df))
     assert "densecl - moco" in html and (tmp_path / "tables" / "dense_versus.csv").is_file()
     assert "Not in this study" in ENV.get_template("dense.html").render(dense=R.section(page, pd.DataFrame()))
+
+
+def test_periodic_clustering_reuses_the_embeddings_of_the_job(masked, tmp_path, monkeypatch):
+    """The final and epoch-0 checkpoints, embedded by the job's frozen evaluations, are not loaded or
+    embedded again by its periodic clustering, and their rows equal those of a clustering that embeds
+    every checkpoint itself."""
+    import shutil
+    from pathlib import Path
+
+    import sslstudy.train as T
+    from sslstudy.data.packed import load_dataset
+    from sslstudy.eval.checkpoint_clustering import cluster_checkpoints
+
+    made, run = _checkpoints(tmp_path), tmp_path / "run"
+    (run / names.CHECKPOINTS).mkdir(parents=True)
+    shutil.copy(made["pretrained"], run / names.FINAL)
+    shutil.copy(made["pretrained"], run / names.CHECKPOINTS / "ep003.pt")  # the last epoch's: final.pt's weights
+    shutil.copy(made["random"], run / names.CHECKPOINTS / "ep000.pt")
+    shutil.copy(made["random"], run / names.CHECKPOINTS / "ep001.pt")  # an intermediate one, embedded by the clustering
+    loaded, load = [], T.load_backbone
+    monkeypatch.setattr(T, "load_backbone", lambda path, *a, **k: loaded.append(Path(path).name) or load(path, *a, **k))
+    ckpt = dict(pretrained=run / names.FINAL, random=run / names.CHECKPOINTS / "ep000.pt")
+    assert _evaluate(masked, ckpt, tmp_path / "eval", "--frozen", "pretrained_on_natural", "random_on_natural",
+                     "--cluster", "natural", "--run-dir", str(run)) == 0
+    assert loaded == ["final.pt", "ep000.pt", "ep001.pt"]
+    got = pd.read_csv(tmp_path / "eval" / names.CLUSTERS_FILE)
+    fresh = cluster_checkpoints(run, dict(natural=load_dataset(masked / "natural")), EVAL, 32)
+    assert sorted(set(got["epoch"])) == [0, 1, 3] and len(got) == len(fresh)
+    np.testing.assert_array_equal(got[list(fresh.columns)].to_numpy(), fresh.to_numpy())

@@ -125,17 +125,18 @@ def cmd_evaluate(a) -> None:
         raise UserError("evaluate --dense needs --dense-eval (JSON: the config's dense block)")
     torch.set_num_threads(a.threads)
     device = eval_device(a.device)
-    tables = dict(frozen=[], dense=[], clusters=[])
+    tables, embedded = dict(frozen=[], dense=[], clusters=[]), {}
     with atomic_dir(a.out) as out:
         for weights in dict.fromkeys(w for w, _ in embed + dense):
             domains = {kind: [on for w, on in pairs if w == weights] for kind, pairs in
                        dict(embed=embed, frozen=frozen, dense=dense).items()}
-            _evaluate_checkpoint(a, weights, checkpoints[weights], datasets, domains, device, out, tables)
+            _evaluate_checkpoint(a, weights, checkpoints[weights], datasets, domains, device, out, tables, embedded)
         if a.cluster:
             from .data.packed import load_dataset
             from .eval.checkpoint_clustering import cluster_checkpoints
 
-            df = cluster_checkpoints(a.run_dir, [load_dataset(datasets[on]) for on in a.cluster], json.loads(a.eval), a.size, device)
+            df = cluster_checkpoints(a.run_dir, {on: load_dataset(datasets[on]) for on in a.cluster}, json.loads(a.eval), a.size,
+                                     device, embedded)
             tables["clusters"].append(_with_ids(df, dict(run=a.run, **json.loads(a.ids))))
         for kind, file in (("frozen", names.FROZEN_FILE), ("dense", names.DENSE_FILE), ("clusters", names.CLUSTERS_FILE)):
             if tables[kind]:
@@ -143,10 +144,11 @@ def cmd_evaluate(a) -> None:
 
 
 def _evaluate_checkpoint(a, weights: str, checkpoint: Path, datasets: dict, domains: dict, device, out: Path,
-                         tables: dict) -> None:
+                         tables: dict, embedded: dict) -> None:
     """One checkpoint on its domains (``domains``: embed, frozen, dense lists): dense evaluations on
     the CPU, then embeddings on device, saved into ``out``, with the frozen scores of the frozen
-    domains; ``tables`` gathers the rows."""
+    domains; ``tables`` gathers the rows, ``embedded`` the embeddings by (checkpoint folder, epoch)
+    for the periodic clustering."""
     from .data.packed import load_dataset
     from .eval.features import embed_dataset
     from .eval.frozen import evaluate
@@ -155,6 +157,8 @@ def _evaluate_checkpoint(a, weights: str, checkpoint: Path, datasets: dict, doma
     backbone, run_cfg = load_backbone(checkpoint)
     epoch = names.checkpoint_epoch(checkpoint.name)
     ids = dict(run=a.run, **json.loads(a.ids), weights=weights, epoch=run_cfg["epochs"] if epoch is None else epoch)
+    # final.pt (beside checkpoints/) holds the weights of the last epoch's checkpoint
+    folder = ((checkpoint.parent / names.CHECKPOINTS if epoch is None else checkpoint.parent).resolve(), ids["epoch"])
     if domains["dense"]:
         from .eval.dense import evaluate_dense
 
@@ -168,6 +172,7 @@ def _evaluate_checkpoint(a, weights: str, checkpoint: Path, datasets: dict, doma
         ds = load_dataset(datasets[on])
         feats = embed_dataset(backbone, ds, a.size, cfg["batch_size"])
         feats.save(out / names.EMBEDDINGS_FILE.format(weights=weights, on=on))
+        embedded.setdefault(folder, {})[on] = feats
         if on in domains["frozen"]:
             tables["frozen"].append(_with_ids(evaluate(feats, ds, cfg, device), dict(ids, eval_domain=ds.meta["name"])))
 

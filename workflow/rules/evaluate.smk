@@ -6,7 +6,8 @@
 #   accuracy per mask level) and the label-free correspondence score of DenseCL's matching
 #   (sslstudy.eval.dense; the masks are masks.npy in the domain's packed folder);
 # * clusters.csv (clustering axis): every saved checkpoints/epNNN.pt of the run embedded and clustered
-#   with faiss k-means (K = classes per level), NMI/ARI vs epoch (sslstudy.eval.checkpoint_clustering);
+#   with faiss k-means (K = classes per level), NMI/ARI vs epoch (sslstudy.eval.checkpoint_clustering),
+#   the final and epoch-0 ones from the embeddings this job made already;
 # * embeddings/<weights>_on_<domain>.npz: train/val/test embedded once (sslstudy.eval.features), read
 #   by fusion and the few-label linear probe instead of embedding the checkpoint again.
 # `random` is the run's epoch-0 checkpoint (the same backbone at its random initialisation), evaluated

@@ -85,12 +85,13 @@ class Features:
                             f"evaluate job") from None
 
 
-def embed_dataset(backbone: torch.nn.Module, ds: PackedDataset, size: int, batch_size: int) -> Features:
-    """The backbone (on its device) on the eval view of every train, val and test image, streamed into
+def embed_dataset(backbone: torch.nn.Module, ds: PackedDataset, size: int, batch_size: int,
+                  splits: tuple[str, ...] = ("train", "val", "test")) -> Features:
+    """The backbone (on its device) on the eval view of every image of ``splits``, streamed into
     one host array: float16 when every value fits, else float32."""
     from ..train import embed
 
-    rows = np.sort(np.concatenate([ds.split_indices(s) for s in ("train", "val", "test")]))
+    rows = np.sort(np.concatenate([ds.split_indices(s) for s in splits]))
     out = embed(backbone, ds.images, rows, size, batch_size=batch_size,
                 out=torch.empty(len(rows), backbone.out_dim, dtype=torch.float16))
     if not torch.isfinite(out).all():  # a value beyond float16's range (or a non-finite embedding)

@@ -38,3 +38,18 @@ def test_probe_grids_of_the_shipped_params_are_valid():
     for path in ("params/study.yaml", "params/paper.yaml"):
         ev = config.validate(yaml.safe_load(open(path)), path)["eval"]
         assert len(ev["knn_k"]) > 1 and len(ev["linear_lr"]) * len(ev["linear_wd"]) > 1 and 0 < ev["val_fraction"] < 1
+
+
+@pytest.mark.parametrize("method", ["moco", "densecl", "pcl"])
+def test_a_partial_method_optim_keeps_the_methods_own_optimiser(method):
+    """The MoCo family's default optim is SGD while pretrain.optim is LARS: {lr: 1.0} changes the rate of
+    that SGD; naming LARS overrides pretrain.optim instead (the SGD defaults do not leak into it)."""
+    from sslstudy import axes
+    run = dict(id=f"{method}/natural_frac1_clean/seed0", method=method, domain="natural", subset="frac1", seed=0, quality="clean")
+    study = dict(study=dict(methods=[method], domains=["natural"], subsets=[1.0]),
+                 pretrain=dict(optim=dict(name="lars", lr=8.0, weight_decay=1.0e-6, warmup_epochs=1)))
+    default = axes.pretrain_spec(config.validate(study), run)["optim"]
+    partial = axes.pretrain_spec(config.validate(dict(study, methods={method: dict(optim=dict(lr=1.0))})), run)["optim"]
+    assert default["name"] == "sgd" and partial == dict(default, lr=1.0)
+    lars = axes.pretrain_spec(config.validate(dict(study, methods={method: dict(optim=dict(name="lars", lr=2.0))})), run)["optim"]
+    assert (lars["name"], lars["lr"], lars["weight_decay"], lars["warmup_epochs"]) == ("lars", 2.0, 1.0e-6, 1)

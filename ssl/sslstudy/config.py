@@ -30,11 +30,21 @@ def _with_defaults(validator_cls):
     def fill(validator, properties, instance, schema):
         if isinstance(instance, dict):
             for key, sub in properties.items():
+                default = sub.get("default")
                 if "default" in sub and key not in instance:
-                    instance[key] = copy.deepcopy(sub["default"])
+                    instance[key] = copy.deepcopy(default)
+                elif _completes(default, instance.get(key)):
+                    instance[key] = {**copy.deepcopy(default), **instance[key]}
         yield from set_props(validator, properties, instance, schema)
 
     return jsonschema.validators.extend(validator_cls, {"properties": fill})
+
+
+def _completes(default, given) -> bool:
+    """A partial object (a MoCo-family method's optim: {lr: 1.0}) is completed from its non-empty
+    default, unless it names another optimiser: then it overrides pretrain.optim alone."""
+    return (isinstance(default, dict) and bool(default) and isinstance(given, dict)
+            and given.get("name", default.get("name")) == default.get("name"))
 
 
 _Validator = _with_defaults(jsonschema.Draft7Validator)

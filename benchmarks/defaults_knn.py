@@ -3,13 +3,14 @@ own random weights: the measurement behind docs/defaults.md.
 
     PYTHONPATH=ssl nice -n 5 python benchmarks/defaults_knn.py --method byol --out /tmp/byol \
         [--dataset data/synth/natural] [--study params/study.yaml] [--epochs N] [--seed 0] \
-        [--set key=YAML ...] [--optim key=YAML ...] [--views key=YAML ...] [--pretrain key=YAML ...]
+        [--set key=YAML ...] [--optim key=YAML ...] [--views key=YAML ...] [--pretrain key=YAML ...] [--score val|test]
 
 The spec is built as the workflow builds it (sslstudy.config.validate, axes.pretrain_spec) on the
 dataset's whole train split (drawn as the study draws subset 1.0); --set overrides a method hyper-parameter, --optim a key of the
 method's optim, --views a key of pretrain.views. The backbone's kNN accuracy (the study's k and
-temperature; train split -> test split) is measured at every level for the epoch-0 checkpoint
-(random weights) and the final one. Prints one line and writes <out>/result.json, with the run's
+temperature) is measured at every level for the epoch-0 checkpoint (random weights) and the final
+one: fitted on the study's probe split `fit` and scored on its `val` (default: a setting is chosen
+on val, as the study's probes are) or, with --score test, on `test`. Prints one line and writes <out>/result.json, with the run's
 CPU seconds (time.process_time of the training) and whether any epoch was flagged collapsed.
 """
 from __future__ import annotations
@@ -43,12 +44,14 @@ def main(argv=None) -> None:
     p.add_argument("--optim", action="append", default=[], help="the method's optim key=YAML value")
     p.add_argument("--views", action="append", default=[], help="pretrain.views key=YAML value")
     p.add_argument("--pretrain", action="append", default=[], help="pretrain key=YAML value (batch_size, ...)")
+    p.add_argument("--score", choices=("val", "test"), default="val", help="the split kNN is scored on")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     from sslstudy import axes, config
     from sslstudy.atomic import atomic_path
     from sslstudy.data.packed import load_dataset
     from sslstudy.data.subsets import nested_subsets, save_indices
+    from sslstudy.eval.features import probe_splits
     from sslstudy.eval.probes import knn_accuracy
     from sslstudy.train import embed, list_checkpoints, load_backbone, train
 
@@ -66,10 +69,11 @@ def main(argv=None) -> None:
     params["pretrain"].update(checkpoint_every=params["pretrain"]["epochs"], threads=1)
     cfg = config.validate(params, "benchmarks/defaults_knn.py")
     ds = load_dataset(a.dataset)
-    tr, te = ds.split_indices("train"), ds.split_indices("test")
+    splits = probe_splits(ds, cfg["eval"])
+    tr, te = splits["fit"], splits[a.score]
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    n = len(tr)  # the whole train split, as the study's subset 1.0 (seed 0)
+    n = len(ds.split_indices("train"))  # pretraining on the whole train split, as the study's subset 1.0 (seed 0)
     save_indices(out / "train.npy", nested_subsets(ds.labels, [n], seed=0, stratify=ds.levels[-1], dataset=a.dataset)[n])
     run = dict(id=f"{a.method}/{name}_all_clean/seed{a.seed}", method=a.method, domain=name, subset="all",
                seed=a.seed, quality="clean")
@@ -88,7 +92,7 @@ def main(argv=None) -> None:
                                      k=sorted(cfg["eval"]["knn_k"])[len(cfg["eval"]["knn_k"]) // 2], temperature=cfg["eval"]["knn_temperature"])
                     for lv in ds.levels})
     metrics = [json.loads(x) for x in (out / "run" / "metrics.jsonl").read_text().splitlines()]
-    doc = dict(method=a.method, seed=a.seed, argv=sys.argv[1:] if argv is None else argv, cpu_seconds=round(cpu, 1),
+    doc = dict(method=a.method, seed=a.seed, score=a.score, argv=sys.argv[1:] if argv is None else argv, cpu_seconds=round(cpu, 1),
                random=knn[0], final=knn[1], collapsed=any(m.get("collapsed") for m in metrics),
                loss=metrics[-1]["loss"], views=spec["views"], params=spec["method"]["params"], optim=spec["optim"])
     with atomic_path(out / "result.json") as tmp:

@@ -33,24 +33,21 @@ def test_the_method_comparison_runs_every_method_on_every_seed(default_study):
     assert sorted(diff.index) == sorted(c["study"]["methods"]) and set(diff["n"]) == {len(c["study"]["seeds"])} >= {3}
 
 
-def test_simclr_beats_its_random_weights_at_the_coarse_level_on_the_linear_probe(default_study):
-    """The paper's method, paired over the study's seeds: the 95% interval of pretrained − random
-    excludes zero."""
-    diff = vs_random(default_study[0], "coarse", "linear").loc["simclr"]
-    assert diff["low"] > 0, diff.to_dict()
-
-
-# Issue 13's health goal, not met by the CPU-scale defaults (README, "Measured"): strict, so the day
-# the defaults meet it these fail and the marks go.
-@pytest.mark.xfail(strict=True, reason="issue 13: not every method separates from its random weights at 6 CPU epochs")
-@pytest.mark.parametrize("metric", ["knn", "linear"])
-def test_every_method_beats_its_random_weights_at_the_coarse_level(default_study, metric):
+def test_every_method_beats_its_random_weights_at_the_coarse_level_on_the_linear_probe(default_study):
     """Paired over the study's seeds, the 95% interval of pretrained − random excludes zero."""
-    diff = vs_random(default_study[0], "coarse", metric)
+    diff = vs_random(default_study[0], "coarse", "linear")
     assert (diff["low"] > 0).all(), diff[["mean", "low", "high", "n"]]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: the mid level is not learned by every method at 6 CPU epochs")
+# The rest of issue 13's health goal, not met by the CPU-scale defaults (README, "Measured"): strict, so
+# the day the defaults meet it these fail and the marks go.
+@pytest.mark.xfail(strict=True, reason="issue 13: PCL's coarse kNN does not separate from its random weights at 6 CPU epochs")
+def test_every_method_beats_its_random_weights_at_the_coarse_level_on_knn(default_study):
+    diff = vs_random(default_study[0], "coarse")
+    assert (diff["low"] > 0).all(), diff[["mean", "low", "high", "n"]]
+
+
+@pytest.mark.xfail(strict=True, reason="issue 13: the mid level's kNN is not learned by BYOL, DeepCluster, MoCo v2 and PCL at 6 CPU epochs")
 def test_every_method_beats_its_random_weights_at_the_mid_level(default_study):
     diff = vs_random(default_study[0], "mid")
     assert (diff["low"] > 0).all(), diff[["mean", "low", "high", "n"]]

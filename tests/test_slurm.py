@@ -79,8 +79,8 @@ def test_preempted_and_requeued_job_resumes_to_identical_weights(slurm_cluster, 
     """Two faults on one job: submitit's preemption (SIGTERM + USR2: checkpoint() and requeue by
     submitit), then `scontrol requeue` (killed without warning). It resumes from its checkpoints both
     times and ends with exactly the weights of an uninterrupted run of the same spec."""
-    # 40 short epochs (~0.4 s each on an idle node): both faults land while the job still trains
-    spec = tiny_spec(tiny_data / "natural", subset, epochs=40, batch_size=16, backbone=dict(arch="cnn4", width=8))
+    # 120 short epochs (0.1-0.4 s each on an idle node, by CPU): both faults land while the job still trains
+    spec = tiny_spec(tiny_data / "natural", subset, epochs=120, batch_size=16, backbone=dict(arch="cnn4", width=8))
     launch = slurm_launch()
     ref = Background(spec, tmp_path / "ref", launch)
     cut = Background(spec, tmp_path / "cut", launch)
@@ -106,7 +106,7 @@ def test_preempted_and_requeued_job_resumes_to_identical_weights(slurm_cluster, 
     assert "Requeued job" in submitit_log
     a = torch.load(ref.result, weights_only=False)
     b = torch.load(cut.result, weights_only=False)
-    assert a["epoch"] == b["epoch"] == 40
+    assert a["epoch"] == b["epoch"] == 120
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
     assert not list(run_dir.rglob(".*.tmp-*"))  # no half-written file left by the kills

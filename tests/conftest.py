@@ -43,6 +43,13 @@ def tiny_spec(dataset: Path, subset: Path, **over) -> dict:
     return spec
 
 
+def follow_study_seeds(params: dict) -> None:
+    """The axes to which the shipped params/study.yaml gives seeds of their own follow study.seeds
+    instead (tests that shrink study.seeds)."""
+    for axis in ("quality", "granularity", "dense"):
+        params[axis]["seeds"] = None
+
+
 def run(cmd, cwd, check=True, timeout=900, **kw) -> subprocess.CompletedProcess:
     env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}")
     p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, **kw)

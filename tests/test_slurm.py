@@ -16,7 +16,7 @@ import submitit
 import torch
 import yaml
 
-from conftest import BIN, ROOT, copy_workflow, natural_subset, run, tiny_spec
+from conftest import BIN, ROOT, copy_workflow, follow_study_seeds, natural_subset, run, tiny_spec
 from sslstudy import config as studyconfig
 from sslstudy.errors import UserError
 from sslstudy.launch import distributed_env, executor, launch_pretrain
@@ -220,8 +220,7 @@ def tiny_params(wf: Path, tiny_data: Path, **pretrain) -> None:
     params = yaml.safe_load((wf / "params/study.yaml").read_text())
     params["data"]["root"] = str(tiny_data)
     params["study"].update(methods=["simclr"], domains=["natural"], subsets=[1.0], seeds=[0])
-    for axis in ("quality", "granularity", "dense"):  # the shipped study gives these their own seeds
-        params[axis]["seeds"] = None
+    follow_study_seeds(params)
     # the axes off (a configfile merges over params/study.yaml, so each is switched off explicitly)
     params["quantity"].update(subsets=[], labels=[], supervised=False)
     params["domain"].update(domains=[], pools=[], evaluate_on=[])

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import copy_workflow, run
+from conftest import copy_workflow, follow_study_seeds, run
 from sslstudy import forkserver
 
 RUN = "simclr/natural_frac1_clean/seed0"
@@ -19,8 +19,7 @@ def tiny_params(params: dict, data_root) -> dict:
     """params/study.yaml shrunk to seconds: every axis kept, tiny network, 2 epochs, few steps."""
     params["data"]["root"] = str(data_root)
     params["study"].update(methods=["simclr"], domains=["natural", "aerial"], seeds=[0])  # other methods: test_methods.py
-    for axis in ("quality", "granularity", "dense"):  # the shipped study gives these their own seeds
-        params[axis]["seeds"] = None
+    follow_study_seeds(params)
     params["fusion"].update(methods=None, pairs=[])  # the shipped pair needs Barlow Twins
     params["dense"].update(methods=None)  # the shipped list needs MoCo v2 and DenseCL
     params["pretrain"].update(epochs=2, batch_size=32, checkpoint_every=1, backbone=dict(arch="cnn4", width=4))

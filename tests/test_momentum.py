@@ -11,7 +11,7 @@ from sslstudy.methods.moco import MoCo, info_nce
 from sslstudy.methods.pcl import PCL
 from sslstudy.models import build_backbone
 
-MOCO = dict(temperature=0.2, proj_hidden=16, proj_dim=8, queue=64, momentum=0.9, shuffle_groups=2)
+MOCO = dict(temperature=0.2, proj_hidden=16, proj_dim=8, proj_bn=False, queue=64, momentum=0.9, shuffle_groups=2)
 CFGS = {MoCo: MOCO, DenseCL: dict(MOCO, loss_lambda=0.5),
         PCL: dict(MOCO, num_clusters=[4, 6], proto_negatives=2, proto_warmup_epochs=1),
         BYOL: dict(proj_hidden=16, proj_dim=8, pred_hidden=16, momentum=0.96)}
@@ -88,6 +88,27 @@ def test_copies_get_no_gradients_and_no_optimiser(cls):
     in_optimiser = {id(p) for g in m.optim_groups(1e-4) for p in g["params"]}
     assert not in_optimiser & {id(p) for p in copies}
     assert in_optimiser == {id(p) for p in m.parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("cls", [MoCo, DenseCL, PCL])
+def test_proj_bn_standardises_every_head_output_and_its_copy_follows(cls):
+    """proj_bn: true ends each head (and its momentum copy) with an affine-free batch norm, so in
+    training mode every output dimension has mean 0 and variance 1 over the batch, and the loss
+    reaches every parameter of the online networks."""
+    m = _model(cls, proj_bn=True).train()
+    x = _batch().views[0]
+    for outs in (m.online(x), m.momentum_forward(x, torch.Generator().manual_seed(1))):
+        outs = (outs,) if cls is not DenseCL else outs[:2]
+        for o in outs:
+            o = o.float().transpose(0, 1).flatten(1)  # (dim, batch x positions)
+            torch.testing.assert_close(o.mean(1), torch.zeros(len(o)), rtol=0, atol=1e-5)
+            torch.testing.assert_close(o.var(1, unbiased=False), torch.ones(len(o)), rtol=0, atol=1e-3)
+    plain = _model(cls, proj_bn=False)
+    assert sum(isinstance(mod, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)) for mod in m.modules()) > \
+        sum(isinstance(mod, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)) for mod in plain.modules())
+    loss, _ = m(_batch())
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for online, _ in m.pairs for p in getattr(m, online).parameters())
 
 
 @pytest.mark.parametrize("cls", [MoCo, DenseCL])

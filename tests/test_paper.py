@@ -71,3 +71,22 @@ def test_the_profile_gives_the_paper_its_resources(tmp_path):
     # the cluster's settings: from the profile, never from the study's params
     assert all(la["executor"] == "slurm" and la["evaluate"] == "executor" and la["slurm"]["partition"] is None
                for las in launches.values() for la in las)
+
+
+def test_official_method_blocks_survive_the_merge_over_study_yaml():
+    """Snakemake merges params/paper.yaml and params/methods/*.yaml over params/study.yaml: every
+    method setting that study.yaml makes for its CPU scale must be overridden by the official file,
+    or the paper grid would run it."""
+    def leaks(study, official, where):
+        for k, v in study.items():
+            if k not in official:
+                yield f"{where}.{k}"
+            elif isinstance(v, dict) and isinstance(official[k], dict):
+                yield from leaks(v, official[k], f"{where}.{k}")
+
+    study = yaml.safe_load((ROOT / "params/study.yaml").read_text())["methods"]
+    found = []
+    for f in sorted((ROOT / "params/methods").glob("*.yaml")):
+        for m, block in yaml.safe_load(f.read_text())["methods"].items():
+            found += leaks(study.get(m, {}), block, f"methods.{m}")
+    assert not found, f"params/study.yaml settings the paper grid would inherit: {found}"

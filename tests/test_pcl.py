@@ -12,7 +12,7 @@ from sslstudy.errors import UserError
 from sslstudy.methods.pcl import PCL, concentration, proto_nce, sample_negatives
 from sslstudy.models import build_backbone
 
-CFG = dict(temperature=0.2, proj_hidden=16, proj_dim=8, queue=64, momentum=0.99, shuffle_groups=2,
+CFG = dict(temperature=0.2, proj_hidden=16, proj_dim=8, proj_bn=False, queue=64, momentum=0.99, shuffle_groups=2,
            num_clusters=[6, 12], proto_negatives=3, proto_warmup_epochs=1)
 
 

@@ -34,16 +34,22 @@ def dense_loss(q_grid: torch.Tensor, k_grid: torch.Tensor, match: torch.Tensor, 
 
 class Heads(nn.Module):
     """DenseCLNeck without BN: global head (pooled map -> Linear-ReLU-Linear) and dense head
-    (1x1 conv - ReLU - 1x1 conv on the unpooled map)."""
+    (1x1 conv - ReLU - 1x1 conv on the unpooled map); with bn, each head has MoCo's proj_bn batch
+    norm (after the hidden layer; affine-free on the output)."""
 
-    def __init__(self, channels: int, hidden: int, dim: int):
+    def __init__(self, channels: int, hidden: int, dim: int, bn: bool = False):
         super().__init__()
-        self.global_head = mlp_head(channels, hidden, dim)
-        self.dense_head = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, dim, 1))
+        self.global_head = mlp_head(channels, hidden, dim, bn)
+        if bn:
+            self.dense_head = nn.Sequential(nn.Conv2d(channels, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
+                                            nn.Conv2d(hidden, dim, 1, bias=False), nn.BatchNorm2d(dim, affine=False))
+        else:
+            self.dense_head = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, dim, 1))
         for m in self.global_head:  # the official neck re-initialises only its Linear layers (kaiming, fan_in)
             if isinstance(m, nn.Linear):
                 nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def forward(self, fmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.global_head(fmap.mean(dim=(2, 3))), self.dense_head(fmap)
@@ -54,7 +60,7 @@ class DenseCL(MomentumMethod):
     queues = {"queue": "methods.densecl.queue", "queue2": "methods.densecl.queue (dense)"}
 
     def build_heads(self):
-        self.heads = Heads(self.backbone.out_dim, self.cfg["proj_hidden"], self.cfg["proj_dim"])
+        self.heads = Heads(self.backbone.out_dim, self.cfg["proj_hidden"], self.cfg["proj_dim"], self.cfg["proj_bn"])
 
     def encode(self, x, backbone, heads):
         """-> global projection (N, D), dense projection map (N, D, h, w), backbone map (N, C, h, w)."""

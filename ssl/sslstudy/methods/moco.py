@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models import mlp
 from .base import MomentumMethod, float32, unit
 
 
@@ -18,8 +19,11 @@ def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature:
     return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
 
 
-def mlp_head(in_dim: int, hidden: int, out: int) -> nn.Sequential:
-    """MoCo v2's head: Linear - ReLU - Linear, no batch norm."""
+def mlp_head(in_dim: int, hidden: int, out: int, bn: bool = False) -> nn.Sequential:
+    """MoCo v2's head: Linear - ReLU - Linear, no batch norm; with bn, SimCLR's projector
+    (batch norm after the hidden layer and an affine-free one on the output)."""
+    if bn:
+        return mlp(in_dim, hidden, out, 2, last_bn=True)
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out))
 
 
@@ -27,7 +31,7 @@ class MoCo(MomentumMethod):
     queues = {"queue": "methods.moco.queue"}
 
     def build_heads(self):
-        self.head = mlp_head(self.backbone.out_dim, self.cfg["proj_hidden"], self.cfg["proj_dim"])
+        self.head = mlp_head(self.backbone.out_dim, self.cfg["proj_hidden"], self.cfg["proj_dim"], self.cfg["proj_bn"])
 
     def query_and_key(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised queries of view 0 and keys of view 1 (the momentum encoder, shuffle-BN)."""

@@ -1,5 +1,6 @@
 """DeepCluster: PCA-whitening against faiss' PCAMatrix, the cluster-uniform sampler, the per-epoch
-classifier re-initialisation and its optimiser group, the loss, and the error for a too-large k."""
+classifier re-initialisation and its optimiser group, the loss, clustering grey images, and the
+error for a too-large k."""
 import faiss
 import numpy as np
 import pytest
@@ -7,13 +8,14 @@ import torch
 import torch.nn.functional as F
 
 from conftest import FakeCtx
+from sslstudy.augment import MEAN, STD, gray_normalized
 from sslstudy.errors import UserError
 from sslstudy.methods.base import Batch
 from sslstudy.methods.deepcluster import DeepCluster, pca_whiten, uniform_over_clusters
 from sslstudy.models import build_backbone
 from sslstudy.train import build_optimizer
 
-CFG = dict(k=5, pca_dim=8, proj_hidden=16, balance="sampler")
+CFG = dict(k=5, pca_dim=8, proj_hidden=16, balance="sampler", cluster_gray=False)
 
 
 def test_pca_whiten_matches_faiss_pca_matrix():
@@ -126,3 +128,26 @@ def test_loss_is_cross_entropy_on_pseudo_labels(ctx):
     w = np.array([60 / ((sizes > 0).sum() * sizes[c]) for c in y.tolist()])
     per = np.array([float(torch.logsumexp(logits[i], 0) - logits[i, y[i]]) for i in range(32)])
     assert loss_w.item() == pytest.approx((w * per).sum() / w.sum(), rel=1e-5)
+
+
+def test_cluster_gray_clusters_the_grey_images(ctx):
+    """cluster_gray: the k-means sees the features of the images in grey, so the same model on a
+    context holding those grey images already, without the switch, draws the same pseudo-labels."""
+    m = _model(cluster_gray=True)
+    m.before_epoch(0, ctx)
+    plain = _model()
+    plain.before_epoch(0, FakeCtx(gray_normalized(ctx.x)))
+    colour = _model()
+    colour.before_epoch(0, ctx)
+    assert torch.equal(m.labels, plain.labels) and not torch.equal(m.labels, colour.labels)
+
+
+def test_gray_normalized_is_the_luma_of_every_channel():
+    x01 = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    g01 = gray_normalized((x01 - mean) / std) * std + mean
+    luma = 0.299 * x01[:, 0] + 0.587 * x01[:, 1] + 0.114 * x01[:, 2]
+    for c in range(3):
+        torch.testing.assert_close(g01[:, c], luma, rtol=0, atol=1e-5)
+    grey = luma.unsqueeze(1).expand(-1, 3, -1, -1)  # already grey: unchanged
+    torch.testing.assert_close(gray_normalized((grey - mean) / std) * std + mean, grey, rtol=0, atol=1e-5)

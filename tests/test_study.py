@@ -40,15 +40,20 @@ def test_every_method_beats_its_random_weights_at_the_coarse_level_on_the_linear
     assert (diff["low"] > 0).all(), diff[["mean", "low", "high", "n"]]
 
 
-# The rest of issue 13's health goal, not met by the CPU-scale defaults (README, "Measured"): strict, so
-# the day the defaults meet it these fail and the marks go.
-@pytest.mark.xfail(strict=True, reason="issue 13: PCL's coarse kNN does not separate from its random weights at 6 CPU epochs")
 def test_every_method_beats_its_random_weights_at_the_coarse_level_on_knn(default_study):
     diff = vs_random(default_study[0], "coarse")
     assert (diff["low"] > 0).all(), diff[["mean", "low", "high", "n"]]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: the mid level's kNN is not learned by BYOL, DeepCluster, MoCo v2 and PCL at 6 CPU epochs")
+def test_six_methods_beat_their_random_weights_at_the_mid_level_on_knn(default_study):
+    """The mid level's kNN for every method but the two of the strict xfail below."""
+    diff = vs_random(default_study[0], "mid").drop(["byol", "deepcluster"])
+    assert len(diff) == 6 and (diff["low"] > 0).all(), diff[["mean", "low", "high", "n"]]
+
+
+# The rest of issue 13's health goal, not met by the CPU-scale defaults (README, "Measured"): strict, so
+# the day the defaults meet it this fails and the mark goes.
+@pytest.mark.xfail(strict=True, reason="issue 13: the mid level's kNN is not learned by BYOL and DeepCluster at 6 CPU epochs")
 def test_every_method_beats_its_random_weights_at_the_mid_level(default_study):
     diff = vs_random(default_study[0], "mid")
     assert (diff["low"] > 0).all(), diff[["mean", "low", "high", "n"]]

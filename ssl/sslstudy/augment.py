@@ -68,7 +68,7 @@ from torch import Tensor
 
 from .errors import UserError
 
-__all__ = ["MEAN", "STD", "ViewSpec", "to_float", "normalize", "sample_params", "apply_params",
+__all__ = ["MEAN", "STD", "ViewSpec", "to_float", "normalize", "gray_normalized", "sample_params", "apply_params",
            "batch_params", "views_from", "make_views", "eval_view", "set_thread_threads"]
 
 #: ImageNet channel statistics used to normalise views (RGB, for images in [0, 1]).
@@ -184,6 +184,13 @@ def normalize(x: Tensor) -> Tensor:
     """(x - MEAN) / STD per channel of a (B, 3, H, W) float tensor in [0, 1] (not in place)."""
     mean, std = _stats(x)
     return (x - mean) / std
+
+
+def gray_normalized(x: Tensor) -> Tensor:
+    """Normalised (B, 3, H, W) images -> the same images in grey (their luma on all three
+    channels), normalised again: what a view's grayscale makes of them."""
+    mean, std = _stats(x)
+    return normalize(_grayscale(x * std + mean))
 
 
 def _normalize_(x: Tensor) -> Tensor:

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..augment import gray_normalized
 from ..errors import UserError
 from ..eval.kmeans import assignment_scores
 from ..models import mlp
@@ -53,6 +54,14 @@ def uniform_over_clusters(labels: np.ndarray, gen: torch.Generator) -> np.ndarra
     return order[torch.randperm(len(order), generator=gen).numpy()][:n]
 
 
+class Gray(nn.Module):
+    """The grey version of normalised images: k-means then sees no colour (the original removes it
+    from every input with a fixed Sobel layer; here only the clustered images lose it)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return gray_normalized(x)
+
+
 class DeepCluster(Method):
     def __init__(self, *args):
         super().__init__(*args)
@@ -76,7 +85,8 @@ class DeepCluster(Method):
 
     @torch.no_grad()
     def before_epoch(self, epoch, ctx):
-        feats = ctx.features(nn.Sequential(self.backbone, self.body))
+        encoder = nn.Sequential(self.backbone, self.body)
+        feats = ctx.features(nn.Sequential(Gray(), encoder) if self.cfg["cluster_gray"] else encoder)
         x = pca_whiten(feats, self.cfg["pca_dim"])
         _, labels, _ = shared_kmeans(x, self.k, stream_seed(ctx.seed, epoch, 0), niter=KMEANS_ITERS)
         if epoch > 0 and bool((self.labels >= 0).all()):

@@ -53,7 +53,7 @@ def test_six_methods_beat_their_random_weights_at_the_mid_level_on_knn(default_s
 
 # The rest of issue 13's health goal, not met by the CPU-scale defaults (README, "Measured"): strict, so
 # the day the defaults meet it this fails and the mark goes.
-@pytest.mark.xfail(strict=True, reason="issue 13: the mid level's kNN is not learned by BYOL and DeepCluster at 6 CPU epochs")
+@pytest.mark.xfail(strict=True, reason="issue 13: at 6 CPU epochs BYOL does not learn the mid level, and DeepCluster's mid kNN interval reaches zero")
 def test_every_method_beats_its_random_weights_at_the_mid_level(default_study):
     diff = vs_random(default_study[0], "mid")
     assert (diff["low"] > 0).all(), diff[["mean", "low", "high", "n"]]

@@ -37,7 +37,7 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _to_float(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    return torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).permute(0, 3, 1, 2)  # a writable copy of a read-only memmap
 
 
 def _to_uint8(x: torch.Tensor) -> np.ndarray:

@@ -148,8 +148,9 @@ def test_nonfinite_loss_stops_at_once(tiny_data, subset, tmp_path):
 
 
 def test_batch_larger_than_subset(tiny_data, subset, tmp_path):
-    with pytest.raises(UserError, match="fewer than one batch"):
-        train(tiny_spec(tiny_data / "natural", subset, batch_size=1024), tmp_path / "run")
+    spec = tiny_spec(tiny_data / "natural", subset, batch_size=1024)
+    with pytest.raises(UserError, match=f"fewer than one batch of 1024; lower methods.{spec['method']['name']}.batch_size, else pretrain.batch_size$"):
+        train(spec, tmp_path / "run")
 
 
 @pytest.mark.parametrize("arch,dim", [("resnet18", 512), ("resnet50", 2048), ("cnn4", 64)])

@@ -279,9 +279,9 @@ class _Trainer:
         self.idx = np.sort(load_indices(cfg["data"]["subset"]))
         bs, world = self.bs, self.world = cfg["batch_size"], D.world()
         if bs % world:
-            raise UserError(f"{cfg['run']}: pretrain.batch_size {bs} (the global batch) is not divisible by {world} processes; change it in params")
+            raise UserError(f"{cfg['run']}: the global batch {bs} ({_batch_key(cfg)}) is not divisible by {world} processes; change it in params")
         if len(self.idx) < bs:
-            raise UserError(f"{cfg['data']['subset']}: {len(self.idx)} images, fewer than one batch of {bs}; lower pretrain.batch_size")
+            raise UserError(f"{cfg['data']['subset']}: {len(self.idx)} images, fewer than one batch of {bs}; lower {_batch_key(cfg)}")
         self.steps_per_epoch = len(self.idx) // bs  # drop_last: every step sees a full batch
         self.epochs = cfg["epochs"]
         self.total = self.steps_per_epoch * self.epochs
@@ -499,6 +499,11 @@ class _Trainer:
         if self.lead:
             log.info("done: %s", final)
         return final
+
+
+def _batch_key(cfg: dict) -> str:
+    """Where a run's global batch is set in params."""
+    return f"methods.{cfg['method']['name']}.batch_size, else pretrain.batch_size"
 
 
 def _resume_state(run_dir: Path, cfg: dict) -> dict | None:

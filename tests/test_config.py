@@ -55,14 +55,18 @@ def test_a_partial_method_optim_keeps_the_methods_own_optimiser(method):
     assert (lars["name"], lars["lr"], lars["weight_decay"], lars["warmup_epochs"]) == ("lars", 2.0, 1.0e-6, 1)
 
 
-def test_a_method_batch_size_overrides_pretrain_batch_size_for_that_method_only():
+def test_a_method_batch_size_and_epochs_override_pretrain_for_that_method_only():
     from sslstudy import axes
     study = dict(study=dict(methods=["simclr", "byol"], domains=["natural"], subsets=[1.0]),
-                 pretrain=dict(batch_size=128), methods=dict(byol=dict(batch_size=64)))
+                 pretrain=dict(batch_size=128, epochs=6), methods=dict(byol=dict(batch_size=64, epochs=12)))
     c = config.validate(study)
     spec = {r["method"]: axes.pretrain_spec(c, r) for r in axes.ssl_runs(c)}
     assert spec["byol"]["batch_size"] == 64 and spec["simclr"]["batch_size"] == 128
-    assert "batch_size" not in spec["byol"]["method"]["params"]  # the method's heads never see it
+    assert spec["byol"]["epochs"] == 12 and spec["simclr"]["epochs"] == 6
+    assert not {"batch_size", "epochs"} & set(spec["byol"]["method"]["params"])  # the method's heads never see them
     with pytest.raises(UserError) as e:
         config.validate(dict(study, methods=dict(byol=dict(batch_size=1))), "params/study.yaml")
     assert "\n" not in str(e.value) and "methods.byol.batch_size: 1 is less than the minimum of 2" in str(e.value)
+    with pytest.raises(UserError) as e:  # the warm-up is checked against the method's own epochs
+        config.validate(dict(study, methods=dict(byol=dict(epochs=2, optim=dict(warmup_epochs=2)))), "params/study.yaml")
+    assert "\n" not in str(e.value) and "warmup_epochs (2, for byol) must be smaller than methods.byol.epochs (2)" in str(e.value)

@@ -274,12 +274,13 @@ def pretrain_spec(config: dict, run: dict) -> dict:
     params = copy.deepcopy(config["methods"][run["method"]])
     optim = dict(p["optim"], **params.pop("optim", {}))
     batch_size = params.pop("batch_size", p["batch_size"])
+    epochs = params.pop("epochs", None) or p["epochs"]
     views = [dict(p["views"], **{k: v for k, v in o.items() if k != "repeat"})
              for o in params.pop("views", [{}, {}]) for _ in range(o.get("repeat", 1))]
     shrink = image_size_after(run["quality"], p["views"]["size"]) / p["views"]["size"]  # lowres: smaller views
     views = [dict(v, size=max(2, round(v["size"] * shrink))) if shrink < 1 else v for v in views]
     return dict(
-        run=run["id"], seed=run["seed"], epochs=p["epochs"], batch_size=batch_size,
+        run=run["id"], seed=run["seed"], epochs=epochs, batch_size=batch_size,
         checkpoint_every=p["checkpoint_every"], threads=p["threads"], on_collapse=p["on_collapse"],
         device=p["device"], precision=p["precision"], precision_fallback=p["precision_fallback"], compile=p["compile"],
         backbone=p["backbone"], optim=optim, views=views,

@@ -109,9 +109,11 @@ def validate(config: dict, source: str = "config") -> dict:
         raise UserError(f"{source}: {where}: {e.message}; fix it (allowed keys and types: {SCHEMA.relative_to(SCHEMA.parents[2])})")
     p = config["pretrain"]
     for m in config["study"]["methods"]:
-        warm = config["methods"].get(m, {}).get("optim", {}).get("warmup_epochs", p["optim"]["warmup_epochs"])
-        if warm >= p["epochs"]:
-            raise UserError(f"{source}: warmup_epochs ({warm}, for {m}) must be smaller than pretrain.epochs ({p['epochs']}); lower it")
+        own = config["methods"].get(m, {})
+        warm = own.get("optim", {}).get("warmup_epochs", p["optim"]["warmup_epochs"])
+        epochs, key = (own["epochs"], f"methods.{m}.epochs") if own.get("epochs") else (p["epochs"], "pretrain.epochs")
+        if warm >= epochs:
+            raise UserError(f"{source}: warmup_epochs ({warm}, for {m}) must be smaller than {key} ({epochs}); lower it")
     return config
 
 

@@ -53,7 +53,7 @@ def test_every_axis_is_in_the_tables(default_study):
     assert {"natural+aerial"} <= set(frozen["domain"]) and {"texture"} <= set(frozen["eval_domain"])
     clusters = df[df["eval"] == "clusters"]
     for method, epochs in clusters.groupby("method")["epoch"]:  # every checkpoint of the run, at its own epochs
-        last = c["methods"][method].get("epochs") or c["pretrain"]["epochs"]
+        last, _ = axes.method_pretrain(c, method, "epochs")
         assert set(epochs) == set(range(0, last + 1, c["pretrain"]["checkpoint_every"])) | {last}, method
     for name in ("quantity", "domain", "quality", "granularity", "fusion", "clustering", "findings", "comparisons"):
         assert (wf / f"results/tables/{name}.csv").is_file(), name

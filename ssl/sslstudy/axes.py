@@ -266,6 +266,16 @@ def check(config: dict, source: str = "params") -> list[str]:
     return sorted(plain)
 
 
+METHOD_PRETRAIN = ("batch_size", "epochs")  # the pretrain settings a method may override
+
+
+def method_pretrain(config: dict, method: str, key: str) -> tuple:
+    """One of METHOD_PRETRAIN for a method: methods.<m>.<key> where set and not null, else
+    pretrain.<key>. -> (value, the params key it came from)."""
+    own = (config["methods"].get(method) or {}).get(key)
+    return (own, f"methods.{method}.{key}") if own is not None else (config["pretrain"][key], f"pretrain.{key}")
+
+
 def pretrain_spec(config: dict, run: dict) -> dict:
     """Everything one pretraining run depends on (saved in every checkpoint)."""
     p = config["pretrain"]
@@ -273,8 +283,9 @@ def pretrain_spec(config: dict, run: dict) -> dict:
         raise UserError(f"method {run['method']!r} has no hyper-parameters under methods: in params; add them")
     params = copy.deepcopy(config["methods"][run["method"]])
     optim = dict(p["optim"], **params.pop("optim", {}))
-    batch_size = params.pop("batch_size", p["batch_size"])
-    epochs = params.pop("epochs", None) or p["epochs"]
+    batch_size, epochs = (method_pretrain(config, run["method"], k)[0] for k in METHOD_PRETRAIN)
+    for k in METHOD_PRETRAIN:
+        params.pop(k, None)  # the trainer's, not the heads'
     views = [dict(p["views"], **{k: v for k, v in o.items() if k != "repeat"})
              for o in params.pop("views", [{}, {}]) for _ in range(o.get("repeat", 1))]
     shrink = image_size_after(run["quality"], p["views"]["size"]) / p["views"]["size"]  # lowres: smaller views

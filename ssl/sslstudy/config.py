@@ -9,7 +9,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from .axes import check
+from .axes import check, method_pretrain
 from .errors import UserError
 from .names import IMAGES_FILE, SYNTH_ROOT, dataset_path
 
@@ -109,9 +109,8 @@ def validate(config: dict, source: str = "config") -> dict:
         raise UserError(f"{source}: {where}: {e.message}; fix it (allowed keys and types: {SCHEMA.relative_to(SCHEMA.parents[2])})")
     p = config["pretrain"]
     for m in config["study"]["methods"]:
-        own = config["methods"].get(m, {})
-        warm = own.get("optim", {}).get("warmup_epochs", p["optim"]["warmup_epochs"])
-        epochs, key = (own["epochs"], f"methods.{m}.epochs") if own.get("epochs") else (p["epochs"], "pretrain.epochs")
+        warm = config["methods"].get(m, {}).get("optim", {}).get("warmup_epochs", p["optim"]["warmup_epochs"])
+        epochs, key = method_pretrain(config, m, "epochs")
         if warm >= epochs:
             raise UserError(f"{source}: warmup_epochs ({warm}, for {m}) must be smaller than {key} ({epochs}); lower it")
     return config

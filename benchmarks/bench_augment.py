@@ -20,6 +20,7 @@ On CUDA (if available) ours is timed on the GPU with the images already there, a
 the views/s a bare ResNet-50 two-view step consumes on an H100 (~4,000, /work/shared/README.md;
 target >= 4x), and torchvision per image on the GPU is timed beside it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,24 +35,25 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ssl"))
 
+from sslstudy.augment import MEAN, STD, ViewSpec, apply_params, make_views, sample_params, to_float  # noqa: E402
 from torchvision.transforms import v2  # noqa: E402
 
-from sslstudy.augment import MEAN, STD, ViewSpec, apply_params, make_views, sample_params, to_float  # noqa: E402
-
 BATCH = 256
-GPU_STEP_VIEWS_PER_S = 4000   # bare ResNet-50 two-view step, bf16 + channels_last, H100 (shared/README.md)
+GPU_STEP_VIEWS_PER_S = 4000  # bare ResNet-50 two-view step, bf16 + channels_last, H100 (shared/README.md)
 
 
 def torchvision_pipeline(spec: ViewSpec) -> v2.Compose:
-    return v2.Compose([
-        v2.RandomResizedCrop(spec.size, scale=spec.scale, ratio=spec.ratio, antialias=True),
-        v2.RandomHorizontalFlip(spec.hflip),
-        v2.RandomApply([v2.ColorJitter(*spec.jitter)], p=spec.jitter_p),
-        v2.RandomGrayscale(spec.gray_p),
-        v2.RandomApply([v2.GaussianBlur(spec.blur_kernel, spec.blur_sigma)], p=spec.blur_p),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(list(MEAN), list(STD)),
-    ])
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(spec.size, scale=spec.scale, ratio=spec.ratio, antialias=True),
+            v2.RandomHorizontalFlip(spec.hflip),
+            v2.RandomApply([v2.ColorJitter(*spec.jitter)], p=spec.jitter_p),
+            v2.RandomGrayscale(spec.gray_p),
+            v2.RandomApply([v2.GaussianBlur(spec.blur_kernel, spec.blur_sigma)], p=spec.blur_p),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(list(MEAN), list(STD)),
+        ]
+    )
 
 
 def with_threads(n: int, fn):
@@ -62,12 +64,13 @@ def with_threads(n: int, fn):
             return fn()
         finally:
             torch.set_num_threads(old)
+
     return run
 
 
 def time_rounds(jobs: dict, rounds: int) -> dict[str, list[float]]:
     """views/s of every job per round; jobs: name -> (fn, views made per call)."""
-    for fn, _ in jobs.values():       # warm-up
+    for fn, _ in jobs.values():  # warm-up
         fn()
     rates = {k: [] for k in jobs}
     for _ in range(rounds):
@@ -81,7 +84,7 @@ def time_rounds(jobs: dict, rounds: int) -> dict[str, list[float]]:
 def bench(label: str, size: int, in_size: int, rounds: int, tv_images: int, threads: int, gen) -> dict:
     spec = ViewSpec(size=size)
     imgs = torch.randint(0, 256, (BATCH, in_size, in_size, 3), dtype=torch.uint8, generator=gen)  # as stored
-    imgs_chw = imgs.permute(0, 3, 1, 2).contiguous()   # per-image uint8 (3, H, W) for torchvision
+    imgs_chw = imgs.permute(0, 3, 1, 2).contiguous()  # per-image uint8 (3, H, W) for torchvision
     tv = torchvision_pipeline(spec)
 
     def ours():
@@ -116,8 +119,10 @@ def bench(label: str, size: int, in_size: int, rounds: int, tv_images: int, thre
     r = time_rounds(jobs, rounds)
     best = {k: max(v) for k, v in r.items()}
     med = {k: statistics.median(v) for k, v in r.items()}
-    print(f"\n[{label}] {size} px views of {in_size} px uint8 images, batch {BATCH}, CPU, {rounds} rounds "
-          f"(torchvision on {tv_images} images/round); views/s of the best round (median round)")
+    print(
+        f"\n[{label}] {size} px views of {in_size} px uint8 images, batch {BATCH}, CPU, {rounds} rounds "
+        f"(torchvision on {tv_images} images/round); views/s of the best round (median round)"
+    )
 
     def row(name, key):
         print(f"  {name:<44}{best[key]:9.1f}  ({med[key]:.1f})")
@@ -133,10 +138,12 @@ def bench(label: str, size: int, in_size: int, rounds: int, tv_images: int, thre
     row("torchvision v2 per image, 1 thread", "tv 1t")
     ratio1 = best["ours 1t"] / best["tv 1t"]
     print(f"  RATIO ours/torchvision, 1 thread each        {ratio1:9.2f}x ({med['ours 1t'] / med['tv 1t']:.2f}x)")
-    print(f"  jitter order: apply_params per-sample {best['apply sample order']:.1f} views/s, per-batch "
-          f"{best['apply batch order']:.1f} views/s: per-sample order takes "
-          f"{best['apply batch order'] / best['apply sample order']:.2f}x the time "
-          f"({med['apply batch order'] / med['apply sample order']:.2f}x)")
+    print(
+        f"  jitter order: apply_params per-sample {best['apply sample order']:.1f} views/s, per-batch "
+        f"{best['apply batch order']:.1f} views/s: per-sample order takes "
+        f"{best['apply batch order'] / best['apply sample order']:.2f}x the time "
+        f"({med['apply batch order'] / med['apply sample order']:.2f}x)"
+    )
 
     if torch.cuda.is_available():
         dev_imgs, dev_chw = imgs.cuda(), imgs_chw.cuda()
@@ -151,12 +158,15 @@ def bench(label: str, size: int, in_size: int, rounds: int, tv_images: int, thre
             torch.cuda.synchronize()
 
         reps = 20 if size <= 64 else 5
-        g = time_rounds({"ours": (lambda: [ours_gpu() for _ in range(reps)], BATCH * reps),
-                         "tv": (tv_gpu, n_tv)}, rounds=3)
+        g = time_rounds(
+            {"ours": (lambda: [ours_gpu() for _ in range(reps)], BATCH * reps), "tv": (tv_gpu, n_tv)}, rounds=3
+        )
         name = torch.cuda.get_device_name()
-        print(f"  on {name}: ours {max(g['ours']):.0f} views/s, torchvision per image {max(g['tv']):.0f} views/s "
-              f"(ratio {max(g['ours']) / max(g['tv']):.1f}x); ours / a ResNet-50 two-view step's "
-              f"{GPU_STEP_VIEWS_PER_S} views/s: {max(g['ours']) / GPU_STEP_VIEWS_PER_S:.1f}x (target >= 4x)")
+        print(
+            f"  on {name}: ours {max(g['ours']):.0f} views/s, torchvision per image {max(g['tv']):.0f} views/s "
+            f"(ratio {max(g['ours']) / max(g['tv']):.1f}x); ours / a ResNet-50 two-view step's "
+            f"{GPU_STEP_VIEWS_PER_S} views/s: {max(g['ours']) / GPU_STEP_VIEWS_PER_S:.1f}x (target >= 4x)"
+        )
     else:
         print("  GPU: no CUDA: skipped")
     return {"ratio": ratio, "ratio_median": ratio_med, "ratio_1thread": ratio1}
@@ -171,8 +181,15 @@ def main() -> None:
     print(f"torch {torch.__version__}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     t0 = time.perf_counter()
     bench("small", 32, 32, rounds=2 if args.quick else 8, tv_images=BATCH, threads=args.threads, gen=gen)
-    bench("ImageNet", 224, 256, rounds=1 if args.quick else 3, tv_images=16 if args.quick else 128,
-          threads=args.threads, gen=gen)
+    bench(
+        "ImageNet",
+        224,
+        256,
+        rounds=1 if args.quick else 3,
+        tv_images=16 if args.quick else 128,
+        threads=args.threads,
+        gen=gen,
+    )
     print(f"\ntotal {time.perf_counter() - t0:.0f} s, load average {os.getloadavg()[0]:.1f}")
 
 

@@ -13,6 +13,7 @@ Printed: CPU seconds of each stage, both totals and their ratio, the cache's siz
 of one evaluation job (a fresh interpreter importing the CLI's modules, reading the dataset and the
 checkpoint) against its compute. The backbone is params/study.yaml's at its random initialisation.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-
 from sslstudy import config
 from sslstudy.data.packed import load_dataset
 from sslstudy.eval.features import Features, embed_dataset, probe_splits
@@ -67,15 +67,38 @@ def old_path(ckpt: Path, ds, ev: dict, size: int, reads: int) -> Clock:
     finest = ds.levels[-1]
     for job in range(1 + reads):
         net, _ = c("load backbone", load_backbone, ckpt)
-        x_tr = c("embed", lambda: embed(net, ds.images, tr, size, batch_size=ev["batch_size"]).numpy())
-        x_te = c("embed", lambda: embed(net, ds.images, te, size, batch_size=ev["batch_size"]).numpy())
-        c("linear", linear_probe, x_tr, ds.label_array(finest, tr), x_te, ds.n_classes(finest),
-          epochs=ev["linear_epochs"], seed=ev["cluster_seed"])
+        x_tr = c("embed", lambda net=net: embed(net, ds.images, tr, size, batch_size=ev["batch_size"]).numpy())
+        x_te = c("embed", lambda net=net: embed(net, ds.images, te, size, batch_size=ev["batch_size"]).numpy())
+        c(
+            "linear",
+            linear_probe,
+            x_tr,
+            ds.label_array(finest, tr),
+            x_te,
+            ds.n_classes(finest),
+            epochs=ev["linear_epochs"],
+            seed=ev["cluster_seed"],
+        )
         if job == 0:
             for level in ds.levels:
-                c("knn", knn_accuracy, x_tr, ds.label_array(level, tr), x_te, ds.label_array(level, te), k=20,
-                  temperature=ev["knn_temperature"])
-                c("k-means", cluster_scores, x_te, ds.label_array(level, te), k=ds.n_classes(level), seed=ev["cluster_seed"])
+                c(
+                    "knn",
+                    knn_accuracy,
+                    x_tr,
+                    ds.label_array(level, tr),
+                    x_te,
+                    ds.label_array(level, te),
+                    k=20,
+                    temperature=ev["knn_temperature"],
+                )
+                c(
+                    "k-means",
+                    cluster_scores,
+                    x_te,
+                    ds.label_array(level, te),
+                    k=ds.n_classes(level),
+                    seed=ev["cluster_seed"],
+                )
     return c
 
 
@@ -88,8 +111,16 @@ def new_path(ckpt: Path, ds, ev: dict, size: int, reads: int, cache: Path) -> Cl
     finest = ds.levels[-1]
     for _ in range(reads):
         f = c("load cache", Features.load, cache)
-        c("linear", choose_linear, (f.take(sp["fit"]), ds.label_array(finest, sp["fit"])),
-          (f.take(sp["val"]), ds.label_array(finest, sp["val"])), f.take(sp["test"]), ds.n_classes(finest), ev, "cpu")
+        c(
+            "linear",
+            choose_linear,
+            (f.take(sp["fit"]), ds.label_array(finest, sp["fit"])),
+            (f.take(sp["val"]), ds.label_array(finest, sp["val"])),
+            f.take(sp["test"]),
+            ds.n_classes(finest),
+            ev,
+            "cpu",
+        )
     return c
 
 
@@ -107,22 +138,41 @@ def main(argv=None) -> None:
     net = build_backbone(**params["pretrain"]["backbone"])
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "ep000.pt"
-        torch.save(dict(config=dict(backbone=params["pretrain"]["backbone"]),
-                        model={BACKBONE + k: v for k, v in net.state_dict().items()}), ckpt)
+        torch.save(
+            dict(
+                config=dict(backbone=params["pretrain"]["backbone"]),
+                model={BACKBONE + k: v for k, v in net.state_dict().items()},
+            ),
+            ckpt,
+        )
         old = old_path(ckpt, ds, ev, size, a.reads)
         new = new_path(ckpt, ds, ev, size, a.reads, Path(tmp) / "emb.npz")
         size_mb = (Path(tmp) / "emb.npz").stat().st_size / 2**20
-        start = [float(subprocess.run([sys.executable, "-c", STARTUP, a.dataset, str(ckpt)], capture_output=True,
-                                      text=True, check=True).stdout) for _ in range(2)]
-    print(f"{a.dataset}: {len(ds)} images, backbone {params['pretrain']['backbone']}, {a.threads} thread(s), "
-          f"{a.reads} further job(s) reading the features")
+        start = [
+            float(
+                subprocess.run(
+                    [sys.executable, "-c", STARTUP, a.dataset, str(ckpt)], capture_output=True, text=True, check=True
+                ).stdout
+            )
+            for _ in range(2)
+        ]
+    print(
+        f"{a.dataset}: {len(ds)} images, backbone {params['pretrain']['backbone']}, {a.threads} thread(s), "
+        f"{a.reads} further job(s) reading the features"
+    )
     for name, clock in (("old", old), ("new", new)):
-        print(f"{name}: " + ", ".join(f"{k} {v:.2f}" for k, v in clock.stages.items()) + f"; total {clock.total:.2f} CPU-s")
+        print(
+            f"{name}: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in clock.stages.items())
+            + f"; total {clock.total:.2f} CPU-s"
+        )
     print(f"old / new: {old.total / new.total:.2f}x")
     n, d = len(ds), net.out_dim
     print(f"cache: {size_mb:.2f} MiB ({n} images x {d} dims x 2 bytes = {n * d * 2 / 2**20:.2f} MiB)")
-    print(f"per job start-up (interpreter + imports + dataset + checkpoint): {np.median(start):.2f} CPU-s; "
-          f"new path compute {new.total - new.stages['load backbone']:.2f} CPU-s")
+    print(
+        f"per job start-up (interpreter + imports + dataset + checkpoint): {np.median(start):.2f} CPU-s; "
+        f"new path compute {new.total - new.stages['load backbone']:.2f} CPU-s"
+    )
 
 
 if __name__ == "__main__":

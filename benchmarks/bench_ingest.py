@@ -12,6 +12,7 @@ possible. For the ceiling, the same pool runs a pure-Python loop (no I/O, nothin
 and with all workers: on a machine shared with other work, that ratio is what more processes can
 buy at all. Also times, in one process, what JPEG draft decoding buys over decoding every pixel.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -87,20 +88,33 @@ def main() -> None:
         make_tree(tmp / "tree", a.n)
         print(f"made {a.n} JPEGs (500 x 375) in {time.perf_counter() - t:.1f} s; {cores} cores")
         times: dict[int, list[float]] = {1: [], cores: []}
-        for r in range(a.rounds):
+        for _ in range(a.rounds):
             for w in times:
                 t = time.perf_counter()
-                ingest("imagefolder", tmp / "tree", tmp / "out" / f"w{w}", size=a.size, workers=w, force=True,
-                       progress=False)
+                ingest(
+                    "imagefolder",
+                    tmp / "tree",
+                    tmp / "out" / f"w{w}",
+                    size=a.size,
+                    workers=w,
+                    force=True,
+                    progress=False,
+                )
                 times[w].append(time.perf_counter() - t)
         for w, ts in times.items():
-            print(f"  {w:3d} process(es): {a.n / min(ts):8.0f} images/s (best of {len(ts)}; median {a.n / statistics.median(ts):.0f})")
+            print(
+                f"  {w:3d} process(es): {a.n / min(ts):8.0f} images/s "
+                f"(best of {len(ts)}; median {a.n / statistics.median(ts):.0f})"
+            )
         print(f"ingest to {a.size} px, {cores} cores vs 1 process: {min(times[1]) / min(times[cores]):.2f}x")
         ceiling = {w: min(burn_seconds(w) for _ in range(a.rounds)) for w in times}
         print(f"ceiling (pure-Python loop, same pool), {cores} vs 1 process: {ceiling[1] / ceiling[cores]:.2f}x")
         files = sorted((tmp / "tree").rglob("*.jpg"))[: min(a.n, 300)]
         per = {}
-        for name, fn in (("draft", lambda p: square(Image.open(p), a.size)), ("full decode", lambda p: naive(p, a.size))):
+        for name, fn in (
+            ("draft", lambda p: square(Image.open(p), a.size)),
+            ("full decode", lambda p: naive(p, a.size)),
+        ):
             best = float("inf")
             for _ in range(a.rounds):
                 t = time.perf_counter()

@@ -17,6 +17,7 @@ On CUDA (if available): kmeans(gpu=True) (faiss's GPU index if faiss sees the GP
 Lloyd fallback) on the same data, and on 1M x 256, k=10,000, 20 iterations against the 0.85 s a
 torch Lloyd took on an H100 (issue 7).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ssl"))
 
 from sslstudy.eval import kmeans as km_mod  # noqa: E402
 
-H100_TORCH_LLOYD_S = 0.85   # 1M x 256, k=10,000, 20 iterations (issue 7)
+H100_TORCH_LLOYD_S = 0.85  # 1M x 256, k=10,000, 20 iterations (issue 7)
 
 
 def mixture(n: int, d: int, k: int, seed: int = 0) -> np.ndarray:
@@ -59,8 +60,9 @@ def cpu(x: np.ndarray, k: int, niter: int, threads: int, rounds: int) -> None:
 
     def sk():
         with threadpool_limits(limits=threads):
-            km = KMeans(n_clusters=k, init="random", n_init=1, max_iter=niter, tol=0.0, algorithm="lloyd",
-                        random_state=0).fit(x)
+            km = KMeans(
+                n_clusters=k, init="random", n_init=1, max_iter=niter, tol=0.0, algorithm="lloyd", random_state=0
+            ).fit(x)
         sk.n_iter, sk.own_inertia = km.n_iter_, km.inertia_
         return km.cluster_centers_
 
@@ -77,12 +79,16 @@ def cpu(x: np.ndarray, k: int, niter: int, threads: int, rounds: int) -> None:
     rel = ine["faiss"] / ine["sklearn"] - 1
     print(f"\n[CPU, {threads} thread(s)] {rounds} round(s); seconds of the best round (median; all rounds)")
     for name in ("faiss", "sklearn"):
-        print(f"  {name:<8} {best[name]:8.2f} s  ({med[name]:.2f}; {', '.join(f'{t:.2f}' for t in times[name])})"
-              f"   inertia {ine[name]:.6g}")
+        print(
+            f"  {name:<8} {best[name]:8.2f} s  ({med[name]:.2f}; {', '.join(f'{t:.2f}' for t in times[name])})"
+            f"   inertia {ine[name]:.6g}"
+        )
     print(f"  (scikit-learn ran {sk.n_iter} iterations; its own inertia_ {sk.own_inertia:.6g})")
     ok = "yes" if abs(rel) <= 0.01 else "NO"
-    print(f"  RATIO faiss/sklearn speed {best['sklearn'] / best['faiss']:6.2f}x  ({med['sklearn'] / med['faiss']:.2f}x)"
-          f"   target >= 10x;  inertia faiss vs sklearn {100 * rel:+.2f}% (equal within 1%: {ok})")
+    print(
+        f"  RATIO faiss/sklearn speed {best['sklearn'] / best['faiss']:6.2f}x  ({med['sklearn'] / med['faiss']:.2f}x)"
+        f"   target >= 10x;  inertia faiss vs sklearn {100 * rel:+.2f}% (equal within 1%: {ok})"
+    )
     cpu.best_faiss = best["faiss"]
 
 
@@ -102,7 +108,7 @@ def gpu(x: np.ndarray, k: int, niter: int, big: tuple[int, int, int], check_on_c
     backend = km_mod._kmeans_backend(True, "random")
 
     def timed(data, kk):
-        km_mod.kmeans(data[: kk * 4], kk, niter=2, gpu=True)      # warm-up (CUDA context, kernels)
+        km_mod.kmeans(data[: kk * 4], kk, niter=2, gpu=True)  # warm-up (CUDA context, kernels)
         sync()
         t = time.perf_counter()
         c, _, _ = km_mod.kmeans(data, kk, seed=0, niter=niter, gpu=True)
@@ -111,12 +117,16 @@ def gpu(x: np.ndarray, k: int, niter: int, big: tuple[int, int, int], check_on_c
 
     dt, c = timed(x, k)
     cpu_s = getattr(cpu, "best_faiss", float("nan"))
-    print(f"\n[GPU: {name}, {backend}] {x.shape[0]:,} x {x.shape[1]}, k={k}: {dt:.2f} s, inertia "
-          f"{inertia(x, c):.6g}; faiss CPU in this run took {cpu_s:.2f} s ({cpu_s / dt:.1f}x)")
+    print(
+        f"\n[GPU: {name}, {backend}] {x.shape[0]:,} x {x.shape[1]}, k={k}: {dt:.2f} s, inertia "
+        f"{inertia(x, c):.6g}; faiss CPU in this run took {cpu_s:.2f} s ({cpu_s / dt:.1f}x)"
+    )
     n, d, kk = big
     dt, _ = timed(mixture(n, d, kk, seed=1), kk)
-    print(f"  {n:,} x {d}, k={kk:,}, {niter} iterations: {dt:.2f} s (H100 reference for 1,000,000 x 256, "
-          f"k=10,000, torch Lloyd: {H100_TORCH_LLOYD_S} s; ratio {H100_TORCH_LLOYD_S / dt:.2f}x)")
+    print(
+        f"  {n:,} x {d}, k={kk:,}, {niter} iterations: {dt:.2f} s (H100 reference for 1,000,000 x 256, "
+        f"k=10,000, torch Lloyd: {H100_TORCH_LLOYD_S} s; ratio {H100_TORCH_LLOYD_S / dt:.2f}x)"
+    )
 
 
 def main() -> None:
@@ -129,14 +139,19 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1, help="alternating rounds per thread count (default 1)")
     ap.add_argument("--quick", action="store_true", help="20,000 x 128, k=200, 3 rounds")
     ap.add_argument("--no-gpu", action="store_true", help="skip the GPU part")
-    ap.add_argument("--check-gpu-code-on-cpu", action="store_true",
-                    help="run the GPU part through the torch fallback on the CPU at a tiny size (no GPU needed)")
+    ap.add_argument(
+        "--check-gpu-code-on-cpu",
+        action="store_true",
+        help="run the GPU part through the torch fallback on the CPU at a tiny size (no GPU needed)",
+    )
     args = ap.parse_args()
     if args.quick:
         args.n, args.k, args.rounds = 20_000, 200, 3
     x = mixture(args.n, args.d, args.k)
-    print(f"faiss {faiss.__version__}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; "
-          f"{args.n:,} x {args.d} float32, k={args.k}, {args.niter} Lloyd iterations")
+    print(
+        f"faiss {faiss.__version__}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; "
+        f"{args.n:,} x {args.d} float32, k={args.k}, {args.niter} Lloyd iterations"
+    )
     t0 = time.perf_counter()
     for threads in (int(t) for t in args.threads.split(",")):
         cpu(x, args.k, args.niter, threads, args.rounds)

@@ -25,6 +25,7 @@ reading >= 10x that), and 32 px images (the default study) against the ~1,000 im
 views/s) a 2-thread CPU pretraining process consumes here (README). On CUDA the copy of the batch
 to the GPU is timed too (pageable and pinned).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,16 +45,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ssl"))
 from sslstudy.data.packed import load_dataset, write_dataset  # noqa: E402
 from sslstudy.names import IMAGES_FILE  # noqa: E402
 
-GPU_STEP_IMAGES_PER_S = 2000   # ResNet-50, two views, bf16 + channels_last, H100 (shared/README.md)
-CPU_STEP_IMAGES_PER_S = 1000   # width-16 CNN, 32 px, two views, 2 threads, this machine (README.md)
+GPU_STEP_IMAGES_PER_S = 2000  # ResNet-50, two views, bf16 + channels_last, H100 (shared/README.md)
+CPU_STEP_IMAGES_PER_S = 1000  # width-16 CNN, 32 px, two views, 2 threads, this machine (README.md)
 
 
 def write_random_domain(path: Path, n: int, size: int, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, size=(n, size, size, 3), dtype=np.uint8)
     labels = pd.DataFrame({"index": np.arange(n), "split": "train", "domain": "bench", "fine": 0})
-    meta = {"name": "bench", "levels": ["fine"], "classes": {"fine": ["c0"]}, "parents": {},
-            "image_size": size, "n_images": n, "source": {"generator": "bench_read"}}
+    meta = {
+        "name": "bench",
+        "levels": ["fine"],
+        "classes": {"fine": ["c0"]},
+        "parents": {},
+        "image_size": size,
+        "n_images": n,
+        "source": {"generator": "bench_read"},
+    }
     write_dataset(path, images, labels, meta)
 
 
@@ -70,10 +78,12 @@ def bench(root: Path, label: str, n: int, size: int, batch: int, rounds: int, ne
     t = time.perf_counter()
     write_random_domain(path, n, size)
     ds = load_dataset(path)
-    in_ram = np.array(ds.images)          # a plain in-memory copy of the same array
+    in_ram = np.array(ds.images)  # a plain in-memory copy of the same array
     gen = np.random.default_rng(1)
-    print(f"\n[{label}] {n:,} images of {size} px ({ds.images.nbytes / 2**20:.0f} MiB, written in "
-          f"{time.perf_counter() - t:.1f} s), batch {batch}, {rounds} rounds; images/s of the best round (median)")
+    print(
+        f"\n[{label}] {n:,} images of {size} px ({ds.images.nbytes / 2**20:.0f} MiB, written in "
+        f"{time.perf_counter() - t:.1f} s), batch {batch}, {rounds} rounds; images/s of the best round (median)"
+    )
 
     def batch_idx():
         return np.sort(gen.choice(n, size=batch, replace=False))
@@ -83,15 +93,19 @@ def bench(root: Path, label: str, n: int, size: int, batch: int, rounds: int, ne
 
     buf = np.empty((batch, size, size, 3), np.uint8)
 
-    def into_buffer(idx):               # one copy per image into a buffer reused across batches
+    def into_buffer(idx):  # one copy per image into a buffer reused across batches
         for j, i in enumerate(idx):
             buf[j] = ds.images[i]
         return torch.from_numpy(buf)
 
-    jobs = {"memmap (the trainer's read)": read(ds.images), "memmap into a reused buffer": into_buffer,
-            "in-RAM array (reference)": read(in_ram), "memmap, cold": read(ds.images)}
+    jobs = {
+        "memmap (the trainer's read)": read(ds.images),
+        "memmap into a reused buffer": into_buffer,
+        "in-RAM array (reference)": read(in_ram),
+        "memmap, cold": read(ds.images),
+    }
     for fn in jobs.values():
-        fn(batch_idx())                   # warm-up (the file is in the page cache after writing)
+        fn(batch_idx())  # warm-up (the file is in the page cache after writing)
     wall = {k: [] for k in jobs}
     cpu = {k: [] for k in jobs}
     for _ in range(rounds):
@@ -111,10 +125,14 @@ def bench(root: Path, label: str, n: int, size: int, batch: int, rounds: int, ne
     for k in jobs:
         print(f"  {k:<34}{best[k]:12,.0f}  ({med[k]:>8,.0f})  {cbest[k]:15,.0f}")
     m, r = "memmap (the trainer's read)", "in-RAM array (reference)"
-    print(f"  RATIO memmap / in-RAM gather        {best[m] / best[r]:8.2f}x ({med[m] / med[r]:.2f}x)   "
-          f"per CPU-second {cbest[m] / cbest[r]:.2f}x")
-    print(f"  RATIO memmap / {need_what} {need:,.0f} img/s: {best[m] / need:.1f}x ({med[m] / need:.1f}x)   "
-          f"per CPU-second {cbest[m] / need:.1f}x   target >= 10x")
+    print(
+        f"  RATIO memmap / in-RAM gather        {best[m] / best[r]:8.2f}x ({med[m] / med[r]:.2f}x)   "
+        f"per CPU-second {cbest[m] / cbest[r]:.2f}x"
+    )
+    print(
+        f"  RATIO memmap / {need_what} {need:,.0f} img/s: {best[m] / need:.1f}x ({med[m] / need:.1f}x)   "
+        f"per CPU-second {cbest[m] / need:.1f}x   target >= 10x"
+    )
     c = "memmap, cold"
     print(f"  RATIO memmap cold / that need       {best[c] / need:8.1f}x ({med[c] / need:.1f}x)")
 
@@ -128,8 +146,10 @@ def bench(root: Path, label: str, n: int, size: int, batch: int, rounds: int, ne
             for _ in range(10):
                 src.to("cuda", non_blocking=True)
             torch.cuda.synchronize()
-            print(f"  {name:<34}{10 * batch / (time.perf_counter() - t0):12,.0f} images/s "
-                  f"({torch.cuda.get_device_name()})")
+            print(
+                f"  {name:<34}{10 * batch / (time.perf_counter() - t0):12,.0f} images/s "
+                f"({torch.cuda.get_device_name()})"
+            )
     else:
         print("  GPU copy: no CUDA: skipped")
     return best
@@ -143,10 +163,26 @@ def main() -> None:
     rounds = 3 if args.quick else 10
     print(f"numpy {np.__version__}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="sslstudy-bench-read-") as tmp:
-        bench(Path(tmp), "ImageNet-style", 512 if args.quick else 2048, 256, 256, rounds,
-              GPU_STEP_IMAGES_PER_S, "ResNet-50 H100 step's")
-        bench(Path(tmp), "default study", 4096 if args.quick else 16384, 32, 256, rounds,
-              CPU_STEP_IMAGES_PER_S, "CPU pretraining's")
+        bench(
+            Path(tmp),
+            "ImageNet-style",
+            512 if args.quick else 2048,
+            256,
+            256,
+            rounds,
+            GPU_STEP_IMAGES_PER_S,
+            "ResNet-50 H100 step's",
+        )
+        bench(
+            Path(tmp),
+            "default study",
+            4096 if args.quick else 16384,
+            32,
+            256,
+            rounds,
+            CPU_STEP_IMAGES_PER_S,
+            "CPU pretraining's",
+        )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ On CUDA it also prints MFU (model FLOPs of a bare step, from torch.utils.flop_co
 dense bf16 peak) and peak GPU memory; everywhere the process's peak host RSS.
 --tiny: a 2-core CPU size that CI runs in seconds (tests/test_benchmarks.py).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,14 +47,23 @@ PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12}
 def spec_for(method: str, a, dataset: Path, subset: Path) -> dict:
     """The run spec the workflow would build (schema defaults for the method), at this size."""
     views = dict(size=a.size)
-    p = dict(epochs=2, batch_size=a.batch, checkpoint_every=2, threads=a.threads, precision=a.precision,
-             compile=a.compile, backbone=dict(arch=a.arch, width=a.width, small_stem=a.size < 64), views=views,
-             optim=dict(warmup_epochs=0))
+    p = dict(
+        epochs=2,
+        batch_size=a.batch,
+        checkpoint_every=2,
+        threads=a.threads,
+        precision=a.precision,
+        compile=a.compile,
+        backbone=dict(arch=a.arch, width=a.width, small_stem=a.size < 64),
+        views=views,
+        optim=dict(warmup_epochs=0),
+    )
     methods = {}
     if method == "swav":  # multi-crop: 2 full-size views and 6 small ones (SwAV's 2x224 + 6x96)
         small = max(8, round(a.size * 96 / 224))
-        methods["swav"] = dict(views=[dict(repeat=2), dict(repeat=6, size=small, scale=[0.05, 0.14])],
-                               queue_start_epoch=10**6)
+        methods["swav"] = dict(
+            views=[dict(repeat=2), dict(repeat=6, size=small, scale=[0.05, 0.14])], queue_start_epoch=10**6
+        )
     cfg = config.validate(dict(study=dict(methods=[method], domains=["natural"]), pretrain=p, methods=methods))
     spec = axes.pretrain_spec(cfg, axes.ssl_runs(cfg)[0])
     spec["data"] = dict(dataset=str(dataset), subset=str(subset))
@@ -70,7 +80,7 @@ def ours(spec: dict, run_dir: Path) -> float:
 
 def first_views(spec: dict, model, device) -> list[torch.Tensor]:
     ds = load_dataset(spec["data"]["dataset"])
-    rows = np.sort(load_indices(spec["data"]["subset"]))[:spec["batch_size"]]
+    rows = np.sort(load_indices(spec["data"]["subset"]))[: spec["batch_size"]]
     images = torch.from_numpy(ds.images[rows]).to(device)
     gen = torch.Generator().manual_seed(0)
     return [make_views(images, ViewSpec(**v), gen).contiguous(memory_format=torch.channels_last) for v in spec["views"]]
@@ -119,7 +129,9 @@ def bare(method: str, spec: dict, device, dtype, steps: int, compile_: bool) -> 
         model.backbone.compile()
     views, c = first_views(spec, model, device), spec["method"]["params"]
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
-    pairs = [(model.target_backbone, model.backbone), (model.target_projector, model.projector)] if method == "byol" else []
+    pairs = (
+        [(model.target_backbone, model.backbone), (model.target_projector, model.projector)] if method == "byol" else []
+    )
 
     def step():
         if method == "swav":
@@ -192,9 +204,20 @@ def main(argv=None) -> dict:
                 best_ours = max(best_ours, ours(spec, tmp / f"run_{method}_{r}"))
                 ips, flops = bare(method, spec, device, dtype, a.steps, a.compile)
                 best_bare = max(best_bare, ips)
-            row = dict(method=method, arch=a.arch, size=a.size, batch=a.batch, views=len(spec["views"]), device=str(device),
-                       precision=precision, compile=a.compile, ours_img_s=round(best_ours, 1), bare_img_s=round(best_bare, 1),
-                       ratio=round(best_ours / best_bare, 3), host_peak_rss_gb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2))
+            row = dict(
+                method=method,
+                arch=a.arch,
+                size=a.size,
+                batch=a.batch,
+                views=len(spec["views"]),
+                device=str(device),
+                precision=precision,
+                compile=a.compile,
+                ours_img_s=round(best_ours, 1),
+                bare_img_s=round(best_bare, 1),
+                ratio=round(best_ours / best_bare, 3),
+                host_peak_rss_gb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+            )
             if device.type == "cuda":
                 name = torch.cuda.get_device_name(device)
                 peak = next((v for k, v in PEAK_BF16.items() if k in name), None)

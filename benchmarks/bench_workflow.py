@@ -18,6 +18,7 @@ seconds are printed, and the CPU seconds (user + system of the command and its c
 best round: on this shared 2-core machine the wall clock mostly measures waiting for a core, while
 the CPU seconds are what the command itself costs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,7 +39,7 @@ TINY = ["pretrain={'epochs': 1, 'checkpoint_every': 1, 'optim': {'warmup_epochs'
 
 def env() -> dict:
     e = dict(os.environ)
-    e["PATH"] = f"{BIN}{os.pathsep}{e.get('PATH', '')}"    # the venv's snakemake, dvc and sslstudy
+    e["PATH"] = f"{BIN}{os.pathsep}{e.get('PATH', '')}"  # the venv's snakemake, dvc and sslstudy
     return e
 
 
@@ -56,13 +57,15 @@ def timed(cmd: list[str], cwd: Path) -> tuple[float, float, str]:
 
 
 def measure(label: str, cmd: list[str], cwd: Path, rounds: int, target: float) -> str:
-    _, _, out = timed(cmd, cwd)        # warm-up: page cache, .pyc files, DVC's state database
+    _, _, out = timed(cmd, cwd)  # warm-up: page cache, .pyc files, DVC's state database
     runs = [timed(cmd, cwd)[:2] for _ in range(rounds)]
     walls = [w for w, _ in runs]
     best = min(runs)
     verdict = "meets" if best[0] <= target else "MISSES"
-    print(f"  {label:<52} best {best[0]:6.2f} s  median {statistics.median(walls):6.2f} s  "
-          f"(all: {', '.join(f'{w:.2f}' for w in walls)})  CPU {best[1]:5.2f} s   target <= {target:g} s: {verdict}")
+    print(
+        f"  {label:<52} best {best[0]:6.2f} s  median {statistics.median(walls):6.2f} s  "
+        f"(all: {', '.join(f'{w:.2f}' for w in walls)})  CPU {best[1]:5.2f} s   target <= {target:g} s: {verdict}"
+    )
     return out
 
 
@@ -82,12 +85,18 @@ def copy_workflow(dest: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("params", nargs="*", help="params files for the dry-runs (default: params/study.yaml "
-                                              "and params/paper.yaml if it exists)")
+    ap.add_argument(
+        "params",
+        nargs="*",
+        help="params files for the dry-runs (default: params/study.yaml and params/paper.yaml if it exists)",
+    )
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--rerun-study", action="store_true",
-                    help="if the repository's results are not complete, time the no-change re-run on a 1-epoch "
-                         "copy of the default study in a temporary folder (runs it once first: a few minutes)")
+    ap.add_argument(
+        "--rerun-study",
+        action="store_true",
+        help="if the repository's results are not complete, time the no-change re-run on a 1-epoch "
+        "copy of the default study in a temporary folder (runs it once first: a few minutes)",
+    )
     args = ap.parse_args()
     params = args.params or [p for p in ("params/study.yaml", "params/paper.yaml") if (ROOT / p).is_file()]
     smk = [str(BIN / "snakemake")]
@@ -118,8 +127,10 @@ def main() -> None:
                 sys.exit(f"error: the finished copy still has jobs to run:\n{check[-2000:]}")
             measure("snakemake --cores 2 (finished 1-epoch copy)", cmd, tmp, args.rounds, 5)
     else:
-        print("  skipped: results/ of the default study are not complete here; run `make study` first, "
-              "or pass --rerun-study")
+        print(
+            "  skipped: results/ of the default study are not complete here; run `make study` first, "
+            "or pass --rerun-study"
+        )
 
     print("\n[dvc status]")
     dvc = [str(BIN / "dvc"), "status"]

@@ -6,13 +6,16 @@ own random weights: the measurement behind docs/defaults.md.
         [--set key=YAML ...] [--optim key=YAML ...] [--views key=YAML ...] [--pretrain key=YAML ...] [--score val|test]
 
 The spec is built as the workflow builds it (sslstudy.config.validate, axes.pretrain_spec) on the
-dataset's whole train split (drawn as the study draws subset 1.0); --set overrides a method hyper-parameter, --optim a key of the
-method's optim, --views a key of pretrain.views. The backbone's kNN accuracy (the study's k and
+dataset's whole train split (drawn as the study draws subset 1.0); --set overrides a method
+hyper-parameter, --optim a key of the method's optim, --views a key of pretrain.views. The backbone's
+kNN accuracy (the study's k and
 temperature) is measured at every level for the epoch-0 checkpoint (random weights) and the final
 one: fitted on the study's probe split `fit` and scored on its `val` (default: a setting is chosen
-on val, as the study's probes are) or, with --score test, on `test`. Prints one line and writes <out>/result.json, with the run's
+on val, as the study's probes are) or, with --score test, on `test`. Prints one line and writes
+<out>/result.json, with the run's
 CPU seconds (time.process_time of the training) and whether any epoch was flagged collapsed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,9 +77,17 @@ def main(argv=None) -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     n = len(ds.split_indices("train"))  # pretraining on the whole train split, as the study's subset 1.0 (seed 0)
-    save_indices(out / "train.npy", nested_subsets(ds.labels, [n], seed=0, stratify=ds.levels[-1], dataset=a.dataset)[n])
-    run = dict(id=f"{a.method}/{name}_all_clean/seed{a.seed}", method=a.method, domain=name, subset="all",
-               seed=a.seed, quality="clean")
+    save_indices(
+        out / "train.npy", nested_subsets(ds.labels, [n], seed=0, stratify=ds.levels[-1], dataset=a.dataset)[n]
+    )
+    run = dict(
+        id=f"{a.method}/{name}_all_clean/seed{a.seed}",
+        method=a.method,
+        domain=name,
+        subset="all",
+        seed=a.seed,
+        quality="clean",
+    )
     spec = axes.pretrain_spec(cfg, run)
     spec["data"] = dict(dataset=str(a.dataset), subset=str(out / "train.npy"))
     c0 = time.process_time()
@@ -88,18 +99,42 @@ def main(argv=None) -> None:
         with torch.no_grad():
             x_tr, x_te = (embed(backbone, ds.images, i, spec["views"][0]["size"]) for i in (tr, te))
             x_tr, x_te = x_tr.cpu().numpy(), x_te.cpu().numpy()
-        knn.append({lv: knn_accuracy(x_tr, ds.label_array(lv, tr), x_te, ds.label_array(lv, te),
-                                     k=sorted(cfg["eval"]["knn_k"])[len(cfg["eval"]["knn_k"]) // 2], temperature=cfg["eval"]["knn_temperature"])
-                    for lv in ds.levels})
+        knn.append(
+            {
+                lv: knn_accuracy(
+                    x_tr,
+                    ds.label_array(lv, tr),
+                    x_te,
+                    ds.label_array(lv, te),
+                    k=sorted(cfg["eval"]["knn_k"])[len(cfg["eval"]["knn_k"]) // 2],
+                    temperature=cfg["eval"]["knn_temperature"],
+                )
+                for lv in ds.levels
+            }
+        )
     metrics = [json.loads(x) for x in (out / "run" / "metrics.jsonl").read_text().splitlines()]
-    doc = dict(method=a.method, seed=a.seed, score=a.score, argv=sys.argv[1:] if argv is None else argv, cpu_seconds=round(cpu, 1),
-               random=knn[0], final=knn[1], collapsed=any(m.get("collapsed") for m in metrics),
-               loss=metrics[-1]["loss"], views=spec["views"], params=spec["method"]["params"], optim=spec["optim"])
+    doc = dict(
+        method=a.method,
+        seed=a.seed,
+        score=a.score,
+        argv=sys.argv[1:] if argv is None else argv,
+        cpu_seconds=round(cpu, 1),
+        random=knn[0],
+        final=knn[1],
+        collapsed=any(m.get("collapsed") for m in metrics),
+        loss=metrics[-1]["loss"],
+        views=spec["views"],
+        params=spec["method"]["params"],
+        optim=spec["optim"],
+    )
     with atomic_path(out / "result.json") as tmp:
         Path(tmp).write_text(json.dumps(doc, default=str))
-    print(f"{a.method} seed {a.seed} cpu {cpu:.0f}s "
-          + " ".join(f"{lv} {knn[0][lv]:.3f}->{knn[1][lv]:.3f}" for lv in ds.levels)
-          + (" COLLAPSED" if doc["collapsed"] else "") + f" loss {doc['loss']:.3f}")
+    print(
+        f"{a.method} seed {a.seed} cpu {cpu:.0f}s "
+        + " ".join(f"{lv} {knn[0][lv]:.3f}->{knn[1][lv]:.3f}" for lv in ds.levels)
+        + (" COLLAPSED" if doc["collapsed"] else "")
+        + f" loss {doc['loss']:.3f}"
+    )
 
 
 if __name__ == "__main__":

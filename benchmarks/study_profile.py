@@ -6,6 +6,7 @@ and checkpoints, compute).
 
     PYTHONPATH=ssl .venv/bin/python benchmarks/study_profile.py results/benchmarks
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,7 +16,6 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-
 from sslstudy.report.tables import forked_cpu
 
 # What each stage's `sslstudy` command imports before it does any work (sslstudy/cli.py); torch._dynamo:
@@ -23,7 +23,8 @@ from sslstudy.report.tables import forked_cpu
 # in the evaluate jobs of the dense axis, not counted here; the linear probe has its own SGD).
 IMPORTS = {
     "pretrain": "sslstudy.launch, sslstudy.train, torch._dynamo",
-    "evaluate": "torch, sslstudy.eval.frozen, sslstudy.train",  # + eval.dense / eval.checkpoint_clustering where the model has them
+    # + eval.dense / eval.checkpoint_clustering where the model has them
+    "evaluate": "torch, sslstudy.eval.frozen, sslstudy.train",
     "lowshot": "torch, sslstudy.eval.lowshot, sslstudy.train, torch._dynamo",
     "supervised": "torch, sslstudy.eval.lowshot, sslstudy.models, sslstudy.train, torch._dynamo",
     "fusion": "torch, sslstudy.eval.fusion, sslstudy.train",
@@ -51,12 +52,21 @@ def profile(bench_dir: Path) -> pd.DataFrame:
     for tsv in sorted(bench_dir.rglob("*.tsv")):
         b = pd.read_csv(tsv, sep="\t")
         forked = forked_cpu(tsv)
-        rows.append(dict(stage=tsv.relative_to(bench_dir).parts[0], wall=float(b["s"].iloc[-1]),
-                         cpu=float(b["cpu_time"].iloc[-1]) + forked, own=not forked))
+        rows.append(
+            dict(
+                stage=tsv.relative_to(bench_dir).parts[0],
+                wall=float(b["s"].iloc[-1]),
+                cpu=float(b["cpu_time"].iloc[-1]) + forked,
+                own=not forked,
+            )
+        )
     if not rows:
         raise SystemExit(f"{bench_dir}: no Snakemake benchmark files; run the study first")
-    df = pd.DataFrame(rows).groupby("stage").agg(jobs=("wall", "size"), wall_s=("wall", "sum"), cpu_s=("cpu", "sum"),
-                                                 own=("own", "sum"))
+    df = (
+        pd.DataFrame(rows)
+        .groupby("stage")
+        .agg(jobs=("wall", "size"), wall_s=("wall", "sum"), cpu_s=("cpu", "sum"), own=("own", "sum"))
+    )
     start = {s: import_cpu_seconds(IMPORTS[s]) if s in IMPORTS else float("nan") for s in df.index}
     # a job run in the fork server imported nothing: only those in their own process pay the imports
     df["startup_cpu_s"] = [min(start[s] * n, c) for s, n, c in zip(df.index, df.pop("own"), df["cpu_s"])]
@@ -73,7 +83,10 @@ def main() -> None:
     print("| stage | jobs | job wall s | CPU s | start-up CPU s | rest CPU s |")
     print("|---|---|---|---|---|---|")
     for stage, r in df.iterrows():
-        print(f"| {stage} | {int(r.jobs)} | {r.wall_s:,.0f} | {r.cpu_s:,.0f} | {r.startup_cpu_s:,.0f} | {r.rest_cpu_s:,.0f} |")
+        print(
+            f"| {stage} | {int(r.jobs)} | {r.wall_s:,.0f} | {r.cpu_s:,.0f} | {r.startup_cpu_s:,.0f} | "
+            f"{r.rest_cpu_s:,.0f} |"
+        )
 
 
 if __name__ == "__main__":

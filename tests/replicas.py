@@ -1,5 +1,6 @@
 """Small replicas of real collections in their released on-disk layouts, made from generated
 images (nothing is downloaded). Each builder returns what the ingested labels must equal."""
+
 from __future__ import annotations
 
 import json
@@ -30,11 +31,22 @@ def tiny_params(data: dict, domains: list[str]) -> dict:
     """A study config of seconds on the given domains: SimCLR only, tiny network, 2 epochs, the
     study's axes left at the schema's defaults (off)."""
     return dict(
-        seed=0, data=data, study=dict(methods=["simclr"], domains=domains, subsets=[128], seeds=[0]),
-        pretrain=dict(epochs=2, batch_size=64, checkpoint_every=1, threads=1, backbone=dict(arch="cnn4", width=4),
-                      optim=dict(name="lars", lr=1.0, warmup_epochs=1), views=dict(size=32, scale=[0.4, 1.0])),
+        seed=0,
+        data=data,
+        study=dict(methods=["simclr"], domains=domains, subsets=[128], seeds=[0]),
+        pretrain=dict(
+            epochs=2,
+            batch_size=64,
+            checkpoint_every=1,
+            threads=1,
+            backbone=dict(arch="cnn4", width=4),
+            optim=dict(name="lars", lr=1.0, warmup_epochs=1),
+            views=dict(size=32, scale=[0.4, 1.0]),
+        ),
         methods=dict(simclr=dict(temperature=0.2, proj_hidden=16, proj_dim=8, proj_layers=2)),
-        eval=dict(linear_epochs=5), launch=dict(executor="local"))
+        eval=dict(linear_epochs=5),
+        launch=dict(executor="local"),
+    )
 
 
 # --------------------------------------------------------------------------- ImageFolder
@@ -60,11 +72,17 @@ def synth_imagefolder(root: Path, n_images: int, size: int = 32, seed: int = 0) 
         files.append(path.relative_to(root).as_posix())
     mid_of = meta["parents"]["fine"]
     coarse_of = meta["parents"]["mid"]
-    rows = ["fine,mid,coarse"] + [f"{f},{names['mid'][mid_of[k]]},{names['coarse'][coarse_of[mid_of[k]]]}"
-                                   for k, f in enumerate(names["fine"])]
+    rows = ["fine,mid,coarse"] + [
+        f"{f},{names['mid'][mid_of[k]]},{names['coarse'][coarse_of[mid_of[k]]]}" for k, f in enumerate(names["fine"])
+    ]
     (root.parent / "hierarchy.csv").write_text("\n".join(rows) + "\n")
-    return dict(images=images, labels=labels.reset_index(drop=True), files=files, names=names,
-                hierarchy=root.parent / "hierarchy.csv")
+    return dict(
+        images=images,
+        labels=labels.reset_index(drop=True),
+        files=files,
+        names=names,
+        hierarchy=root.parent / "hierarchy.csv",
+    )
 
 
 # --------------------------------------------------------------------------- CIFAR-100
@@ -83,16 +101,24 @@ def cifar100(root: Path, per_class: dict[str, int], seed: int = 0) -> dict:
     for part, n in per_class.items():
         fine = rng.permutation(np.repeat(np.arange(100), n))
         pixels = rng.integers(0, 256, (fine.size, 32, 32, 3), dtype=np.uint8)
-        d = {b"batch_label": f"{part} batch".encode(),
-             b"filenames": [f"img_{part}_{i:05d}.png".encode() for i in range(fine.size)],
-             b"fine_labels": fine.tolist(), b"coarse_labels": coarse_of[fine].tolist(),
-             b"data": pixels.transpose(0, 3, 1, 2).reshape(fine.size, 3072)}
+        d = {
+            b"batch_label": f"{part} batch".encode(),
+            b"filenames": [f"img_{part}_{i:05d}.png".encode() for i in range(fine.size)],
+            b"fine_labels": fine.tolist(),
+            b"coarse_labels": coarse_of[fine].tolist(),
+            b"data": pixels.transpose(0, 3, 1, 2).reshape(fine.size, 3072),
+        }
         (folder / part).write_bytes(pickle.dumps(d, protocol=2))
         out[part] = dict(pixels=pixels, fine=fine, coarse=coarse_of[fine])
     meta = {b"fine_label_names": fine_names, b"coarse_label_names": coarse_names}
     (folder / "meta").write_bytes(pickle.dumps(meta, protocol=2))
-    return dict(parts=out, coarse_of=coarse_of, folder=folder,
-                fine_names=[x.decode() for x in fine_names], coarse_names=[x.decode() for x in coarse_names])
+    return dict(
+        parts=out,
+        coarse_of=coarse_of,
+        folder=folder,
+        fine_names=[x.decode() for x in fine_names],
+        coarse_names=[x.decode() for x in coarse_names],
+    )
 
 
 # --------------------------------------------------------------------------- iNat2021
@@ -118,8 +144,17 @@ def inat2021(root: Path, n_train: int = 3, n_val: int = 2, seed: int = 0) -> dic
     categories = []
     for cid, tax in enumerate(INAT_SPECIES):
         dir_name = f"{cid:05d}_" + "_".join(tax)
-        categories.append(dict(id=cid, name=f"{tax[5]} {tax[6]}", common_name=f"common {cid}", supercategory=tax[2],
-                               **dict(zip(RANKS, tax[:6])), specific_epithet=tax[6], image_dir_name=dir_name))
+        categories.append(
+            dict(
+                id=cid,
+                name=f"{tax[5]} {tax[6]}",
+                common_name=f"common {cid}",
+                supercategory=tax[2],
+                **dict(zip(RANKS, tax[:6])),
+                specific_epithet=tax[6],
+                image_dir_name=dir_name,
+            )
+        )
     expected, broken = {}, []
     image_id = 0
     for split, n in (("train", n_train), ("val", n_val)):
@@ -134,16 +169,32 @@ def inat2021(root: Path, n_train: int = 3, n_val: int = 2, seed: int = 0) -> dic
                         truncated_jpeg(rng, path)
                 else:
                     save(noise_image(rng), path)
-                images.append(dict(id=image_id, width=48, height=40, file_name=file_name, license=1,
-                                   rights_holder="someone", date="2020-06-01 10:00:00+00:00", latitude=1.0,
-                                   longitude=2.0, location_uncertainty=10))
+                images.append(
+                    dict(
+                        id=image_id,
+                        width=48,
+                        height=40,
+                        file_name=file_name,
+                        license=1,
+                        rights_holder="someone",
+                        date="2020-06-01 10:00:00+00:00",
+                        latitude=1.0,
+                        longitude=2.0,
+                        location_uncertainty=10,
+                    )
+                )
                 annotations.append(dict(id=image_id, image_id=image_id, category_id=cat["id"]))
                 expected[file_name] = (split, cat["id"])
                 image_id += 1
-        doc = dict(info=dict(year=2021, version="2021", description="replica", contributor="tests", url="",
-                             date_created="2021-03-01"),
-                   images=images, categories=categories, annotations=annotations,
-                   licenses=[dict(id=1, name="CC BY", url="")])
+        doc = dict(
+            info=dict(
+                year=2021, version="2021", description="replica", contributor="tests", url="", date_created="2021-03-01"
+            ),
+            images=images,
+            categories=categories,
+            annotations=annotations,
+            licenses=[dict(id=1, name="CC BY", url="")],
+        )
         (root / f"{split}.json").write_text(json.dumps(doc))
     return dict(categories=categories, expected=expected, broken=broken)
 
@@ -176,7 +227,7 @@ def places365(root: Path, n_train: int = 4, n_val: int = 2, seed: int = 0) -> di
             train.append(f"{name} {i}")
             expected[f"data_256/{name.lstrip('/')}"] = ("train", i)
     k = 0
-    for j in range(n_val):
+    for _ in range(n_val):
         for i in rng.permutation(len(PLACES)):
             k += 1
             name = f"Places365_val_{k:08d}.jpg"
@@ -186,8 +237,12 @@ def places365(root: Path, n_train: int = 4, n_val: int = 2, seed: int = 0) -> di
     (root / "places365_train_standard.txt").write_text("\n".join(train) + "\n")
     (root / "places365_val.txt").write_text("\n".join(val) + "\n")
     csv_path = root.parent / "places_hierarchy.csv"
-    csv_path.write_text("category,level2,level1\n" + "".join(
-        f"'{c}',\"{PLACES_TREE[c.split('/', 2)[2]][0]}\",\"{PLACES_TREE[c.split('/', 2)[2]][1]}\"\n" for c in PLACES))
+    csv_path.write_text(
+        "category,level2,level1\n"
+        + "".join(
+            f'\'{c}\',"{PLACES_TREE[c.split("/", 2)[2]][0]}","{PLACES_TREE[c.split("/", 2)[2]][1]}"\n' for c in PLACES
+        )
+    )
     return dict(expected=expected, hierarchy=csv_path)
 
 
@@ -232,9 +287,9 @@ def voc(root: Path, n_train: int = 6, n_val: int = 4, seed: int = 0) -> dict:
         ids = np.zeros((h, w), dtype=np.uint8)
         cls = 1 + k % 20
         top, left = h // 4, w // 4
-        ids[top - 1:top + h // 2 + 1, left - 1:left + w // 2 + 1] = 255  # the object's border: ignore
-        ids[top:top + h // 2, left:left + w // 2] = cls
-        ids[3 * h // 4 + 2:3 * h // 4 + 6, w // 2 - 2:w // 2 + 2] = 15  # a small person below it
+        ids[top - 1 : top + h // 2 + 1, left - 1 : left + w // 2 + 1] = 255  # the object's border: ignore
+        ids[top : top + h // 2, left : left + w // 2] = cls
+        ids[3 * h // 4 + 2 : 3 * h // 4 + 6, w // 2 - 2 : w // 2 + 2] = 15  # a small person below it
         save(noise_image(rng, h, w), root / "JPEGImages" / f"{i}.jpg")
         voc_mask(ids, root / "SegmentationClass" / f"{i}.png")
         lists[split].append(i)

@@ -1,6 +1,7 @@
 """A real one-node SLURM cluster for the tests: Debian's munge, slurmctld and slurmd, run in the
 foreground from a temp folder on free ports, so they never touch a system SLURM and are stopped by
 the PIDs this module started."""
+
 from __future__ import annotations
 
 import os
@@ -111,13 +112,35 @@ class LocalSlurm:
         key.write_bytes(os.urandom(128))
         key.chmod(0o400)
         host = socket.gethostname().split(".")[0]
-        self.conf.write_text(CONF.format(host=host, root=self.root, cpus=self.cpus, mem=self.mem_mb, gpus=self.gpus,
-                                         ctld_port=_free_port(), slurmd_port=_free_port()))
-        (self.root / "gres.conf").write_text("".join(f"NodeName={host} Name=gpu File={f}\n" for f in FAKE_GPUS[:self.gpus]))
+        self.conf.write_text(
+            CONF.format(
+                host=host,
+                root=self.root,
+                cpus=self.cpus,
+                mem=self.mem_mb,
+                gpus=self.gpus,
+                ctld_port=_free_port(),
+                slurmd_port=_free_port(),
+            )
+        )
+        (self.root / "gres.conf").write_text(
+            "".join(f"NodeName={host} Name=gpu File={f}\n" for f in FAKE_GPUS[: self.gpus])
+        )
         env = dict(os.environ, SLURM_CONF=str(self.conf))
         r = self.root
-        self._spawn(["munged", "-F", "-f", f"--socket={r}/munge.socket", f"--key-file={key}",
-                     f"--pid-file={r}/munged.pid", f"--log-file={r}/log/munged.log", f"--seed-file={r}/munged.seed"], env)
+        self._spawn(
+            [
+                "munged",
+                "-F",
+                "-f",
+                f"--socket={r}/munge.socket",
+                f"--key-file={key}",
+                f"--pid-file={r}/munged.pid",
+                f"--log-file={r}/log/munged.log",
+                f"--seed-file={r}/munged.seed",
+            ],
+            env,
+        )
         self._wait(lambda: (r / "munge.socket").exists(), "munged socket")
         self._spawn(["slurmctld", "-D", "-f", str(self.conf)], env)
         self._wait(lambda: self.run(["scontrol", "ping"]).returncode == 0, "slurmctld")

@@ -1,5 +1,6 @@
 """Hand-made evaluation tables of a whole study (every axis of params/study.yaml, a few seeds), in
 the format the workflow writes, for the report's figure tests and for rendering a page to look at."""
+
 from __future__ import annotations
 
 import json
@@ -7,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from sslstudy import axes
 from sslstudy.config import load
 
@@ -19,8 +19,14 @@ CHANCE = [0.25, 1 / 16, 1 / 64]
 
 
 def _run(method, domain, subset, quality, seed):
-    return dict(run=f"{method}/{domain}_{subset}_{quality}/seed{seed}", method=method, domain=domain, subset=subset,
-                quality=quality, seed=seed)
+    return dict(
+        run=f"{method}/{domain}_{subset}_{quality}/seed{seed}",
+        method=method,
+        domain=domain,
+        subset=subset,
+        quality=quality,
+        seed=seed,
+    )
 
 
 def _levels(ids, base, rng, metrics=("knn", "linear", "nmi", "ari"), **extra):
@@ -28,7 +34,7 @@ def _levels(ids, base, rng, metrics=("knn", "linear", "nmi", "ari"), **extra):
     out = []
     for i, lv in enumerate(LEVELS):
         for m in metrics:
-            v = base * (0.85 ** i) if m in ("knn", "linear") else base * 0.6 / (1 + i)
+            v = base * (0.85**i) if m in ("knn", "linear") else base * 0.6 / (1 + i)
             v = float(np.clip(v + rng.normal(0, 0.01), CHANCE[i] if m in ("knn", "linear") else 0.0, 1))
             out.append(dict(ids, **extra, level_index=i, level=lv, metric=m, value=v))
     return out
@@ -44,36 +50,73 @@ def study(seeds=(0, 1, 2), seed: int = 0) -> dict[str, pd.DataFrame]:
             frozen += _levels(ids, 0.55 + 0.03 * k, rng, weights="pretrained", epoch=30, eval_domain="natural")
             frozen += _levels(ids, 0.45, rng, weights="random", epoch=0, eval_domain="natural")
             scale = 140.0 if m == "barlow" else 1.0 + k
-            curves[ids["run"]] = [dict(epoch=e, loss=scale * (0.5 + 1 / e) + rng.normal(0, 0.01), seconds=2.0)
-                                  for e in range(1, 31)]
+            curves[ids["run"]] = [
+                dict(epoch=e, loss=scale * (0.5 + 1 / e) + rng.normal(0, 0.01), seconds=2.0) for e in range(1, 31)
+            ]
             for e in range(0, 31, 5):
-                clusters += _levels(ids, 0.3 + 0.01 * e + 0.02 * k, rng, metrics=("nmi", "ari"), epoch=e, eval_domain="natural")
+                clusters += _levels(
+                    ids, 0.3 + 0.01 * e + 0.02 * k, rng, metrics=("nmi", "ari"), epoch=e, eval_domain="natural"
+                )
         for dom in ("natural", "aerial", "natural+aerial"):
             ids = _run("simclr", dom, "frac1", "clean", s)
             for ev in ("natural", "aerial", "texture"):
                 if dom == "natural" and ev == "natural":
                     continue  # the comparison's run above
                 frozen += _levels(ids, 0.6 if ev in dom else 0.45, rng, weights="pretrained", epoch=30, eval_domain=ev)
-        for q in ([] if QUALITY_SUBSET == "frac1" else ["clean"]) + QUALITIES:  # frac1: the clean twin is the comparison's run
+        for q in (
+            [] if QUALITY_SUBSET == "frac1" else ["clean"]
+        ) + QUALITIES:  # frac1: the clean twin is the comparison's run
             ids = _run("simclr", "natural", QUALITY_SUBSET, q, s)
-            frozen += _levels(ids, 0.6 - (0.1 if q.startswith("lowres") else 0.02), rng, weights="pretrained", epoch=30,
-                              eval_domain="natural")
+            frozen += _levels(
+                ids,
+                0.6 - (0.1 if q.startswith("lowres") else 0.02),
+                rng,
+                weights="pretrained",
+                epoch=30,
+                eval_domain="natural",
+            )
         for lab, n in (("l1", 64), ("l10", 640), ("lall", 3000)):
             for sub, imgs in (("frac0.25", 800), ("frac1", 3200)):
                 ids = _run("simclr", "natural", sub, "clean", s)
                 for mode in ("linear", "finetune"):
-                    lowshot += _levels(ids, 0.3 + 0.1 * np.log10(n) + 0.02 * (sub == "frac1"), rng, metrics=(mode,),
-                                       mode=mode, labels=lab, labelled_images=n, pretrain_images=imgs, eval_domain="natural")
+                    lowshot += _levels(
+                        ids,
+                        0.3 + 0.1 * np.log10(n) + 0.02 * (sub == "frac1"),
+                        rng,
+                        metrics=(mode,),
+                        mode=mode,
+                        labels=lab,
+                        labelled_images=n,
+                        pretrain_images=imgs,
+                        eval_domain="natural",
+                    )
             ids = _run("supervised", "natural", lab, "clean", s)
-            supervised += _levels(ids, 0.2 + 0.12 * np.log10(n), rng, metrics=("supervised",), mode="supervised",
-                                  labels=lab, labelled_images=n, pretrain_images=0, eval_domain="natural")
+            supervised += _levels(
+                ids,
+                0.2 + 0.12 * np.log10(n),
+                rng,
+                metrics=("supervised",),
+                mode="supervised",
+                labels=lab,
+                labelled_images=n,
+                pretrain_images=0,
+                eval_domain="natural",
+            )
             if lab == "lall":
-                frozen += _levels(ids, 0.7, rng, metrics=("knn", "linear"), weights="pretrained", epoch=8,
-                                  eval_domain="natural")
+                frozen += _levels(
+                    ids, 0.7, rng, metrics=("knn", "linear"), weights="pretrained", epoch=8, eval_domain="natural"
+                )
         for pair, base in (("simclr@natural + barlow@natural", 0.6), ("simclr@natural + simclr@aerial", 0.55)):
             for member, gain in (("a", 0), ("b", -0.02), ("a+b", 0.01)):
-                fusion += _levels(dict(pair=pair, seed=s), base + gain, rng, metrics=("linear",), member=member,
-                                  model=member, eval_domain="natural")
+                fusion += _levels(
+                    dict(pair=pair, seed=s),
+                    base + gain,
+                    rng,
+                    metrics=("linear",),
+                    member=member,
+                    model=member,
+                    eval_domain="natural",
+                )
     frames = dict(frozen=frozen, lowshot=lowshot, supervised=supervised, fusion=fusion, clusters=clusters)
     return {**{k: pd.DataFrame(v) for k, v in frames.items()}, "curves": curves}
 

@@ -1,5 +1,6 @@
 """sslstudy.augment: an independent per-image check against torchvision.transforms.v2.functional,
 determinism, statistics of the drawn parameters, shapes and normalisation."""
+
 from __future__ import annotations
 
 import math
@@ -8,11 +9,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
-from torchvision.transforms import RandomResizedCrop  # v1's get_params: the reference algorithm
-
-from sslstudy.augment import (MEAN, STD, ViewSpec, apply_params, eval_view, make_views, normalize,
-                              sample_params, to_float)
+from sslstudy.augment import (
+    MEAN,
+    STD,
+    ViewSpec,
+    apply_params,
+    eval_view,
+    make_views,
+    normalize,
+    sample_params,
+    to_float,
+)
 from sslstudy.errors import UserError
+from torchvision.transforms import RandomResizedCrop  # v1's get_params: the reference algorithm
 
 # ---- tolerances of the torchvision comparison (images in [0, 1]) -------------------------------
 # float32 rounding of a handful of ops on values <= 1 (ulp 6e-8), including the <= ~3e-6 that the
@@ -59,7 +68,7 @@ def noise_images(b: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
     """(b, h, w, 3) uint8 noise with gray pixels, saturated colours, black and white in it."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(0, 256, (b, h, w, 3), dtype=torch.uint8, generator=g)
-    x[:, :2, :, :] = x[:, :2, :, :1]                # gray rows (chroma 0)
+    x[:, :2, :, :] = x[:, :2, :, :1]  # gray rows (chroma 0)
     x[:, 2, :, :] = torch.tensor([255, 0, 0], dtype=torch.uint8)
     x[:, 3, :, :] = torch.tensor([0, 255, 255], dtype=torch.uint8)
     x[:, 4, :4, :] = 0
@@ -76,13 +85,22 @@ def smooth_images(b: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
 
 # ---- spec --------------------------------------------------------------------------------------
 
+
 def test_spec_coerces_lists_and_rejects_bad_values():
     s = ViewSpec(scale=[0.2, 1], ratio=[0.75, 1.3333], jitter=[0.8, 0.8, 0.8, 0.2], blur_sigma=[0.1, 2])
     assert s.scale == (0.2, 1.0) and s.jitter == (0.8, 0.8, 0.8, 0.2)
     hash(s)
-    for bad in (dict(scale=(0.5, 0.1)), dict(scale=(0, 1)), dict(ratio=(2, 1)), dict(hflip=1.5),
-                dict(jitter=(0.4, 0.4, 0.4, 0.6)), dict(jitter=(0.4, 0.4)), dict(size=1),
-                dict(blur_sigma=(0.0, 1.0)), dict(gray_p=-0.1)):
+    for bad in (
+        dict(scale=(0.5, 0.1)),
+        dict(scale=(0, 1)),
+        dict(ratio=(2, 1)),
+        dict(hflip=1.5),
+        dict(jitter=(0.4, 0.4, 0.4, 0.6)),
+        dict(jitter=(0.4, 0.4)),
+        dict(size=1),
+        dict(blur_sigma=(0.0, 1.0)),
+        dict(gray_p=-0.1),
+    ):
         with pytest.raises(UserError):
             ViewSpec(**bad)
 
@@ -93,6 +111,7 @@ def test_blur_kernel_is_simclr_10_percent_made_odd(size, kernel):
 
 
 # ---- shapes, normalisation, identity -----------------------------------------------------------
+
 
 def test_to_float_layouts_and_range():
     hwc = noise_images(3, 9, 11)
@@ -110,7 +129,9 @@ def test_to_float_layouts_and_range():
 def test_normalize_constants():
     x = torch.rand(2, 3, 4, 5)
     y = normalize(x)
-    ref = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    ref = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(
+        1, 3, 1, 1
+    )
     torch.testing.assert_close(y, ref, atol=1e-6, rtol=0)
 
 
@@ -159,11 +180,12 @@ def test_eval_view_matches_torchvision_resize():
 
 # ---- independent check against torchvision, op by op ---------------------------------------------
 
+
 def _interior_mask(box, flip, size):
     """Output pixels whose bilinear taps all lie inside the crop box (both methods agree there)."""
     top, left, h, w = (int(v) for v in box)
     u = torch.arange(size, dtype=torch.float64) + 0.5
-    sx = u * w / size - 0.5          # source coordinate relative to the crop
+    sx = u * w / size - 0.5  # source coordinate relative to the crop
     sy = u * h / size - 0.5
     okx = (sx >= 0) & (sx <= w - 1)
     oky = (sy >= 0) & (sy <= h - 1)
@@ -190,7 +212,7 @@ def test_crop_and_flip_match_torchvision_resized_crop():
         m = _interior_mask(p["box"][i], bool(p["flip"][i]), size)
         interior += int(m.sum())
         assert err[:, m].max() < CROP_INTERIOR_ATOL, (i, err[:, m].max())
-    assert interior > 0.6 * b * size * size     # the strict check covers most pixels
+    assert interior > 0.6 * b * size * size  # the strict check covers most pixels
 
 
 def _ref_jitter(img, factors, order, strengths):
@@ -202,13 +224,16 @@ def _ref_jitter(img, factors, order, strengths):
     return img
 
 
-@pytest.mark.parametrize("jitter,atol", [
-    ((0.8, 0.0, 0.0, 0.0), FLOAT_ATOL),
-    ((0.0, 0.8, 0.0, 0.0), GRAY_OP_ATOL),
-    ((0.0, 0.0, 0.8, 0.0), GRAY_OP_ATOL),
-    ((0.0, 0.0, 0.0, 0.5), HUE_ATOL),
-    ((0.4, 0.4, 0.4, 0.1), CHAIN_ATOL),
-])
+@pytest.mark.parametrize(
+    "jitter,atol",
+    [
+        ((0.8, 0.0, 0.0, 0.0), FLOAT_ATOL),
+        ((0.0, 0.8, 0.0, 0.0), GRAY_OP_ATOL),
+        ((0.0, 0.0, 0.8, 0.0), GRAY_OP_ATOL),
+        ((0.0, 0.0, 0.0, 0.5), HUE_ATOL),
+        ((0.4, 0.4, 0.4, 0.1), CHAIN_ATOL),
+    ],
+)
 def test_color_jitter_matches_torchvision(jitter, atol):
     b, s = 32, 24
     x = to_float(noise_images(b, s, s))
@@ -240,7 +265,7 @@ def test_grayscale_matches_torchvision_and_itu_weights():
         if p["gray"][i]:
             ref = TF.rgb_to_grayscale(x[i], num_output_channels=3)
             assert (ours[i] - ref).abs().max() < GRAY_OP_ATOL
-            assert (ours[i] - luma[i].float()).abs().max() < FLOAT_ATOL   # the 601-2 weights exactly
+            assert (ours[i] - luma[i].float()).abs().max() < FLOAT_ATOL  # the 601-2 weights exactly
         else:
             assert (ours[i] - x[i]).abs().max() < FLOAT_ATOL
 
@@ -260,7 +285,7 @@ def test_blur_matches_torchvision_gaussian_blur(size):
             ref = TF.gaussian_blur(x[i], [k, k], [sigma, sigma])
             assert (ours[i] - ref).abs().max() < FLOAT_ATOL, (i, sigma)
             if sigma > 0.8:
-                assert (ours[i] - x[i]).abs().max() > 0.05     # it did blur
+                assert (ours[i] - x[i]).abs().max() > 0.05  # it did blur
         else:
             assert (ours[i] - x[i]).abs().max() < FLOAT_ATOL
 
@@ -277,12 +302,15 @@ def test_solarize_matches_torchvision():
         assert (ours[i] - ref).abs().max() < FLOAT_ATOL
 
 
-@pytest.mark.parametrize("flag,spec_kw", [
-    ("jitter", dict(jitter_p=0.5, jitter=(0.8, 0.8, 0.8, 0.2))),
-    ("gray", dict(gray_p=0.5)),
-    ("blur", dict(blur_p=0.5)),
-    ("solarize", dict(solarize_p=0.5)),
-])
+@pytest.mark.parametrize(
+    "flag,spec_kw",
+    [
+        ("jitter", dict(jitter_p=0.5, jitter=(0.8, 0.8, 0.8, 0.2))),
+        ("gray", dict(gray_p=0.5)),
+        ("blur", dict(blur_p=0.5)),
+        ("solarize", dict(solarize_p=0.5)),
+    ],
+)
 def test_unselected_samples_are_bit_identical_to_skipping_the_op(flag, spec_kw):
     b = 24
     imgs = noise_images(b, 32, 32)
@@ -298,6 +326,7 @@ def test_unselected_samples_are_bit_identical_to_skipping_the_op(flag, spec_kw):
 
 
 # ---- parameters: determinism and statistics ----------------------------------------------------
+
 
 def test_same_seed_same_views_different_seed_different():
     imgs = noise_images(8, 32, 32)
@@ -347,7 +376,7 @@ def test_parameter_statistics():
     # <= 0.5 px of >= ~120 px, i.e. <= 0.4% per side
     area = (bh * bw).double() / (h * w)
     assert area.min() >= 0.08 * (1 - 0.01) and area.max() <= 1.0
-    assert area.min() < 0.09 and area.max() > 0.95          # the whole range is used
+    assert area.min() < 0.09 and area.max() > 0.95  # the whole range is used
     logr = torch.log(bw.double() / bh.double())
     assert logr.min() >= math.log(3 / 4) - 0.01 and logr.max() <= math.log(4 / 3) + 0.01
     assert logr.min() < math.log(3 / 4) + 0.02 and logr.max() > math.log(4 / 3) - 0.02
@@ -363,8 +392,9 @@ def test_parameter_statistics():
     assert len(torch.unique(p["order"], dim=0)) == 24
 
 
-@pytest.mark.parametrize("scale,ratio", [((0.08, 1.0), (3 / 4, 4 / 3)),
-                                         ((0.6, 1.0), (0.4, 2.5))])   # many rejected tries, a few % fallbacks
+@pytest.mark.parametrize(
+    "scale,ratio", [((0.08, 1.0), (3 / 4, 4 / 3)), ((0.6, 1.0), (0.4, 2.5))]
+)  # many rejected tries, a few % fallbacks
 def test_crop_boxes_distributed_like_torchvision_random_resized_crop(scale, ratio):
     """Small images, where integer rounding and retries matter: compare the moments of (top, left, h, w)
     with torchvision's own RandomResizedCrop.get_params (tolerance: 5 standard errors for the means,
@@ -372,10 +402,11 @@ def test_crop_boxes_distributed_like_torchvision_random_resized_crop(scale, rati
     h, w, n_ours, n_tv = 32, 40, 20000, 4000
     spec = ViewSpec(scale=scale, ratio=ratio)
     ours = sample_params(spec, n_ours, h, w, torch.Generator().manual_seed(16))["box"].double()
-    torch.manual_seed(16)                    # torchvision draws from the global generator
+    torch.manual_seed(16)  # torchvision draws from the global generator
     img = torch.zeros(3, h, w)
-    tv = torch.tensor([RandomResizedCrop.get_params(img, list(scale), list(ratio)) for _ in range(n_tv)],
-                      dtype=torch.float64)
+    tv = torch.tensor(
+        [RandomResizedCrop.get_params(img, list(scale), list(ratio)) for _ in range(n_tv)], dtype=torch.float64
+    )
     for j in range(4):
         a, b = ours[:, j], tv[:, j]
         se = math.sqrt(a.var().item() / n_ours + b.var().item() / n_tv)
@@ -394,12 +425,13 @@ def test_crop_fallback_is_torchvision_centre_crop():
 
 def test_cpu_blocking_gives_the_same_views(monkeypatch):
     import sslstudy.augment as aug
+
     imgs = noise_images(40, 36, 36)
     spec = ViewSpec(size=24, solarize_p=0.3)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     whole = make_views(imgs, spec, torch.Generator().manual_seed(18))
-    monkeypatch.setattr(aug, "CPU_BLOCK_BYTES", 3 * 4 * (36 * 36 + 24 * 24) * 6)   # blocks of <= 6 samples
+    monkeypatch.setattr(aug, "CPU_BLOCK_BYTES", 3 * 4 * (36 * 36 + 24 * 24) * 6)  # blocks of <= 6 samples
     assert aug._block(torch.device("cpu"), 40, 36, 36, 24) == 6
     # blocks: every sample once, <= 6 samples, one op sequence per block
     p = sample_params(spec, 40, 36, 36, torch.Generator().manual_seed(18))
@@ -427,10 +459,11 @@ def test_cpu_blocking_gives_the_same_views(monkeypatch):
 
 def test_small_cpu_batches_split_across_threads_only_when_worth_it(monkeypatch):
     import sslstudy.augment as aug
+
     spec = ViewSpec(size=32)
     p = sample_params(spec, 64, 32, 32, torch.Generator().manual_seed(20))
     per = 3 * 4 * (32 * 32 + 32 * 32)
-    assert len(aug._cpu_parts(p, spec, 64, 32, 32, threads=2)) == 1            # 1.5 MiB in all: one part
+    assert len(aug._cpu_parts(p, spec, 64, 32, 32, threads=2)) == 1  # 1.5 MiB in all: one part
     monkeypatch.setattr(aug, "CPU_MIN_PART_BYTES", per * 16)
     parts = aug._cpu_parts(p, spec, 64, 32, 32, threads=2)
     assert [len(i) for i in parts] == [32, 32] and torch.equal(torch.cat(parts), torch.arange(64))
@@ -448,6 +481,7 @@ def test_small_cpu_batches_split_across_threads_only_when_worth_it(monkeypatch):
 
 def test_blur_drops_only_negligible_outer_taps():
     import sslstudy.augment as aug
+
     sigma = torch.tensor([0.1, 0.5, 1.0, 2.0, 3.0])
     full = aug._gaussian_kernels(sigma, 23)
     for i, s in enumerate(sigma.tolist()):
@@ -455,16 +489,18 @@ def test_blur_drops_only_negligible_outer_taps():
         rows[i] = True
         k = aug._trim_taps(full, rows)
         d = (23 - k.shape[1]) // 2
-        assert torch.equal(k, full[:, d:23 - d])                       # the same weights, centred
-        assert full[i, :d].sum() < aug.TAIL_MASS                       # what is dropped is negligible
-        assert d == 0 or full[i, :d + 1].sum() >= aug.TAIL_MASS        # and no more than that
+        assert torch.equal(k, full[:, d : 23 - d])  # the same weights, centred
+        assert full[i, :d].sum() < aug.TAIL_MASS  # what is dropped is negligible
+        assert d == 0 or full[i, : d + 1].sum() >= aug.TAIL_MASS  # and no more than that
         if s <= 0.5:
             assert k.shape[1] <= 7
         if s >= 2.0:
             assert k.shape[1] >= 21
     # the block's widest kernel decides
-    assert aug._trim_taps(full, torch.tensor([True, False, False, True, False])).shape[1] == \
-        aug._trim_taps(full, torch.tensor([False, False, False, True, False])).shape[1]
+    assert (
+        aug._trim_taps(full, torch.tensor([True, False, False, True, False])).shape[1]
+        == aug._trim_taps(full, torch.tensor([False, False, False, True, False])).shape[1]
+    )
     # end to end: trimmed (here to 11 taps) and full kernels blur alike to float32 rounding
     small = full[:3]
     trimmed = aug._trim_taps(small, torch.ones(3, dtype=torch.bool))

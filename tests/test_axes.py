@@ -1,13 +1,12 @@
 """The study's axes in the package: corruptions, pools, labelled subsets, few-label training, fusion
 and the expansion of params into runs and evaluations."""
+
 import numpy as np
 import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
-
 from sslstudy import axes, config, names
 from sslstudy.data.corrupt import corrupt_dataset, corrupt_images
-from sslstudy.names import parse_quality
 from sslstudy.data.packed import load_dataset
 from sslstudy.data.pool import pool_dataset
 from sslstudy.errors import UserError
@@ -15,6 +14,7 @@ from sslstudy.eval import lowshot
 from sslstudy.eval.features import Features, embed_dataset, probe_splits
 from sslstudy.eval.fusion import fusion_scores
 from sslstudy.models import build_backbone
+from sslstudy.names import parse_quality
 
 
 def rng():
@@ -42,7 +42,9 @@ def test_downup_keeps_size_and_removes_the_finest_detail():
         assert y.shape == x.shape
         assert y.std() < max_std, (f, y.std())  # a 1-px checkerboard averages to flat grey
         assert abs(float(y.mean()) - 127.5) < 2
-    assert np.array_equal(corrupt_images(np.full((2, 32, 32, 3), 77, np.uint8), "downup2", rng()), np.full((2, 32, 32, 3), 77))
+    assert np.array_equal(
+        corrupt_images(np.full((2, 32, 32, 3), 77, np.uint8), "downup2", rng()), np.full((2, 32, 32, 3), 77)
+    )
 
 
 def test_lowres_makes_smaller_images():
@@ -89,7 +91,10 @@ def test_pool_is_as_large_as_one_domain_with_equal_parts(tiny_data, tmp_path):
     for split in ("train", "test"):
         rows = p.labels[p.labels["split"] == split]
         assert len(rows) == len(nat.split_indices(split))
-        assert rows["domain"].value_counts().to_dict() == {"natural": len(rows) // 2, "aerial": len(rows) - len(rows) // 2}
+        assert rows["domain"].value_counts().to_dict() == {
+            "natural": len(rows) // 2,
+            "aerial": len(rows) - len(rows) // 2,
+        }
     # every pooled image is an image of its source domain with that image's labels
     for i in (0, len(p) - 1):
         src = load_dataset(tiny_data / p.labels.loc[i, "domain"])
@@ -98,8 +103,16 @@ def test_pool_is_as_large_as_one_domain_with_equal_parts(tiny_data, tmp_path):
 
 
 # -------------------------------------------------------------------------- labelled subsets, training
-EVAL = dict(batch_size=256, linear_epochs=3, cluster_seed=0, knn_k=[5], knn_temperature=0.07, linear_lr=[0.5],
-            linear_wd=[5e-4], val_fraction=0.1)
+EVAL = dict(
+    batch_size=256,
+    linear_epochs=3,
+    cluster_seed=0,
+    knn_k=[5],
+    knn_temperature=0.07,
+    linear_lr=[0.5],
+    linear_wd=[5e-4],
+    val_fraction=0.1,
+)
 
 
 def test_labelled_subsets_are_nested_balanced_and_outside_val(tiny_data):
@@ -138,8 +151,10 @@ def test_fine_tuning_autocasts_in_bf16_where_the_cpu_has_it(tiny_data, monkeypat
     train = lowshot.labelled_indices(ds, 1, EVAL)
     cfg = dict(epochs=1, min_steps=10, batch_size=32, lr=0.05, weight_decay=5e-4, scale=[0.9, 1.0])
     with caplog.at_level(logging.INFO, logger="sslstudy.lowshot"):
-        auto, fp32 = (lowshot.train_classifier(build_backbone("cnn4", width=8), ds, train, dict(cfg, precision=p), 32, seed=0)
-                      for p in ("auto", "fp32"))
+        auto, fp32 = (
+            lowshot.train_classifier(build_backbone("cnn4", width=8), ds, train, dict(cfg, precision=p), 32, seed=0)
+            for p in ("auto", "fp32")
+        )
     same = all(torch.equal(a, b) for a, b in zip(auto.state_dict().values(), fp32.state_dict().values()))
     assert same == (native is None)
     assert ("fine-tuning on 64 images: bf16 autocast on the CPU (amx_bf16)" in caplog.text) == (native is not None)
@@ -150,21 +165,59 @@ def test_supervised_checkpoint_reads_as_trained_not_random(tiny_data, tmp_path):
     import json
 
     import pandas as pd
-
     from sslstudy.cli import run_command
     from sslstudy.train import load_backbone
 
-    arch, ft = dict(arch="cnn4", width=4), dict(epochs=2, min_steps=1, batch_size=32, lr=0.05, weight_decay=5e-4, scale=[0.9, 1.0])
+    arch, ft = (
+        dict(arch="cnn4", width=4),
+        dict(epochs=2, min_steps=1, batch_size=32, lr=0.05, weight_decay=5e-4, scale=[0.9, 1.0]),
+    )
     ckpt, common = tmp_path / "final.pt", ["--dataset", str(tiny_data / "natural"), "--size", "32", "--run", "sup"]
-    run_command(["supervised", *common, "--labels", "l1", "--seed", "0", "--eval", json.dumps(EVAL), "--backbone", json.dumps(arch),
-                 "--finetune", json.dumps(ft), "--checkpoint", str(ckpt), "--out", str(tmp_path / "scores.csv")])
+    run_command(
+        [
+            "supervised",
+            *common,
+            "--labels",
+            "l1",
+            "--seed",
+            "0",
+            "--eval",
+            json.dumps(EVAL),
+            "--backbone",
+            json.dumps(arch),
+            "--finetune",
+            json.dumps(ft),
+            "--checkpoint",
+            str(ckpt),
+            "--out",
+            str(tmp_path / "scores.csv"),
+        ]
+    )
     state = torch.load(ckpt, weights_only=False)
     assert state["epoch"] == state["config"]["epochs"] == 2  # 64 labelled images, 2 x 2 steps of 32
     assert load_backbone(ckpt)[1]["epochs"] == 2
     # its frozen evaluation is recorded at the trained epoch, not at 0 (the random weights' epoch)
-    run_command(["evaluate", "--dataset", f"natural={tiny_data / 'natural'}", "--size", "32", "--run", "sup",
-                 "--checkpoint", f"pretrained={ckpt}", "--eval", json.dumps(EVAL), "--frozen", "pretrained_on_natural",
-                 "--device", "cpu", "--out", str(tmp_path / "eval")])
+    run_command(
+        [
+            "evaluate",
+            "--dataset",
+            f"natural={tiny_data / 'natural'}",
+            "--size",
+            "32",
+            "--run",
+            "sup",
+            "--checkpoint",
+            f"pretrained={ckpt}",
+            "--eval",
+            json.dumps(EVAL),
+            "--frozen",
+            "pretrained_on_natural",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "eval"),
+        ]
+    )
     df = pd.read_csv(tmp_path / "eval" / names.FROZEN_FILE)
     assert set(df["epoch"]) == {2} and set(df["weights"]) == {"pretrained"} and set(df["split"]) == {"test"}
     assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["embeddings", names.FROZEN_FILE]  # no dense table
@@ -178,29 +231,87 @@ def test_one_lowshot_call_over_every_count_equals_one_call_per_count(tiny_data, 
     import json
 
     import pandas as pd
-
-    from conftest import natural_subset
     from sslstudy.cli import run_command
     from sslstudy.train import BACKBONE, atomic_torch_save
+
+    from tests.helpers import natural_subset
 
     arch = dict(arch="cnn4", width=4)
     torch.manual_seed(0)
     ckpt = tmp_path / "final.pt"
-    atomic_torch_save(dict(epoch=3, model={BACKBONE + k: v for k, v in build_backbone(**arch).state_dict().items()},
-                           config=dict(seed=0, epochs=3, backbone=arch, data=dict(subset=str(natural_subset(
-                               tiny_data, tmp_path / "subset.npy", 128))))), ckpt)
-    common = ["--checkpoint", str(ckpt), "--dataset", str(tiny_data / "natural"), "--size", "32", "--run", "r", "--eval", json.dumps(EVAL),
-              "--device", "cpu"]
-    run_command(["evaluate", "--checkpoint", f"pretrained={ckpt}", "--dataset", f"natural={tiny_data / 'natural'}", "--size", "32",
-                 "--embed", "pretrained_on_natural", "--eval", json.dumps(EVAL), "--device", "cpu", "--out", str(tmp_path / "eval")])
+    atomic_torch_save(
+        dict(
+            epoch=3,
+            model={BACKBONE + k: v for k, v in build_backbone(**arch).state_dict().items()},
+            config=dict(
+                seed=0,
+                epochs=3,
+                backbone=arch,
+                data=dict(subset=str(natural_subset(tiny_data, tmp_path / "subset.npy", 128))),
+            ),
+        ),
+        ckpt,
+    )
+    common = [
+        "--checkpoint",
+        str(ckpt),
+        "--dataset",
+        str(tiny_data / "natural"),
+        "--size",
+        "32",
+        "--run",
+        "r",
+        "--eval",
+        json.dumps(EVAL),
+        "--device",
+        "cpu",
+    ]
+    run_command(
+        [
+            "evaluate",
+            "--checkpoint",
+            f"pretrained={ckpt}",
+            "--dataset",
+            f"natural={tiny_data / 'natural'}",
+            "--size",
+            "32",
+            "--embed",
+            "pretrained_on_natural",
+            "--eval",
+            json.dumps(EVAL),
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "eval"),
+        ]
+    )
     ft = dict(epochs=1, min_steps=3, batch_size=16, lr=0.05, weight_decay=5e-4, scale=[0.5, 1.0])
-    for mode, extra in [("linear", ["--embeddings", str(tmp_path / "eval" / names.EMBEDDINGS_FILE.format(weights="pretrained", on="natural"))]),
-                        ("finetune", ["--finetune", json.dumps(ft)])]:
-        run_command(["lowshot", *common, "--mode", mode, "--labels", "l1", "l2", *extra, "--out", str(tmp_path / f"{mode}.csv")])
+    for mode, extra in [
+        (
+            "linear",
+            ["--embeddings", str(tmp_path / "eval" / names.EMBEDDINGS_FILE.format(weights="pretrained", on="natural"))],
+        ),
+        ("finetune", ["--finetune", json.dumps(ft)]),
+    ]:
+        run_command(
+            ["lowshot", *common, "--mode", mode, "--labels", "l1", "l2", *extra, "--out", str(tmp_path / f"{mode}.csv")]
+        )
         both = pd.read_csv(tmp_path / f"{mode}.csv")
         assert list(dict.fromkeys(both["labels"])) == ["l1", "l2"] and set(both["pretrain_images"]) == {128}
         for tag, n in (("l1", 64), ("l2", 128)):
-            run_command(["lowshot", *common, "--mode", mode, "--labels", tag, *extra, "--out", str(tmp_path / f"{mode}_{tag}.csv")])
+            run_command(
+                [
+                    "lowshot",
+                    *common,
+                    "--mode",
+                    mode,
+                    "--labels",
+                    tag,
+                    *extra,
+                    "--out",
+                    str(tmp_path / f"{mode}_{tag}.csv"),
+                ]
+            )
             alone = pd.read_csv(tmp_path / f"{mode}_{tag}.csv")
             assert set(alone["labelled_images"]) == {n}
             pd.testing.assert_frame_equal(both[both["labels"] == tag].reset_index(drop=True), alone, check_exact=True)
@@ -230,59 +341,89 @@ def grid(**axes_over):
 
 def test_axes_off_by_default_leave_the_plain_grid():
     c = grid()
-    assert [r["id"] for r in axes.ssl_runs(c)] == ["simclr/natural_frac1_clean/seed0", "simclr/aerial_frac1_clean/seed0"]
+    assert [r["id"] for r in axes.ssl_runs(c)] == [
+        "simclr/natural_frac1_clean/seed0",
+        "simclr/aerial_frac1_clean/seed0",
+    ]
     assert not axes.supervised_models(c) and not axes.lowshot_jobs(c) and not axes.fusion_pairs(c)
     assert len(axes.evaluations(c)) == 4 and len(axes.cluster_runs(c)) == 2
 
 
 def test_each_axis_adds_its_runs_for_its_own_methods_and_domains():
-    c = grid(quantity=dict(domains=["natural"], subsets=[0.5], labels=[1, "all"], modes=["linear"]),
-             quality=dict(domains=["aerial"], jpeg=[10, 50], lowres=[16]),
-             domain=dict(domains=["natural", "aerial"], pools=[["natural", "aerial"]], evaluate_on=["natural", "texture"]),
-             fusion=dict(domains=["natural"], kinds=["supervised"], pairs=[["simclr@natural", "simclr@aerial"]]))
+    c = grid(
+        quantity=dict(domains=["natural"], subsets=[0.5], labels=[1, "all"], modes=["linear"]),
+        quality=dict(domains=["aerial"], jpeg=[10, 50], lowres=[16]),
+        domain=dict(domains=["natural", "aerial"], pools=[["natural", "aerial"]], evaluate_on=["natural", "texture"]),
+        fusion=dict(domains=["natural"], kinds=["supervised"], pairs=[["simclr@natural", "simclr@aerial"]]),
+    )
     ids = [r["id"] for r in axes.ssl_runs(c)]
-    for rid in ("simclr/natural_frac0.5_clean/seed0", "simclr/aerial_frac1_jpeg50/seed0",
-                "simclr/aerial_frac1_lowres16/seed0", "simclr/natural+aerial_frac1_clean/seed0"):
+    for rid in (
+        "simclr/natural_frac0.5_clean/seed0",
+        "simclr/aerial_frac1_jpeg50/seed0",
+        "simclr/aerial_frac1_lowres16/seed0",
+        "simclr/natural+aerial_frac1_clean/seed0",
+    ):
         assert rid in ids
     assert len(ids) == len(set(ids)) == 2 + 1 + 3 + 1
     assert {m["id"] for m in axes.supervised_models(c)} == {
-        "supervised/natural_l1_clean/seed0", "supervised/natural_lall_clean/seed0"}
-    assert axes.lowshot_jobs(c) == [("simclr/natural_frac1_clean/seed0", "linear"), ("simclr/natural_frac0.5_clean/seed0", "linear")]
+        "supervised/natural_l1_clean/seed0",
+        "supervised/natural_lall_clean/seed0",
+    }
+    assert axes.lowshot_jobs(c) == [
+        ("simclr/natural_frac1_clean/seed0", "linear"),
+        ("simclr/natural_frac0.5_clean/seed0", "linear"),
+    ]
     assert axes.lowshot_labels(c) == ["l1", "lall"]  # each job covers every count
     ev = axes.evaluations(c)
     assert ("simclr/natural+aerial_frac1_clean/seed0", "pretrained", "texture") in ev
     assert ("simclr/aerial_frac1_jpeg10/seed0", "pretrained", "aerial") in ev
     assert [(a["id"], b["id"]) for a, b in axes.fusion_pairs(c)] == [
         ("simclr/natural_frac1_clean/seed0", "supervised/natural_lall_clean/seed0"),
-        ("simclr/natural_frac1_clean/seed0", "simclr/aerial_frac1_clean/seed0")]
+        ("simclr/natural_frac1_clean/seed0", "simclr/aerial_frac1_clean/seed0"),
+    ]
     spec = axes.pretrain_spec(c, next(r for r in axes.ssl_runs(c) if r["quality"] == "lowres16"))
-    assert [v["size"] for v in spec["views"]] == [16, 16] and spec["data"]["dataset"] == "results/data/seed0/aerial_lowres16"
+    assert [v["size"] for v in spec["views"]] == [16, 16] and spec["data"][
+        "dataset"
+    ] == "results/data/seed0/aerial_lowres16"
 
 
 def test_one_evaluate_job_per_model_covers_what_every_axis_reads():
     """evaluation_plan: a model's frozen and dense evaluations and the embedding caches fusion and the
     few-label linear probe read, in one job; a model only those read is embedded, not scored."""
-    c = grid(quantity=dict(domains=["natural"], subsets=[0.5], labels=[1, "all"], modes=["linear"]),
-             fusion=dict(domains=["natural"], kinds=["supervised"], pairs=[["simclr@natural", "simclr@aerial"]]),
-             dense=dict(enabled=True, domains=["natural"]))
+    c = grid(
+        quantity=dict(domains=["natural"], subsets=[0.5], labels=[1, "all"], modes=["linear"]),
+        fusion=dict(domains=["natural"], kinds=["supervised"], pairs=[["simclr@natural", "simclr@aerial"]]),
+        dense=dict(enabled=True, domains=["natural"]),
+    )
     plan, both = axes.evaluation_plan(c), [("pretrained", "natural"), ("random", "natural")]
     assert plan == {
-        "simclr/natural_frac1_clean/seed0": dict(frozen=both, dense=both, embed=both + [("pretrained", "aerial")], cluster=["natural"]),
-        "simclr/aerial_frac1_clean/seed0": dict(frozen=[("pretrained", "aerial"), ("random", "aerial")], dense=[],
-                                                embed=[("pretrained", "aerial"), ("random", "aerial"), ("pretrained", "natural")],
-                                                cluster=["aerial"]),  # the periodic clustering of the method comparison's runs
-        "supervised/natural_lall_clean/seed0": dict(frozen=[], dense=[("pretrained", "natural")], embed=[("pretrained", "natural")],
-                                                    cluster=[]),
-        "simclr/natural_frac0.5_clean/seed0": dict(frozen=[], dense=[], embed=[("pretrained", "natural")], cluster=[]),  # few-label linear
+        "simclr/natural_frac1_clean/seed0": dict(
+            frozen=both, dense=both, embed=both + [("pretrained", "aerial")], cluster=["natural"]
+        ),
+        "simclr/aerial_frac1_clean/seed0": dict(
+            frozen=[("pretrained", "aerial"), ("random", "aerial")],
+            dense=[],
+            embed=[("pretrained", "aerial"), ("random", "aerial"), ("pretrained", "natural")],
+            cluster=["aerial"],
+        ),  # the periodic clustering of the method comparison's runs
+        "supervised/natural_lall_clean/seed0": dict(
+            frozen=[], dense=[("pretrained", "natural")], embed=[("pretrained", "natural")], cluster=[]
+        ),
+        "simclr/natural_frac0.5_clean/seed0": dict(
+            frozen=[], dense=[], embed=[("pretrained", "natural")], cluster=[]
+        ),  # few-label linear
     }
     assert {(r, w, on) for r, p in plan.items() for w, on in p["frozen"]} == set(axes.evaluations(c))
     assert {(r, w, on) for r, p in plan.items() for w, on in p["dense"]} == set(axes.dense_jobs(c))
 
 
 def test_an_axis_runs_its_own_seeds_and_study_seeds_when_null():
-    c = grid(study=dict(methods=["simclr"], domains=["natural"], seeds=[0, 1, 2]),
-             quality=dict(jpeg=[10], seeds=[0]), fusion=dict(kinds=["supervised"], seeds=[1, 2]),
-             granularity=dict(supervised=True))
+    c = grid(
+        study=dict(methods=["simclr"], domains=["natural"], seeds=[0, 1, 2]),
+        quality=dict(jpeg=[10], seeds=[0]),
+        fusion=dict(kinds=["supervised"], seeds=[1, 2]),
+        granularity=dict(supervised=True),
+    )
     ids = [r["id"] for r in axes.ssl_runs(c)]
     assert [i for i in ids if "jpeg" in i] == ["simclr/natural_frac1_jpeg10/seed0"]
     assert {f"simclr/natural_frac1_clean/seed{s}" for s in (0, 1, 2)} <= set(ids)
@@ -290,7 +431,10 @@ def test_an_axis_runs_its_own_seeds_and_study_seeds_when_null():
     assert sorted(m["seed"] for m in axes.supervised_models(c)) == [0, 1, 2]  # granularity: study.seeds
     assert axes.seeds(c, "quality") == [0] and axes.seeds(c, "domain") == [0, 1, 2]
     assert axes.cluster_runs(c) == [f"simclr/natural_frac1_clean/seed{s}" for s in (0, 1, 2)]  # not the jpeg run
-    assert axes.cluster_runs(grid(clustering=dict(seeds=[1]))) == ["simclr/natural_frac1_clean/seed1", "simclr/aerial_frac1_clean/seed1"]
+    assert axes.cluster_runs(grid(clustering=dict(seeds=[1]))) == [
+        "simclr/natural_frac1_clean/seed1",
+        "simclr/aerial_frac1_clean/seed1",
+    ]
 
 
 def test_bad_axis_values_are_one_line_errors():

@@ -1,5 +1,6 @@
 """Run health during training: every epoch's record holds the embedding health of fixed training
 images; a collapse is flagged, logged once, and ends the job under pretrain.on_collapse: stop."""
+
 import json
 import math
 import shutil
@@ -7,13 +8,17 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
-from conftest import natural_subset, tiny_spec
-from sslstudy import config, train as T
+from sslstudy import config
+from sslstudy import train as T
 from sslstudy.errors import UserError
 from sslstudy.launch import launch_pretrain
 from sslstudy.train import Diverged, list_checkpoints, train
-from test_methods import method_spec, subset128  # noqa: F401 - fixture
+
+from tests.helpers import (
+    method_spec,
+    natural_subset,
+    tiny_spec,
+)
 
 NEW = ("effective_rank", "normalized_std", "dim", "trivial_loss", "collapsed", "collapse_reason")
 
@@ -47,8 +52,9 @@ def test_healthy_run_records_its_health_and_trains_as_without_it(tiny_data, subs
     plain = _records(tmp_path / "plain")
     assert not any(k in r for r in plain for k in NEW)
     drop = NEW + ("seconds", "views_per_s")
-    assert [{k: v for k, v in r.items() if k not in drop} for r in recs] == [{k: v for k, v in r.items() if k not in drop}
-                                                                              for r in plain]
+    assert [{k: v for k, v in r.items() if k not in drop} for r in recs] == [
+        {k: v for k, v in r.items() if k not in drop} for r in plain
+    ]
 
 
 def test_constant_embeddings_are_flagged_at_once_and_logged_once(tiny_data, tmp_path):
@@ -67,7 +73,9 @@ def test_constant_embeddings_are_flagged_at_once_and_logged_once(tiny_data, tmp_
 
 
 def _launch(executor: str) -> dict:
-    return config.validate(dict(study=dict(methods=["swav"], domains=["natural"]), launch=dict(executor=executor)))["launch"]
+    return config.validate(dict(study=dict(methods=["swav"], domains=["natural"]), launch=dict(executor=executor)))[
+        "launch"
+    ]
 
 
 def test_stop_ends_the_job_with_the_reason_and_keeps_the_checkpoints(tiny_data, subset128, tmp_path, capsys):
@@ -81,7 +89,10 @@ def test_stop_ends_the_job_with_the_reason_and_keeps_the_checkpoints(tiny_data, 
         launch_pretrain(dict(spec, on_collapse="stop"), run, _launch("local"))
     assert f" failed: sslstudy.train.Collapsed: {line}; log: " in str(e.value).splitlines()[0]
     assert [p.name for p in list_checkpoints(run)] == [f"ep{i:03d}.pt" for i in range(4)]
-    assert torch.load(run / "checkpoints" / "last.pt", weights_only=False)["epoch"] == 3 and not (run / "final.pt").exists()
+    assert (
+        torch.load(run / "checkpoints" / "last.pt", weights_only=False)["epoch"] == 3
+        and not (run / "final.pt").exists()
+    )
     recs = _records(run)
     assert [r.get("collapsed", False) for r in recs] == [False, False, True] and recs[-1]["collapse_reason"] == line
     assert all(r["trivial_loss"] == pytest.approx(math.log(48)) for r in recs)

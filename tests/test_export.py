@@ -1,19 +1,20 @@
 """`sslstudy export`: the backbone reloads into torchvision (strict=True) or sslstudy's CNN4 and gives the
 project's features on a fixed input; config.json says how; bad input is one clear line."""
+
 import json
 
 import pytest
 import torch
 import torchvision
 from safetensors.torch import load_file
-
-from conftest import natural_subset, tiny_spec
 from sslstudy import names
 from sslstudy.augment import MEAN, STD, eval_view
 from sslstudy.cli import main
 from sslstudy.data.packed import load_dataset
 from sslstudy.models import CNN4, ResNetBackbone
 from sslstudy.train import BACKBONE, atomic_torch_save, load_backbone, train
+
+from tests.helpers import natural_subset, tiny_spec
 
 
 @pytest.fixture(scope="module")
@@ -72,14 +73,23 @@ def test_resnet50_epoch_checkpoint_with_the_torchvision_stem(tmp_path, tiny_data
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.1, 0.1)
             m.running_var.uniform_(0.5, 1.5)
-    spec = tiny_spec(tiny_data / "natural", tmp_path / "s.npy", backbone=dict(arch="resnet50", width=4, small_stem=False))
+    spec = tiny_spec(
+        tiny_data / "natural", tmp_path / "s.npy", backbone=dict(arch="resnet50", width=4, small_stem=False)
+    )
     run = tmp_path / "run"
-    atomic_torch_save(dict(epoch=2, model={BACKBONE + k: v for k, v in bb.state_dict().items()}, config=spec),
-                      run / names.CHECKPOINTS / names.epoch_checkpoint(2))
+    atomic_torch_save(
+        dict(epoch=2, model={BACKBONE + k: v for k, v in bb.state_dict().items()}, config=spec),
+        run / names.CHECKPOINTS / names.epoch_checkpoint(2),
+    )
     assert export(run, tmp_path / "out", "--epoch", "2", "--data-dvc", str(tmp_path / "none.dvc")) == 0
     cfg = json.loads((tmp_path / "out/config.json").read_text())
     assert (cfg["stem"], cfg["stem_change"], cfg["feature_dim"], cfg["epochs"], cfg["data_dvc_md5"]) == (
-        "torchvision", None, 2048, 2, None)
+        "torchvision",
+        None,
+        2048,
+        2,
+        None,
+    )
     net = torchvision.models.resnet50()
     net.fc = torch.nn.Identity()
     net.load_state_dict(load_file(tmp_path / "out/backbone.safetensors"), strict=True)

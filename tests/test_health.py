@@ -1,12 +1,12 @@
 """sslstudy.health: RankMe against an independent numpy version, normalised std at its two ends, the
 trivial losses against the project's own loss functions, and the collapse decision on histories."""
+
 import math
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from sslstudy.health import collapse_check, effective_rank, embedding_health, normalized_std, trivial_loss
 from sslstudy.methods.barlow import barlow_twins_loss
 from sslstudy.methods.byol import byol_loss
@@ -93,8 +93,10 @@ def test_trivial_byol_barlow_and_none():
 
 
 def _history(losses, ranks, dim=64):
-    return [dict(epoch=i + 1, loss=l, **({} if r is None else dict(effective_rank=r, dim=dim)))
-            for i, (l, r) in enumerate(zip(losses, ranks))]
+    return [
+        dict(epoch=i + 1, loss=loss, **({} if r is None else dict(effective_rank=r, dim=dim)))
+        for i, (loss, r) in enumerate(zip(losses, ranks))
+    ]
 
 
 def test_collapse_check():
@@ -104,7 +106,9 @@ def test_collapse_check():
     assert flag and why == f"{name}: collapsed at epoch 3 (effective rank 1.1 of 64; loss 3.871 = ln 48)"
     healthy = _history([4.2, 3.6, 3.1, 2.8, 2.6, 2.5], [20.0, 25.0, 28.0, 30.0, 31.0, 31.5])
     flag, why = collapse_check(healthy, "swav", name, prototypes=48)
-    assert not flag and why == f"{name}: no collapse (epoch 6: effective rank 31.5 of 64; loss 2.500, ln 48 at collapse)"
+    assert (
+        not flag and why == f"{name}: no collapse (epoch 6: effective rank 31.5 of 64; loss 2.500, ln 48 at collapse)"
+    )
     # a plateau that breaks, and one shorter than `patience`, with no embedding checks at all
     assert not collapse_check(_history([ln48] * 4 + [3.5, 3.0], [None] * 6), "swav", prototypes=48)[0]
     assert not collapse_check(_history([4.0, 3.9, 3.8, 3.7, ln48, ln48], [None] * 6), "swav", prototypes=48)[0]

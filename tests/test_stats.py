@@ -1,11 +1,11 @@
 """sslstudy.stats against scipy's own t interval and paired t-test, and a hand calculation."""
+
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats as st
-
 from sslstudy.stats import cell, compare, differences, interval, paired_difference, summarise, summarise_differences
 
 
@@ -66,8 +66,15 @@ def _table() -> pd.DataFrame:
         for seed in range(3):
             base = rng.normal(0.3, 0.01)
             rows.append(dict(method=method, metric="linear", weights="random", seed=seed, value=base))
-            rows.append(dict(method=method, metric="linear", weights="pretrained", seed=seed,
-                             value=base + (0.2 if method == "simclr" else 0.0) + rng.normal(0, 0.01)))
+            rows.append(
+                dict(
+                    method=method,
+                    metric="linear",
+                    weights="pretrained",
+                    seed=seed,
+                    value=base + (0.2 if method == "simclr" else 0.0) + rng.normal(0, 0.01),
+                )
+            )
     rows.append(dict(method="byol", metric="linear", weights="pretrained", seed=7, value=0.9))  # no random pair
     return pd.DataFrame(rows)
 
@@ -97,8 +104,17 @@ def test_compare_pretrained_vs_random():
 
 
 def test_differences_join_on_keys_and_seed():
-    a = pd.DataFrame(dict(level=["x", "x", "x", "y"], seed=[0, 1, 2, 0], value=[0.5, 0.6, 0.7, 0.9], run=["a0", "a1", "a2", "a0"]))
-    b = pd.DataFrame(dict(level=["x", "x", "x", "y"], seed=[0, 1, 3, 0], value=[0.4, 0.4, 0.1, float("nan")], run=["b0", "b1", "b3", "b0"]))
+    a = pd.DataFrame(
+        dict(level=["x", "x", "x", "y"], seed=[0, 1, 2, 0], value=[0.5, 0.6, 0.7, 0.9], run=["a0", "a1", "a2", "a0"])
+    )
+    b = pd.DataFrame(
+        dict(
+            level=["x", "x", "x", "y"],
+            seed=[0, 1, 3, 0],
+            value=[0.4, 0.4, 0.1, float("nan")],
+            run=["b0", "b1", "b3", "b0"],
+        )
+    )
     d = differences(a, b, on=["level"], keep=["run"])
     assert d[["level", "seed"]].values.tolist() == [["x", 0], ["x", 1]]  # seed 2/3 unpaired, y NaN on b
     assert d["diff"].tolist() == pytest.approx([0.1, 0.2])

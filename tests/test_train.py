@@ -1,16 +1,16 @@
 """The shared trainer: schedules, LARS, checkpoints, resume, divergence."""
+
 import json
 
 import numpy as np
 import pytest
 import torch
-
-from conftest import tiny_spec
 from sslstudy.data.packed import load_dataset
 from sslstudy.data.subsets import nested_subsets, save_indices
 from sslstudy.errors import UserError
-from sslstudy.train import (LARS, Diverged, Stopped, build_model, cosine_schedule, list_checkpoints, load_backbone,
-                            train)
+from sslstudy.train import LARS, Diverged, Stopped, build_model, cosine_schedule, list_checkpoints, load_backbone, train
+
+from tests.helpers import tiny_spec
 
 
 @pytest.fixture()
@@ -44,8 +44,12 @@ def test_lars_decays_groups_without_trust_ratio():
     # lars=False skips only the trust ratio: weight decay still applies (DeepCluster's classifier group)
     w = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
     v = torch.nn.Parameter(torch.tensor([2.0]))
-    opt = LARS([dict(params=[w], weight_decay=0.1, momentum=0.0, lars=False), dict(params=[v], weight_decay=0.1, lars=False)],
-               lr=0.5, momentum=0.9, eta=0.01)
+    opt = LARS(
+        [dict(params=[w], weight_decay=0.1, momentum=0.0, lars=False), dict(params=[v], weight_decay=0.1, lars=False)],
+        lr=0.5,
+        momentum=0.9,
+        eta=0.01,
+    )
     for _ in range(2):
         w.grad, v.grad = torch.tensor([0.6, 0.8]), torch.tensor([0.5])
         opt.step()
@@ -140,8 +144,11 @@ def test_only_the_lead_rank_changes_files_on_resume(rank, tmp_path, monkeypatch)
 
 
 def test_nonfinite_loss_stops_at_once(tiny_data, subset, tmp_path):
-    spec = tiny_spec(tiny_data / "natural", subset, optim=dict(name="sgd", lr=1e12, final_lr=0.0, momentum=0.9,
-                                                               weight_decay=0.0, eta=1e-3, warmup_epochs=0))
+    spec = tiny_spec(
+        tiny_data / "natural",
+        subset,
+        optim=dict(name="sgd", lr=1e12, final_lr=0.0, momentum=0.9, weight_decay=0.0, eta=1e-3, warmup_epochs=0),
+    )
     with pytest.raises(Diverged, match="lower pretrain.optim.lr"):
         train(spec, tmp_path / "run")
     assert not (tmp_path / "run" / "final.pt").exists()
@@ -149,7 +156,13 @@ def test_nonfinite_loss_stops_at_once(tiny_data, subset, tmp_path):
 
 def test_batch_larger_than_subset(tiny_data, subset, tmp_path):
     spec = tiny_spec(tiny_data / "natural", subset, batch_size=1024)
-    with pytest.raises(UserError, match=f"fewer than one batch of 1024; lower methods.{spec['method']['name']}.batch_size, else pretrain.batch_size$"):
+    with pytest.raises(
+        UserError,
+        match=(
+            f"fewer than one batch of 1024; lower methods.{spec['method']['name']}.batch_size, "
+            "else pretrain.batch_size$"
+        ),
+    ):
         train(spec, tmp_path / "run")
 
 
@@ -177,11 +190,16 @@ def test_unknown_backbone():
 def test_a_gpu_request_without_cuda_is_one_line(tiny_data, subset, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     spec = tiny_spec(tiny_data / "natural", subset)
-    for over, asked in ((dict(gpus=2), "the job has 2 GPU(s) (launch.pretrain.gpus)"), (dict(device="cuda"), "pretrain.device is cuda")):
+    for over, asked in (
+        (dict(gpus=2), "the job has 2 GPU(s) (launch.pretrain.gpus)"),
+        (dict(device="cuda"), "pretrain.device is cuda"),
+    ):
         with pytest.raises(UserError) as e:
             train(dict(spec, **over), tmp_path / "run")
         msg = str(e.value)
-        assert "\n" not in msg and asked in msg and "torch sees no CUDA device" in msg and "pretrain.device: cpu" in msg, msg
+        assert (
+            "\n" not in msg and asked in msg and "torch sees no CUDA device" in msg and "pretrain.device: cpu" in msg
+        ), msg
     train(dict(spec, gpus=2, device="cpu", epochs=1, optim=dict(spec["optim"], warmup_epochs=0)), tmp_path / "cpu")
     assert "device cpu" in (tmp_path / "cpu" / "train.log").read_text()
 
@@ -190,7 +208,9 @@ def test_bf16_on_a_cpu_without_it_stops_or_falls_back_when_allowed(tiny_data, su
     import sslstudy.train as T
 
     monkeypatch.setattr(T, "cpu_bf16", lambda: None)
-    spec = tiny_spec(tiny_data / "natural", subset, epochs=1, optim=dict(tiny_spec(tiny_data, subset)["optim"], warmup_epochs=0))
+    spec = tiny_spec(
+        tiny_data / "natural", subset, epochs=1, optim=dict(tiny_spec(tiny_data, subset)["optim"], warmup_epochs=0)
+    )
     with pytest.raises(UserError) as e:
         train(dict(spec, precision="bf16"), tmp_path / "stop")
     assert "\n" not in str(e.value) and "no native bf16" in str(e.value) and "precision_fallback: true" in str(e.value)
@@ -198,7 +218,9 @@ def test_bf16_on_a_cpu_without_it_stops_or_falls_back_when_allowed(tiny_data, su
     train(dict(spec, precision="auto"), tmp_path / "auto")
     text = (tmp_path / "fallback" / "train.log").read_text()
     assert "training in fp32 (pretrain.precision_fallback: true)" in text and "precision fp32 (bf16 asked" in text
-    assert "precision fp32 (precision auto: this CPU has no native bf16" in (tmp_path / "auto" / "train.log").read_text()
+    assert (
+        "precision fp32 (precision auto: this CPU has no native bf16" in (tmp_path / "auto" / "train.log").read_text()
+    )
     a = torch.load(tmp_path / "fallback" / "final.pt", weights_only=False)["model"]
     b = torch.load(tmp_path / "auto" / "final.pt", weights_only=False)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)  # the fallback is plain fp32
@@ -232,7 +254,8 @@ def test_reading_and_views_ahead_in_a_thread_change_no_bit(method, tiny_data, su
     import threading
 
     import sslstudy.train as T
-    from test_methods import method_spec
+
+    from tests.helpers import method_spec
 
     spec = method_spec(method, tiny_data / "natural", subset, epochs=2)
     calls, prepare = [], T._Trainer._prepare
@@ -285,7 +308,9 @@ def test_lars_runs_without_importing_dynamo_and_steps_the_same():
     import subprocess
     import sys
 
-    lean, guarded = (subprocess.run([sys.executable, "-c", OPTIMIZERS, how], capture_output=True, text=True, check=True).stdout
-                     for how in ("lean", "dynamo"))
+    lean, guarded = (
+        subprocess.run([sys.executable, "-c", OPTIMIZERS, how], capture_output=True, text=True, check=True).stdout
+        for how in ("lean", "dynamo")
+    )
     assert lean.startswith("False ") and guarded.startswith("True ")
     assert lean.split(" ", 1)[1] == guarded.split(" ", 1)[1]

@@ -1,5 +1,6 @@
 """Write to a temp name beside the target, then rename: a killed writer never leaves a file that
 looks complete (the temp name starts with a dot and is removed on error)."""
+
 from __future__ import annotations
 
 import os

@@ -35,7 +35,8 @@ Design
   ``benchmarks/bench_augment.py`` prints it too): 1 thread 0.84-1.06x the time (the smaller
   groups stay in cache), 2 threads 0.86-1.4x (best of N rounds, quiet machine). Caveat: while
   other processes load the CPU, multi-threaded runs of many small kernels stall at OpenMP
-  barriers and the per-sample order suffered more (up to 1.9x best / 3x median in such runs). On a GPU it adds roughly 100 small kernel launches per call
+  barriers and the per-sample order suffered more (up to 1.9x best / 3x median in such runs).
+  On a GPU it adds roughly 100 small kernel launches per call
   (an estimate, not measured: no GPU was available). We keep the per-sample order for
   per-image-faithful statistics. A per-batch order is obtained by giving every row of
   ``params["order"]`` the same permutation; :func:`apply_params` then runs each stage as one op
@@ -54,6 +55,7 @@ Design
 
 Multi-crop: call :func:`make_views` once per crop with a different :class:`ViewSpec`.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -68,8 +70,21 @@ from torch import Tensor
 
 from .errors import UserError
 
-__all__ = ["MEAN", "STD", "ViewSpec", "to_float", "normalize", "gray_normalized", "sample_params", "apply_params",
-           "batch_params", "views_from", "make_views", "eval_view", "set_thread_threads"]
+__all__ = [
+    "MEAN",
+    "STD",
+    "ViewSpec",
+    "to_float",
+    "normalize",
+    "gray_normalized",
+    "sample_params",
+    "apply_params",
+    "batch_params",
+    "views_from",
+    "make_views",
+    "eval_view",
+    "set_thread_threads",
+]
 
 #: ImageNet channel statistics used to normalise views (RGB, for images in [0, 1]).
 MEAN = (0.485, 0.456, 0.406)
@@ -84,20 +99,26 @@ CROP_TRIES = 10
 #: Solarize threshold on [0, 1] images (BYOL).
 SOLARIZE_THRESHOLD = 0.5
 
+
 @dataclass(frozen=True)
 class ViewSpec:
     """How one view is made. Lists (from YAML) are accepted for the tuple fields."""
 
-    size: int = 32                        # output side in pixels
-    scale: tuple = (0.08, 1.0)            # random resized crop area fraction
-    ratio: tuple = (3 / 4, 4 / 3)         # crop aspect ratio w/h, sampled log-uniformly
-    hflip: float = 0.5                    # probability of a horizontal flip
-    jitter: tuple = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue (SimCLR s=0.5; ImageNet s=1: 0.8,0.8,0.8,0.2)
-    jitter_p: float = 0.8                 # probability of colour jitter
-    gray_p: float = 0.2                   # probability of grayscale
-    blur_p: float = 0.5                   # probability of Gaussian blur
-    blur_sigma: tuple = (0.1, 2.0)        # sigma in output pixels; kernel = size // 10 made odd (min 3), as SimCLR
-    solarize_p: float = 0.0               # probability of solarize (BYOL's second view: 0.2); threshold 0.5
+    size: int = 32  # output side in pixels
+    scale: tuple = (0.08, 1.0)  # random resized crop area fraction
+    ratio: tuple = (3 / 4, 4 / 3)  # crop aspect ratio w/h, sampled log-uniformly
+    hflip: float = 0.5  # probability of a horizontal flip
+    jitter: tuple = (
+        0.4,
+        0.4,
+        0.4,
+        0.1,
+    )  # brightness, contrast, saturation, hue (SimCLR s=0.5; ImageNet s=1: 0.8,0.8,0.8,0.2)
+    jitter_p: float = 0.8  # probability of colour jitter
+    gray_p: float = 0.2  # probability of grayscale
+    blur_p: float = 0.5  # probability of Gaussian blur
+    blur_sigma: tuple = (0.1, 2.0)  # sigma in output pixels; kernel = size // 10 made odd (min 3), as SimCLR
+    solarize_p: float = 0.0  # probability of solarize (BYOL's second view: 0.2); threshold 0.5
 
     def __post_init__(self):
         def fail(name, what):
@@ -146,8 +167,10 @@ class ViewSpec:
 def _chw(images: Tensor) -> Tensor:
     """Validate a 4-D image batch and view it as (B, 3, H, W) (no copy)."""
     if not isinstance(images, Tensor) or images.ndim != 4:
-        raise ValueError(f"expected a (B, H, W, 3) or (B, 3, H, W) tensor, got "
-                         f"{tuple(images.shape) if isinstance(images, Tensor) else type(images)}")
+        raise ValueError(
+            f"expected a (B, H, W, 3) or (B, 3, H, W) tensor, got "
+            f"{tuple(images.shape) if isinstance(images, Tensor) else type(images)}"
+        )
     if images.shape[1] == 3:
         x = images
     elif images.shape[-1] == 3:
@@ -214,10 +237,10 @@ def _crop_boxes(spec: ViewSpec, b: int, height: int, width: int, g: torch.Genera
 
     target = area * (s0 + (s1 - s0) * u_area)
     aspect = torch.exp(lr0 + (lr1 - lr0) * u_ratio)
-    w = torch.round(torch.sqrt(target * aspect))        # round half to even, like Python's round()
+    w = torch.round(torch.sqrt(target * aspect))  # round half to even, like Python's round()
     h = torch.round(torch.sqrt(target / aspect))
     valid = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-    first = valid.to(torch.uint8).argmax(dim=1, keepdim=True)   # index of the first valid try
+    first = valid.to(torch.uint8).argmax(dim=1, keepdim=True)  # index of the first valid try
     found = valid.any(dim=1)
     w = w.gather(1, first).squeeze(1)
     h = h.gather(1, first).squeeze(1)
@@ -237,8 +260,7 @@ def _crop_boxes(spec: ViewSpec, b: int, height: int, width: int, g: torch.Genera
     return torch.stack([top, left, h, w], dim=1).to(torch.int64)
 
 
-def sample_params(spec: ViewSpec, batch: int, height: int, width: int,
-                  generator: torch.Generator) -> dict[str, Tensor]:
+def sample_params(spec: ViewSpec, batch: int, height: int, width: int, generator: torch.Generator) -> dict[str, Tensor]:
     """Draw every random choice for ``batch`` views of ``height x width`` images, on the CPU.
 
     Returns CPU tensors (B = batch):
@@ -281,8 +303,18 @@ def sample_params(spec: ViewSpec, batch: int, height: int, width: int,
     s0, s1 = spec.blur_sigma
     sigma = (s0 + (s1 - s0) * torch.rand(b, generator=g, dtype=torch.float64)).to(torch.float32)
     solarize = coin(spec.solarize_p)
-    return dict(box=box, flip=flip, jitter=jitter, factors=factors, order=order, gray=gray, blur=blur,
-                sigma=sigma, solarize=solarize, image_hw=torch.tensor([height, width], dtype=torch.int64))
+    return dict(
+        box=box,
+        flip=flip,
+        jitter=jitter,
+        factors=factors,
+        order=order,
+        gray=gray,
+        blur=blur,
+        sigma=sigma,
+        solarize=solarize,
+        image_hw=torch.tensor([height, width], dtype=torch.int64),
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -328,13 +360,13 @@ def _hue(x: Tensor, shift: Tensor) -> Tensor:
     maxc = torch.maximum(torch.maximum(r, g), b)
     minc = torch.minimum(torch.minimum(r, g), b)
     chroma = maxc - minc
-    safe = chroma.clamp_min(torch.finfo(x.dtype).tiny)        # chroma 0: the numerators are 0 too
+    safe = chroma.clamp_min(torch.finfo(x.dtype).tiny)  # chroma 0: the numerators are 0 too
     s6 = (6.0 * shift).view(-1, 1, 1)
-    h_r = (g - b).div_(safe).add_(s6)                          # max is r (torchvision's tie order:
-    h_g = (b - r).div_(safe).add_(s6 + 2.0)                    # r, then g, then b)
+    h_r = (g - b).div_(safe).add_(s6)  # max is r (torchvision's tie order:
+    h_g = (b - r).div_(safe).add_(s6 + 2.0)  # r, then g, then b)
     h_b = (r - g).div_(safe).add_(s6 + 4.0)
     h6 = torch.where(r == maxc, h_r, torch.where(g == maxc, h_g, h_b))
-    h6 = h6.sub_(torch.floor(h6 * (1.0 / 6.0)), alpha=6.0)     # mod 6 (in [-4, 8) before)
+    h6 = h6.sub_(torch.floor(h6 * (1.0 / 6.0)), alpha=6.0)  # mod 6 (in [-4, 8) before)
     out = torch.empty_like(x)
     pure = (h6 - 3.0).abs_().sub_(1.0).clamp_(0.0, 1.0)
     torch.addcmul(minc, chroma, pure, out=out[:, 0])
@@ -358,7 +390,7 @@ def _blur(x: Tensor, kernels: Tensor) -> Tensor:
     n, c, h, w = x.shape
     k = kernels.shape[1]
     pad = k // 2
-    weight = kernels.to(x.dtype).repeat_interleave(c, dim=0)               # (n*c, K)
+    weight = kernels.to(x.dtype).repeat_interleave(c, dim=0)  # (n*c, K)
     y = F.pad(x.reshape(1, n * c, h, w), (pad, pad, pad, pad), mode="reflect")
     if y.device.type == "cpu":
         y = y.contiguous(memory_format=torch.channels_last)
@@ -374,14 +406,14 @@ def _solarize(x: Tensor) -> Tensor:
 def _gaussian_kernels(sigma: Tensor, k: int) -> Tensor:
     """(n,) sigmas -> (n, k) normalised 1-D Gaussian kernels (float64, CPU)."""
     t = torch.arange(k, dtype=torch.float64) - (k - 1) / 2
-    logits = -(t ** 2) / (2.0 * sigma.to(torch.float64).unsqueeze(1) ** 2)
+    logits = -(t**2) / (2.0 * sigma.to(torch.float64).unsqueeze(1) ** 2)
     return torch.softmax(logits, dim=1)
 
 
 #: Outer blur taps that carry less than this weight on each side, for every sample blurred together,
 #: are dropped: the result moves by < 2^-24 per pass (below float32 rounding of values <= 1), and a
 #: small sigma then costs a short kernel (at 224 px the kernel has 23 taps, sigma <= 2 px needs <= 23).
-TAIL_MASS = 2.0 ** -25
+TAIL_MASS = 2.0**-25
 
 
 def _trim_taps(kernels: Tensor, rows: Tensor) -> Tensor:
@@ -390,15 +422,15 @@ def _trim_taps(kernels: Tensor, rows: Tensor) -> Tensor:
     k = kernels.shape[1]
     if not bool(rows.any()):
         return kernels
-    outer = kernels[rows].cumsum(dim=1).amax(dim=0)          # weight of the first j + 1 taps, worst row
+    outer = kernels[rows].cumsum(dim=1).amax(dim=0)  # weight of the first j + 1 taps, worst row
     d = min(int((outer < TAIL_MASS).sum()), (k - 1) // 2)
-    return kernels[:, d:k - d]
+    return kernels[:, d : k - d]
 
 
 def _on_subset(x: Tensor, select: Tensor, fn, *args: Tensor) -> Tensor:
     """Apply ``fn(x[select], *args[select])`` to the samples a CPU bool mask selects; the others are
     left untouched. ``x`` must be owned by the caller (it is updated in place); returns the result."""
-    idx = select.nonzero().flatten()          # host-side: select is a CPU tensor
+    idx = select.nonzero().flatten()  # host-side: select is a CPU tensor
     n = idx.numel()
     if n == 0:
         return x
@@ -418,8 +450,8 @@ def _crop_grid(box: Tensor, flip: Tensor, height: int, width: int, size: int, de
     the row: both are computed per sample in float64 on the CPU and broadcast on the device (what
     ``F.affine_grid`` gives for a diagonal theta, without its (B, size*size, 3) x (3, 2) product)."""
     top, left, h, w = box.to(torch.float64).unbind(dim=1)
-    u = torch.arange(size, dtype=torch.float64) + 0.5                          # pixel centres
-    gx = (2.0 * left[:, None] + u * (2.0 * w / size)[:, None]) / width - 1.0    # (B, size)
+    u = torch.arange(size, dtype=torch.float64) + 0.5  # pixel centres
+    gx = (2.0 * left[:, None] + u * (2.0 * w / size)[:, None]) / width - 1.0  # (B, size)
     gx = torch.where(flip[:, None], gx.flip(1), gx)
     gy = (2.0 * top[:, None] + u * (2.0 * h / size)[:, None]) / height - 1.0
     gx = gx.to(torch.float32).to(device, non_blocking=True)
@@ -457,11 +489,11 @@ def _jitter(x: Tensor, params: dict[str, Tensor], spec: ViewSpec) -> Tensor:
 #: of 256 px images, 1 thread). Each block holds samples of one group (see :func:`_cpu_blocks`).
 #: CUDA batches are never split (its caching allocator has no such cost, and fewer, larger kernels
 #: are better there).
-CPU_BLOCK_BYTES = 24 * 2 ** 20
+CPU_BLOCK_BYTES = 24 * 2**20
 
 #: A smaller CPU batch is split into one contiguous part per torch thread when each part has at least
 #: this many bytes; below that one thread does it all.
-CPU_MIN_PART_BYTES = 2 ** 20
+CPU_MIN_PART_BYTES = 2**20
 
 
 def _sample_bytes(height: int, width: int, size: int) -> int:
@@ -478,8 +510,7 @@ def _check(x: Tensor, params: dict[str, Tensor]) -> None:
     b, _, height, width = x.shape
     hw = tuple(int(v) for v in params["image_hw"])
     if hw != (height, width) or params["box"].shape[0] != b:
-        raise ValueError(f"params were drawn for {params['box'].shape[0]} images of {hw}, "
-                         f"got {b} of {(height, width)}")
+        raise ValueError(f"params were drawn for {params['box'].shape[0]} images of {hw}, got {b} of {(height, width)}")
 
 
 def _views(x01: Tensor, params: dict[str, Tensor], spec: ViewSpec) -> Tensor:
@@ -501,10 +532,10 @@ def _group_keys(params: dict[str, Tensor], spec: ViewSpec) -> Tensor:
     """(B,) int64: samples with equal keys go through exactly the same sequence of ops (jitter
     on/off and the relative order of its active ops, grayscale, blur, solarize)."""
     active = [op for op, strength in enumerate(spec.jitter) if strength > 0]
-    pos = params["order"].argsort(dim=1)              # position of each op in the sample's order
+    pos = params["order"].argsort(dim=1)  # position of each op in the sample's order
     code = torch.zeros_like(params["jitter"], dtype=torch.int64)
-    for a_i, a in enumerate(active):                  # the order of the active ops: one bit per pair
-        for b in active[a_i + 1:]:
+    for a_i, a in enumerate(active):  # the order of the active ops: one bit per pair
+        for b in active[a_i + 1 :]:
             code = code * 2 + (pos[:, a] < pos[:, b]).to(torch.int64)
     key = torch.where(params["jitter"], code + 1, 0) if active else code
     for flag in GROUP_FLAGS:
@@ -519,7 +550,7 @@ GROUP_FLAGS = ("gray", "blur", "solarize")
 def _cpu_blocks(params: dict[str, Tensor], spec: ViewSpec, block: int) -> list[Tensor]:
     """Index tensors of at most ``block`` samples that share one group key each (so within a
     block every op applies to all samples or to none: no gathers/scatters of subsets)."""
-    by_sigma = params["sigma"].argsort(stable=True)     # similar sigmas blur together (_trim_taps)
+    by_sigma = params["sigma"].argsort(stable=True)  # similar sigmas blur together (_trim_taps)
     key, perm = _group_keys(params, spec)[by_sigma].sort(stable=True)
     perm = by_sigma[perm]
     bounds = (torch.nonzero(key[1:] != key[:-1]).flatten() + 1).tolist()
@@ -533,8 +564,9 @@ def _take(params: dict[str, Tensor], idx: Tensor) -> dict[str, Tensor]:
     return {k: (v if k == "image_hw" else v[idx]) for k, v in params.items()}
 
 
-def _cpu_parts(params: dict[str, Tensor], spec: ViewSpec, b: int, height: int, width: int,
-               threads: int) -> list[Tensor]:
+def _cpu_parts(
+    params: dict[str, Tensor], spec: ViewSpec, b: int, height: int, width: int, threads: int
+) -> list[Tensor]:
     """How a CPU batch is cut: index tensors of the samples processed together."""
     block = _block(torch.device("cpu"), b, height, width, spec.size)
     if block < b:
@@ -551,7 +583,7 @@ def _blocked(images: Tensor, params: dict[str, Tensor], spec: ViewSpec, convert)
         return _views(convert(images), params, spec)
     out = torch.empty(b, 3, spec.size, spec.size, dtype=torch.float32, device=images.device)
 
-    def run(idx: Tensor) -> None:          # rows of different parts are disjoint
+    def run(idx: Tensor) -> None:  # rows of different parts are disjoint
         out.index_copy_(0, idx, _views(convert(images[idx]), _take(params, idx), spec))
 
     workers = min(threads, len(parts))
@@ -572,10 +604,10 @@ def set_thread_threads(n: int = 1) -> None:
     """Make the calling thread's torch ops use ``n`` threads and leave every other thread as it is.
     (``torch.set_num_threads`` is partly process-wide: it also sets the count that new threads start
     with and empties oneDNN's cache of compiled convolutions, which the next step then rebuilds.)"""
-    torch.get_num_threads()          # torch's lazy per-thread set-up first: it would undo the line below
+    torch.get_num_threads()  # torch's lazy per-thread set-up first: it would undo the line below
     try:
         ctypes.CDLL(None).omp_set_num_threads(int(n))
-    except AttributeError:           # not an OpenMP build of torch: its thread pool is shared, leave it
+    except AttributeError:  # not an OpenMP build of torch: its thread pool is shared, leave it
         pass
 
 
@@ -583,12 +615,13 @@ _POOLS: dict[int, ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
 
 
-
 def _pool(workers: int) -> ThreadPoolExecutor:
     """A process's pool of ``workers`` single-threaded workers for :func:`_blocked`, made once."""
     with _POOLS_LOCK:
         if workers not in _POOLS:
-            _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="sslstudy-views", initializer=set_thread_threads)
+            _POOLS[workers] = ThreadPoolExecutor(
+                workers, thread_name_prefix="sslstudy-views", initializer=set_thread_threads
+            )
         return _POOLS[workers]
 
 
@@ -607,8 +640,9 @@ def apply_params(x01: Tensor, params: dict[str, Tensor], spec: ViewSpec) -> Tens
     return _blocked(x01, params, spec, lambda x: x.to(torch.float32))
 
 
-def batch_params(spec: ViewSpec, height: int, width: int, generator: torch.Generator, batch: int,
-                 rows: slice | None = None) -> dict[str, Tensor]:
+def batch_params(
+    spec: ViewSpec, height: int, width: int, generator: torch.Generator, batch: int, rows: slice | None = None
+) -> dict[str, Tensor]:
     """:func:`sample_params` for a global ``batch`` of ``height x width`` images, cut to ``rows``
     (a data-parallel rank's slice; None: all). What :func:`make_views` draws, without the images,
     so the next batch's parameters can be drawn before its images are read."""
@@ -624,11 +658,12 @@ def views_from(images: Tensor, params: dict[str, Tensor], spec: ViewSpec) -> Ten
     if chw.shape[0] == 0:
         return torch.empty(0, 3, spec.size, spec.size, dtype=torch.float32, device=chw.device)
     _check(chw, params)
-    return _blocked(chw, params, spec, to_float)   # converts block by block on the CPU
+    return _blocked(chw, params, spec, to_float)  # converts block by block on the CPU
 
 
-def make_views(images: Tensor, spec: ViewSpec, generator: torch.Generator, rows: slice | None = None,
-               batch: int | None = None) -> Tensor:
+def make_views(
+    images: Tensor, spec: ViewSpec, generator: torch.Generator, rows: slice | None = None, batch: int | None = None
+) -> Tensor:
     """Augmented, normalised (B, 3, spec.size, spec.size) float32 views of a uint8 batch.
 
     ``images``: (B, H, W, 3) or (B, 3, H, W) uint8 on any device; ``generator``: a CPU

@@ -4,13 +4,30 @@ jobs, and each run's spec. Pure functions of the config; sslstudy.names names th
 
 Axes other than quantity use each domain's *reference* subset: the largest of ``study.subsets``.
 """
+
 from __future__ import annotations
 
 import copy
 
 from .errors import UserError
-from .names import (ALL, CLEAN, KINDS, POOL_SEP, SUPERVISED, dataset_dir, image_size_after, labels_tag, member_name,
-                    parse_member, pool_members, pool_name, quality_tag, run_id, subset_path, subset_tag)
+from .names import (
+    ALL,
+    CLEAN,
+    KINDS,
+    POOL_SEP,
+    SUPERVISED,
+    dataset_dir,
+    image_size_after,
+    labels_tag,
+    member_name,
+    parse_member,
+    pool_members,
+    pool_name,
+    quality_tag,
+    run_id,
+    subset_path,
+    subset_tag,
+)
 
 
 def pick(config: dict, axis: str, key: str) -> list:
@@ -44,14 +61,29 @@ def pools(config: dict) -> list[str]:
 
 
 def _run(method: str, domain: str, subset: str, seed: int, quality: str = CLEAN) -> dict:
-    return dict(method=method, domain=domain, subset=subset, quality=quality, seed=seed, kind="ssl",
-                id=run_id(method, domain, subset, seed, quality))
+    return dict(
+        method=method,
+        domain=domain,
+        subset=subset,
+        quality=quality,
+        seed=seed,
+        kind="ssl",
+        id=run_id(method, domain, subset, seed, quality),
+    )
 
 
 def supervised_model(domain: str, labels, seed: int) -> dict:
     tag = labels_tag(labels)
-    return dict(method=SUPERVISED, domain=domain, subset=tag, quality=CLEAN, seed=seed, kind="supervised",
-                labels=tag, id=run_id(SUPERVISED, domain, tag, seed))
+    return dict(
+        method=SUPERVISED,
+        domain=domain,
+        subset=tag,
+        quality=CLEAN,
+        seed=seed,
+        kind="supervised",
+        labels=tag,
+        id=run_id(SUPERVISED, domain, tag, seed),
+    )
 
 
 def _unique(items: list[dict]) -> list[dict]:
@@ -61,23 +93,51 @@ def _unique(items: list[dict]) -> list[dict]:
 def ssl_runs(config: dict) -> list[dict]:
     """Every pretraining run of the study, in a stable order, without duplicates."""
     s, ref = config["study"], reference_subset(config)
-    out = [_run(m, d, subset_tag(v), sd) for m in s["methods"] for d in s["domains"] for v in s["subsets"] for sd in s["seeds"]]
+    out = [
+        _run(m, d, subset_tag(v), sd)
+        for m in s["methods"]
+        for d in s["domains"]
+        for v in s["subsets"]
+        for sd in s["seeds"]
+    ]
     q = config["quantity"]
     if q["labels"]:
-        out += [_run(m, d, t, sd) for m in pick(config, "quantity", "methods") for d in pick(config, "quantity", "domains")
-                for t in dict.fromkeys([ref, *map(subset_tag, q["subsets"])]) for sd in seeds(config, "quantity")]
+        out += [
+            _run(m, d, t, sd)
+            for m in pick(config, "quantity", "methods")
+            for d in pick(config, "quantity", "domains")
+            for t in dict.fromkeys([ref, *map(subset_tag, q["subsets"])])
+            for sd in seeds(config, "quantity")
+        ]
     if qualities(config):
-        out += [_run(m, d, quality_subset(config), sd, ql) for m in pick(config, "quality", "methods") for d in pick(config, "quality", "domains")
-                for ql in [CLEAN, *qualities(config)] for sd in seeds(config, "quality")]
+        out += [
+            _run(m, d, quality_subset(config), sd, ql)
+            for m in pick(config, "quality", "methods")
+            for d in pick(config, "quality", "domains")
+            for ql in [CLEAN, *qualities(config)]
+            for sd in seeds(config, "quality")
+        ]
     dom = config["domain"]
-    out += [_run(m, d, ref, sd) for m in pick(config, "domain", "methods") for d in dom["domains"] + pools(config)
-            for sd in seeds(config, "domain")]
-    out += [_run(m, d, ref, sd) for m in pick(config, "granularity", "methods") for d in pick(config, "granularity", "domains")
-            for sd in seeds(config, "granularity")]
+    out += [
+        _run(m, d, ref, sd)
+        for m in pick(config, "domain", "methods")
+        for d in dom["domains"] + pools(config)
+        for sd in seeds(config, "domain")
+    ]
+    out += [
+        _run(m, d, ref, sd)
+        for m in pick(config, "granularity", "methods")
+        for d in pick(config, "granularity", "domains")
+        for sd in seeds(config, "granularity")
+    ]
     out += [m for a, b in fusion_pairs(config) for m in (a, b) if m["kind"] == "ssl"]
     if config["dense"]["enabled"]:
-        out += [_run(m, d, ref, sd) for m in pick(config, "dense", "methods") for d in pick(config, "dense", "domains")
-                for sd in seeds(config, "dense")]
+        out += [
+            _run(m, d, ref, sd)
+            for m in pick(config, "dense", "methods")
+            for d in pick(config, "dense", "domains")
+            for sd in seeds(config, "dense")
+        ]
     return _unique(out)
 
 
@@ -85,10 +145,18 @@ def supervised_models(config: dict) -> list[dict]:
     q = config["quantity"]
     out = []
     if q["supervised"]:
-        out += [supervised_model(d, n, sd) for d in pick(config, "quantity", "domains") for n in q["labels"]
-                for sd in seeds(config, "quantity")]
+        out += [
+            supervised_model(d, n, sd)
+            for d in pick(config, "quantity", "domains")
+            for n in q["labels"]
+            for sd in seeds(config, "quantity")
+        ]
     if config["granularity"]["supervised"]:
-        out += [supervised_model(d, ALL, sd) for d in pick(config, "granularity", "domains") for sd in seeds(config, "granularity")]
+        out += [
+            supervised_model(d, ALL, sd)
+            for d in pick(config, "granularity", "domains")
+            for sd in seeds(config, "granularity")
+        ]
     out += [m for a, b in fusion_pairs(config) for m in (a, b) if m["kind"] == "supervised"]
     return _unique(out)
 
@@ -111,16 +179,30 @@ def fusion_pairs(config: dict) -> list[tuple[dict, dict]]:
     methods, domains = pick(config, "fusion", "methods"), pick(config, "fusion", "domains")
     names = []
     if "methods" in f["kinds"]:
-        names += [(member_name(m1, d), member_name(m2, d)) for d in domains for i, m1 in enumerate(methods) for m2 in methods[i + 1:]]
+        names += [
+            (member_name(m1, d), member_name(m2, d))
+            for d in domains
+            for i, m1 in enumerate(methods)
+            for m2 in methods[i + 1 :]
+        ]
     if "domains" in f["kinds"]:
-        names += [(member_name(m, d1), member_name(m, d2)) for m in methods for i, d1 in enumerate(domains) for d2 in domains[i + 1:]]
+        names += [
+            (member_name(m, d1), member_name(m, d2))
+            for m in methods
+            for i, d1 in enumerate(domains)
+            for d2 in domains[i + 1 :]
+        ]
     if "supervised" in f["kinds"]:
         names += [(member_name(m, d), member_name(SUPERVISED, d)) for m in methods for d in domains]
     names += [tuple(p) for p in f["pairs"]]
     for a, b in names:
         if a == b:
             raise UserError(f"fusion pair {a} + {b} fuses a model with itself; fix fusion.pairs in params")
-    return [(member(config, a, sd), member(config, b, sd)) for a, b in dict.fromkeys(names) for sd in seeds(config, "fusion")]
+    return [
+        (member(config, a, sd), member(config, b, sd))
+        for a, b in dict.fromkeys(names)
+        for sd in seeds(config, "fusion")
+    ]
 
 
 def eval_domains(model: dict) -> list[str]:
@@ -131,13 +213,23 @@ def eval_domains(model: dict) -> list[str]:
 def evaluations(config: dict) -> list[tuple[str, str, str]]:
     """Frozen evaluations as (model id, weights, evaluation domain), without duplicates."""
     ref, twins = reference_subset(config), random_twins(config, "frozen")  # twins: the method comparison's runs
-    out = [(rid, "pretrained", on) for rid, on in twins] + [(src, "random", on) for (rid, on), src in twins.items() if rid == src]
+    out = [(rid, "pretrained", on) for rid, on in twins] + [
+        (src, "random", on) for (rid, on), src in twins.items() if rid == src
+    ]
     if qualities(config):
-        out += [(run_id(m, d, quality_subset(config), sd, ql), "pretrained", d) for m in pick(config, "quality", "methods")
-                for d in pick(config, "quality", "domains") for ql in [CLEAN, *qualities(config)] for sd in seeds(config, "quality")]
+        out += [
+            (run_id(m, d, quality_subset(config), sd, ql), "pretrained", d)
+            for m in pick(config, "quality", "methods")
+            for d in pick(config, "quality", "domains")
+            for ql in [CLEAN, *qualities(config)]
+            for sd in seeds(config, "quality")
+        ]
     dom = config["domain"]
-    on = dom["evaluate_on"] if dom["evaluate_on"] is not None else list(dict.fromkeys(
-        dom["domains"] + [d for p in dom["pools"] for d in p]))
+    on = (
+        dom["evaluate_on"]
+        if dom["evaluate_on"] is not None
+        else list(dict.fromkeys(dom["domains"] + [d for p in dom["pools"] for d in p]))
+    )
     for m in pick(config, "domain", "methods"):
         for d in dom["domains"] + pools(config):
             out += [(run_id(m, d, ref, sd), "pretrained", e) for sd in seeds(config, "domain") for e in on]
@@ -157,10 +249,20 @@ def random_twins(config: dict, kind: str) -> dict[tuple[str, str], str]:
     before building anything else), so they are evaluated once per seed and domain, by the first run."""
     if kind == "frozen":
         s = config["study"]
-        wanted = [(m, d, subset_tag(v), sd) for m in s["methods"] for d in s["domains"] for v in s["subsets"] for sd in s["seeds"]]
+        wanted = [
+            (m, d, subset_tag(v), sd)
+            for m in s["methods"]
+            for d in s["domains"]
+            for v in s["subsets"]
+            for sd in s["seeds"]
+        ]
     elif config["dense"]["enabled"]:
-        wanted = [(m, d, reference_subset(config), sd) for d in pick(config, "dense", "domains")
-                  for sd in seeds(config, "dense") for m in pick(config, "dense", "methods")]
+        wanted = [
+            (m, d, reference_subset(config), sd)
+            for d in pick(config, "dense", "domains")
+            for sd in seeds(config, "dense")
+            for m in pick(config, "dense", "methods")
+        ]
     else:
         wanted = []
     first, out = {}, {}
@@ -175,9 +277,15 @@ def lowshot_jobs(config: dict) -> list[tuple[str, str]]:
     q = config["quantity"]
     if not q["labels"]:
         return []
-    runs = [r for r in ssl_runs(config) if r["quality"] == CLEAN and r["method"] in pick(config, "quantity", "methods")
-            and r["domain"] in pick(config, "quantity", "domains")
-            and r["subset"] in [reference_subset(config), *map(subset_tag, q["subsets"])] and r["seed"] in seeds(config, "quantity")]
+    runs = [
+        r
+        for r in ssl_runs(config)
+        if r["quality"] == CLEAN
+        and r["method"] in pick(config, "quantity", "methods")
+        and r["domain"] in pick(config, "quantity", "domains")
+        and r["subset"] in [reference_subset(config), *map(subset_tag, q["subsets"])]
+        and r["seed"] in seeds(config, "quantity")
+    ]
     return [(r["id"], mode) for r in runs for mode in q["modes"]]
 
 
@@ -286,15 +394,31 @@ def pretrain_spec(config: dict, run: dict) -> dict:
     batch_size, epochs = (method_pretrain(config, run["method"], k)[0] for k in METHOD_PRETRAIN)
     for k in METHOD_PRETRAIN:
         params.pop(k, None)  # the trainer's, not the heads'
-    views = [dict(p["views"], **{k: v for k, v in o.items() if k != "repeat"})
-             for o in params.pop("views", [{}, {}]) for _ in range(o.get("repeat", 1))]
+    views = [
+        dict(p["views"], **{k: v for k, v in o.items() if k != "repeat"})
+        for o in params.pop("views", [{}, {}])
+        for _ in range(o.get("repeat", 1))
+    ]
     shrink = image_size_after(run["quality"], p["views"]["size"]) / p["views"]["size"]  # lowres: smaller views
     views = [dict(v, size=max(2, round(v["size"] * shrink))) if shrink < 1 else v for v in views]
     return dict(
-        run=run["id"], seed=run["seed"], epochs=epochs, batch_size=batch_size,
-        checkpoint_every=p["checkpoint_every"], threads=p["threads"], on_collapse=p["on_collapse"],
-        device=p["device"], precision=p["precision"], precision_fallback=p["precision_fallback"], compile=p["compile"],
-        backbone=p["backbone"], optim=optim, views=views,
+        run=run["id"],
+        seed=run["seed"],
+        epochs=epochs,
+        batch_size=batch_size,
+        checkpoint_every=p["checkpoint_every"],
+        threads=p["threads"],
+        on_collapse=p["on_collapse"],
+        device=p["device"],
+        precision=p["precision"],
+        precision_fallback=p["precision_fallback"],
+        compile=p["compile"],
+        backbone=p["backbone"],
+        optim=optim,
+        views=views,
         method=dict(name=run["method"], params=params),
-        data=dict(dataset=dataset_dir(config, run["domain"], run["quality"]), subset=subset_path(config, run["domain"], run["subset"])),
+        data=dict(
+            dataset=dataset_dir(config, run["domain"], run["quality"]),
+            subset=subset_path(config, run["domain"], run["subset"]),
+        ),
     )

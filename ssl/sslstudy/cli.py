@@ -1,4 +1,5 @@
 """`sslstudy`: the commands the Snakemake rules call (and users can call by hand)."""
+
 from __future__ import annotations
 
 import argparse
@@ -32,25 +33,55 @@ def cmd_ingest(a) -> None:
     from .data.ingest import ingest
 
     levels = [x.strip() for x in a.levels.split(",") if x.strip()] if a.levels else None
-    r = ingest(a.source, a.path, a.out_root / a.name, size=a.size, levels=levels, hierarchy=a.hierarchy,
-               train_split=a.train_split, val_fraction=a.val_fraction, test_fraction=a.test_fraction, seed=a.seed,
-               max_per_class=a.max_per_class, max_failed=a.max_failed, workers=a.workers, force=a.force)
+    r = ingest(
+        a.source,
+        a.path,
+        a.out_root / a.name,
+        size=a.size,
+        levels=levels,
+        hierarchy=a.hierarchy,
+        train_split=a.train_split,
+        val_fraction=a.val_fraction,
+        test_fraction=a.test_fraction,
+        seed=a.seed,
+        max_per_class=a.max_per_class,
+        max_failed=a.max_failed,
+        workers=a.workers,
+        force=a.force,
+    )
     for note in r["notes"]:
         print(f"{a.path}: {note}")
     classes = ", ".join(f"{lv} {n}" for lv, n in r["levels"].items())
     if r["skipped"]:
         print(f"{r['out']}: up to date ({r['kept']} images listed, same files and options); --force re-ingests")
         return
-    print(f"{r['out']}: {r['images']} images of {a.size} px (classes: {classes}); {r['failed']} unreadable "
-          f"(listed in {r['report']}); {r['per_second']:.0f} images/s on {r['workers']} worker(s), {r['seconds']:.1f} s")
+    print(
+        f"{r['out']}: {r['images']} images of {a.size} px (classes: {classes}); {r['failed']} unreadable "
+        f"(listed in {r['report']}); {r['per_second']:.0f} images/s on {r['workers']} worker(s), {r['seconds']:.1f} s"
+    )
 
 
 def ingest_args(config: dict, name: str) -> list[str]:
     """The `sslstudy ingest` arguments of the data.ingest entry ``name`` (the ingest rule's command)."""
     s = config["data"]["ingest"][name]
-    args = [s["source"], s["path"], "--name", name, "--out-root", names.INGEST_ROOT, "--size", str(s["size"]),
-            "--val-fraction", str(s["val_fraction"]), "--test-fraction", str(s["test_fraction"]),
-            "--seed", str(s["seed"]), "--max-failed", str(s["max_failed"])]
+    args = [
+        s["source"],
+        s["path"],
+        "--name",
+        name,
+        "--out-root",
+        names.INGEST_ROOT,
+        "--size",
+        str(s["size"]),
+        "--val-fraction",
+        str(s["val_fraction"]),
+        "--test-fraction",
+        str(s["test_fraction"]),
+        "--seed",
+        str(s["seed"]),
+        "--max-failed",
+        str(s["max_failed"]),
+    ]
     for key in ("hierarchy", "train_split", "max_per_class"):
         if s[key] is not None:
             args += [f"--{key.replace('_', '-')}", str(s[key])]
@@ -92,8 +123,13 @@ def cmd_remote(a) -> None:
     from .launch import run_job
 
     _log_stderr()
-    run_job(functools.partial(run_command, a.argv), a.job_dir, validate_launch(json.loads(a.launch)), a.threads,
-            what=f"{a.cmd} {a.out}")
+    run_job(
+        functools.partial(run_command, a.argv),
+        a.job_dir,
+        validate_launch(json.loads(a.launch)),
+        a.threads,
+        what=f"{a.cmd} {a.out}",
+    )
 
 
 def cmd_evaluate(a) -> None:
@@ -109,8 +145,10 @@ def cmd_evaluate(a) -> None:
     frozen, dense = [names.parse_evaluation(e) for e in a.frozen], [names.parse_evaluation(e) for e in a.dense]
     embed = list(dict.fromkeys(frozen + [names.parse_evaluation(e) for e in a.embed]))
     if not embed + dense + a.cluster:
-        raise UserError("evaluate: nothing to do; name evaluations (<weights>_on_<domain>) with --frozen, --dense or --embed, "
-                        "or domains with --cluster")
+        raise UserError(
+            "evaluate: nothing to do; name evaluations (<weights>_on_<domain>) with --frozen, --dense or --embed, "
+            "or domains with --cluster"
+        )
     if a.cluster and a.run_dir is None:
         raise UserError("evaluate --cluster needs --run-dir (the pretraining run whose checkpoints are clustered)")
     for on in a.cluster:
@@ -128,23 +166,36 @@ def cmd_evaluate(a) -> None:
     tables, embedded = dict(frozen=[], dense=[], clusters=[]), {}
     with atomic_dir(a.out) as out:
         for weights in dict.fromkeys(w for w, _ in embed + dense):
-            domains = {kind: [on for w, on in pairs if w == weights] for kind, pairs in
-                       dict(embed=embed, frozen=frozen, dense=dense).items()}
+            domains = {
+                kind: [on for w, on in pairs if w == weights]
+                for kind, pairs in dict(embed=embed, frozen=frozen, dense=dense).items()
+            }
             _evaluate_checkpoint(a, weights, checkpoints[weights], datasets, domains, device, out, tables, embedded)
         if a.cluster:
             from .data.packed import load_dataset
             from .eval.checkpoint_clustering import cluster_checkpoints
 
-            df = cluster_checkpoints(a.run_dir, {on: load_dataset(datasets[on]) for on in a.cluster}, json.loads(a.eval), a.size,
-                                     device, embedded)
+            df = cluster_checkpoints(
+                a.run_dir,
+                {on: load_dataset(datasets[on]) for on in a.cluster},
+                json.loads(a.eval),
+                a.size,
+                device,
+                embedded,
+            )
             tables["clusters"].append(_with_ids(df, dict(run=a.run, **json.loads(a.ids))))
-        for kind, file in (("frozen", names.FROZEN_FILE), ("dense", names.DENSE_FILE), ("clusters", names.CLUSTERS_FILE)):
+        for kind, file in (
+            ("frozen", names.FROZEN_FILE),
+            ("dense", names.DENSE_FILE),
+            ("clusters", names.CLUSTERS_FILE),
+        ):
             if tables[kind]:
                 _write_csv(out / file, pd.concat(tables[kind], ignore_index=True))
 
 
-def _evaluate_checkpoint(a, weights: str, checkpoint: Path, datasets: dict, domains: dict, device, out: Path,
-                         tables: dict, embedded: dict) -> None:
+def _evaluate_checkpoint(
+    a, weights: str, checkpoint: Path, datasets: dict, domains: dict, device, out: Path, tables: dict, embedded: dict
+) -> None:
     """One checkpoint on its domains (``domains``: embed, frozen, dense lists): dense evaluations on
     the CPU, then embeddings on device, saved into ``out``, with the frozen scores of the frozen
     domains; ``tables`` gathers the rows, ``embedded`` the embeddings by (checkpoint folder, epoch)
@@ -181,9 +232,16 @@ def cmd_report(a) -> None:
     from .report.dag import split_named
     from .report.html import build_report
 
-    build_report({k: [Path(p) for p in getattr(a, k)] for k in TABLES}, json.loads(a.config), Path(a.out), Path(a.captions),
-                 curves=dict(split_named(a.curves)), benchmarks=split_named(a.benchmarks),
-                 datasets=dict(split_named(a.datasets)), data_dvc=a.data_dvc)
+    build_report(
+        {k: [Path(p) for p in getattr(a, k)] for k in TABLES},
+        json.loads(a.config),
+        Path(a.out),
+        Path(a.captions),
+        curves=dict(split_named(a.curves)),
+        benchmarks=split_named(a.benchmarks),
+        datasets=dict(split_named(a.datasets)),
+        data_dvc=a.data_dvc,
+    )
 
 
 # ---------------------------------------------------------------------------- the study's axes
@@ -249,13 +307,32 @@ def cmd_lowshot(a) -> None:
         backbone, run_cfg = load_backbone(a.checkpoint)
         scores = {}
         for tag, train in labelled.items():  # each count fine-tunes its own copy of the loaded weights
-            model = lowshot.train_classifier(copy.deepcopy(backbone), ds, train, json.loads(a.finetune), a.size, run_cfg["seed"])
+            model = lowshot.train_classifier(
+                copy.deepcopy(backbone), ds, train, json.loads(a.finetune), a.size, run_cfg["seed"]
+            )
             scores[tag] = lowshot.trained_rows(model, ds, a.size, "finetune")
     pretrain_images = _count(run_cfg["data"]["subset"])
-    _write_csv(a.out, pd.concat([_with_ids(df, dict(run=a.run, **json.loads(a.ids), mode=a.mode, labels=tag,
-                                                    labelled_images=len(labelled[tag]), pretrain_images=pretrain_images,
-                                                    eval_domain=ds.name))
-                                 for tag, df in scores.items()], ignore_index=True))
+    _write_csv(
+        a.out,
+        pd.concat(
+            [
+                _with_ids(
+                    df,
+                    dict(
+                        run=a.run,
+                        **json.loads(a.ids),
+                        mode=a.mode,
+                        labels=tag,
+                        labelled_images=len(labelled[tag]),
+                        pretrain_images=pretrain_images,
+                        eval_domain=ds.name,
+                    ),
+                )
+                for tag, df in scores.items()
+            ],
+            ignore_index=True,
+        ),
+    )
 
 
 def cmd_supervised(a) -> None:
@@ -275,16 +352,35 @@ def cmd_supervised(a) -> None:
     torch.manual_seed(a.seed)
     model = lowshot.train_classifier(build_backbone(**arch), ds, train, ft, a.size, a.seed)
     df = lowshot.trained_rows(model, ds, a.size, "supervised")
-    ids = dict(run=a.run, **json.loads(a.ids), mode="supervised", labels=a.labels, labelled_images=len(train),
-               pretrain_images=0, eval_domain=ds.name)
+    ids = dict(
+        run=a.run,
+        **json.loads(a.ids),
+        mode="supervised",
+        labels=a.labels,
+        labelled_images=len(train),
+        pretrain_images=0,
+        eval_domain=ds.name,
+    )
     # the checkpoint format of pretraining runs, so load_backbone (evaluate, fusion) reads it; the
     # epochs trained, not 0 (the random weights' epoch)
     state = {BACKBONE + k: v for k, v in model.backbone.state_dict().items()}
     state.update({"head." + k: v for k, v in model.head.state_dict().items()})
-    atomic_torch_save(dict(epoch=model.epochs, model=state,
-                           config=dict(run=a.run, seed=a.seed, backbone=arch, views=[dict(size=a.size)], epochs=model.epochs,
-                                       finetune=ft, data=dict(dataset=str(a.dataset)))),
-                      a.checkpoint)
+    atomic_torch_save(
+        dict(
+            epoch=model.epochs,
+            model=state,
+            config=dict(
+                run=a.run,
+                seed=a.seed,
+                backbone=arch,
+                views=[dict(size=a.size)],
+                epochs=model.epochs,
+                finetune=ft,
+                data=dict(dataset=str(a.dataset)),
+            ),
+        ),
+        a.checkpoint,
+    )
     _write_csv(a.out, _with_ids(df, ids))
 
 
@@ -398,9 +494,14 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("path", type=Path, help="the collection's folder")
     s.add_argument("--name", required=True, help="dataset (and study domain) name: letters, digits, '.', '-'")
     s.add_argument("--size", type=int, default=64, help="stored resolution: shorter side resized, centre crop (64)")
-    s.add_argument("--out-root", type=Path, default=Path(names.INGEST_ROOT), help=f"writes <out-root>/<name> ({names.INGEST_ROOT})")
-    s.add_argument("--hierarchy", type=Path, help="CSV: class,parent,grandparent,... with a header naming the levels "
-                   "(imagefolder, imagenet, places365)")
+    s.add_argument(
+        "--out-root", type=Path, default=Path(names.INGEST_ROOT), help=f"writes <out-root>/<name> ({names.INGEST_ROOT})"
+    )
+    s.add_argument(
+        "--hierarchy",
+        type=Path,
+        help="CSV: class,parent,grandparent,... with a header naming the levels (imagefolder, imagenet, places365)",
+    )
     s.add_argument("--levels", help="comma-separated subset of the source's levels to keep (e.g. class,family,species)")
     s.add_argument("--train-split", choices=["train", "train_mini"], help="inat2021: which training set (train)")
     s.add_argument("--val-fraction", type=float, default=0.1, help="per class, when the source has no splits (0.1)")
@@ -425,19 +526,43 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--launch", required=True, help="JSON: launch settings (executor, slurm resources)")
     s.set_defaults(fn=cmd_pretrain)
 
-    s = sub.add_parser("evaluate", help="one model's kNN, linear and k-means scores at every label level, dense probe and "
-                       "correspondence score, and embedding caches, into one folder")
-    _eval_options(s, checkpoint=False, dataset=False,
-                  out="the model's folder (names.EVAL_DIR): frozen.csv, dense.csv, clusters.csv, embeddings/; replaced when done")
-    s.add_argument("--checkpoint", nargs="+", required=True, metavar="WEIGHTS=PT",
-                   help="the checkpoint of each weights label, e.g. pretrained=final.pt random=checkpoints/ep000.pt")
+    s = sub.add_parser(
+        "evaluate",
+        help="one model's kNN, linear and k-means scores at every label level, dense probe and "
+        "correspondence score, and embedding caches, into one folder",
+    )
+    _eval_options(
+        s,
+        checkpoint=False,
+        dataset=False,
+        out="the model's folder (names.EVAL_DIR): frozen.csv, dense.csv, clusters.csv, embeddings/; replaced when done",
+    )
+    s.add_argument(
+        "--checkpoint",
+        nargs="+",
+        required=True,
+        metavar="WEIGHTS=PT",
+        help="the checkpoint of each weights label, e.g. pretrained=final.pt random=checkpoints/ep000.pt",
+    )
     s.add_argument("--dataset", nargs="+", required=True, metavar="DOMAIN=DIR", help="the packed folder of each domain")
-    s.add_argument("--frozen", nargs="*", default=[], metavar="EVALUATION",
-                   help="<weights>_on_<domain>: embed and score (frozen table), e.g. pretrained_on_natural")
+    s.add_argument(
+        "--frozen",
+        nargs="*",
+        default=[],
+        metavar="EVALUATION",
+        help="<weights>_on_<domain>: embed and score (frozen table), e.g. pretrained_on_natural",
+    )
     s.add_argument("--dense", nargs="*", default=[], metavar="EVALUATION", help="<weights>_on_<domain>: dense table")
-    s.add_argument("--embed", nargs="*", default=[], metavar="EVALUATION", help="<weights>_on_<domain>: embedding cache only")
-    s.add_argument("--cluster", nargs="*", default=[], metavar="DOMAIN",
-                   help="periodic clustering: every checkpoints/epNNN.pt of --run-dir clustered on these domains (clusters.csv)")
+    s.add_argument(
+        "--embed", nargs="*", default=[], metavar="EVALUATION", help="<weights>_on_<domain>: embedding cache only"
+    )
+    s.add_argument(
+        "--cluster",
+        nargs="*",
+        default=[],
+        metavar="DOMAIN",
+        help="periodic clustering: every checkpoints/epNNN.pt of --run-dir clustered on these domains (clusters.csv)",
+    )
     s.add_argument("--run-dir", type=Path, help="the pretraining run whose checkpoints --cluster reads")
     s.add_argument("--dense-eval", default="{}", help="JSON: dense settings (the config's dense block)")
     s.add_argument("--views", default="{}", help="JSON: the view of the correspondence score (ViewSpec fields)")
@@ -452,26 +577,43 @@ def parser() -> argparse.ArgumentParser:
     for k in TABLES:
         s.add_argument(f"--{k}", nargs="*", default=[], help=f"{k} evaluation CSVs")
     s.add_argument("--curves", nargs="*", default=[], metavar="RUN=JSONL", help="each pretraining run's metrics.jsonl")
-    s.add_argument("--benchmarks", nargs="*", default=[], metavar="RULE=TSV", help="Snakemake benchmark file of each job")
-    s.add_argument("--datasets", nargs="*", default=[], metavar="DOMAIN=DIR",
-                   help="packed folder of each evaluation domain (drawn as a contact sheet)")
+    s.add_argument(
+        "--benchmarks", nargs="*", default=[], metavar="RULE=TSV", help="Snakemake benchmark file of each job"
+    )
+    s.add_argument(
+        "--datasets",
+        nargs="*",
+        default=[],
+        metavar="DOMAIN=DIR",
+        help="packed folder of each evaluation domain (drawn as a contact sheet)",
+    )
     s.add_argument("--data-dvc", type=Path, help="the data's DVC file (its md5 is shown)")
     s.set_defaults(fn=cmd_report)
 
     s = sub.add_parser("densecl-matches", help="draw DenseCL's matched locations between two views of test images")
     s.add_argument("run_dir", type=Path)
     s.add_argument("--out", type=Path, required=True, help="PNG file")
-    s.add_argument("--epoch", type=int, default=None,
-                   help=f"use {names.CHECKPOINTS}/epNNN.pt (0: random weights) instead of {names.FINAL}")
+    s.add_argument(
+        "--epoch",
+        type=int,
+        default=None,
+        help=f"use {names.CHECKPOINTS}/epNNN.pt (0: random weights) instead of {names.FINAL}",
+    )
     s.add_argument("--images", type=int, default=6)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(fn=cmd_densecl_matches)
 
-    s = sub.add_parser("export", help="a run's backbone as safetensors (torchvision key names for ResNets) + config.json")
+    s = sub.add_parser(
+        "export", help="a run's backbone as safetensors (torchvision key names for ResNets) + config.json"
+    )
     s.add_argument("run_dir", type=Path, help="the run folder, e.g. results/runs/simclr/natural_frac1_clean/seed0")
     s.add_argument("--out", type=Path, required=True, help="folder to write backbone.safetensors and config.json to")
-    s.add_argument("--epoch", type=int, default=None,
-                   help=f"export {names.CHECKPOINTS}/epNNN.pt (0: random weights) instead of {names.FINAL}")
+    s.add_argument(
+        "--epoch",
+        type=int,
+        default=None,
+        help=f"export {names.CHECKPOINTS}/epNNN.pt (0: random weights) instead of {names.FINAL}",
+    )
     s.add_argument("--data-dvc", type=Path, default=Path("data.dvc"), help="its md5 goes into config.json (data.dvc)")
     s.set_defaults(fn=cmd_export)
 
@@ -519,4 +661,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -1,5 +1,6 @@
 """Study config: load, validate against workflow/schemas/config.schema.yaml (defaults filled in,
 unknown keys rejected), and check that the grid's datasets exist (sslstudy.axes expands the grid)."""
+
 from __future__ import annotations
 
 import copy
@@ -17,8 +18,10 @@ SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.
 RENAMED = {  # old keys: their error names the new one
     "launch.cluster": "launch.executor",
     "launch.timeout_min": "launch.pretrain.time_min and launch.evaluation.time_min",
-    **{f"launch.slurm.{old}": f"launch.pretrain.{new} and launch.evaluation.{new}"
-       for old, new in (("gpus_per_node", "gpus"), ("cpus_per_task", "cpus (per node)"), ("mem_gb", "mem_gb"))},
+    **{
+        f"launch.slurm.{old}": f"launch.pretrain.{new} and launch.evaluation.{new}"
+        for old, new in (("gpus_per_node", "gpus"), ("cpus_per_task", "cpus (per node)"), ("mem_gb", "mem_gb"))
+    },
     "launch.slurm.nodes": "launch.pretrain.nodes",
     "launch.slurm.tasks_per_node": "launch.pretrain.tasks_per_node",
 }
@@ -43,8 +46,12 @@ def _with_defaults(validator_cls):
 def _completes(default, given) -> bool:
     """A partial object (a MoCo-family method's optim: {lr: 1.0}) is completed from its non-empty
     default, unless it names another optimiser: then it overrides pretrain.optim alone."""
-    return (isinstance(default, dict) and bool(default) and isinstance(given, dict)
-            and given.get("name", default.get("name")) == default.get("name"))
+    return (
+        isinstance(default, dict)
+        and bool(default)
+        and isinstance(given, dict)
+        and given.get("name", default.get("name")) == default.get("name")
+    )
 
 
 _Validator = _with_defaults(jsonschema.Draft7Validator)
@@ -88,8 +95,12 @@ def _coerce(schema: dict, value, root: dict | None = None):
     if "string" in types:
         return None if "null" in types and value in ("null", "~") else value
     parsed = yaml.safe_load(value) if value.strip() else None
-    ok = {"integer": lambda v: isinstance(v, int) and not isinstance(v, bool), "number": lambda v: isinstance(v, (int, float)),
-          "boolean": lambda v: isinstance(v, bool), "null": lambda v: v is None}
+    ok = {
+        "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "number": lambda v: isinstance(v, (int, float)),
+        "boolean": lambda v: isinstance(v, bool),
+        "null": lambda v: v is None,
+    }
     enum = schema.get("enum")
     if any(ok[t](parsed) for t in types if t in ok) or (enum and parsed in enum and not isinstance(parsed, str)):
         return parsed
@@ -105,14 +116,20 @@ def validate(config: dict, source: str = "config") -> dict:
         e = errors[0]
         where = ".".join(str(p) for p in e.absolute_path) or "top level"
         if e.validator == "additionalProperties":
-            e.message += "".join(f"; {k} is now {RENAMED[k]}" for k in (f"{where}.{x}" for x in e.instance) if k in RENAMED)
-        raise UserError(f"{source}: {where}: {e.message}; fix it (allowed keys and types: {SCHEMA.relative_to(SCHEMA.parents[2])})")
+            e.message += "".join(
+                f"; {k} is now {RENAMED[k]}" for k in (f"{where}.{x}" for x in e.instance) if k in RENAMED
+            )
+        raise UserError(
+            f"{source}: {where}: {e.message}; fix it (allowed keys and types: {SCHEMA.relative_to(SCHEMA.parents[2])})"
+        )
     p = config["pretrain"]
     for m in config["study"]["methods"]:
         warm = config["methods"].get(m, {}).get("optim", {}).get("warmup_epochs", p["optim"]["warmup_epochs"])
         epochs, key = method_pretrain(config, m, "epochs")
         if warm >= epochs:
-            raise UserError(f"{source}: warmup_epochs ({warm}, for {m}) must be smaller than {key} ({epochs}); lower it")
+            raise UserError(
+                f"{source}: warmup_epochs ({warm}, for {m}) must be smaller than {key} ({epochs}); lower it"
+            )
     return config
 
 
@@ -125,8 +142,12 @@ def validate_launch(launch: dict, source: str = "--launch") -> dict:
         e = errors[0]
         where = ".".join(["launch", *map(str, e.absolute_path)])
         if e.validator == "additionalProperties":
-            e.message += "".join(f"; {k} is now {RENAMED[k]}" for k in (f"{where}.{x}" for x in e.instance) if k in RENAMED)
-        raise UserError(f"{source}: {where}: {e.message}; fix it (allowed keys and types: {SCHEMA.relative_to(SCHEMA.parents[2])})")
+            e.message += "".join(
+                f"; {k} is now {RENAMED[k]}" for k in (f"{where}.{x}" for x in e.instance) if k in RENAMED
+            )
+        raise UserError(
+            f"{source}: {where}: {e.message}; fix it (allowed keys and types: {SCHEMA.relative_to(SCHEMA.parents[2])})"
+        )
     return launch
 
 
@@ -159,4 +180,6 @@ def check_datasets(config: dict) -> None:
                 hint = "run `sslstudy synth` (or add it to data.datasets if it is ingested data)"
             else:
                 hint = "ingest it or fix data.root"
-            raise UserError(f"{path}: no such dataset folder (domain {d!r} in study.domains); {hint}, or `dvc checkout data.dvc`")
+            raise UserError(
+                f"{path}: no such dataset folder (domain {d!r} in study.domains); {hint}, or `dvc checkout data.dvc`"
+            )

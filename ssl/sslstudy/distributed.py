@@ -1,5 +1,6 @@
 """Data-parallel helpers: one process per GPU (torchrun or submitit set RANK/WORLD_SIZE), gloo on
 CPU. With a single process every helper is the identity, so methods call them unconditionally."""
+
 from __future__ import annotations
 
 import atexit

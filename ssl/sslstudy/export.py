@@ -13,6 +13,7 @@ the project.
 config.json also has what a user needs to feed it: input size, normalisation (ImageNet mean/std
 of RGB in [0, 1]), and where it came from: method, epochs, dataset and data.dvc md5, seed, run.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,10 @@ SMALL_STEM = "conv1 = Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=Fal
 def checkpoint(run: Path, epoch: int | None) -> Path:
     """run/final.pt, or run/checkpoints/epNNN.pt for an epoch; one clear line when it is not there."""
     if not run.is_dir():
-        raise UserError(f"{run}: no such run folder; give one of results/runs/<method>/<domain>_<subset>_<quality>/seed<N> "
-                        f"(or results/supervised/...)")
+        raise UserError(
+            f"{run}: no such run folder; give one of results/runs/<method>/<domain>_<subset>_<quality>/seed<N> "
+            f"(or results/supervised/...)"
+        )
     path = run / names.FINAL if epoch is None else run / names.CHECKPOINTS / names.epoch_checkpoint(epoch)
     if not path.is_file():
         have = sorted(p.name for p in (run / names.CHECKPOINTS).glob(names.EPOCH_GLOB))
@@ -61,7 +64,9 @@ def data_md5(data_dvc: Path | None) -> str | None:
     try:
         return yaml.safe_load(data_dvc.read_text())["outs"][0]["md5"]
     except (yaml.YAMLError, KeyError, IndexError, TypeError):
-        raise UserError(f"{data_dvc}: not a DVC file with outs[0].md5; give the data's .dvc file with --data-dvc") from None
+        raise UserError(
+            f"{data_dvc}: not a DVC file with outs[0].md5; give the data's .dvc file with --data-dvc"
+        ) from None
 
 
 def describe(cfg: dict, arch: str, epochs: int, dim: int, md5: str | None, source: Path) -> dict:
@@ -70,16 +75,32 @@ def describe(cfg: dict, arch: str, epochs: int, dim: int, md5: str | None, sourc
     out = dict(architecture=arch, feature_dim=dim, weights=WEIGHTS)
     if arch in TORCHVISION:
         small = bool(bb.get("small_stem", True))
-        out.update(key_names=f"torchvision.models.{arch}", fc="omitted: set model.fc = torch.nn.Identity() before "
-                   "load_state_dict(strict=True)", stem="small" if small else "torchvision",
-                   stem_change=SMALL_STEM if small else None)
+        out.update(
+            key_names=f"torchvision.models.{arch}",
+            fc="omitted: set model.fc = torch.nn.Identity() before load_state_dict(strict=True)",
+            stem="small" if small else "torchvision",
+            stem_change=SMALL_STEM if small else None,
+        )
     else:
-        out.update(key_names="sslstudy.models.CNN4", build=f"sslstudy.models.CNN4(width={bb.get('width', 32)})",
-                   build_args=dict(width=bb.get("width", 32)))
-    out.update(input_size=cfg["views"][0]["size"], input="RGB, float in [0, 1], (x - mean) / std per channel",
-               normalisation=dict(mean=list(MEAN), std=list(STD)), method=method,
-               method_params=cfg.get("method", {}).get("params"), epochs=epochs, seed=cfg["seed"], run=cfg.get("run"),
-               dataset=cfg["data"]["dataset"], data_dvc_md5=md5, checkpoint=str(source), sslstudy=__version__)
+        out.update(
+            key_names="sslstudy.models.CNN4",
+            build=f"sslstudy.models.CNN4(width={bb.get('width', 32)})",
+            build_args=dict(width=bb.get("width", 32)),
+        )
+    out.update(
+        input_size=cfg["views"][0]["size"],
+        input="RGB, float in [0, 1], (x - mean) / std per channel",
+        normalisation=dict(mean=list(MEAN), std=list(STD)),
+        method=method,
+        method_params=cfg.get("method", {}).get("params"),
+        epochs=epochs,
+        seed=cfg["seed"],
+        run=cfg.get("run"),
+        dataset=cfg["data"]["dataset"],
+        data_dvc_md5=md5,
+        checkpoint=str(source),
+        sslstudy=__version__,
+    )
     return out
 
 

@@ -14,6 +14,7 @@ never computes (so no thread pool exists at fork time), and exits with its paren
 
 This module imports only the standard library: the client side runs before anything else.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,19 @@ import time
 ENV = "SSLSTUDY_FORKSERVER"  # the socket's path, exported to the jobs
 CPU_LINE = "sslstudy: ran in the fork server: {cpu:.2f} CPU-s"  # the client's last line on stderr (the job's log)
 CPU_PATTERN = re.escape(CPU_LINE).replace(re.escape("{cpu:.2f}"), "([0-9.]+)")
-PRELOAD = ("torch", "torch._dynamo", "numpy", "sslstudy.train", "sslstudy.launch", "sslstudy.config", "sslstudy.eval.frozen",
-           "sslstudy.eval.dense", "sslstudy.eval.lowshot", "sslstudy.eval.checkpoint_clustering", "threadpoolctl")
+PRELOAD = (
+    "torch",
+    "torch._dynamo",
+    "numpy",
+    "sslstudy.train",
+    "sslstudy.launch",
+    "sslstudy.config",
+    "sslstudy.eval.frozen",
+    "sslstudy.eval.dense",
+    "sslstudy.eval.lowshot",
+    "sslstudy.eval.checkpoint_clustering",
+    "threadpoolctl",
+)
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")  # what Snakemake sets per job
 _HEADER = struct.Struct("!Q")
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -267,8 +279,14 @@ def start(log: str, wait_s: float = 120) -> str | None:
     os.makedirs(os.path.dirname(log) or ".", exist_ok=True)
     with open(log, "ab") as err:
         # its own session: a Ctrl-C reaches the clients, which forward it, not the server and supervisors
-        proc = subprocess.Popen([sys.executable, "-m", "sslstudy.forkserver", path], env=env, start_new_session=True,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sslstudy.forkserver", path],
+            env=env,
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
     deadline = time.time() + wait_s
     while not os.path.exists(path):
         if proc.poll() is not None or time.time() > deadline:

@@ -1,5 +1,6 @@
 """Label-free collapse checks: the effective rank and normalised std of a fixed batch of
 embeddings, and the loss value each method reaches at collapse."""
+
 from __future__ import annotations
 
 import math
@@ -53,7 +54,8 @@ def trivial(method: str, **info) -> tuple[float, str] | None:
     moco, densecl (queue=K): cross-entropy over 1 + K equal logits once the queue holds collapsed
       keys (densecl's global and dense terms alike, so any loss_lambda).
     byol: 2 - 2 cos = 0 when predictions equal the targets.
-    barlow (proj_dim=d, the projector's output): standardising constant features gives 0 (the eps keeps it finite), so C = 0
+    barlow (proj_dim=d, the projector's output): standardising constant features gives 0 (the eps keeps it
+      finite), so C = 0
       and the loss is the on-diagonal sum d · (0 - 1)^2 = d, whatever lambd.
     """
     if method in ("swav", "deepcluster"):
@@ -106,9 +108,19 @@ def _final_run(records: Sequence[Mapping], key: str, flagged) -> list[Mapping]:
     return run
 
 
-def collapse_check(metrics: Sequence[Mapping], method: str, name: str = "", dim: int | None = None, *,
-                   rank_floor: float = 1.5, rank_fraction: float = 0.01, std_fraction: float = 0.1,
-                   loss_rtol: float = 1e-3, patience: int = 3, **info) -> tuple[bool, str]:
+def collapse_check(
+    metrics: Sequence[Mapping],
+    method: str,
+    name: str = "",
+    dim: int | None = None,
+    *,
+    rank_floor: float = 1.5,
+    rank_fraction: float = 0.01,
+    std_fraction: float = 0.1,
+    loss_rtol: float = 1e-3,
+    patience: int = 3,
+    **info,
+) -> tuple[bool, str]:
     """metrics: per-epoch records (metrics.jsonl lines: epoch, loss and, where measured,
     effective_rank, normalized_std, dim); dim: the embeddings' d (else the records'); info: what
     `trivial(method, ...)` needs -> (collapsed, reason line).
@@ -122,13 +134,30 @@ def collapse_check(metrics: Sequence[Mapping], method: str, name: str = "", dim:
     """
     d = dim or next((int(r["dim"]) for r in reversed(metrics) if r.get("dim")), None)
     t = trivial(method, **info)
-    checks = [("effective_rank", lambda v: v < max(rank_floor, rank_fraction * (d or 0)), 1,
-               lambda v: f"effective rank {v:.1f}" + (f" of {d}" if d else "")),
-              ("loss", lambda v: t is not None and t[0] > 0 and abs(v - t[0]) <= loss_rtol * t[0], patience,
-               lambda v: f"loss {v:.3f} = {t[1]}")]
+    checks = [
+        (
+            "effective_rank",
+            lambda v: v < max(rank_floor, rank_fraction * (d or 0)),
+            1,
+            lambda v: f"effective rank {v:.1f}" + (f" of {d}" if d else ""),
+        ),
+        (
+            "loss",
+            lambda v: t is not None and t[0] > 0 and abs(v - t[0]) <= loss_rtol * t[0],
+            patience,
+            lambda v: f"loss {v:.3f} = {t[1]}",
+        ),
+    ]
     if d:
-        checks.insert(1, ("normalized_std", lambda v: v < std_fraction / math.sqrt(d), 1,
-                          lambda v: f"normalised std {v:.2g} vs 1/√d = {1 / math.sqrt(d):.3f}"))
+        checks.insert(
+            1,
+            (
+                "normalized_std",
+                lambda v: v < std_fraction / math.sqrt(d),
+                1,
+                lambda v: f"normalised std {v:.2g} vs 1/√d = {1 / math.sqrt(d):.3f}",
+            ),
+        )
     found = []  # (first record of a final run, evidence)
     for key, flagged, length, say in checks:
         run = _final_run(metrics, key, flagged)
@@ -139,7 +168,9 @@ def collapse_check(metrics: Sequence[Mapping], method: str, name: str = "", dim:
         epoch = min(r.get("epoch", math.inf) for r, _ in found)
         return True, f"{who}collapsed at epoch {epoch} ({'; '.join(e for _, e in found)})"
     last = metrics[-1] if metrics else {}
-    seen = [f"effective rank {last['effective_rank']:.1f}" + (f" of {d}" if d else "") if "effective_rank" in last else "",
-            f"loss {last['loss']:.3f}, {t[1]} at collapse" if t and "loss" in last else ""]
+    seen = [
+        f"effective rank {last['effective_rank']:.1f}" + (f" of {d}" if d else "") if "effective_rank" in last else "",
+        f"loss {last['loss']:.3f}, {t[1]} at collapse" if t and "loss" in last else "",
+    ]
     seen = "; ".join(x for x in seen if x)
     return False, f"{who}no collapse" + (f" (epoch {last.get('epoch', '?')}: {seen})" if seen else "")

@@ -4,6 +4,7 @@ One job folder holds one job at a time: its id is stored in `job.json`, a restar
 re-attaches to a queued or running SLURM job instead of submitting a second one, and a job that
 ends without a result raises UserError naming its SLURM state, its log and the log's last lines.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -32,8 +33,24 @@ from .errors import UserError
 log = logging.getLogger("sslstudy.launch")
 
 #: SLURM states of a job that may still produce a result (squeue(1), "JOB STATE CODES").
-ACTIVE = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
-                    "RESIZING", "SUSPENDED", "PREEMPTED", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD"})
+ACTIVE = frozenset(
+    {
+        "PENDING",
+        "CONFIGURING",
+        "RUNNING",
+        "COMPLETING",
+        "REQUEUED",
+        "REQUEUE_HOLD",
+        "REQUEUE_FED",
+        "RESIZING",
+        "SUSPENDED",
+        "PREEMPTED",
+        "SIGNALING",
+        "STAGE_OUT",
+        "STOPPED",
+        "RESV_DEL_HOLD",
+    }
+)
 LOCAL_POLL_S = 0.05  # how often a launcher checks whether its local job's process has ended
 UNREACHABLE = "UNREACHABLE"  # slurmctld did not answer: keep waiting, the job may be fine
 
@@ -43,8 +60,13 @@ def distributed_env() -> dict:
     """Inside a SLURM or local job: export MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK for torch DDP
     (env:// init) from submitit's view of the SLURM/local task layout; returns them."""
     env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-    return dict(master_addr=env.master_addr, master_port=env.master_port, rank=env.rank,
-                world_size=env.world_size, local_rank=env.local_rank)
+    return dict(
+        master_addr=env.master_addr,
+        master_port=env.master_port,
+        rank=env.rank,
+        world_size=env.world_size,
+        local_rank=env.local_rank,
+    )
 
 
 class PretrainJob(submitit.helpers.Checkpointable):
@@ -86,7 +108,9 @@ def task_cpus(launch: dict, kind: str) -> int:
     """CPUs (= torch threads) of one task: the node's CPUs shared among its tasks."""
     r, n = launch[kind], tasks_per_node(launch, kind)
     if r["cpus"] < n:
-        raise UserError(f"launch.{kind}.cpus is {r['cpus']}, fewer than the {n} tasks per node; give every task a CPU in params")
+        raise UserError(
+            f"launch.{kind}.cpus is {r['cpus']}, fewer than the {n} tasks per node; give every task a CPU in params"
+        )
     return r["cpus"] // n
 
 
@@ -95,10 +119,18 @@ def slurm_parameters(launch: dict, kind: str) -> dict:
     the cluster's settings (launch.slurm)."""
     r, s = launch[kind], launch["slurm"]
     extra = dict(s["extra"], **({"qos": s["qos"]} if s["qos"] else {}))
-    params = dict(timeout_min=r["time_min"], slurm_partition=s["partition"], slurm_account=s["account"],
-                  nodes=r.get("nodes", 1), gpus_per_node=r["gpus"], tasks_per_node=tasks_per_node(launch, kind),
-                  cpus_per_task=task_cpus(launch, kind), mem_gb=r["mem_gb"], slurm_signal_delay_s=s["signal_delay_s"],
-                  slurm_additional_parameters=extra or None)
+    params = dict(
+        timeout_min=r["time_min"],
+        slurm_partition=s["partition"],
+        slurm_account=s["account"],
+        nodes=r.get("nodes", 1),
+        gpus_per_node=r["gpus"],
+        tasks_per_node=tasks_per_node(launch, kind),
+        cpus_per_task=task_cpus(launch, kind),
+        mem_gb=r["mem_gb"],
+        slurm_signal_delay_s=s["signal_delay_s"],
+        slurm_additional_parameters=extra or None,
+    )
     return {k: v for k, v in params.items() if v is not None}
 
 
@@ -194,8 +226,15 @@ def _reattach(folder: Path, launch: dict):
     return None
 
 
-def run_job(fn: Callable, folder: Path, launch: dict, threads: int, what: str, kind: str = EVALUATION,
-            valid: Callable[[object], bool] = lambda r: True):
+def run_job(
+    fn: Callable,
+    folder: Path,
+    launch: dict,
+    threads: int,
+    what: str,
+    kind: str = EVALUATION,
+    valid: Callable[[object], bool] = lambda r: True,
+):
     """Run fn (any picklable callable without arguments) through submitit, or re-attach to the job
     already running it, and return its result.
     kind: PRETRAIN or EVALUATION, whose resources (launch.<kind>) the job gets.
@@ -216,8 +255,12 @@ def run_job(fn: Callable, folder: Path, launch: dict, threads: int, what: str, k
             job = executor(folder, launch, threads, name=job_name(folder), kind=kind).submit(fn)
             started(job)
             log.info("submitted %s job %s for %s", launch["executor"], job.job_id, what)
-            write_bytes(folder / "job.json", (json.dumps(dict(job_id=str(job.job_id), executor=launch["executor"],
-                                                              submitted=time.time())) + "\n").encode())
+            write_bytes(
+                folder / "job.json",
+                (
+                    json.dumps(dict(job_id=str(job.job_id), executor=launch["executor"], submitted=time.time())) + "\n"
+                ).encode(),
+            )
             return _wait(job, launch, what, kind)
 
 
@@ -294,15 +337,18 @@ def _failure(job, what: str, kind: str, headline: str) -> str:
     err = Path(job.paths.stderr)
     tail = _tail(err) or _tail(Path(job.paths.stdout)) or ["(log empty or missing)"]
     hint = next((h.format(kind=kind) for key, h in HINTS if key in headline or any(key in ln for ln in tail)), "")
-    return (f"{what}: job {job.job_id} {headline}{hint}; log: {err}\n  last lines of the log:\n"
-            + "\n".join(f"    {ln}" for ln in tail))
+    return f"{what}: job {job.job_id} {headline}{hint}; log: {err}\n  last lines of the log:\n" + "\n".join(
+        f"    {ln}" for ln in tail
+    )
 
 
-HINTS = (("memory limit", " - out of memory: raise launch.{kind}.mem_gb"),
-         ("OUT_OF_MEMORY", " - out of memory: raise launch.{kind}.mem_gb"),
-         ("TIMEOUT", " - time limit: raise launch.{kind}.time_min"),
-         ("CANCELLED", " - cancelled (scancel or an admin): run again to resume from the last checkpoint"),
-         ("NODE_FAIL", " - node failure: run again to resume from the last checkpoint"))
+HINTS = (
+    ("memory limit", " - out of memory: raise launch.{kind}.mem_gb"),
+    ("OUT_OF_MEMORY", " - out of memory: raise launch.{kind}.mem_gb"),
+    ("TIMEOUT", " - time limit: raise launch.{kind}.time_min"),
+    ("CANCELLED", " - cancelled (scancel or an admin): run again to resume from the last checkpoint"),
+    ("NODE_FAIL", " - node failure: run again to resume from the last checkpoint"),
+)
 
 
 def _tail(path: Path, n: int = 6) -> list[str]:
@@ -326,8 +372,15 @@ def launch_pretrain(spec: dict, run_dir: str | Path, launch: dict) -> Path:
     run_dir = Path(run_dir)
     if launch["executor"] == "slurm":  # use the CPUs the job was given; train() checks its GPUs are there
         spec = dict(spec, threads=task_cpus(launch, PRETRAIN), gpus=launch[PRETRAIN]["gpus"])
-    result = run_job(PretrainJob(spec, str(run_dir)), run_dir, launch, spec["threads"], what=f"pretraining {run_dir}",
-                     kind=PRETRAIN, valid=lambda r: Path(r).is_file())
+    result = run_job(
+        PretrainJob(spec, str(run_dir)),
+        run_dir,
+        launch,
+        spec["threads"],
+        what=f"pretraining {run_dir}",
+        kind=PRETRAIN,
+        valid=lambda r: Path(r).is_file(),
+    )
     _say_collapse(run_dir)
     return Path(result)
 

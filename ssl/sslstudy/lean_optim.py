@@ -6,6 +6,7 @@ import costs a short pretraining job a noticeable share of its CPU time. sslstud
 backbones, never a function that calls an optimizer, so it marks those methods as already excluded
 and skips the import. torch.optim's own step functions (SGD, Adam) import it regardless; LARS does not.
 """
+
 from __future__ import annotations
 
 import sys

@@ -1,4 +1,5 @@
 """Backbones (feature extractors without a classifier) and the heads SSL methods put on them."""
+
 from __future__ import annotations
 
 import torch

@@ -5,6 +5,7 @@ parse time). Tags: corruptions (``jpeg10``), pools (``natural+aerial``), pretrai
 Paths are format strings. Fill them with ``str.format`` for one file, or with :func:`pattern` for
 the Snakemake rule that writes them: fields left out stay wildcards, ``{run}`` becomes RUN's.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,7 +31,9 @@ def parse_quality(tag: str) -> tuple[str, float]:
     """``"jpeg10"`` -> ``("jpeg", 10.0)``; raises UserError for an unknown tag."""
     m = _TAG.match(tag)
     if not m:
-        raise UserError(f"unknown corruption {tag!r}; use one of {', '.join(k + '<strength>' for k in KINDS)} (quality: in params)")
+        raise UserError(
+            f"unknown corruption {tag!r}; use one of {', '.join(k + '<strength>' for k in KINDS)} (quality: in params)"
+        )
     return m.group(1), float(m.group(2))
 
 
@@ -55,7 +58,9 @@ def subset_tag(size: float) -> str:
     if size <= 1:
         return f"frac{size:g}"
     if size != int(size):
-        raise UserError(f"subset size {size} is neither a fraction <= 1 nor a whole number of images; fix study.subsets in params")
+        raise UserError(
+            f"subset size {size} is neither a fraction <= 1 nor a whole number of images; fix study.subsets in params"
+        )
     return f"n{int(size)}"
 
 

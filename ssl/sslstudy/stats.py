@@ -1,5 +1,6 @@
 """Uncertainty over seeds: Student t intervals of a mean, paired differences between two settings
 (paired on seed), and both applied group-wise to a tidy table of per-seed results."""
+
 from __future__ import annotations
 
 import math
@@ -25,6 +26,7 @@ def _num(x: float, digits: int, sign: bool = False) -> str:
 @dataclass(frozen=True)
 class Interval:
     """The mean of n values and its two-sided `level` interval; low/high are NaN below 2 values."""
+
     mean: float
     low: float
     high: float
@@ -40,12 +42,14 @@ class Interval:
         return dict(mean=self.mean, low=self.low, high=self.high, n=self.n, interval=self.method)
 
     def text(self, digits: int = 3) -> str:
-        """".412 ± .031 (95% t, n=3)"; ".412 (1 seed, no interval)"; "no values"."""
+        """ ".412 ± .031 (95% t, n=3)"; ".412 (1 seed, no interval)"; "no values"."""
         if self.n == 0:
             return "no values"
         if self.n == 1:
             return f"{_num(self.mean, digits)} (1 seed, no interval)"
-        return f"{_num(self.mean, digits)} ± {_num(self.half_width, digits)} ({self.level:.0%} {self.method}, n={self.n})"
+        return (
+            f"{_num(self.mean, digits)} ± {_num(self.half_width, digits)} ({self.level:.0%} {self.method}, n={self.n})"
+        )
 
 
 def interval(values: Iterable[float], level: float = 0.95) -> Interval:
@@ -63,9 +67,10 @@ def interval(values: Iterable[float], level: float = 0.95) -> Interval:
 @dataclass(frozen=True)
 class Difference(Interval):
     """The interval of the per-seed differences a_s - b_s over the seeds both have."""
+
     seeds: tuple
     significant: bool  # the interval excludes zero
-    verdict: str       # "higher" / "lower" (a against b) or "inconclusive"
+    verdict: str  # "higher" / "lower" (a against b) or "inconclusive"
 
     def row(self) -> dict:
         return {**super().row(), "significant": self.significant, "verdict": self.verdict}
@@ -73,8 +78,10 @@ class Difference(Interval):
     def text(self, digits: int = 3) -> str:
         if self.n < 2:
             return f"inconclusive ({self.n} paired seed{'s' * (self.n != 1)}, no interval)"
-        return (f"{_num(self.mean, digits, sign=True)} ± {_num(self.half_width, digits)} "
-                f"({self.level:.0%} {self.method}, n={self.n}): {self.verdict}")
+        return (
+            f"{_num(self.mean, digits, sign=True)} ± {_num(self.half_width, digits)} "
+            f"({self.level:.0%} {self.method}, n={self.n}): {self.verdict}"
+        )
 
 
 def _series(x) -> pd.Series:
@@ -114,12 +121,12 @@ def _groups(df: pd.DataFrame, by: list[str]):
 
 def _check_unique(g: pd.DataFrame, cols: list[str], key: tuple, by: list[str]) -> None:
     if g.duplicated(cols).any():
-        raise ValueError(f"group {key}: several rows for one seed; add the columns that tell them apart "
-                         f"to by={by}")
+        raise ValueError(f"group {key}: several rows for one seed; add the columns that tell them apart to by={by}")
 
 
-def summarise(df: pd.DataFrame, by: list[str], value: str = "value", seed: str = "seed",
-              level: float = 0.95) -> pd.DataFrame:
+def summarise(
+    df: pd.DataFrame, by: list[str], value: str = "value", seed: str = "seed", level: float = 0.95
+) -> pd.DataFrame:
     """Per-seed rows -> one row per group of `by`: the group's keys, then mean, low, high, n, interval."""
     by = list(by)
     rows = []
@@ -129,8 +136,9 @@ def summarise(df: pd.DataFrame, by: list[str], value: str = "value", seed: str =
     return pd.DataFrame(rows, columns=by + COLUMNS)
 
 
-def differences(a: pd.DataFrame, b: pd.DataFrame, on: list[str], value: str = "value", seed: str = "seed",
-                keep: Iterable[str] = ()) -> pd.DataFrame:
+def differences(
+    a: pd.DataFrame, b: pd.DataFrame, on: list[str], value: str = "value", seed: str = "seed", keep: Iterable[str] = ()
+) -> pd.DataFrame:
     """Per-seed differences of two tables joined on `on` + seed: the keys, seed, then a, b and
     diff = a - b (rows without a partner, or NaN on either side, dropped). `keep`: columns of both
     sides kept as <column>_a / <column>_b (e.g. run, to mark suspect runs)."""
@@ -139,18 +147,22 @@ def differences(a: pd.DataFrame, b: pd.DataFrame, on: list[str], value: str = "v
         dup = side.duplicated(on + [seed])
         if dup.any():
             key = tuple(side.loc[dup.idxmax(), on])
-            raise ValueError(f"group {key}: several rows for one seed on side {name}; add the columns that tell "
-                             f"them apart to on={on}")
+            raise ValueError(
+                f"group {key}: several rows for one seed on side {name}; add the columns that tell "
+                f"them apart to on={on}"
+            )
     cols = on + [seed]
     pick = lambda side, tag: side[cols + [value] + keep].rename(  # noqa: E731
-        columns={value: tag, **{k: f"{k}_{tag}" for k in keep}})
+        columns={value: tag, **{k: f"{k}_{tag}" for k in keep}}
+    )
     out = pick(a, "a").merge(pick(b, "b"), on=cols, how="inner")
     out["diff"] = out["a"] - out["b"]
     return out.dropna(subset=["diff"]).sort_values(cols, kind="stable").reset_index(drop=True)
 
 
-def summarise_differences(d: pd.DataFrame, by: list[str], value: str = "diff", seed: str = "seed",
-                          level: float = 0.95) -> pd.DataFrame:
+def summarise_differences(
+    d: pd.DataFrame, by: list[str], value: str = "diff", seed: str = "seed", level: float = 0.95
+) -> pd.DataFrame:
     """Per-seed differences (one row per group of `by` and seed) -> one row per group: the keys, then
     mean, low, high, n, interval, significant, verdict and seeds (e.g. "0,1,2")."""
     by = list(by)
@@ -162,8 +174,9 @@ def summarise_differences(d: pd.DataFrame, by: list[str], value: str = "diff", s
     return pd.DataFrame(rows, columns=by + DIFF_COLUMNS + ["seeds"])
 
 
-def compare(df: pd.DataFrame, by: list[str], column: str, a, b, value: str = "value", seed: str = "seed",
-            level: float = 0.95) -> pd.DataFrame:
+def compare(
+    df: pd.DataFrame, by: list[str], column: str, a, b, value: str = "value", seed: str = "seed", level: float = 0.95
+) -> pd.DataFrame:
     """Within each group of `by`, the paired difference (on seed) of the rows with column == a minus
     those with column == b: the group's keys, then mean, low, high, n, interval, significant, verdict
     (groups without a paired seed are left out)."""

@@ -1,4 +1,5 @@
 """The one trainer every method shares: data, views, optimiser, schedules, checkpoints, logs."""
+
 from __future__ import annotations
 
 import json
@@ -16,9 +17,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .atomic import atomic_path
 from . import distributed as D
 from . import names
+from .atomic import atomic_path
 from .augment import ViewSpec, batch_params, eval_view, set_thread_threads, views_from
 from .data.packed import load_dataset
 from .data.subsets import load_indices
@@ -37,7 +38,8 @@ class Diverged(UserError):
 
 
 class Collapsed(UserError):
-    """health.collapse_check found the run collapsed and pretrain.on_collapse is stop; the message is its reason line."""
+    """health.collapse_check found the run collapsed and pretrain.on_collapse is stop; the message is
+    its reason line."""
 
 
 # ----------------------------------------------------------------------------- optimisation
@@ -61,7 +63,9 @@ class LARS(torch.optim.Optimizer):
                     d = d.add(p, alpha=g["weight_decay"])
                 if g["lars"]:
                     w_norm, d_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(d)
-                    trust = torch.where((w_norm > 0) & (d_norm > 0), g["eta"] * w_norm / d_norm, torch.ones_like(w_norm))
+                    trust = torch.where(
+                        (w_norm > 0) & (d_norm > 0), g["eta"] * w_norm / d_norm, torch.ones_like(w_norm)
+                    )
                     d = d.mul(trust)
                 buf = self.state[p].get("momentum_buffer")
                 if buf is None:
@@ -109,7 +113,9 @@ def load_checkpoint(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same problem for the user
-        raise UserError(f"{path}: unreadable checkpoint ({type(e).__name__}); delete it to restart from the previous one") from None
+        raise UserError(
+            f"{path}: unreadable checkpoint ({type(e).__name__}); delete it to restart from the previous one"
+        ) from None
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -134,12 +140,21 @@ class Context:
         n, w = len(self.idx), D.world()
         per = -(-n // w)
         mine = self.idx[np.minimum(np.arange(D.rank() * per, (D.rank() + 1) * per), n - 1)]
-        return D.gather(embed(encoder, self.dataset.images, mine, self.cfg["views"][0]["size"], self.device, batch_size))[:n]
+        return D.gather(
+            embed(encoder, self.dataset.images, mine, self.cfg["views"][0]["size"], self.device, batch_size)
+        )[:n]
 
 
 @torch.no_grad()
-def embed(encoder: torch.nn.Module, images, rows: np.ndarray, size: int, device: torch.device | None = None,
-          batch_size: int = 256, out: torch.Tensor | None = None) -> torch.Tensor:
+def embed(
+    encoder: torch.nn.Module,
+    images,
+    rows: np.ndarray,
+    size: int,
+    device: torch.device | None = None,
+    batch_size: int = 256,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The one embedding of the project: encoder in eval mode (its mode restored after) on the eval view
     of images[rows] -> (len(rows), D), on the encoder's device (or ``device``), batch by batch; no
     collective, no random numbers. Inputs channels_last; on CUDA in bf16 autocast, on the CPU in
@@ -151,14 +166,14 @@ def embed(encoder: torch.nn.Module, images, rows: np.ndarray, size: int, device:
     encoder.eval()
     chunks = []
     for i in range(0, len(rows), batch_size):
-        x = eval_view(torch.from_numpy(np.asarray(images[rows[i:i + batch_size]])).to(device), size)
+        x = eval_view(torch.from_numpy(np.asarray(images[rows[i : i + batch_size]])).to(device), size)
         x = x.contiguous(memory_format=torch.channels_last)  # on the CPU the same numbers as contiguous inputs
         with torch.autocast(**_amp(device)):
             z = encoder(x).float()
         if out is None:
             chunks.append(z)
         else:
-            out[i:i + len(z)].copy_(z)
+            out[i : i + len(z)].copy_(z)
     encoder.train(was_training)
     return out if out is not None else torch.cat(chunks)
 
@@ -177,11 +192,15 @@ def choose_device(cfg: dict) -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
     if want == "cuda" or cfg.get("gpus"):
-        asked = "pretrain.device is cuda" if want == "cuda" else f"the job has {cfg['gpus']} GPU(s) (launch.pretrain.gpus)"
+        asked = (
+            "pretrain.device is cuda" if want == "cuda" else f"the job has {cfg['gpus']} GPU(s) (launch.pretrain.gpus)"
+        )
         build = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "built without CUDA"
-        raise UserError(f"{cfg['run']}: {asked} but torch sees no CUDA device on {socket.gethostname()} "
-                        f"(torch {torch.__version__}, {build}); run it on a GPU node with the CUDA build (make study GPU=1), "
-                        f"or set launch.pretrain.gpus: 0 or pretrain.device: cpu in params")
+        raise UserError(
+            f"{cfg['run']}: {asked} but torch sees no CUDA device on {socket.gethostname()} "
+            f"(torch {torch.__version__}, {build}); run it on a GPU node with the CUDA build (make study GPU=1), "
+            f"or set launch.pretrain.gpus: 0 or pretrain.device: cpu in params"
+        )
     return torch.device("cpu")
 
 
@@ -207,9 +226,14 @@ def choose_precision(cfg: dict, device: torch.device) -> tuple[torch.dtype | Non
         return torch.bfloat16, f"bf16 autocast on the CPU ({native})"
     if want == "auto":
         return None, "fp32 (precision auto: this CPU has no native bf16, no AMX or AVX512-BF16)"
-    why = f"{cfg['run']}: pretrain.precision is bf16 but this CPU has no native bf16 (no AMX or AVX512-BF16 in /proc/cpuinfo)"
+    why = (
+        f"{cfg['run']}: pretrain.precision is bf16 but this CPU has no native bf16 "
+        "(no AMX or AVX512-BF16 in /proc/cpuinfo)"
+    )
     if not cfg.get("precision_fallback", False):
-        raise UserError(f"{why}; set pretrain.precision: auto or fp32, or pretrain.precision_fallback: true to train in fp32")
+        raise UserError(
+            f"{why}; set pretrain.precision: auto or fp32, or pretrain.precision_fallback: true to train in fp32"
+        )
     log.warning("%s; training in fp32 (pretrain.precision_fallback: true)", why)
     return None, "fp32 (bf16 asked, no native bf16 on this CPU; precision_fallback)"
 
@@ -244,10 +268,11 @@ def train(cfg: dict, run_dir: str | Path, stop_after: int | None = None) -> Path
 @dataclass
 class _Position:
     """Where training is; last.pt saves it, so a resumed run continues at the same step."""
+
     epoch: int = 0
-    it: int = 0                        # steps done in this epoch
-    gen: torch.Tensor | None = None    # generator state to resume the epoch from; None at an epoch start
-    order: np.ndarray | None = None    # this epoch's image order (positions in the subset)
+    it: int = 0  # steps done in this epoch
+    gen: torch.Tensor | None = None  # generator state to resume the epoch from; None at an epoch start
+    order: np.ndarray | None = None  # this epoch's image order (positions in the subset)
     sums: dict = field(default_factory=dict)  # this epoch's summed step logs
 
 
@@ -270,24 +295,39 @@ class _Trainer:
         # the backward runs); on a GPU the views are kernels queued on the main thread, the batch pinned
         self.views_ahead = self.device.type == "cpu" and cfg["threads"] < len(os.sched_getaffinity(0))
         if self.lead:
-            where = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else f"{cfg['threads']} thread(s)"
-            log.info("device %s (%s), precision %s, compile %s, %s one batch ahead in a thread", self.device, where,
-                     precision, "on" if self.compile else "off",
-                     "data read and views made" if self.views_ahead else "data read (pinned, non_blocking copy)")
+            where = (
+                torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else f"{cfg['threads']} thread(s)"
+            )
+            log.info(
+                "device %s (%s), precision %s, compile %s, %s one batch ahead in a thread",
+                self.device,
+                where,
+                precision,
+                "on" if self.compile else "off",
+                "data read and views made" if self.views_ahead else "data read (pinned, non_blocking copy)",
+            )
 
         self.ds = load_dataset(cfg["data"]["dataset"])
         self.idx = np.sort(load_indices(cfg["data"]["subset"]))
         bs, world = self.bs, self.world = cfg["batch_size"], D.world()
         if bs % world:
-            raise UserError(f"{cfg['run']}: the global batch {bs} ({_batch_key(cfg)}) is not divisible by {world} processes; change it in params")
+            raise UserError(
+                f"{cfg['run']}: the global batch {bs} ({_batch_key(cfg)}) is not divisible by {world} "
+                "processes; change it in params"
+            )
         if len(self.idx) < bs:
-            raise UserError(f"{cfg['data']['subset']}: {len(self.idx)} images, fewer than one batch of {bs}; lower {_batch_key(cfg)}")
+            raise UserError(
+                f"{cfg['data']['subset']}: {len(self.idx)} images, fewer than one batch of {bs}; lower "
+                f"{_batch_key(cfg)}"
+            )
         self.steps_per_epoch = len(self.idx) // bs  # drop_last: every step sees a full batch
         self.epochs = cfg["epochs"]
         self.total = self.steps_per_epoch * self.epochs
         ocfg = cfg["optim"]
         lr = ocfg["lr"] * bs / 256  # bs is the global batch: the rate does not change with the GPU count
-        self.lr_sched = cosine_schedule(lr, ocfg["final_lr"] * bs / 256, self.total, ocfg["warmup_epochs"] * self.steps_per_epoch)
+        self.lr_sched = cosine_schedule(
+            lr, ocfg["final_lr"] * bs / 256, self.total, ocfg["warmup_epochs"] * self.steps_per_epoch
+        )
 
         self.model = build_model(cfg, len(self.idx)).to(self.device, memory_format=torch.channels_last)
         self.opt = build_optimizer(self.model, ocfg, lr)
@@ -306,12 +346,21 @@ class _Trainer:
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, broadcast_buffers=False)
         self.history = _read_metrics(self.run_dir, self.pos.epoch) if self.lead else []  # what collapse_check reads
         self.metrics = (self.run_dir / names.METRICS).open("a") if self.lead else None
-        self.bar = tqdm(total=self.epochs, initial=self.pos.epoch, desc=self.cfg["run"], disable=None if self.lead else True,
-                        mininterval=5)
+        self.bar = tqdm(
+            total=self.epochs,
+            initial=self.pos.epoch,
+            desc=self.cfg["run"],
+            disable=None if self.lead else True,
+            mininterval=5,
+        )
         self.stop_after, self.done_here = stop_after, 0  # done_here: steps done in this call
         try:
-            with _DeferredSignal() as self.preempt, ThreadPoolExecutor(
-                    1, thread_name_prefix="sslstudy-read", initializer=set_thread_threads) as self.reader:
+            with (
+                _DeferredSignal() as self.preempt,
+                ThreadPoolExecutor(
+                    1, thread_name_prefix="sslstudy-read", initializer=set_thread_threads
+                ) as self.reader,
+            ):
                 while self.pos.epoch < self.epochs:
                     self._run_epoch()
         finally:
@@ -325,14 +374,26 @@ class _Trainer:
         if state is None:
             self._save_backbone(0)  # the random-weights baseline
             self.pos = _Position()
-            log.info("starting %s: %d images, %d steps/epoch, %d epochs, %d process(es)",
-                     self.run_dir, len(self.idx), self.steps_per_epoch, self.epochs, self.world)
+            log.info(
+                "starting %s: %d images, %d steps/epoch, %d epochs, %d process(es)",
+                self.run_dir,
+                len(self.idx),
+                self.steps_per_epoch,
+                self.epochs,
+                self.world,
+            )
         else:
             self.model.load_state_dict(state["model"])
             self.opt.load_state_dict(state["optimizer"])
             self.pos = _Position(state["epoch"], state["it"], state["gen"], state["order"], state["sums"])
-            log.info("resumed from %s (epoch %d of %d, step %d of %d)",
-                     state["path"].name, self.pos.epoch, self.epochs, self.pos.it, self.steps_per_epoch)
+            log.info(
+                "resumed from %s (epoch %d of %d, step %d of %d)",
+                state["path"].name,
+                self.pos.epoch,
+                self.epochs,
+                self.pos.it,
+                self.steps_per_epoch,
+            )
 
     def _run_epoch(self) -> None:
         """The rest of epoch pos.epoch (all of it unless resumed mid-epoch), then its log and checkpoints."""
@@ -361,7 +422,7 @@ class _Trainer:
 
     def _picked(self, it: int) -> np.ndarray:
         """The subset positions of batch `it` of this epoch's order (the global batch, sorted)."""
-        return np.sort(self.pos.order[it * self.bs:(it + 1) * self.bs])
+        return np.sort(self.pos.order[it * self.bs : (it + 1) * self.bs])
 
     def _prepare(self, it: int, params: list | None = None) -> tuple[torch.Tensor, list | None]:
         """This rank's images of batch `it` (uint8, on the CPU; pinned for the copy to a GPU) and, given
@@ -378,8 +439,10 @@ class _Trainer:
         return [batch_params(s, h, w, gen, self.bs, D.local_slice(self.bs)) for s in self.model.view_specs]
 
     def _views(self, images: torch.Tensor, params: list[dict]) -> list[torch.Tensor]:
-        return [views_from(images, p, s).contiguous(memory_format=torch.channels_last)
-                for p, s in zip(params, self.model.view_specs)]
+        return [
+            views_from(images, p, s).contiguous(memory_format=torch.channels_last)
+            for p, s in zip(params, self.model.view_specs)
+        ]
 
     def _draw_next(self, gen: torch.Generator) -> None:
         """On the CPU, once this step's forward has drawn its random numbers: draw the next batch's view
@@ -407,8 +470,10 @@ class _Trainer:
             loss, logs = self.net(batch)
         self._draw_next(gen)
         if not torch.isfinite(loss):
-            raise Diverged(f"{self.run_dir}: loss is {loss.item()} at epoch {pos.epoch + 1} step {pos.it}; "
-                           f"lower pretrain.optim.lr (now {self.cfg['optim']['lr']}) in params")
+            raise Diverged(
+                f"{self.run_dir}: loss is {loss.item()} at epoch {pos.epoch + 1} step {pos.it}; "
+                f"lower pretrain.optim.lr (now {self.cfg['optim']['lr']}) in params"
+            )
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         model.before_optimizer_step(step)
@@ -430,22 +495,33 @@ class _Trainer:
     def _end_epoch(self, seconds: float) -> None:
         """Log the finished epoch, move pos to the next one and save the checkpoints."""
         spe, epoch = self.steps_per_epoch, self.pos.epoch + 1
-        rec = dict(epoch=epoch, step=epoch * spe, **{k: v / spe for k, v in self.pos.sums.items()},
-                   lr=float(self.lr_sched[epoch * spe - 1]), seconds=round(seconds, 3),
-                   views_per_s=round(len(self.model.view_specs) * self.bs * spe / max(seconds, 1e-9), 1))
+        rec = dict(
+            epoch=epoch,
+            step=epoch * spe,
+            **{k: v / spe for k, v in self.pos.sums.items()},
+            lr=float(self.lr_sched[epoch * spe - 1]),
+            seconds=round(seconds, 3),
+            views_per_s=round(len(self.model.view_specs) * self.bs * spe / max(seconds, 1e-9), 1),
+        )
         self.pos = _Position(epoch)
         health = self._health(rec) if self.lead else _HEALTHY
-        health = int(D.all_reduce_sum(torch.tensor(health, device=self.device)))  # every rank acts on the lead's verdict
+        health = int(
+            D.all_reduce_sum(torch.tensor(health, device=self.device))
+        )  # every rank acts on the lead's verdict
         if health == _NOT_FINITE:
-            raise Diverged(f"{self.run_dir}: the backbone's embeddings of fixed training images are not finite after epoch "
-                           f"{epoch}; lower pretrain.optim.lr (now {self.cfg['optim']['lr']}) in params")
+            raise Diverged(
+                f"{self.run_dir}: the backbone's embeddings of fixed training images are not finite after epoch "
+                f"{epoch}; lower pretrain.optim.lr (now {self.cfg['optim']['lr']}) in params"
+            )
         if self.lead:
             self._log_epoch(rec, seconds)
         if epoch % self.cfg["checkpoint_every"] == 0 or epoch == self.epochs:
             self._save_backbone(epoch)
         self._save_last(None)
         if health == _COLLAPSED and self.on_collapse == "stop":
-            raise Collapsed(rec.get("collapse_reason", f"{self.cfg['run']}: collapsed at epoch {epoch} (see train.log)"))
+            raise Collapsed(
+                rec.get("collapse_reason", f"{self.cfg['run']}: collapsed at epoch {epoch} (see train.log)")
+            )
 
     def _health(self, rec: dict) -> int:
         """Add the fixed images' embedding health and the trivial loss to rec; mark it when collapse_check
@@ -478,20 +554,26 @@ class _Trainer:
     def _save_last(self, gen_state: torch.Tensor | None) -> None:
         """checkpoints/last.pt: the full state at pos (gen_state: the generator's when stopped mid-epoch, else None)."""
         pos = self.pos
-        self._save(self.run_dir / names.CHECKPOINTS / names.LAST,
-                   dict(epoch=pos.epoch, it=pos.it, gen=gen_state, order=pos.order, sums=pos.sums))
+        self._save(
+            self.run_dir / names.CHECKPOINTS / names.LAST,
+            dict(epoch=pos.epoch, it=pos.it, gen=gen_state, order=pos.order, sums=pos.sums),
+        )
 
     def _save_backbone(self, epoch: int) -> None:
         """checkpoints/epNNN.pt: what load_backbone reads (the backbone's weights, config, epoch), no optimiser."""
         if self.lead:
             weights = {k: v for k, v in self.model.state_dict().items() if k.startswith(BACKBONE)}
-            atomic_torch_save(dict(epoch=epoch, model=weights, config=self.cfg),
-                              self.run_dir / names.CHECKPOINTS / names.epoch_checkpoint(epoch))
+            atomic_torch_save(
+                dict(epoch=epoch, model=weights, config=self.cfg),
+                self.run_dir / names.CHECKPOINTS / names.epoch_checkpoint(epoch),
+            )
 
     def _save(self, path: Path, extra: dict) -> None:
         """extra + the whole model, optimiser and config: what resuming needs (on the lead rank only)."""
         if self.lead:
-            atomic_torch_save(dict(extra, model=self.model.state_dict(), optimizer=self.opt.state_dict(), config=self.cfg), path)
+            atomic_torch_save(
+                dict(extra, model=self.model.state_dict(), optimizer=self.opt.state_dict(), config=self.cfg), path
+            )
 
     def _finish(self) -> Path:
         final = self.run_dir / names.FINAL

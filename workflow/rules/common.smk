@@ -29,8 +29,8 @@ EVAL_THREADS = 1 if EVAL_REMOTE else THREADS  # what Snakemake reserves
 
 
 wildcard_constraints:
-    name="|".join(map(re.escape, C["data"]["ingest"])) or "(?!)",
     **names.WILDCARDS,
+    name="|".join(map(re.escape, C["data"]["ingest"])) or "(?!)",
 
 
 def q(obj):
@@ -150,9 +150,16 @@ def supervised_tables():
 
 
 def fusion_tables():
-    return [names.FUSION_TABLE.format(seed=a["seed"], a=names.member_name(a["method"], a["domain"]),
-                                      b=names.member_name(b["method"], b["domain"]), on=on)
-            for a, b in axes.fusion_pairs(C) for on in axes.fusion_domains(a, b)]
+    return [
+        names.FUSION_TABLE.format(
+            seed=a["seed"],
+            a=names.member_name(a["method"], a["domain"]),
+            b=names.member_name(b["method"], b["domain"]),
+            on=on,
+        )
+        for a, b in axes.fusion_pairs(C)
+        for on in axes.fusion_domains(a, b)
+    ]
 
 
 def cluster_tables():
@@ -161,8 +168,13 @@ def cluster_tables():
 
 # launch.forkserver: one process imports torch and sslstudy once for this run's jobs, which fork it
 # (sslstudy.forkserver; it exits with Snakemake). Not for SLURM runs, whose jobs run elsewhere.
-FORKSERVER = (C["launch"]["forkserver"] and C["launch"]["executor"] != "slurm" and workflow.local_exec
-              and not workflow.remote_exec and not workflow.subprocess_exec)
+FORKSERVER = (
+    C["launch"]["forkserver"]
+    and C["launch"]["executor"] != "slurm"
+    and workflow.local_exec
+    and not workflow.remote_exec
+    and not workflow.subprocess_exec
+)
 
 
 onstart:
@@ -170,5 +182,7 @@ onstart:
         from sslstudy import forkserver
 
         if forkserver.start(names.FORKSERVER_LOG) is None:
-            print(f"sslstudy: the fork server did not start (see {names.FORKSERVER_LOG}); every job imports torch itself",
-                  file=sys.stderr)
+            print(
+                f"sslstudy: the fork server did not start (see {names.FORKSERVER_LOG}); every job imports torch itself",
+                file=sys.stderr,
+            )

@@ -11,13 +11,13 @@ rule ingest:
     output:
         packed_files(names.INGEST_DIR),
         report=names.ingest_report(names.INGEST_DIR),
-    params:
-        args=lambda w: " ".join(map(shlex.quote, ingest_args(C, w.name))),
-    threads: workflow.cores
-    conda:
-        "../envs/sslstudy.yaml"
     log:
         names.log("ingest"),
+    conda:
+        "../envs/sslstudy.yaml"
+    threads: workflow.cores
+    params:
+        args=lambda w: " ".join(map(shlex.quote, ingest_args(C, w.name))),
     shell:
         "sslstudy ingest {params.args} --workers {threads} > {log} 2>&1"
 
@@ -27,14 +27,14 @@ rule subset:
         lambda w: dataset_files(w.domain),
     output:
         names.SUBSET_FILE,
-    conda:
-        "../envs/sslstudy.yaml"
-    params:
-        dataset=lambda w: dataset_dir(w.domain),
     log:
         names.log("subset"),
     benchmark:
         names.benchmark("subset")
+    conda:
+        "../envs/sslstudy.yaml"
+    params:
+        dataset=lambda w: dataset_dir(w.domain),
     shell:
         "sslstudy subset --dataset {params.dataset} --subset {wildcards.subset}"
         " --seed {wildcards.seed} --out {output} 2> {log}"
@@ -45,15 +45,15 @@ rule corrupt:
         lambda w: dataset_files(w.domain),
     output:
         packed_files(pattern(names.DERIVED_DIR, dataset=CORRUPTED)),
+    log:
+        pattern(names.log("corrupt"), dataset=CORRUPTED),
+    benchmark:
+        pattern(names.benchmark("corrupt"), dataset=CORRUPTED)
     conda:
         "../envs/sslstudy.yaml"
     params:
         dataset=lambda w: dataset_dir(w.domain),
         out=lambda w, output: os.path.dirname(output[0]),
-    log:
-        pattern(names.log("corrupt"), dataset=CORRUPTED),
-    benchmark:
-        pattern(names.benchmark("corrupt"), dataset=CORRUPTED)
     shell:
         "sslstudy corrupt --dataset {params.dataset} --quality {wildcards.quality} --seed {wildcards.seed}"
         " --out {params.out} 2> {log}"
@@ -64,14 +64,14 @@ rule pool:
         lambda w: [f for d in pool_members(w.pool) for f in dataset_files(d)],
     output:
         packed_files(pattern(names.DERIVED_DIR, dataset="{pool}")),
+    log:
+        pattern(names.log("pool"), dataset="{pool}"),
+    benchmark:
+        pattern(names.benchmark("pool"), dataset="{pool}")
     conda:
         "../envs/sslstudy.yaml"
     params:
         datasets=lambda w: [dataset_dir(d) for d in pool_members(w.pool)],
         out=lambda w, output: os.path.dirname(output[0]),
-    log:
-        pattern(names.log("pool"), dataset="{pool}"),
-    benchmark:
-        pattern(names.benchmark("pool"), dataset="{pool}")
     shell:
         "sslstudy pool --seed {wildcards.seed} --out {params.out} {params.datasets} 2> {log}"

@@ -21,6 +21,14 @@ rule evaluate:
         data=lambda w: [f for on in eval_domains_of(w) for f in dataset_files(on)],
     output:
         directory(pattern(names.EVAL_DIR)),
+    log:
+        pattern(names.log("evaluate")),
+    benchmark:
+        pattern(names.benchmark("evaluate"))
+    localrule: EVAL_REMOTE
+    conda:
+        "../envs/sslstudy.yaml"
+    threads: EVAL_THREADS
     params:
         checkpoints=eval_checkpoints,
         datasets=lambda w: named((on, dataset_dir(on)) for on in eval_domains_of(w)),
@@ -28,19 +36,13 @@ rule evaluate:
         size=SIZE,
         eval=q(C["eval"]),
         # only for the models with dense evaluations: a dense setting reruns only their jobs
-        dense=lambda w: f"--dense-eval {q(C['dense'])} --views {q(C['pretrain']['views'])}" if plan_of(w)["dense"] else "",
+        dense=lambda w: (
+            f"--dense-eval {q(C['dense'])} --views {q(C['pretrain']['views'])}" if plan_of(w)["dense"] else ""
+        ),
         ids=lambda w: ids(run_of(w)),
         run=lambda w: run_of(w)["id"],
         cpus=eval_cpus,
         remote=remote("evaluate"),
-    threads: EVAL_THREADS
-    localrule: EVAL_REMOTE
-    conda:
-        "../envs/sslstudy.yaml"
-    log:
-        pattern(names.log("evaluate")),
-    benchmark:
-        pattern(names.benchmark("evaluate"))
     shell:
         "sslstudy evaluate --checkpoint {params.checkpoints} --dataset {params.datasets} {params.evaluations}"
         " --eval {params.eval} {params.dense} --size {params.size} --run {params.run} --ids {params.ids}"

@@ -9,6 +9,14 @@ rule fusion:
         data=lambda w: dataset_files(w.on),
     output:
         names.FUSION_TABLE,
+    log:
+        names.log("fusion"),
+    benchmark:
+        names.benchmark("fusion")
+    localrule: EVAL_REMOTE
+    conda:
+        "../envs/sslstudy.yaml"
+    threads: EVAL_THREADS
     params:
         a=lambda w: embeddings_of(member_of(w, "a"), w.on),
         b=lambda w: embeddings_of(member_of(w, "b"), w.on),
@@ -17,14 +25,7 @@ rule fusion:
         dataset=lambda w: dataset_dir(w.on),
         cpus=eval_cpus,
         remote=remote("fusion"),
-    threads: EVAL_THREADS
-    localrule: EVAL_REMOTE
-    conda:
-        "../envs/sslstudy.yaml"
-    log:
-        names.log("fusion"),
-    benchmark:
-        names.benchmark("fusion")
     shell:
-        "sslstudy fusion --a {params.a} --b {params.b} --name-a {wildcards.a} --name-b {wildcards.b} --seed {wildcards.seed}"
-        " --dataset {params.dataset} --eval {params.eval} --size {params.size} --threads {params.cpus} --out {output} {params.remote} 2> {log}"
+        "sslstudy fusion --a {params.a} --b {params.b} --name-a {wildcards.a} --name-b {wildcards.b}"
+        " --seed {wildcards.seed} --dataset {params.dataset} --eval {params.eval} --size {params.size}"
+        " --threads {params.cpus} --out {output} {params.remote} 2> {log}"

@@ -11,6 +11,14 @@ rule lowshot:
         data=lambda w: dataset_files(w.domain),
     output:
         pattern(names.LOWSHOT_TABLE),
+    log:
+        pattern(names.log("lowshot")),
+    benchmark:
+        pattern(names.benchmark("lowshot"))
+    localrule: EVAL_REMOTE
+    conda:
+        "../envs/sslstudy.yaml"
+    threads: EVAL_THREADS
     params:
         labels=" ".join(axes.lowshot_labels(C)),
         size=SIZE,
@@ -22,15 +30,8 @@ rule lowshot:
         dataset=lambda w: dataset_dir(w.domain),
         cpus=eval_cpus,
         remote=remote("lowshot"),
-    threads: EVAL_THREADS
-    localrule: EVAL_REMOTE
-    conda:
-        "../envs/sslstudy.yaml"
-    log:
-        pattern(names.log("lowshot")),
-    benchmark:
-        pattern(names.benchmark("lowshot"))
     shell:
         "sslstudy lowshot --checkpoint {input.ckpt} --dataset {params.dataset} --mode {wildcards.mode}"
-        " --labels {params.labels} {params.embeddings} --eval {params.eval} --finetune {params.finetune} --size {params.size}"
+        " --labels {params.labels} {params.embeddings} --eval {params.eval} --finetune {params.finetune}"
+        " --size {params.size}"
         " --run {params.run} --ids {params.ids} --threads {params.cpus} --out {output} {params.remote} 2> {log}"

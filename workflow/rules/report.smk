@@ -13,8 +13,8 @@ REPORT_DOMAINS = list(dict.fromkeys(on for _, _, on in axes.evaluations(C)))
 
 rule report:
     input:
-        evaluated=EVALUATED,
         **REPORT_TABLES,
+        evaluated=EVALUATED,
         captions=sorted(glob.glob(f"{workflow.basedir}/workflow/report/*.rst")),
         benchmarks=list(BENCHMARKS),
         curves=list(CURVES.values()),
@@ -28,6 +28,10 @@ rule report:
         # what dvc.yaml's metrics: and plots: read
         headline=f"results/{names.HEADLINE}",
         plots=[f"results/{names.PLOT_FILE.format(name=p)}" for p in names.PLOTS],
+    log:
+        "logs/report/report.log",
+    conda:
+        "../envs/sslstudy.yaml"
     params:
         config=q(C),
         frozen=eval_tables(),
@@ -38,10 +42,6 @@ rule report:
         benchmarks=named((r, f) for f, r in BENCHMARKS.items()),
         datasets=named((d, dataset_dir(d)) for d in REPORT_DOMAINS),
         dvc=lambda w, input: f"--data-dvc {input.dvc}" if input.dvc else "",
-    conda:
-        "../envs/sslstudy.yaml"
-    log:
-        "logs/report/report.log",
     shell:
         "sslstudy report --config {params.config} --out {output.html} --captions {params.captions}"
         " --frozen {params.frozen} --lowshot {input.lowshot} --supervised {input.supervised}"

@@ -8,6 +8,14 @@ rule supervised:
     output:
         scores=names.SUPERVISED_TABLE,
         ckpt=f"{names.SUPERVISED_DIR}/{names.FINAL}",
+    log:
+        names.log("supervised"),
+    benchmark:
+        names.benchmark("supervised")
+    localrule: EVAL_REMOTE
+    conda:
+        "../envs/sslstudy.yaml"
+    threads: EVAL_THREADS
     params:
         size=SIZE,
         finetune=q(C["finetune"]),
@@ -18,14 +26,6 @@ rule supervised:
         dataset=lambda w: dataset_dir(w.domain),
         cpus=eval_cpus,
         remote=remote("supervised"),
-    threads: EVAL_THREADS
-    localrule: EVAL_REMOTE
-    conda:
-        "../envs/sslstudy.yaml"
-    log:
-        names.log("supervised"),
-    benchmark:
-        names.benchmark("supervised")
     shell:
         "sslstudy supervised --dataset {params.dataset} --labels {wildcards.labels} --seed {wildcards.seed}"
         " --eval {params.eval} --backbone {params.backbone} --finetune {params.finetune} --size {params.size}"

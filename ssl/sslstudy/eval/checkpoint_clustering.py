@@ -1,5 +1,6 @@
 """Periodic clustering: every saved checkpoint of a run embedded and clustered with faiss k-means
 (K = number of classes at each level), NMI/ARI against the labels, one row per epoch x level."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,8 +13,9 @@ from ..names import CHECKPOINTS, checkpoint_epoch
 from .kmeans import cluster_scores
 
 
-def cluster_checkpoints(run_dir: Path, datasets: dict[str, PackedDataset], cfg: dict, size: int, device="cpu",
-                        embedded: dict | None = None) -> pd.DataFrame:
+def cluster_checkpoints(
+    run_dir: Path, datasets: dict[str, PackedDataset], cfg: dict, size: int, device="cpu", embedded: dict | None = None
+) -> pd.DataFrame:
     """``datasets``: domain -> dataset; ``embedded``: (checkpoint folder, epoch) -> {domain: Features}
     of weights this job has embedded already (the final and epoch-0 checkpoints), reused, not embedded again."""
     from ..train import list_checkpoints, load_backbone

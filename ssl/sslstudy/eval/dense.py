@@ -13,6 +13,7 @@ information? (DenseCL's question: dense pretraining for dense prediction.)
   most similar feature (cosine, DenseCL's own matching); the score is the fraction of view-1
   locations inside view 2 matched within one cell of where the crops put them.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -35,18 +36,21 @@ LABEL_FREE = "label-free"  # its level column
 
 def require_map(backbone: torch.nn.Module, what: str) -> None:
     if not hasattr(backbone, "forward_map"):
-        raise UserError(f"{what}: backbone {type(backbone).__name__} has no feature map (forward_map); "
-                        f"use cnn4 or a resnet in pretrain.backbone.arch")
+        raise UserError(
+            f"{what}: backbone {type(backbone).__name__} has no feature map (forward_map); "
+            f"use cnn4 or a resnet in pretrain.backbone.arch"
+        )
 
 
 @torch.no_grad()
-def feature_maps(backbone: torch.nn.Module, ds: PackedDataset, indices: np.ndarray, size: int,
-                 batch_size: int = 512) -> torch.Tensor:
+def feature_maps(
+    backbone: torch.nn.Module, ds: PackedDataset, indices: np.ndarray, size: int, batch_size: int = 512
+) -> torch.Tensor:
     """(len(indices), C, h, w) float32 CPU: the backbone's map of each image's evaluation view."""
     device = next(backbone.parameters()).device
     out = []
     for i in range(0, len(indices), batch_size):
-        batch = torch.from_numpy(np.asarray(ds.images[indices[i:i + batch_size]])).to(device)
+        batch = torch.from_numpy(np.asarray(ds.images[indices[i : i + batch_size]])).to(device)
         out.append(backbone.forward_map(eval_view(batch, size)).float().cpu())
     return torch.cat(out)
 
@@ -80,8 +84,17 @@ def pixel_rows(f: torch.Tensor, y: torch.Tensor, pixels: int, seed: int) -> tupl
     return x.reshape(-1, c), lab.transpose(1, 2).reshape(-1, y.shape[1])
 
 
-def dense_probe(f_tr: torch.Tensor, y_tr: torch.Tensor, f_te: torch.Tensor, n_classes: list[int], epochs: int,
-                batch_size: int, lr: float, seed: int, pixels: int) -> torch.Tensor:
+def dense_probe(
+    f_tr: torch.Tensor,
+    y_tr: torch.Tensor,
+    f_te: torch.Tensor,
+    n_classes: list[int],
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    pixels: int,
+) -> torch.Tensor:
     """Train the 1x1-conv head on (f_tr (N, C, h, w), y_tr (N, L, S, S) long labels of L levels,
     IGNORE skipped) -> (M, L, S, S) uint8 predictions for f_te.
 
@@ -111,9 +124,9 @@ def dense_probe(f_tr: torch.Tensor, y_tr: torch.Tensor, f_te: torch.Tensor, n_cl
         w = (head.weight / std).reshape(*head.weight.shape, 1, 1)
         b = head.bias - head.weight @ (mean / std)
         for lo in range(0, len(f_te), _PASS):
-            z = _up(F.conv2d(f_te[lo:lo + _PASS], w, b), s)
+            z = _up(F.conv2d(f_te[lo : lo + _PASS], w, b), s)
             for j, zj in enumerate(z.split(n_classes, dim=1)):
-                pred[lo:lo + _PASS, j] = zj.argmax(dim=1).to(torch.uint8)
+                pred[lo : lo + _PASS, j] = zj.argmax(dim=1).to(torch.uint8)
     return pred
 
 
@@ -140,8 +153,9 @@ def pixel_accuracy(conf: np.ndarray) -> float:
 # ---------------------------------------------------------------------------- correspondence
 
 
-def true_locations(box1: torch.Tensor, flip1: torch.Tensor, box2: torch.Tensor, flip2: torch.Tensor,
-                   grid: tuple[int, int]) -> torch.Tensor:
+def true_locations(
+    box1: torch.Tensor, flip1: torch.Tensor, box2: torch.Tensor, flip2: torch.Tensor, grid: tuple[int, int]
+) -> torch.Tensor:
     """Where each cell centre of view 1 lies in view 2, from the crops that made them.
 
     box*: (N, 4) crop (top, left, height, width) in image pixels; flip*: (N,) horizontal flips;
@@ -154,7 +168,7 @@ def true_locations(box1: torch.Tensor, flip1: torch.Tensor, box2: torch.Tensor, 
     t1, l1, h1, w1 = box1.double().unbind(1)
     t2, l2, h2, w2 = box2.double().unbind(1)
     a = torch.where(flip1[:, None], 1 - a, a)
-    x = l1[:, None] + w1[:, None] * a   # image coordinates of the cell centres
+    x = l1[:, None] + w1[:, None] * a  # image coordinates of the cell centres
     y = t1[:, None] + h1[:, None] * b
     a2 = (x - l2[:, None]) / w2[:, None]
     a2 = torch.where(flip2[:, None], 1 - a2, a2)
@@ -192,12 +206,18 @@ def matched_views(backbone: torch.nn.Module, images: np.ndarray, specs: list[Vie
     return dict(view1=views[0], view2=views[1], match=match, truth=truth, grid=grid, accuracy=acc)
 
 
-def correspondence_accuracy(backbone: torch.nn.Module, ds: PackedDataset, indices: np.ndarray, spec: ViewSpec,
-                            seed: int, batch_size: int = _PASS) -> float:
+def correspondence_accuracy(
+    backbone: torch.nn.Module,
+    ds: PackedDataset,
+    indices: np.ndarray,
+    spec: ViewSpec,
+    seed: int,
+    batch_size: int = _PASS,
+) -> float:
     """`matched_views`'s accuracy over ``indices``, in batches (pooled over every view-1 cell)."""
     hits = total = 0.0
     for k, i in enumerate(range(0, len(indices), batch_size)):
-        r = matched_views(backbone, np.asarray(ds.images[indices[i:i + batch_size]]), [spec, spec], seed + k)
+        r = matched_views(backbone, np.asarray(ds.images[indices[i : i + batch_size]]), [spec, spec], seed + k)
         inside = int((r["truth"] >= 0).sum())
         hits += r["accuracy"] * inside
         total += inside
@@ -218,7 +238,9 @@ def evaluate_dense(backbone: torch.nn.Module, ds: PackedDataset, cfg: dict, size
     levels = ds.mask_levels
     k = [len(ds.mask_classes(lv)) for lv in levels]
     y_tr = torch.from_numpy(np.stack([ds.mask_array(lv, tr) for lv in levels], axis=1)).long()
-    pred = dense_probe(f_tr, y_tr, f_te, k, cfg["epochs"], cfg["batch_size"], cfg["lr"], cfg["seed"], cfg["pixels"]).numpy()
+    pred = dense_probe(
+        f_tr, y_tr, f_te, k, cfg["epochs"], cfg["batch_size"], cfg["lr"], cfg["seed"], cfg["pixels"]
+    ).numpy()
     rows = []
     for j, lv in enumerate(levels):
         conf = confusion(pred[:, j], ds.mask_array(lv, te), k[j])

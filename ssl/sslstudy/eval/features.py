@@ -11,6 +11,7 @@ Splits: ``val`` is the dataset's own val split when it has one; otherwise the fi
 ``eval.cluster_seed``), so every class is held out in proportion. ``fit`` is the rest of train: the
 probes train on it, choose their hyper-parameters on val and report test.
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,6 +26,7 @@ from ..data.subsets import balanced_order
 from ..errors import UserError
 
 log = logging.getLogger("sslstudy.eval")
+
 
 def eval_device(name: str = "auto") -> torch.device:
     """``auto``: the first CUDA device when torch sees one, else the CPU; ``cuda``/``cpu`` as asked."""
@@ -47,8 +49,10 @@ def probe_splits(ds: PackedDataset, cfg: dict) -> dict[str, np.ndarray]:
     order = balanced_order(ds.labels, cfg["cluster_seed"], stratify=ds.levels[-1], split="train", dataset=ds.path)
     n_val = int(round(cfg["val_fraction"] * len(order)))
     if not 0 < n_val < len(order):
-        raise UserError(f"{ds.path}: eval.val_fraction={cfg['val_fraction']} of {len(order)} train images holds out "
-                        f"{n_val}; pick a fraction that leaves images on both sides")
+        raise UserError(
+            f"{ds.path}: eval.val_fraction={cfg['val_fraction']} of {len(order)} train images holds out "
+            f"{n_val}; pick a fraction that leaves images on both sides"
+        )
     val = np.sort(order[:n_val])
     return dict(fit=np.setdiff1d(train, val), val=val, test=test)
 
@@ -81,23 +85,41 @@ class Features:
             with np.load(path) as z:
                 return cls(z["x"], z["index"])
         except (OSError, ValueError, KeyError) as e:
-            raise UserError(f"{path}: unreadable embedding cache ({type(e).__name__}); delete it and re-run its "
-                            f"evaluate job") from None
+            raise UserError(
+                f"{path}: unreadable embedding cache ({type(e).__name__}); delete it and re-run its evaluate job"
+            ) from None
 
 
-def embed_dataset(backbone: torch.nn.Module, ds: PackedDataset, size: int, batch_size: int,
-                  splits: tuple[str, ...] = ("train", "val", "test")) -> Features:
+def embed_dataset(
+    backbone: torch.nn.Module,
+    ds: PackedDataset,
+    size: int,
+    batch_size: int,
+    splits: tuple[str, ...] = ("train", "val", "test"),
+) -> Features:
     """The backbone (on its device) on the eval view of every image of ``splits``, streamed into
     one host array: float16 when every value fits, else float32."""
     from ..train import embed
 
     rows = np.sort(np.concatenate([ds.split_indices(s) for s in splits]))
-    out = embed(backbone, ds.images, rows, size, batch_size=batch_size,
-                out=torch.empty(len(rows), backbone.out_dim, dtype=torch.float16))
+    out = embed(
+        backbone,
+        ds.images,
+        rows,
+        size,
+        batch_size=batch_size,
+        out=torch.empty(len(rows), backbone.out_dim, dtype=torch.float16),
+    )
     if not torch.isfinite(out).all():  # a value beyond float16's range (or a non-finite embedding)
         log.info("embeddings exceed the float16 range; cached as float32")
-        out = embed(backbone, ds.images, rows, size, batch_size=batch_size,
-                    out=torch.empty(len(rows), backbone.out_dim, dtype=torch.float32))
+        out = embed(
+            backbone,
+            ds.images,
+            rows,
+            size,
+            batch_size=batch_size,
+            out=torch.empty(len(rows), backbone.out_dim, dtype=torch.float32),
+        )
         if not torch.isfinite(out).all():
             raise UserError(f"{ds.path}: the backbone's embeddings are not finite; its checkpoint is broken")
     return Features(out.numpy(), rows)

@@ -1,5 +1,6 @@
 """Evaluate a frozen backbone's cached features (features.py) on a packed dataset at every level of
 its label hierarchy, the probes' hyper-parameters chosen on the val split."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,12 +30,22 @@ def level_accuracy(ds: PackedDataset, pred_fine: np.ndarray, test: np.ndarray) -
     return {level: float(np.mean(up[level][pred_fine] == ds.label_array(level, test))) for level in ds.levels}
 
 
-def choose_linear(fit: tuple, val: tuple, test_x: np.ndarray, n_classes: int, cfg: dict, device) -> tuple[np.ndarray, dict]:
+def choose_linear(
+    fit: tuple, val: tuple, test_x: np.ndarray, n_classes: int, cfg: dict, device
+) -> tuple[np.ndarray, dict]:
     """The multi-head linear probe (eval.linear_lr x eval.linear_wd) trained on ``fit`` = (x, finest
     labels); the head with the best accuracy on ``val`` = (x, finest labels) predicts ``test_x``
     (the first in grid order on a tie). Returns (test predictions, the chosen hyper-parameters)."""
-    heads = linear_heads(fit[0], fit[1], n_classes, cfg["linear_lr"], cfg["linear_wd"], epochs=cfg["linear_epochs"],
-                         seed=cfg["cluster_seed"], device=device)
+    heads = linear_heads(
+        fit[0],
+        fit[1],
+        n_classes,
+        cfg["linear_lr"],
+        cfg["linear_wd"],
+        epochs=cfg["linear_epochs"],
+        seed=cfg["cluster_seed"],
+        device=device,
+    )
     best = int(np.argmax((heads.predict(val[0]) == val[1]).mean(axis=1)))
     lr, wd = heads.grid[best]
     return heads.predict(test_x)[best], dict(linear_lr=lr, linear_wd=wd)
@@ -67,8 +78,9 @@ def evaluate(feats: Features, ds: PackedDataset, cfg: dict, device) -> pd.DataFr
     x = {name: feats.take(rows) for name, rows in sp.items()}
     finest = ds.levels[-1]
     y_fine = {name: ds.label_array(finest, rows) for name, rows in sp.items()}
-    pred_fine, chosen = choose_linear((x["fit"], y_fine["fit"]), (x["val"], y_fine["val"]), x["test"],
-                                      ds.n_classes(finest), cfg, device)
+    pred_fine, chosen = choose_linear(
+        (x["fit"], y_fine["fit"]), (x["val"], y_fine["val"]), x["test"], ds.n_classes(finest), cfg, device
+    )
     mapped = level_accuracy(ds, pred_fine, sp["test"])
     rows = []
     for i, level in enumerate(ds.levels):

@@ -1,6 +1,7 @@
 """Representation fusion: concatenate the cached frozen features of two models and train one linear
 classifier on them, beside each member alone under the same protocol (finest labels, mapped up; the
 multi-head probe's head chosen on val, test reported)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,7 +22,13 @@ def fusion_scores(a: Features, b: Features, ds: PackedDataset, cfg: dict, device
     feats["a+b"] = {s: np.concatenate([feats["a"][s], feats["b"][s]], axis=1) for s in sp}
     out = []
     for member, x in feats.items():
-        pred, chosen = choose_linear((x["fit"], ds.label_array(finest, sp["fit"])), (x["val"], ds.label_array(finest, sp["val"])),
-                                     x["test"], ds.n_classes(finest), cfg, device)
+        pred, chosen = choose_linear(
+            (x["fit"], ds.label_array(finest, sp["fit"])),
+            (x["val"], ds.label_array(finest, sp["val"])),
+            x["test"],
+            ds.n_classes(finest),
+            cfg,
+            device,
+        )
         out.append(rows(ds, pred, sp["test"], "linear", chosen).assign(member=member, dim=x["fit"].shape[1]))
     return pd.concat(out, ignore_index=True)

@@ -43,8 +43,15 @@ import numpy as np
 
 from sslstudy.errors import UserError
 
-__all__ = ["kmeans", "lloyd_torch", "cluster_scores", "assignment_scores", "as_float32_matrix", "faiss_threads",
-           "use_gpu"]
+__all__ = [
+    "kmeans",
+    "lloyd_torch",
+    "cluster_scores",
+    "assignment_scores",
+    "as_float32_matrix",
+    "faiss_threads",
+    "use_gpu",
+]
 
 # faiss stores the seed in a C int.
 _SEED_MODULUS = 2**31
@@ -143,12 +150,16 @@ def _kmeans_backend(gpu: bool | None, init: str) -> str:
         if init == "random":
             return "torch-cuda"
         if gpu:
-            raise UserError(f"kmeans: init={init!r} on a GPU needs faiss-gpu (the torch fallback does "
-                            f"init='random' only); install faiss-gpu, use init='random' or pass gpu=None")
+            raise UserError(
+                f"kmeans: init={init!r} on a GPU needs faiss-gpu (the torch fallback does "
+                f"init='random' only); install faiss-gpu, use init='random' or pass gpu=None"
+            )
         return "faiss-cpu"
     if gpu:
-        raise UserError("gpu=True was requested but neither faiss nor torch sees a GPU (install faiss-gpu "
-                        "or a CUDA build of torch, or pass gpu=None)")
+        raise UserError(
+            "gpu=True was requested but neither faiss nor torch sees a GPU (install faiss-gpu "
+            "or a CUDA build of torch, or pass gpu=None)"
+        )
     return "faiss-cpu"
 
 
@@ -159,8 +170,17 @@ _TORCH_DEVICE = "cuda"
 _SPLIT_EPS = 1.0 / 1024
 
 
-def lloyd_torch(x, k: int, seed: int = 0, niter: int = 20, nredo: int = 1, spherical: bool = False,
-                n_train: int | None = None, device="cpu", init_centroids=None):
+def lloyd_torch(
+    x,
+    k: int,
+    seed: int = 0,
+    niter: int = 20,
+    nredo: int = 1,
+    spherical: bool = False,
+    n_train: int | None = None,
+    device="cpu",
+    init_centroids=None,
+):
     """faiss's ``Clustering.train`` with a flat L2 index, in torch (for GPUs faiss cannot use).
 
     ``x``: ``(N, d)`` float32 torch tensor or array. Samples ``n_train`` training points (all if
@@ -190,7 +210,7 @@ def lloyd_torch(x, k: int, seed: int = 0, niter: int = 20, nredo: int = 1, spher
             obj = float(dist.sum())
             counts = torch.bincount(assign, minlength=k)
             c = torch.zeros_like(c).index_add_(0, assign, xt) / counts.clamp_min(1).unsqueeze(1).to(c.dtype)
-            for ci in (counts == 0).nonzero().flatten().tolist():      # few; faiss's split, largest first
+            for ci in (counts == 0).nonzero().flatten().tolist():  # few; faiss's split, largest first
                 cj = int(counts.argmax())
                 sign = torch.ones(c.shape[1], device=c.device)
                 sign[1::2] = -1
@@ -290,11 +310,22 @@ def kmeans(
     if backend == "torch-cuda":
         import torch
 
-        c = lloyd_torch(xf, k, seed=seed, niter=int(niter), nredo=int(nredo), spherical=spherical,
-                        n_train=n_train, device=_TORCH_DEVICE)
+        c = lloyd_torch(
+            xf,
+            k,
+            seed=seed,
+            niter=int(niter),
+            nredo=int(nredo),
+            spherical=spherical,
+            n_train=n_train,
+            device=_TORCH_DEVICE,
+        )
         assign, dist = _nearest_torch(torch.from_numpy(xf).to(c.device), c)
-        return (np.ascontiguousarray(c.cpu().numpy(), dtype=np.float32), assign.cpu().numpy().astype(np.int64),
-                dist.cpu().numpy().astype(np.float32))
+        return (
+            np.ascontiguousarray(c.cpu().numpy(), dtype=np.float32),
+            assign.cpu().numpy().astype(np.int64),
+            dist.cpu().numpy().astype(np.float32),
+        )
 
     cp = faiss.ClusteringParameters()
     if init != "random":

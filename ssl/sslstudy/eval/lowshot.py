@@ -11,6 +11,7 @@ L2 weight decay on weights (not biases / BN), cross-entropy, views = random resi
 the batch (no colour changes). Steps = max(min_steps, epochs x batches per epoch), so one labelled
 image per class still gets a useful number of steps.
 """
+
 from __future__ import annotations
 
 import logging
@@ -37,21 +38,30 @@ def labelled_indices(ds: PackedDataset, per_class: int | str, cfg: dict) -> np.n
     every finest class (nested in ``per_class``), in the balanced order of seed eval.cluster_seed."""
     finest = ds.levels[-1]
     fit = probe_splits(ds, cfg)["fit"]
-    order = balanced_order(ds.labels[ds.labels["index"].isin(fit)], cfg["cluster_seed"], stratify=finest, split="train",
-                           dataset=ds.path)
+    order = balanced_order(
+        ds.labels[ds.labels["index"].isin(fit)], cfg["cluster_seed"], stratify=finest, split="train", dataset=ds.path
+    )
     if per_class == ALL:
         return np.sort(order)
     n = int(per_class) * ds.n_classes(finest)
     if n > len(order):
-        raise UserError(f"{ds.path}: {per_class} labelled images per class need {n} train images but there are "
-                        f"{len(order)} (the val holdout excluded); lower quantity.labels in params")
+        raise UserError(
+            f"{ds.path}: {per_class} labelled images per class need {n} train images but there are "
+            f"{len(order)} (the val holdout excluded); lower quantity.labels in params"
+        )
     return np.sort(order[:n])
 
 
-def rows(ds: PackedDataset, pred_fine: np.ndarray, test: np.ndarray, metric: str, chosen: dict | None = None) -> pd.DataFrame:
+def rows(
+    ds: PackedDataset, pred_fine: np.ndarray, test: np.ndarray, metric: str, chosen: dict | None = None
+) -> pd.DataFrame:
     acc = level_accuracy(ds, pred_fine, test)
-    return tidy([dict(level_index=i, level=lv, metric=metric, value=acc[lv], split="test", **(chosen or {}))
-                 for i, lv in enumerate(ds.levels)])
+    return tidy(
+        [
+            dict(level_index=i, level=lv, metric=metric, value=acc[lv], split="test", **(chosen or {}))
+            for i, lv in enumerate(ds.levels)
+        ]
+    )
 
 
 def frozen_linear(feats: Features, ds: PackedDataset, train: np.ndarray, cfg: dict, device="cpu") -> pd.DataFrame:
@@ -59,9 +69,14 @@ def frozen_linear(feats: Features, ds: PackedDataset, train: np.ndarray, cfg: di
     on the val split, scored on the whole test split."""
     sp = probe_splits(ds, cfg)
     finest = ds.levels[-1]
-    pred, chosen = choose_linear((feats.take(train), ds.label_array(finest, train)),
-                                 (feats.take(sp["val"]), ds.label_array(finest, sp["val"])), feats.take(sp["test"]),
-                                 ds.n_classes(finest), cfg, device)
+    pred, chosen = choose_linear(
+        (feats.take(train), ds.label_array(finest, train)),
+        (feats.take(sp["val"]), ds.label_array(finest, sp["val"])),
+        feats.take(sp["test"]),
+        ds.n_classes(finest),
+        cfg,
+        device,
+    )
     return rows(ds, pred, sp["test"], "linear", chosen)
 
 
@@ -76,7 +91,9 @@ class Classifier(nn.Module):
         return self.head(self.backbone(x))
 
 
-def train_classifier(backbone: nn.Module, ds: PackedDataset, train: np.ndarray, cfg: dict, size: int, seed: int) -> Classifier:
+def train_classifier(
+    backbone: nn.Module, ds: PackedDataset, train: np.ndarray, cfg: dict, size: int, seed: int
+) -> Classifier:
     """Train backbone + a new linear head end to end on the finest labels of ``train``; the forward pass
     in bf16 autocast where ``cfg["precision"]`` (finetune.precision) auto finds native bf16, as pretraining does."""
     from ..train import choose_precision
@@ -93,8 +110,12 @@ def train_classifier(backbone: nn.Module, ds: PackedDataset, train: np.ndarray, 
     steps = max(cfg["min_steps"], cfg["epochs"] * per_epoch)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.SGD([dict(params=decay, weight_decay=cfg["weight_decay"]), dict(params=rest, weight_decay=0.0)],
-                          lr=cfg["lr"], momentum=0.9, nesterov=True)
+    opt = torch.optim.SGD(
+        [dict(params=decay, weight_decay=cfg["weight_decay"]), dict(params=rest, weight_decay=0.0)],
+        lr=cfg["lr"],
+        momentum=0.9,
+        nesterov=True,
+    )
     spec = ViewSpec(size=size, scale=cfg["scale"], hflip=0.5, jitter_p=0.0, gray_p=0.0, blur_p=0.0)
     gen = torch.Generator().manual_seed(seed)
     model.train()
@@ -123,7 +144,9 @@ def train_classifier(backbone: nn.Module, ds: PackedDataset, train: np.ndarray, 
 def predict(model: Classifier, ds: PackedDataset, indices: np.ndarray, size: int, batch_size: int = 512) -> np.ndarray:
     from ..train import embed
 
-    return model.head(embed(model.backbone, ds.images, indices, size, batch_size=batch_size)).argmax(dim=1).cpu().numpy()
+    return (
+        model.head(embed(model.backbone, ds.images, indices, size, batch_size=batch_size)).argmax(dim=1).cpu().numpy()
+    )
 
 
 def trained_rows(model: Classifier, ds: PackedDataset, size: int, metric: str) -> pd.DataFrame:

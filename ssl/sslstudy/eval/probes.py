@@ -47,8 +47,16 @@ import torch
 from sslstudy.errors import UserError
 from sslstudy.eval.kmeans import as_float32_matrix, faiss_threads, use_gpu
 
-__all__ = ["l2_normalize", "knn_predict", "knn_predict_grid", "knn_accuracy", "linear_heads", "LinearHeads",
-           "linear_probe", "accuracy"]
+__all__ = [
+    "l2_normalize",
+    "knn_predict",
+    "knn_predict_grid",
+    "knn_accuracy",
+    "linear_heads",
+    "LinearHeads",
+    "linear_probe",
+    "accuracy",
+]
 
 # Test rows handled per faiss search / vote accumulation, to bound memory.
 _CHUNK = 8192
@@ -105,9 +113,7 @@ def _is_real(v) -> bool:
 
 def _check_dims(train_x: np.ndarray, test_x: np.ndarray) -> None:
     if train_x.shape[1] != test_x.shape[1]:
-        raise UserError(
-            f"train_x has {train_x.shape[1]} feature dimensions but test_x has {test_x.shape[1]}"
-        )
+        raise UserError(f"train_x has {train_x.shape[1]} feature dimensions but test_x has {test_x.shape[1]}")
 
 
 def _knn_backend(gpu: bool | None, device, k: int) -> str:
@@ -119,7 +125,9 @@ def _knn_backend(gpu: bool | None, device, k: int) -> str:
     return "faiss-cpu"
 
 
-def _neighbours(xtr: np.ndarray, xte: np.ndarray, k: int, backend: str, device) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+def _neighbours(
+    xtr: np.ndarray, xte: np.ndarray, k: int, backend: str, device
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """(start, similarities (m, k) descending, neighbour rows (m, k)) per chunk of _CHUNK test rows."""
     if backend == "torch":
         index = torch.from_numpy(xtr).to(device)
@@ -242,7 +250,9 @@ class LinearHeads:
     """Linear classifiers fitted together by :func:`linear_heads`: the training standardisation and one
     weight ``(n_classes, d)`` + bias per head, on the device they were trained on."""
 
-    def __init__(self, mean: torch.Tensor, std: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, grid: list[tuple]):
+    def __init__(
+        self, mean: torch.Tensor, std: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, grid: list[tuple]
+    ):
         self.mean, self.std, self.weight, self.bias, self.grid = mean, std, weight, bias, grid
 
     @torch.no_grad()
@@ -289,9 +299,7 @@ def linear_heads(
         raise UserError(f"linear_probe: n_classes must be a positive integer, got {n_classes!r}")
     n_classes = int(n_classes)
     if ytr.min() < 0 or ytr.max() >= n_classes:
-        raise UserError(
-            f"train_y: labels must lie in [0, {n_classes}), got range [{ytr.min()}, {ytr.max()}]"
-        )
+        raise UserError(f"train_y: labels must lie in [0, {n_classes}), got range [{ytr.min()}, {ytr.max()}]")
     lrs, weight_decays = list(lrs), list(weight_decays)
     for name, val, ok in (
         ("epochs", epochs, isinstance(epochs, (int, np.integer)) and epochs >= 1),
@@ -300,7 +308,9 @@ def linear_heads(
         ("weight_decay", weight_decays, bool(weight_decays) and all(_is_real(v) and v >= 0 for v in weight_decays)),
     ):
         if not ok:
-            raise UserError(f"linear_probe: invalid {name}={val[0] if isinstance(val, list) and len(val) == 1 else val!r}")
+            raise UserError(
+                f"linear_probe: invalid {name}={val[0] if isinstance(val, list) and len(val) == 1 else val!r}"
+            )
     device = torch.device(device)
     grid = [(float(lr), float(wd)) for lr in lrs for wd in weight_decays]
     h = len(grid)

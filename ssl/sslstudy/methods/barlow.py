@@ -1,5 +1,6 @@
 """Barlow Twins (Zbontar et al. 2021): the cross-correlation of the two views' standardised
 embeddings is pushed to the identity (facebookresearch/barlowtwins, main.py)."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """What the trainer needs from a method, and the small pieces several methods share."""
+
 from __future__ import annotations
 
 import copy
@@ -18,12 +19,13 @@ from ..augment import ViewSpec
 @dataclass
 class Batch:
     """One step's input on this rank."""
+
     views: list[torch.Tensor]  # one (n, 3, s, s) tensor per view spec, in spec order
-    index: torch.Tensor        # (n,) positions of the images in the training subset (0..n_train-1)
-    step: int                  # global step, 0-based
+    index: torch.Tensor  # (n,) positions of the images in the training subset (0..n_train-1)
+    step: int  # global step, 0-based
     total_steps: int
-    epoch: int                 # 0-based
-    gen: torch.Generator       # CPU generator: the only source of randomness a method may use
+    epoch: int  # 0-based
+    gen: torch.Generator  # CPU generator: the only source of randomness a method may use
 
 
 class Method(nn.Module):
@@ -41,7 +43,7 @@ class Method(nn.Module):
         self.backbone = backbone
         self.cfg = cfg
         self.view_specs = views
-        self.n_train = n_train          # images in the training subset (0 when only the backbone is needed)
+        self.n_train = n_train  # images in the training subset (0 when only the backbone is needed)
         self.global_batch = global_batch
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict]:
@@ -102,8 +104,11 @@ class Queue(nn.Module):
         super().__init__()
         if length % global_batch:
             from ..errors import UserError
-            raise UserError(f"{what}: queue length {length} is not a multiple of the global batch {global_batch}; "
-                            f"set it to {max(global_batch, length // global_batch * global_batch)} in params")
+
+            raise UserError(
+                f"{what}: queue length {length} is not a multiple of the global batch {global_batch}; "
+                f"set it to {max(global_batch, length // global_batch * global_batch)} in params"
+            )
         self.register_buffer("keys", nn.functional.normalize(torch.randn(dim, length), dim=0))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
 
@@ -112,7 +117,7 @@ class Queue(nn.Module):
         """k: (n, dim) keys of this rank's batch."""
         k = D.gather(k.float())
         p = int(self.ptr)
-        self.keys[:, p:p + k.shape[0]] = k.T
+        self.keys[:, p : p + k.shape[0]] = k.T
         self.ptr.fill_((p + k.shape[0]) % self.keys.shape[1])
 
 
@@ -130,14 +135,17 @@ def shuffled_forward(encoder, x: torch.Tensor, groups: int, gen: torch.Generator
     single = isinstance(outs[0], torch.Tensor)
     inverse = torch.empty_like(perm)
     inverse[perm] = torch.arange(perm.numel(), device=perm.device)
-    back = tuple(D.gather(torch.cat(parts))[inverse][D.local_slice(xg.shape[0])].contiguous()
-                 for parts in zip(*([(o,) for o in outs] if single else outs)))
+    back = tuple(
+        D.gather(torch.cat(parts))[inverse][D.local_slice(xg.shape[0])].contiguous()
+        for parts in zip(*([(o,) for o in outs] if single else outs))
+    )
     return back[0] if single else back
 
 
 def float32(fn):
     """The autocast policy of the methods' losses (SimCLR, MoCo, DenseCL, PCL, BYOL, Barlow Twins,
-    SwAV's Sinkhorn): these similarity and loss functions carry this decorator and run in float32 with autocast off, their
+    SwAV's Sinkhorn): these similarity and loss functions carry this decorator and run in float32 with
+    autocast off, their
     float16/bfloat16 tensor arguments cast up (float64 ones stay), whatever precision the encoders
     ran in; the vectors they compare are normalised in float32 (`unit`, or inside the function)."""
     up = lambda a: a.float() if isinstance(a, torch.Tensor) and a.dtype in (torch.float16, torch.bfloat16) else a  # noqa: E731
@@ -147,6 +155,7 @@ def float32(fn):
         device = next(a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)).device
         with torch.autocast(device.type, enabled=False):
             return fn(*map(up, args), **{k: up(v) for k, v in kwargs.items()})
+
     return run
 
 
@@ -165,6 +174,7 @@ class MomentumMethod(Method):
     or, with ema_at = "after_step", after the optimiser step (BYOL). `queues` maps attribute names
     to the params key a bad length is reported under: each a Queue of cfg["proj_dim"] x cfg["queue"].
     """
+
     copied: tuple[str, ...] = ("head",)
     prefix = "key"
     schedule = "constant"
@@ -185,7 +195,8 @@ class MomentumMethod(Method):
         raise NotImplementedError
 
     def encode(self, x: torch.Tensor, backbone: nn.Module, head: nn.Module):
-        """One encoder (the online networks or their copies, in `pairs` order) on x; the head on the backbone by default."""
+        """One encoder (the online networks or their copies, in `pairs` order) on x; the head on the
+        backbone by default."""
         return head(backbone(x))
 
     def online(self, x: torch.Tensor):

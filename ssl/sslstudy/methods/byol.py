@@ -1,5 +1,6 @@
 """BYOL (Grill et al. 2020): an online network predicts a slowly moving target network's
 projection of the other view (google-deepmind/deepmind-research byol/)."""
+
 from __future__ import annotations
 
 import torch
@@ -24,6 +25,7 @@ def byol_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch.Te
 class BYOL(MomentumMethod):
     """The target (target_backbone, target_projector) follows the online networks after each
     optimiser step, its momentum rising from cfg["momentum"] to 1 by a cosine."""
+
     copied, prefix, schedule, ema_at = ("projector",), "target", "cosine", "after_step"
 
     def build_heads(self):

@@ -1,5 +1,6 @@
 """What the clustering methods (DeepCluster, PCL) share: the check of k against the training set,
 seeds for their per-epoch random choices, and k-means run once (rank 0) and shared with all ranks."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -14,8 +15,10 @@ def check_k(ks: list[int], n_train: int, key: str) -> None:
     """Every k <= the number of training images (faiss would fail deep inside otherwise)."""
     too_big = [k for k in ks if k > n_train]
     if n_train and too_big:
-        raise UserError(f"{key} = {too_big[0]} clusters but the training subset has only {n_train} images; "
-                        f"lower {key} in params to at most {n_train}")
+        raise UserError(
+            f"{key} = {too_big[0]} clusters but the training subset has only {n_train} images; "
+            f"lower {key} in params to at most {n_train}"
+        )
 
 
 def stream_seed(seed: int, epoch: int, stream: int) -> int:
@@ -32,6 +35,9 @@ def shared_kmeans(x: torch.Tensor, k: int, seed: int, **kw) -> tuple[torch.Tenso
         c, a, sq = kmeans(x.detach().float().cpu().numpy(), k, seed=seed, **kw)
         out = [torch.from_numpy(v).to(x.device) for v in (c, a, sq)]
     else:
-        out = [torch.zeros(k, d, device=x.device), torch.zeros(n, dtype=torch.long, device=x.device),
-               torch.zeros(n, device=x.device)]
+        out = [
+            torch.zeros(k, d, device=x.device),
+            torch.zeros(n, dtype=torch.long, device=x.device),
+            torch.zeros(n, device=x.device),
+        ]
     return tuple(D.all_reduce_sum(v) for v in out)  # the other ranks add zeros: rank 0's values, exactly

@@ -1,6 +1,7 @@
 """DeepCluster (Caron et al. 2018): every epoch, k-means on the PCA-whitened, L2-normalised features
 of the whole training set gives pseudo-labels; a freshly initialised linear classifier on top of the
 network is trained on them with cross-entropy, every cluster visited about equally often."""
+
 from __future__ import annotations
 
 import logging
@@ -73,8 +74,10 @@ class DeepCluster(Method):
         dim = c["proj_hidden"] or self.backbone.out_dim
         self.body = mlp(self.backbone.out_dim, dim, dim, 2) if c["proj_hidden"] else nn.Identity()
         if c["pca_dim"] > dim or (self.n_train and c["pca_dim"] > self.n_train):
-            raise UserError(f"methods.deepcluster.pca_dim = {c['pca_dim']} exceeds the clustered features' size "
-                            f"({dim} dims, {self.n_train} images); lower methods.deepcluster.pca_dim in params")
+            raise UserError(
+                f"methods.deepcluster.pca_dim = {c['pca_dim']} exceeds the clustered features' size "
+                f"({dim} dims, {self.n_train} images); lower methods.deepcluster.pca_dim in params"
+            )
         self.top = nn.Linear(dim, self.k)  # re-initialised every epoch
         self.register_buffer("labels", torch.full((self.n_train,), -1, dtype=torch.long))
         self.register_buffer("class_weight", torch.ones(self.k))
@@ -94,12 +97,20 @@ class DeepCluster(Method):
         self.labels.copy_(labels)
         sizes = torch.bincount(labels, minlength=self.k).float()
         # inverse-size weights, normalised so a uniform clustering weighs every image 1
-        self.class_weight.copy_(torch.where(sizes > 0, len(labels) / (int((sizes > 0).sum()) * sizes.clamp_min(1)), 0.0))
+        self.class_weight.copy_(
+            torch.where(sizes > 0, len(labels) / (int((sizes > 0).sum()) * sizes.clamp_min(1)), 0.0)
+        )
         g = torch.Generator().manual_seed(stream_seed(ctx.seed, epoch, 1))
         self.top.weight.copy_(torch.randn(self.top.weight.shape, generator=g) * 0.01)
         self.top.bias.zero_()
-        log.info("epoch %d: k-means k=%d, %d empty clusters, largest %d images, NMI vs previous epoch %.4f",
-                 epoch + 1, self.k, int((sizes == 0).sum()), int(sizes.max()), float(self.nmi))
+        log.info(
+            "epoch %d: k-means k=%d, %d empty clusters, largest %d images, NMI vs previous epoch %.4f",
+            epoch + 1,
+            self.k,
+            int((sizes == 0).sum()),
+            int(sizes.max()),
+            float(self.nmi),
+        )
 
     def epoch_order(self, epoch, gen):
         if self.cfg["balance"] == "sampler":

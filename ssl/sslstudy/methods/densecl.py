@@ -1,5 +1,6 @@
 """DenseCL (Wang et al. 2021): MoCo v2 plus a dense head whose per-location queries are matched
 across the two views by the cosine similarity of backbone features."""
+
 from __future__ import annotations
 
 import torch
@@ -21,8 +22,9 @@ def match_locations(fq: torch.Tensor, fk: torch.Tensor) -> torch.Tensor:
 
 
 @float32
-def dense_loss(q_grid: torch.Tensor, k_grid: torch.Tensor, match: torch.Tensor, queue: torch.Tensor,
-               temperature: float) -> torch.Tensor:
+def dense_loss(
+    q_grid: torch.Tensor, k_grid: torch.Tensor, match: torch.Tensor, queue: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """q_grid, k_grid: (N, D, S) normalised dense projections of the two views; match: (N, S) key
     location of each query location; queue: (D, K) pooled dense keys of other images -> scalar:
     `info_nce` over the N*S locations, each positive being the key vector at its match."""
@@ -41,10 +43,17 @@ class Heads(nn.Module):
         super().__init__()
         self.global_head = mlp_head(channels, hidden, dim, bn)
         if bn:
-            self.dense_head = nn.Sequential(nn.Conv2d(channels, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
-                                            nn.Conv2d(hidden, dim, 1, bias=False), nn.BatchNorm2d(dim, affine=False))
+            self.dense_head = nn.Sequential(
+                nn.Conv2d(channels, hidden, 1, bias=False),
+                nn.BatchNorm2d(hidden),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(hidden, dim, 1, bias=False),
+                nn.BatchNorm2d(dim, affine=False),
+            )
         else:
-            self.dense_head = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, dim, 1))
+            self.dense_head = nn.Sequential(
+                nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, dim, 1)
+            )
         for m in self.global_head:  # the official neck re-initialises only its Linear layers (kaiming, fan_in)
             if isinstance(m, nn.Linear):
                 nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")

@@ -1,5 +1,6 @@
 """MoCo v2 (He et al. 2020; Chen et al. 2020): a query encoder trained against keys from its
 momentum copy, with negatives from a queue of past keys (facebookresearch/moco, builder.py)."""
+
 from __future__ import annotations
 
 import torch

@@ -1,6 +1,7 @@
 """PCL, Prototypical Contrastive Learning (Li et al. 2021): MoCo plus, after warm-up epochs, an E-step
 each epoch (k-means at several K on the momentum encoder's features, with a concentration per
 cluster) and the ProtoNCE loss that pulls each query to its prototypes."""
+
 from __future__ import annotations
 
 import logging
@@ -22,7 +23,9 @@ KMEANS = dict(niter=20, nredo=5, max_points_per_centroid=1000)
 ALPHA = 10.0  # smoothing constant of the concentration
 
 
-def concentration(sq_dist: np.ndarray, assign: np.ndarray, k: int, temperature: float, alpha: float = ALPHA) -> np.ndarray:
+def concentration(
+    sq_dist: np.ndarray, assign: np.ndarray, k: int, temperature: float, alpha: float = ALPHA
+) -> np.ndarray:
     """phi (k,) of each cluster from k-means' squared distances (N,) and assignments (N,):
     mean distance to the centroid / log(members + alpha) for clusters with >= 2 members, the largest
     of those for the others, clipped to the 10th-90th percentile, rescaled to mean `temperature`."""
@@ -48,7 +51,9 @@ def sample_negatives(pos: torch.Tensor, k: int, r: int, gen: torch.Generator) ->
 
 
 @float32
-def proto_nce(q: torch.Tensor, prototypes: torch.Tensor, phi: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+def proto_nce(
+    q: torch.Tensor, prototypes: torch.Tensor, phi: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor
+) -> torch.Tensor:
     """The prototype term of ProtoNCE at one granularity. q: (N, D) L2-normalised queries;
     prototypes: (K, D) L2-normalised centroids; phi: (K,) concentrations; pos: (N,) each query's
     cluster; neg: (r,) sampled other clusters -> scalar: cross-entropy of query i over
@@ -60,14 +65,17 @@ def proto_nce(q: torch.Tensor, prototypes: torch.Tensor, phi: torch.Tensor, pos:
 
 class PCL(MoCo):
     """MoCo's encoders, head, queue and InfoNCE, plus the E-step's prototypes and ProtoNCE."""
+
     queues = {"queue": "methods.pcl.queue"}
 
     def __init__(self, backbone, cfg, views, n_train, global_batch):
         ks = list(cfg["num_clusters"])
         check_k(ks, n_train, "methods.pcl.num_clusters")
         if cfg["proto_negatives"] >= min(ks):
-            raise UserError(f"methods.pcl.proto_negatives = {cfg['proto_negatives']} must be smaller than the smallest of "
-                            f"methods.pcl.num_clusters ({min(ks)}); lower it in params")
+            raise UserError(
+                f"methods.pcl.proto_negatives = {cfg['proto_negatives']} must be smaller than the smallest of "
+                f"methods.pcl.num_clusters ({min(ks)}); lower it in params"
+            )
         super().__init__(backbone, cfg, views, n_train, global_batch)
         self.ks = ks
         for i, k in enumerate(self.ks):  # the E-step's result, per granularity
@@ -90,8 +98,14 @@ class PCL(MoCo):
             a.copy_(assign)
             p.copy_(F.normalize(centroids, dim=1))
             f.copy_(torch.from_numpy(phi))
-            log.info("epoch %d: E-step k=%d, %d empty clusters, phi %.3f-%.3f", epoch + 1, k,
-                     int((torch.bincount(assign, minlength=k) == 0).sum()), float(f.min()), float(f.max()))
+            log.info(
+                "epoch %d: E-step k=%d, %d empty clusters, phi %.3f-%.3f",
+                epoch + 1,
+                k,
+                int((torch.bincount(assign, minlength=k) == 0).sum()),
+                float(f.min()),
+                float(f.max()),
+            )
 
     def forward(self, batch):
         c = self.cfg
@@ -103,7 +117,9 @@ class PCL(MoCo):
             for i, kk in enumerate(self.ks):
                 assign, prototypes, phi = self.clustering(i)
                 pos = assign[batch.index]
-                proto = proto + proto_nce(q, prototypes, phi, pos, sample_negatives(pos, kk, c["proto_negatives"], batch.gen))
+                proto = proto + proto_nce(
+                    q, prototypes, phi, pos, sample_negatives(pos, kk, c["proto_negatives"], batch.gen)
+                )
             proto = proto / len(self.ks)
             loss = loss + proto
             logs["proto"] = proto.item()

@@ -1,4 +1,5 @@
 """SimCLR (Chen et al. 2020): NT-Xent over the 2N views of a batch."""
+
 from __future__ import annotations
 
 import torch

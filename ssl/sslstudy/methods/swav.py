@@ -1,4 +1,5 @@
 """SwAV (Caron et al. 2020): swapped prediction of Sinkhorn-Knopp cluster codes over multi-crop views."""
+
 from __future__ import annotations
 
 import torch
@@ -39,7 +40,9 @@ def sinkhorn(scores: torch.Tensor, epsilon: float, iterations: int) -> torch.Ten
     return q.T
 
 
-def swav_loss(scores: list[torch.Tensor], codes: list[torch.Tensor], assign: list[int], temperature: float) -> torch.Tensor:
+def swav_loss(
+    scores: list[torch.Tensor], codes: list[torch.Tensor], assign: list[int], temperature: float
+) -> torch.Tensor:
     """scores: one (n, K) tensor of prototype scores per crop (large crops first); codes: one (n, K)
     code tensor per crop in `assign` (rows summing to 1) -> scalar.
 
@@ -50,8 +53,9 @@ def swav_loss(scores: list[torch.Tensor], codes: list[torch.Tensor], assign: lis
     loss = 0.0
     for a, q in zip(assign, codes):
         others = [v for v in range(len(scores)) if v != a]
-        loss = loss + sum(-(q * F.log_softmax(scores[v].float() / temperature, dim=1)).sum(dim=1).mean()
-                          for v in others) / len(others)
+        loss = loss + sum(
+            -(q * F.log_softmax(scores[v].float() / temperature, dim=1)).sum(dim=1).mean() for v in others
+        ) / len(others)
     return loss / len(assign)
 
 
@@ -67,15 +71,21 @@ class SwAV(Method):
         super().__init__(*args)
         c = self.cfg
         if len(self.view_specs) < 2:
-            raise UserError(f"swav needs at least 2 views (the two large crops), got {len(self.view_specs)}; "
-                            "list them under methods.swav.views in params")
+            raise UserError(
+                f"swav needs at least 2 views (the two large crops), got {len(self.view_specs)}; "
+                "list them under methods.swav.views in params"
+            )
         self.projector = mlp(self.backbone.out_dim, c["proj_hidden"], c["proj_dim"], 2)
         self.prototypes = nn.Linear(c["proj_dim"], c["prototypes"], bias=False)
-        self.freeze_steps = c["freeze_prototypes_epochs"] * (self.n_train // self.global_batch)  # steps/epoch: drop_last
+        self.freeze_steps = c["freeze_prototypes_epochs"] * (
+            self.n_train // self.global_batch
+        )  # steps/epoch: drop_last
         self.queues = nn.ModuleList()
         if c["queue_length"]:
-            self.queues.extend(Queue(c["proj_dim"], c["queue_length"], self.global_batch, "methods.swav.queue_length")
-                               for _ in self.ASSIGN)
+            self.queues.extend(
+                Queue(c["proj_dim"], c["queue_length"], self.global_batch, "methods.swav.queue_length")
+                for _ in self.ASSIGN
+            )
         self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))  # samples pushed so far
 
     def embed(self, views: list[torch.Tensor]) -> torch.Tensor:
@@ -100,7 +110,7 @@ class SwAV(Method):
         with torch.no_grad(), torch.autocast(z.device.type, enabled=False):
             w = self.prototypes.weight.float()
             for i, a in enumerate(self.ASSIGN):
-                mine = z[a * n:(a + 1) * n].detach().float()
+                mine = z[a * n : (a + 1) * n].detach().float()
                 s = mine @ w.T  # the scores again, in float32 for Sinkhorn
                 if queue_full:  # past embeddings (this rank's share) scored with the current prototypes
                     s = torch.cat([self.queues[i].keys[:, D.local_slice(c["queue_length"])].T @ w.T, s])

@@ -5,6 +5,7 @@ its 95% Student t interval and n, marked when the interval excludes zero (sslstu
 `per_seed` gives one row per comparison and seed (columns CONTEXT, then seed, value_a, value_b,
 diff, run_a, run_b, count_a, count_b); `summary` one row per comparison (CONTEXT, then the columns
 of stats.summarise_differences and `suspect`: the flagged runs among those compared)."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -15,8 +16,22 @@ from ..names import CLEAN, parse_member, pool_members
 from . import suspects
 
 # what names one comparison; blank ("") where a column does not apply
-CONTEXT = ["axis", "comparison", "a", "b", "method", "domain", "subset", "quality", "eval_domain", "mode", "labels",
-           "level_index", "level", "metric"]
+CONTEXT = [
+    "axis",
+    "comparison",
+    "a",
+    "b",
+    "method",
+    "domain",
+    "subset",
+    "quality",
+    "eval_domain",
+    "mode",
+    "labels",
+    "level_index",
+    "level",
+    "metric",
+]
 PER_SEED = CONTEXT + ["seed", "value_a", "value_b", "diff", "run_a", "run_b", "count_a", "count_b"]
 KEYS = ["method", "domain", "subset", "quality", "eval_domain", "level_index", "level", "metric"]
 # the comparisons in the order the report shows them: (axis, comparison)
@@ -42,8 +57,9 @@ def reference(config: dict) -> str:
     return "simclr" if "simclr" in methods else methods[0]
 
 
-def _pair(a: pd.DataFrame, b: pd.DataFrame, on: list[str], axis: str, comparison: str, label_a: str, label_b: str,
-          **context) -> pd.DataFrame:
+def _pair(
+    a: pd.DataFrame, b: pd.DataFrame, on: list[str], axis: str, comparison: str, label_a: str, label_b: str, **context
+) -> pd.DataFrame:
     """Per-seed a - b joined on `on` + seed, with the comparison's context columns."""
     if a.empty or b.empty:
         return pd.DataFrame(columns=PER_SEED)
@@ -72,7 +88,16 @@ def pretrained_vs_random(frozen: pd.DataFrame) -> list[pd.DataFrame]:
     d = _frozen(baseline(frozen))
     if d.empty:
         return []
-    return [_pair(d[d["weights"] == "pretrained"], d[d["weights"] == "random"], KEYS, *KINDS[0], "pretrained", "random weights")]
+    return [
+        _pair(
+            d[d["weights"] == "pretrained"],
+            d[d["weights"] == "random"],
+            KEYS,
+            *KINDS[0],
+            "pretrained",
+            "random weights",
+        )
+    ]
 
 
 def methods_vs_reference(frozen: pd.DataFrame, config: dict) -> list[pd.DataFrame]:
@@ -82,8 +107,10 @@ def methods_vs_reference(frozen: pd.DataFrame, config: dict) -> list[pd.DataFram
     d = d[d["weights"] == "pretrained"]
     ref = reference(config)
     on = [k for k in KEYS if k != "method"]
-    return [_pair(d[d["method"] == m], d[d["method"] == ref], on, *KINDS[1], m, ref, method=m)
-            for m in sorted(set(d["method"]) - {ref})]
+    return [
+        _pair(d[d["method"] == m], d[d["method"] == ref], on, *KINDS[1], m, ref, method=m)
+        for m in sorted(set(d["method"]) - {ref})
+    ]
 
 
 def _pretrained(frozen: pd.DataFrame) -> pd.DataFrame:
@@ -96,8 +123,12 @@ def corrupted_vs_clean(frozen: pd.DataFrame, config: dict) -> list[pd.DataFrame]
     d = _pretrained(frozen)
     if d.empty or not tags:
         return []
-    d = d[(d["subset"] == quality_subset(config)) & (d["eval_domain"] == d["domain"])
-          & d["method"].isin(pick(config, "quality", "methods")) & d["domain"].isin(pick(config, "quality", "domains"))]
+    d = d[
+        (d["subset"] == quality_subset(config))
+        & (d["eval_domain"] == d["domain"])
+        & d["method"].isin(pick(config, "quality", "methods"))
+        & d["domain"].isin(pick(config, "quality", "domains"))
+    ]
     on = [k for k in KEYS if k != "quality"]
     clean = d[d["quality"] == CLEAN]
     return [_pair(d[d["quality"] == t], clean, on, *KINDS[2], t, CLEAN, quality=t) for t in tags]
@@ -110,7 +141,11 @@ def domains(frozen: pd.DataFrame, config: dict) -> list[pd.DataFrame]:
     d = _pretrained(frozen)
     if d.empty or not (dom["domains"] or dom["pools"]):
         return []
-    d = d[(d["quality"] == CLEAN) & (d["subset"] == reference_subset(config)) & d["method"].isin(pick(config, "domain", "methods"))]
+    d = d[
+        (d["quality"] == CLEAN)
+        & (d["subset"] == reference_subset(config))
+        & d["method"].isin(pick(config, "domain", "methods"))
+    ]
     on = [k for k in KEYS if k != "domain"]
     out = []
     for e in sorted(set(d["eval_domain"])):
@@ -120,8 +155,11 @@ def domains(frozen: pd.DataFrame, config: dict) -> list[pd.DataFrame]:
         others = [x for x in dom["domains"] if x != e]
         out += [_pair(on_e[on_e["domain"] == p], home, on, *KINDS[3], p, e, domain=p) for p in held]
         out += [_pair(on_e[on_e["domain"] == x], home, on, *KINDS[4], x, e, domain=x) for x in others]
-        out += [_pair(on_e[on_e["domain"] == x], on_e[on_e["domain"] == p], on, *KINDS[5], x, p, domain=x)
-                for p in held for x in others]
+        out += [
+            _pair(on_e[on_e["domain"] == x], on_e[on_e["domain"] == p], on, *KINDS[5], x, p, domain=x)
+            for p in held
+            for x in others
+        ]
     return out
 
 
@@ -133,7 +171,10 @@ def fusion(table: pd.DataFrame, config: dict) -> list[pd.DataFrame]:
     d = table.groupby(on + ["member", "seed"], as_index=False)["value"].mean()
     # the members' names from the pair ("simclr@natural + barlow@natural"), as `sslstudy fusion` writes it
     names = {(p, m): name for p in set(table["pair"]) for m, name in zip(("a", "b"), p.split(" + "))}
-    d["run"] = [member(config, names[(p, m)], s)["id"] if m != "a+b" else "" for p, m, s in zip(d["pair"], d["member"], d["seed"])]
+    d["run"] = [
+        member(config, names[(p, m)], s)["id"] if m != "a+b" else ""
+        for p, m, s in zip(d["pair"], d["member"], d["seed"])
+    ]
     out = []
     for key, g in d.groupby(on, sort=True):
         pair = key[0]
@@ -141,13 +182,28 @@ def fusion(table: pd.DataFrame, config: dict) -> list[pd.DataFrame]:
         if means.empty or "a+b" not in set(g["member"]):
             continue
         best = means.idxmax()
-        fused = g[g["member"] == "a+b"].drop(columns="run").merge(
-            g[g["member"].isin(["a", "b"])].groupby("seed")["run"].agg(";".join).reset_index(), on="seed")
+        fused = (
+            g[g["member"] == "a+b"]
+            .drop(columns="run")
+            .merge(g[g["member"].isin(["a", "b"])].groupby("seed")["run"].agg(";".join).reset_index(), on="seed")
+        )
         sup = any(parse_member(names[(pair, m)])[0] == SUPERVISED for m in ("a", "b") if (pair, m) in names)
         comparison = KINDS[7 if sup else 6][1]
-        out.append(_pair(fused, g[g["member"] == best], on, "fusion", comparison, f"{pair} (fused)",
-                         f"{names[(pair, best)]} (better member)", eval_domain=key[1], level_index=key[2], level=key[3],
-                         metric=key[4]))
+        out.append(
+            _pair(
+                fused,
+                g[g["member"] == best],
+                on,
+                "fusion",
+                comparison,
+                f"{pair} (fused)",
+                f"{names[(pair, best)]} (better member)",
+                eval_domain=key[1],
+                level_index=key[2],
+                level=key[3],
+                metric=key[4],
+            )
+        )
     return out
 
 
@@ -155,15 +211,23 @@ def ssl_vs_supervised(frozen: pd.DataFrame, config: dict) -> list[pd.DataFrame]:
     d = _pretrained(frozen)
     if d.empty or not config["granularity"]["supervised"]:
         return []
-    d = d[(d["quality"] == CLEAN) & (d["eval_domain"] == d["domain"]) & d["domain"].isin(pick(config, "granularity", "domains"))
-          & d["metric"].isin(["linear", "knn"])]
+    d = d[
+        (d["quality"] == CLEAN)
+        & (d["eval_domain"] == d["domain"])
+        & d["domain"].isin(pick(config, "granularity", "domains"))
+        & d["metric"].isin(["linear", "knn"])
+    ]
     sup = d[d["method"] == SUPERVISED]
     ssl = d[d["method"].isin(pick(config, "granularity", "methods")) & (d["subset"] == reference_subset(config))]
     on = ["domain", "eval_domain", "level_index", "level", "metric"]
-    return [_pair(ssl[ssl["method"] == m], sup, on, *KINDS[8], m, SUPERVISED, method=m) for m in sorted(set(ssl["method"]))]
+    return [
+        _pair(ssl[ssl["method"] == m], sup, on, *KINDS[8], m, SUPERVISED, method=m) for m in sorted(set(ssl["method"]))
+    ]
 
 
-def _steps(d: pd.DataFrame, column: str, count: str, on: list[str], kind: tuple[str, str], **context) -> list[pd.DataFrame]:
+def _steps(
+    d: pd.DataFrame, column: str, count: str, on: list[str], kind: tuple[str, str], **context
+) -> list[pd.DataFrame]:
     """Each value of `column` against the next smaller one (ordered by the mean of `count`)."""
     sizes = d.groupby(column)[count].mean().sort_values()
     out = []
@@ -181,7 +245,10 @@ def quantity(lowshot: pd.DataFrame, supervised: pd.DataFrame) -> list[pd.DataFra
         return []
     ids = ["method", "domain", "quality", "eval_domain", "mode", "labels", "level_index", "level", "metric"]
     d = lowshot.groupby(ids + ["subset", "seed", "run"], as_index=False, dropna=False).agg(
-        value=("value", "mean"), pretrain_images=("pretrain_images", "first"), labelled_images=("labelled_images", "first"))
+        value=("value", "mean"),
+        pretrain_images=("pretrain_images", "first"),
+        labelled_images=("labelled_images", "first"),
+    )
     out = []
     for (m, dom, mode, lab), g in d.groupby(["method", "domain", "mode", "labels"], sort=True):
         g = g.assign(count=g["pretrain_images"])
@@ -191,22 +258,32 @@ def quantity(lowshot: pd.DataFrame, supervised: pd.DataFrame) -> list[pd.DataFra
         g = g.assign(count=g["labelled_images"])
         out += _steps(g, "labels", "labelled_images", on, KINDS[10], method=m, domain=dom, subset=sub, mode=mode)
     if not supervised.empty:
-        sup = supervised.groupby(["domain", "eval_domain", "labels", "level_index", "level", "seed", "run"],
-                                 as_index=False)["value"].mean()
+        sup = supervised.groupby(
+            ["domain", "eval_domain", "labels", "level_index", "level", "seed", "run"], as_index=False
+        )["value"].mean()
         ref = d[d["pretrain_images"] == d.groupby(["method", "domain"])["pretrain_images"].transform("max")]
         on = ["domain", "eval_domain", "labels", "level_index", "level"]
         for (m, mode), g in ref.groupby(["method", "mode"], sort=True):
-            out.append(_pair(g, sup, on, *KINDS[11], f"{m} ({mode})", "supervised from scratch", method=m, mode=mode,
-                             metric=mode))
+            out.append(
+                _pair(
+                    g, sup, on, *KINDS[11], f"{m} ({mode})", "supervised from scratch", method=m, mode=mode, metric=mode
+                )
+            )
     return out
 
 
 def per_seed(t: dict[str, pd.DataFrame], config: dict) -> pd.DataFrame:
     """Every comparison of the study, one row per seed (t: the evaluation tables by kind)."""
     frozen = t["frozen"]
-    parts = (pretrained_vs_random(frozen) + methods_vs_reference(frozen, config) + corrupted_vs_clean(frozen, config)
-             + domains(frozen, config) + fusion(t["fusion"], config) + ssl_vs_supervised(frozen, config)
-             + quantity(t["lowshot"], t["supervised"]))
+    parts = (
+        pretrained_vs_random(frozen)
+        + methods_vs_reference(frozen, config)
+        + corrupted_vs_clean(frozen, config)
+        + domains(frozen, config)
+        + fusion(t["fusion"], config)
+        + ssl_vs_supervised(frozen, config)
+        + quantity(t["lowshot"], t["supervised"])
+    )
     parts = [p for p in parts if not p.empty]
     if not parts:
         return pd.DataFrame(columns=PER_SEED)
@@ -215,8 +292,11 @@ def per_seed(t: dict[str, pd.DataFrame], config: dict) -> pd.DataFrame:
     d[text] = d[text].astype(object).where(d[text].notna(), "").astype(str)
     order = {k: i for i, k in enumerate(KINDS)}
     d["_order"] = [order[k] for k in zip(d["axis"], d["comparison"])]
-    return d.sort_values(["_order", "method", "a", "b", "eval_domain", "metric", "level_index", "seed"], kind="stable") \
-        .drop(columns="_order").reset_index(drop=True)
+    return (
+        d.sort_values(["_order", "method", "a", "b", "eval_domain", "metric", "level_index", "seed"], kind="stable")
+        .drop(columns="_order")
+        .reset_index(drop=True)
+    )
 
 
 def summary(d: pd.DataFrame, flags: dict[str, str]) -> pd.DataFrame:
@@ -245,8 +325,10 @@ def shown(s: pd.DataFrame, comparison: str, metrics=("knn", "linear")) -> pd.Dat
         if c in ("a", "b") or (d[c].nunique() > 1 and not any(d[c].eq(d[k]).all() for k in index + ["a"])):
             index.append(c)
     first = index[0]
-    d = d.assign(**{first: [suspects.with_mark(x, sus) for x, sus in zip(d[first], d["suspect"])]},
-                 cell=[diff_cell(r) for r in d.itertuples()])
+    d = d.assign(
+        **{first: [suspects.with_mark(x, sus) for x, sus in zip(d[first], d["suspect"])]},
+        cell=[diff_cell(r) for r in d.itertuples()],
+    )
     wide = d.pivot_table(index=index, columns=["level_index", "level"], values="cell", aggfunc="first", sort=False)
     wide = wide.sort_index(axis=1).droplevel(0, axis=1)
     wide.columns.name = "level"

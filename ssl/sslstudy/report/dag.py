@@ -1,5 +1,6 @@
 """What rule report (workflow/rules/report.smk) passes to `sslstudy report`, read off the Snakemake
 workflow; here because Snakemake's linter wants functions out of rule files."""
+
 from __future__ import annotations
 
 import shlex

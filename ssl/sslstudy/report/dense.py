@@ -1,6 +1,7 @@
 """The report's Dense section (sslstudy.eval.dense's tables): mIoU, pixel accuracy and the
 correspondence score per method with a t interval over seeds, and DenseCL minus MoCo v2 paired
 on seed (DenseCL's claim: better dense features than MoCo v2 at equal cost)."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -9,9 +10,11 @@ from .. import stats
 
 KEY = "dense"
 TITLE = "Dense"
-QUESTION = ("Does dense pretraining help dense prediction? A frozen linear 1x1-conv probe on each backbone's last "
-            "feature map (mIoU per mask level) and the label-free correspondence of DenseCL's matching, DenseCL "
-            "against MoCo v2.")
+QUESTION = (
+    "Does dense pretraining help dense prediction? A frozen linear 1x1-conv probe on each backbone's last "
+    "feature map (mIoU per mask level) and the label-free correspondence of DenseCL's matching, DenseCL "
+    "against MoCo v2."
+)
 PAIR = ("densecl", "moco")  # DenseCL is MoCo v2 plus its dense head
 _BY = ["eval_domain", "level", "metric"]
 
@@ -32,10 +35,10 @@ def versus(dense: pd.DataFrame, a: str = PAIR[0], b: str = PAIR[1]) -> pd.DataFr
 
 def shown(s: pd.DataFrame) -> pd.DataFrame:
     """summary() as the page shows it: methods x (level, metric), each cell 'mean [low, high]'."""
-    cells = s.assign(cell=[stats.Interval(r.mean, r.low, r.high, r.n, 0.95, r.interval).text()
-                           for r in s.itertuples()])
-    return cells.pivot_table(index=["eval_domain", "method", "weights"], columns=["level", "metric"], values="cell",
-                             aggfunc="first")
+    cells = s.assign(cell=[stats.Interval(r.mean, r.low, r.high, r.n, 0.95, r.interval).text() for r in s.itertuples()])
+    return cells.pivot_table(
+        index=["eval_domain", "method", "weights"], columns=["level", "metric"], values="cell", aggfunc="first"
+    )
 
 
 def section(page, dense: pd.DataFrame) -> dict:

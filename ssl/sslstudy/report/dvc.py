@@ -2,6 +2,7 @@
 level or epoch, a column per method; `dvc plots show` / `dvc plots diff` draw one line per column) and
 headline.json for `metrics:` (`dvc exp show`). All of them are means over seeds of the study's
 eight-method comparison: the setting (domain, subset, quality) that the most methods pretrained on."""
+
 from __future__ import annotations
 
 import json
@@ -43,8 +44,9 @@ def loss_per_epoch(curves: pd.DataFrame, runs) -> pd.DataFrame:
         return pd.DataFrame(columns=["epoch"])
     d = d.sort_values("epoch")
     first = d.groupby("run")["loss"].transform("first")
-    d = d.assign(value=d["loss"] / first, method=d["run"].str.split("/").str[0],
-                 seed=d["run"].str.rsplit("seed", n=1).str[1])
+    d = d.assign(
+        value=d["loss"] / first, method=d["run"].str.split("/").str[0], seed=d["run"].str.rsplit("seed", n=1).str[1]
+    )
     return _wide(d, ["epoch"])
 
 
@@ -72,8 +74,12 @@ def write(out_dir: Path, base: pd.DataFrame, curves: pd.DataFrame, clusters: pd.
     """plots/<name>.csv and headline.json under out_dir; base: the runs with random weights on their own domain."""
     d = comparison(base)
     runs = d["run"].unique() if not d.empty else []
-    tables = dict(knn_per_level=per_level(d, "knn"), linear_per_level=per_level(d, "linear"),
-                  loss_per_epoch=loss_per_epoch(curves, runs), nmi_per_epoch=nmi_per_epoch(clusters, runs))
+    tables = dict(
+        knn_per_level=per_level(d, "knn"),
+        linear_per_level=per_level(d, "linear"),
+        loss_per_epoch=loss_per_epoch(curves, runs),
+        nmi_per_epoch=nmi_per_epoch(clusters, runs),
+    )
     for name, t in tables.items():
         write_bytes(out_dir / PLOT_FILE.format(name=name), t.to_csv(index=False, float_format="%.4f").encode())
     write_bytes(out_dir / HEADLINE, (json.dumps(headline(d), indent=2) + "\n").encode())

@@ -5,6 +5,7 @@ bytes), or None when there is no data.
 
 One order and one colour per method in every figure (ORDER, colour). Figures are sized for the
 report's 1150 px column at 100 dpi; titles are method names (run ids are in the tables)."""
+
 from __future__ import annotations
 
 import io
@@ -60,7 +61,9 @@ def drawn(fig) -> Drawn:
     for fmt in ("png", "svg"):
         buf = io.BytesIO()
         with plt.rc_context({"svg.fonttype": "none", "svg.hashsalt": "sslstudy"}):
-            fig.savefig(buf, format=fmt, dpi=100, bbox_inches="tight", metadata={"Date": None} if fmt == "svg" else None)
+            fig.savefig(
+                buf, format=fmt, dpi=100, bbox_inches="tight", metadata={"Date": None} if fmt == "svg" else None
+            )
         out.append(buf.getvalue())
     plt.close(fig)
     return Drawn(*out)
@@ -86,8 +89,13 @@ def _errorbars(ax, x, s: pd.DataFrame, **kw) -> None:
     ok = (s["n"] >= 2).to_numpy()
     if ok.any():
         m, lo, hi = (s[c].to_numpy()[ok] for c in ("mean", "low", "high"))
-        ax.errorbar(np.asarray(x)[ok], m, yerr=np.vstack([m - lo, hi - m]), fmt="none", **{"ecolor": "k", "elinewidth": 0.8,
-                                                                                          "capsize": 1.5, **kw})
+        ax.errorbar(
+            np.asarray(x)[ok],
+            m,
+            yerr=np.vstack([m - lo, hi - m]),
+            fmt="none",
+            **{"ecolor": "k", "elinewidth": 0.8, "capsize": 1.5, **kw},
+        )
 
 
 def _band(ax, x, s: pd.DataFrame, c, **kw) -> None:
@@ -145,8 +153,15 @@ def accuracy_per_level(df: pd.DataFrame, flags: dict[str, str] | None = None) ->
                     if w["mean"].isna().all():
                         continue
                     if weights == "pretrained":
-                        ax.bar(x, w["mean"], width * 0.92, color=colour(m, ms), hatch=SUSPECT if (setting, m) in bad else None,
-                               edgecolor="white" if (setting, m) in bad else None, linewidth=0)
+                        ax.bar(
+                            x,
+                            w["mean"],
+                            width * 0.92,
+                            color=colour(m, ms),
+                            hatch=SUSPECT if (setting, m) in bad else None,
+                            edgecolor="white" if (setting, m) in bad else None,
+                            linewidth=0,
+                        )
                         _errorbars(ax, x, w.fillna({"n": 0}))
                     else:
                         ax.hlines(w["mean"], x - width / 2, x + width / 2, color="k", lw=1.4)
@@ -163,9 +178,16 @@ def accuracy_per_level(df: pd.DataFrame, flags: dict[str, str] | None = None) ->
     handles.append(plt.Line2D([], [], color="k", lw=1.4))
     labels.append("random weights")
     fig.tight_layout(rect=(0, 0.07 / len(settings), 1, 1))
-    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.07 / len(settings)), ncol=min(len(labels), 10),
-               frameon=False, columnspacing=1.2,
-               fontsize=9)
+    fig.legend(
+        handles,
+        labels,
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.07 / len(settings)),
+        ncol=min(len(labels), 10),
+        frameon=False,
+        columnspacing=1.2,
+        fontsize=9,
+    )
     _note(fig, f"Bars: pretrained, {seeds_note(s['n'])}. Black tick: the same backbone's random weights.")
     return drawn(fig)
 
@@ -182,7 +204,9 @@ def quantity(d: pd.DataFrame) -> Drawn | None:
     labels = sorted(d["labels"].unique(), key=lambda t: (t == "lall", int(t[1:]) if t[1:].isdigit() else 0))
     colors = dict(zip(labels, sns.color_palette("viridis", len(labels))))
     s = summary(ssl, ["method", "domain", "mode", "labels", "pretrain_images"])
-    fig, axes = plt.subplots(len(rows), len(cols), figsize=(WIDTH * 0.75, 3.0 * len(rows) + 0.4), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(
+        len(rows), len(cols), figsize=(WIDTH * 0.75, 3.0 * len(rows) + 0.4), squeeze=False, sharey=True
+    )
     for i, (method, domain) in enumerate(rows):
         for j, mode in enumerate(cols):
             ax = axes[i, j]
@@ -219,12 +243,15 @@ def domain_heatmap(d: pd.DataFrame) -> Drawn | None:
     s = summary(d, ["method", "pretrain_domain", "eval_domain"])
     ms = methods(s["method"])
     n_eval, n_pre = s["eval_domain"].nunique(), s["pretrain_domain"].nunique()
-    fig, axes = plt.subplots(1, len(ms), figsize=(min(WIDTH, 0.8 + 1.5 * n_eval * len(ms)), 1.4 + 0.6 * n_pre), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(ms), figsize=(min(WIDTH, 0.8 + 1.5 * n_eval * len(ms)), 1.4 + 0.6 * n_pre), squeeze=False
+    )
     for ax, m in zip(axes[0], ms):
         part = s[s["method"] == m]
         mat = part.pivot_table(index="pretrain_domain", columns="eval_domain", values="mean")
-        half = part.assign(h=(part["high"] - part["low"]) / 2).pivot_table(index="pretrain_domain", columns="eval_domain",
-                                                                            values="h", dropna=False)
+        half = part.assign(h=(part["high"] - part["low"]) / 2).pivot_table(
+            index="pretrain_domain", columns="eval_domain", values="h", dropna=False
+        )
         pooled = [r for r in mat.index if "+" in r]
         mat = mat.loc[[r for r in mat.index if r not in pooled] + pooled]
         half = half.reindex(index=mat.index, columns=mat.columns)
@@ -247,13 +274,17 @@ def quality_drop(d: pd.DataFrame) -> Drawn | None:
     tags = list(dict.fromkeys(d["quality"]))  # the table's order: corruption, then strength
     s = summary(d, ["domain", "method", "level_index", "level", "quality"], value="drop")
     domains, levels, ms = sorted(s["domain"].unique()), _levels(s), methods(s["method"])
-    fig, axes = plt.subplots(len(domains), len(levels), figsize=(WIDTH, 3.0 * len(domains) + 0.6), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(
+        len(domains), len(levels), figsize=(WIDTH, 3.0 * len(domains) + 0.6), squeeze=False, sharey=True
+    )
     width = 0.8 / len(ms)
     for i, dom in enumerate(domains):
         for j, lv in enumerate(levels):
             ax = axes[i, j]
             for k, m in enumerate(ms):
-                part = s[(s["domain"] == dom) & (s["level"] == lv) & (s["method"] == m)].set_index("quality").reindex(tags)
+                part = (
+                    s[(s["domain"] == dom) & (s["level"] == lv) & (s["method"] == m)].set_index("quality").reindex(tags)
+                )
                 x = np.arange(len(tags)) - 0.4 + width * (k + 0.5)
                 ax.bar(x, part["mean"], width * 0.92, color=colour(m, ms), label=m)
                 _errorbars(ax, x, part.fillna({"n": 0}))
@@ -276,18 +307,31 @@ def granularity(d: pd.DataFrame) -> Drawn | None:
     s = summary(d, ["domain", "metric", "method", "level_index", "level"])
     domains, levels, ms = sorted(s["domain"].unique()), _levels(s), methods(s["method"])
     metrics = [m for m in ("linear", "knn") if m in set(s["metric"])]
-    fig, axes = plt.subplots(len(domains), len(metrics), figsize=(WIDTH * 0.8, 2.9 * len(domains) + 0.3), squeeze=False,
-                             sharey=True)
+    fig, axes = plt.subplots(
+        len(domains), len(metrics), figsize=(WIDTH * 0.8, 2.9 * len(domains) + 0.3), squeeze=False, sharey=True
+    )
     for i, dom in enumerate(domains):
         for j, metric in enumerate(metrics):
             ax = axes[i, j]
             for k, m in enumerate(ms):
-                part = s[(s["domain"] == dom) & (s["metric"] == metric) & (s["method"] == m)].set_index("level").reindex(levels)
+                part = (
+                    s[(s["domain"] == dom) & (s["metric"] == metric) & (s["method"] == m)]
+                    .set_index("level")
+                    .reindex(levels)
+                )
                 if part["mean"].isna().all():
                     continue
                 x = np.arange(len(levels)) + (k - (len(ms) - 1) / 2) * 0.025  # a small dodge so intervals stay apart
-                ax.plot(x, part["mean"], color=colour(m, ms), marker="o", ms=4, lw=1.3, ls="--" if m == SUPERVISED else "-",
-                        label=m)
+                ax.plot(
+                    x,
+                    part["mean"],
+                    color=colour(m, ms),
+                    marker="o",
+                    ms=4,
+                    lw=1.3,
+                    ls="--" if m == SUPERVISED else "-",
+                    label=m,
+                )
                 _errorbars(ax, x, part.fillna({"n": 0}), ecolor=colour(m, ms), capsize=2)
             ax.set_xticks(range(len(levels)), levels)
             ax.set_ylim(0, 1)
@@ -309,8 +353,9 @@ def fusion(d: pd.DataFrame) -> Drawn | None:
     s["where"] = s["pair"].str.replace(" + ", "\n+ ", regex=False) + "\non " + s["eval_domain"]
     where = list(dict.fromkeys(s["where"]))
     fig, ax = plt.subplots(figsize=(min(WIDTH, max(5, 1.8 * len(where))), 3.4))
-    for k, (member, name, c) in enumerate([("a", "member a", "#9ecae1"), ("b", "member b", "#fdae6b"),
-                                           ("a+b", "fused", "#31a354")]):
+    for k, (member, name, c) in enumerate(
+        [("a", "member a", "#9ecae1"), ("b", "member b", "#fdae6b"), ("a+b", "fused", "#31a354")]
+    ):
         part = s[s["member"] == member].set_index("where").reindex(where)
         x = np.arange(len(where)) + (k - 1) * 0.27
         ax.bar(x, part["mean"], 0.25, color=c, label=name)
@@ -351,9 +396,13 @@ def clustering(d: pd.DataFrame) -> Drawn | None:
     if others:
         handles.append(plt.Line2D([], [], color="#666", lw=0.8, alpha=0.5))
     fig.tight_layout()
-    fig.legend([handles[i] for i in order] + handles[len(labels):],
-               [labels[i] for i in order] + (["other settings of a method"] if others else []),
-               loc="upper left", bbox_to_anchor=(1.0, 0.95), frameon=False)
+    fig.legend(
+        [handles[i] for i in order] + handles[len(labels) :],
+        [labels[i] for i in order] + (["other settings of a method"] if others else []),
+        loc="upper left",
+        bbox_to_anchor=(1.0, 0.95),
+        frameon=False,
+    )
     _note(fig, f"Bold: {main}; {seeds_note(s['n'])}.")
     return drawn(fig)
 
@@ -375,11 +424,10 @@ def loss(curves: pd.DataFrame, flags: dict[str, str] | None = None) -> Drawn | N
         for run, g in part.groupby("run"):
             g = g.sort_values("epoch")
             ax.plot(g["epoch"], g["loss"], color=colour(m, ms), lw=1.1, alpha=0.8, ls="--" if run in flags else "-")
-        ax.set_title(m + (f": {', '.join(bad)} (dashed)" if bad else ""), fontsize=10,
-                     color="#b00" if bad else "k")
+        ax.set_title(m + (f": {', '.join(bad)} (dashed)" if bad else ""), fontsize=10, color="#b00" if bad else "k")
         ax.set_xlabel("epoch")
         ax.set_ylabel("loss")
-    for ax in axes.flat[len(ms):]:
+    for ax in axes.flat[len(ms) :]:
         ax.set_axis_off()
     fig.tight_layout()
     _note(fig, "One line per run (seeds and settings); each panel has its own y axis.")

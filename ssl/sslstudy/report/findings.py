@@ -4,6 +4,7 @@ direction the paper found. A part agrees when its 95% interval lies on the paper
 when it lies on the other, and is inconclusive otherwise (interval holding zero, or n < 2). A finding
 agrees when all its parts agree, disagrees when any part disagrees, and is inconclusive otherwise,
 and when its axis is off in params (nothing to compare)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,15 +22,26 @@ COLUMNS = ["finding", "paper", "method", "domain", "found", "seeds", "verdict", 
 # paper's SSL+SSL fusions moved accuracy by -0.6 and +1.4 points
 FUSION_MARGIN = 0.02
 RESOLUTION = ("downup", "lowres")  # corruptions that lose resolution
-OTHER = ("jpeg", "saltpepper")     # the paper's other corruptions (blur is this study's own)
+OTHER = ("jpeg", "saltpepper")  # the paper's other corruptions (blur is this study's own)
 PAPER = {
-    "quantity": "Quantity saturates: gains from more pretraining images shrink (500k vs 1M: 1–2 points; 50k vs 250k: >10).",
+    "quantity": (
+        "Quantity saturates: gains from more pretraining images shrink (500k vs 1M: 1–2 points; 50k vs 250k: >10)."
+    ),
     "domain": "In-domain pretraining beats pooled (adding another domain hurt), which beats cross-domain.",
-    "quality": "Resolution loss (downsample–upsample, smaller images) hurts most among corruptions; JPEG and salt-and-pepper far less.",
+    "quality": (
+        "Resolution loss (downsample–upsample, smaller images) hurts most among corruptions; "
+        "JPEG and salt-and-pepper far less."
+    ),
     "granularity": "The SSL–supervised gap widens from coarse to fine labels (≈30 points at species on iNat21).",
-    "fusion": f"SSL+SSL fusion adds little over the better member (−0.6 / +1.4 points); here: gain below +{FUSION_MARGIN:.2f}.",
-    "dense": ("DenseCL (Wang et al., CVPR 2021): better dense features than MoCo v2 at equal cost (detection, segmentation) "
-              f"while matching it on classification; here: DenseCL − MoCo v2 frozen mIoU > 0 and linear accuracy within ±{FUSION_MARGIN:.2f}."),
+    "fusion": (
+        "SSL+SSL fusion adds little over the better member (−0.6 / +1.4 points); "
+        f"here: gain below +{FUSION_MARGIN:.2f}."
+    ),
+    "dense": (
+        "DenseCL (Wang et al., CVPR 2021): better dense features than MoCo v2 at equal cost (detection, segmentation) "
+        "while matching it on classification; here: DenseCL − MoCo v2 frozen mIoU > 0 and linear accuracy "
+        f"within ±{FUSION_MARGIN:.2f}."
+    ),
 }
 DENSE_PAIR = ("densecl", "moco")
 
@@ -58,7 +70,9 @@ class Part:
     def text(self) -> str:
         d = self.diff
         if d.n < 2:
-            return f"{self.label}: " + ("no paired seeds" if d.n == 0 else f"{stats.cell(d.mean, d.low, d.high, d.n, sign=True)}: inconclusive")
+            return f"{self.label}: " + (
+                "no paired seeds" if d.n == 0 else f"{stats.cell(d.mean, d.low, d.high, d.n, sign=True)}: inconclusive"
+            )
         return f"{self.label}: {stats.cell(d.mean, d.low, d.high, d.n, sign=True)}"
 
 
@@ -105,8 +119,10 @@ def quantity(d: pd.DataFrame, method: str, domain: str) -> tuple[list[Part], str
     steps = sorted({(r.count_b, r.count_a, r.b, r.a) for r in g.itertuples()})
     if len(steps) < 2:
         only = [_part(f"{a} vs {b}", _seeds(g[(g["a"] == a)]), ">0") for _, _, b, a in steps]
-        return [], ("needs ≥ 3 pretraining sizes (quantity.subsets plus the largest of study.subsets); "
-                    f"this study has {len(steps) + 1}" + (f". Measured: {only[0].text()}" if only else ""))
+        return [], (
+            "needs ≥ 3 pretraining sizes (quantity.subsets plus the largest of study.subsets); "
+            f"this study has {len(steps) + 1}" + (f". Measured: {only[0].text()}" if only else "")
+        )
     per = lambda s: _seeds(g[g["a"] == s[3]]) / np.log2(s[1] / s[0])  # noqa: E731
     lo, hi = steps[0], steps[-1]
     label = f"gain per doubling {hi[3]} vs {hi[2]} minus {lo[3]} vs {lo[2]}"
@@ -118,12 +134,21 @@ def domain(d: pd.DataFrame, method: str) -> tuple[list[Part], str]:
     parts = []
     pooled = _finest(_kind(d, 3, method=method, metric="linear"))
     for r in pooled.drop_duplicates(["a", "b"]).itertuples():
-        parts.append(_part(f"pooled {r.a} − in-domain {r.b} on {r.eval_domain}", _seeds(pooled[(pooled["a"] == r.a) & (pooled["b"] == r.b)]), "<0"))
+        parts.append(
+            _part(
+                f"pooled {r.a} − in-domain {r.b} on {r.eval_domain}",
+                _seeds(pooled[(pooled["a"] == r.a) & (pooled["b"] == r.b)]),
+                "<0",
+            )
+        )
     cross = _finest(_kind(d, 5, method=method, metric="linear"))
     for r in cross.drop_duplicates(["a", "b", "eval_domain"]).itertuples():
         g = cross[(cross["a"] == r.a) & (cross["b"] == r.b) & (cross["eval_domain"] == r.eval_domain)]
         parts.append(_part(f"cross-domain {r.a} − pooled {r.b} on {r.eval_domain}", _seeds(g), "<0"))
-    return parts, "" if parts else "no pool holding a domain that is also pretrained on alone (domain.pools, domain.domains)"
+    return (
+        parts,
+        "" if parts else "no pool holding a domain that is also pretrained on alone (domain.pools, domain.domains)",
+    )
 
 
 def quality(d: pd.DataFrame, method: str, domain: str) -> tuple[list[Part], str]:
@@ -138,8 +163,10 @@ def quality(d: pd.DataFrame, method: str, domain: str) -> tuple[list[Part], str]
         return [], "needs a resolution corruption (downup, lowres) and JPEG or salt-and-pepper in quality:"
     worst = res.groupby("a")["diff"].mean().idxmin()
     w = _seeds(res[res["a"] == worst])
-    return [_part(f"drop {worst} − drop {t}", _minus(w, _seeds(other[other["a"] == t])), "<0")
-            for t in sorted(set(other["a"]))], ""
+    return [
+        _part(f"drop {worst} − drop {t}", _minus(w, _seeds(other[other["a"] == t])), "<0")
+        for t in sorted(set(other["a"]))
+    ], ""
 
 
 def granularity(d: pd.DataFrame, method: str, domain: str) -> tuple[list[Part], str]:
@@ -159,9 +186,14 @@ def fusion(d: pd.DataFrame, method: str) -> tuple[list[Part], str]:
     """Fused − better member for each SSL+SSL pair with `method` (linear, finest level): below the margin."""
     g = _finest(_kind(d, 6, metric="linear"))
     g = g[g["a"].str.contains(f"{method}@", regex=False)]
-    parts = [_part(f"{a.removesuffix(' (fused)')} on {e} − {b.removesuffix(' (better member)')}",
-                   _seeds(g[(g["a"] == a) & (g["eval_domain"] == e)]), "<margin")
-             for (a, b, e) in sorted(set(zip(g["a"], g["b"], g["eval_domain"])))]
+    parts = [
+        _part(
+            f"{a.removesuffix(' (fused)')} on {e} − {b.removesuffix(' (better member)')}",
+            _seeds(g[(g["a"] == a) & (g["eval_domain"] == e)]),
+            "<margin",
+        )
+        for (a, b, e) in sorted(set(zip(g["a"], g["b"], g["eval_domain"])))
+    ]
     return parts, "" if parts else "fusion axis has no SSL+SSL pair (fusion.kinds, fusion.pairs)"
 
 
@@ -175,14 +207,22 @@ def dense(t: dict, config: dict) -> tuple[list[Part], str]:
     dom = (pick(config, "dense", "domains") or sorted(set(dn["eval_domain"])))[0]
 
     def per_seed(df: pd.DataFrame, m: str, **sel) -> pd.Series:
-        g = df[(df["method"] == m) & (df["weights"] == "pretrained") & (df["eval_domain"] == dom) & (df["domain"] == dom)]
+        g = df[
+            (df["method"] == m) & (df["weights"] == "pretrained") & (df["eval_domain"] == dom) & (df["domain"] == dom)
+        ]
         for k, v in sel.items():
             g = g[g[k] == v]
         return g.groupby("seed")["value"].mean()
 
     miou = dn[dn["metric"] == "miou"]
     level = miou["level"].iloc[-1] if not miou.empty else None
-    parts = [_part(f"mIoU ({level}) {a} − {b} on {dom}", _minus(per_seed(miou, a, level=level), per_seed(miou, b, level=level)), ">0")]
+    parts = [
+        _part(
+            f"mIoU ({level}) {a} − {b} on {dom}",
+            _minus(per_seed(miou, a, level=level), per_seed(miou, b, level=level)),
+            ">0",
+        )
+    ]
     lin = _finest(fr[fr["metric"] == "linear"]) if not fr.empty else fr
     if not lin.empty:
         parts.append(_part(f"linear {a} − {b} on {dom}", _minus(per_seed(lin, a), per_seed(lin, b)), "~0"))
@@ -195,12 +235,30 @@ def _row(finding: str, method: str, dom: str, parts: list[Part], why: str) -> di
     if not why and v == "inconclusive" and all(p.diff.n < 2 for p in parts if p.verdict == "inconclusive"):
         why = "fewer than 2 paired seeds: no interval (study.seeds)"
     elif not why and v == "inconclusive":
-        why = "; ".join(f"{p.label}: n < 2" if p.diff.n < 2 else f"{p.label}: interval holds " +
-                        (f"+{FUSION_MARGIN:.2f}" if p.expect == "<margin" else f"±{FUSION_MARGIN:.2f}" if p.expect == "~0" else "zero")
-                        for p in parts if p.verdict == "inconclusive")
-    return dict(finding=finding, paper=PAPER[finding], method=method, domain=dom,
-                found="; ".join(p.text() for p in parts) if parts else "–",
-                seeds="/".join(map(str, n)) if n else "–", verdict=v, why=why)
+        why = "; ".join(
+            f"{p.label}: n < 2"
+            if p.diff.n < 2
+            else f"{p.label}: interval holds "
+            + (
+                f"+{FUSION_MARGIN:.2f}"
+                if p.expect == "<margin"
+                else f"±{FUSION_MARGIN:.2f}"
+                if p.expect == "~0"
+                else "zero"
+            )
+            for p in parts
+            if p.verdict == "inconclusive"
+        )
+    return dict(
+        finding=finding,
+        paper=PAPER[finding],
+        method=method,
+        domain=dom,
+        found="; ".join(p.text() for p in parts) if parts else "–",
+        seeds="/".join(map(str, n)) if n else "–",
+        verdict=v,
+        why=why,
+    )
 
 
 def findings(d: pd.DataFrame, config: dict, t: dict | None = None) -> pd.DataFrame:

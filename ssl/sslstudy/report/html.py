@@ -5,6 +5,7 @@ Every figure has a one-sentence caption, read from ``<captions>/<figure>.rst`` (
 them in workflow/report/), and a link to the CSV it was drawn from. The page is templates/report.html
 (Jinja2, autoescaped): text from the study (run ids, config values, captions) is escaped there.
 """
+
 from __future__ import annotations
 
 import base64
@@ -18,35 +19,87 @@ import yaml
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
+from .. import stats
 from ..atomic import write_bytes
 from ..errors import UserError
-from .. import stats
 from . import comparisons, dvc, figures, findings, suspects, tables
 from . import dense as dense_report
 
 # templates/report.html; None renders as nothing (an absent figure or table)
-ENV = Environment(loader=PackageLoader("sslstudy.report"), autoescape=True, undefined=StrictUndefined,
-                  finalize=lambda v: "" if v is None else v)
-PACKAGES = ("torch", "torchvision", "faiss-cpu", "snakemake", "dvc", "submitit", "numpy", "pandas", "seaborn", "scikit-learn")
+ENV = Environment(
+    loader=PackageLoader("sslstudy.report"),
+    autoescape=True,
+    undefined=StrictUndefined,
+    finalize=lambda v: "" if v is None else v,
+)
+PACKAGES = (
+    "torch",
+    "torchvision",
+    "faiss-cpu",
+    "snakemake",
+    "dvc",
+    "submitit",
+    "numpy",
+    "pandas",
+    "seaborn",
+    "scikit-learn",
+)
 # section title -> what it answers (the first paragraph of each section)
 SECTIONS = {
     "findings": ("Findings", "Does this study find what Cole et al. (CVPR 2022) found?"),
-    "quantity": ("Quantity", "How much do more pretraining images and more labels help, frozen and fine-tuned, "
-                             "against the same network trained from scratch on the same labels?"),
-    "domain": ("Domain", "Does pretraining on the evaluation domain matter, and does pooling domains (equal total size) help?"),
+    "quantity": (
+        "Quantity",
+        "How much do more pretraining images and more labels help, frozen and fine-tuned, "
+        "against the same network trained from scratch on the same labels?",
+    ),
+    "domain": (
+        "Domain",
+        "Does pretraining on the evaluation domain matter, and does pooling domains (equal total size) help?",
+    ),
     "quality": ("Quality", "How much accuracy on clean images is lost when pretraining images are corrupted?"),
-    "granularity": ("Granularity", "How does accuracy fall from coarse to fine labels, for SSL and for supervised training?"),
+    "granularity": (
+        "Granularity",
+        "How does accuracy fall from coarse to fine labels, for SSL and for supervised training?",
+    ),
     "fusion": ("Fusion", "Do two models' concatenated features beat the better one alone?"),
-    "clustering": ("Periodic clustering", "How does the cluster structure of the features (faiss k-means, K = classes "
-                                          "per level) develop over pretraining?"),
+    "clustering": (
+        "Periodic clustering",
+        "How does the cluster structure of the features (faiss k-means, K = classes "
+        "per level) develop over pretraining?",
+    ),
     dense_report.KEY: (dense_report.TITLE, dense_report.QUESTION),
-    "comparisons": ("Comparisons", "Which differences can be told from noise? Each is a paired difference over seeds "
-                                   "(a − b per seed, then the mean and its 95% Student t interval)."),
+    "comparisons": (
+        "Comparisons",
+        "Which differences can be told from noise? Each is a paired difference over seeds "
+        "(a − b per seed, then the mean and its 95% Student t interval).",
+    ),
 }
 # columns of the evaluation tables that name a model, an evaluation or a score; any other column
 # (e.g. a probe hyper-parameter chosen on val) is listed in the report's probe-settings table
-KNOWN = {"run", "method", "domain", "subset", "quality", "seed", "weights", "epoch", "eval_domain", "level_index", "level",
-         "metric", "value", "split", "mode", "labels", "labelled_images", "pretrain_images", "pair", "model", "member", "dim"}
+KNOWN = {
+    "run",
+    "method",
+    "domain",
+    "subset",
+    "quality",
+    "seed",
+    "weights",
+    "epoch",
+    "eval_domain",
+    "level_index",
+    "level",
+    "metric",
+    "value",
+    "split",
+    "mode",
+    "labels",
+    "labelled_images",
+    "pretrain_images",
+    "pair",
+    "model",
+    "member",
+    "dim",
+}
 METRICS = ["knn", "linear"]  # what the report's tables show (every metric is in the CSVs)
 
 
@@ -54,8 +107,9 @@ def summary(df: pd.DataFrame) -> dict:
     """Nested run -> weights -> eval domain -> level -> metric, for `dvc metrics show`."""
     out: dict = {}
     for r in df.itertuples():
-        out.setdefault(r.run, {}).setdefault(r.weights, {}).setdefault(r.eval_domain, {}).setdefault(r.level, {})[r.metric] = (
-            round(float(r.value), 4))
+        out.setdefault(r.run, {}).setdefault(r.weights, {}).setdefault(r.eval_domain, {}).setdefault(r.level, {})[
+            r.metric
+        ] = round(float(r.value), 4)
     return out
 
 
@@ -85,8 +139,9 @@ class Page:
         write_bytes(self.out_dir / "tables" / f"{name}.csv", df.to_csv(index=False).encode())
         return f"tables/{name}.csv"
 
-    def figure(self, key: str, fig: figures.Drawn | bytes | None, data: pd.DataFrame | None,
-               caption: str | None = None) -> dict | None:
+    def figure(
+        self, key: str, fig: figures.Drawn | bytes | None, data: pd.DataFrame | None, caption: str | None = None
+    ) -> dict | None:
         """figures/<key>.png (and .svg for a Drawn figure; bytes: a PNG only) and its CSV."""
         if fig is None:
             return None
@@ -96,8 +151,13 @@ class Page:
         if isinstance(fig, figures.Drawn):
             write_bytes(self.out_dir / "figures" / f"{key}.svg", fig.svg)
             svg = f"figures/{key}.svg"
-        return dict(key=key, caption=caption or self.caption(key), png=base64.b64encode(png).decode(), svg=svg,
-                    link=self.csv(key, data) if data is not None else None)
+        return dict(
+            key=key,
+            caption=caption or self.caption(key),
+            png=base64.b64encode(png).decode(),
+            svg=svg,
+            link=self.csv(key, data) if data is not None else None,
+        )
 
     def linked(self, name: str, df: pd.DataFrame, shown: pd.DataFrame | None = None, **fmt) -> dict | None:
         """A table shown in the page (shown, else df) beside the link to df's CSV; None when df is empty."""
@@ -138,9 +198,18 @@ def results_summary(base: pd.DataFrame, flags: dict[str, str]) -> pd.DataFrame:
     if base.empty:
         return base
     single = base[["domain", "subset", "quality"]].drop_duplicates().shape[0] == 1
-    model = base["method"] if single else base["method"] + "/" + base["domain"] + "_" + base["subset"] + "_" + base["quality"]
-    d = base.assign(model=model).groupby(["model", "weights", "eval_domain", "level_index", "level", "metric", "seed", "run"],
-                                         as_index=False)["value"].mean()
+    model = (
+        base["method"]
+        if single
+        else base["method"] + "/" + base["domain"] + "_" + base["subset"] + "_" + base["quality"]
+    )
+    d = (
+        base.assign(model=model)
+        .groupby(["model", "weights", "eval_domain", "level_index", "level", "metric", "seed", "run"], as_index=False)[
+            "value"
+        ]
+        .mean()
+    )
     return tables.summary(d, ["model", "weights", "eval_domain", "level_index", "level", "metric"], flags)
 
 
@@ -165,11 +234,18 @@ def fusion_pairs(fusion: pd.DataFrame, cs: pd.DataFrame) -> tuple[pd.DataFrame, 
     wide = wide[[c for c in ("member a", "member b", "fused") if c in wide.columns]]
     gain = tables.finest(cs[cs["axis"] == "fusion"])
     if not gain.empty:  # (pair, evaluation domain) -> (the pair marked when a member is suspect, the gain's cell)
-        by = {(r.a.removesuffix(" (fused)"), r.eval_domain): (suspects.with_mark(r.a.removesuffix(" (fused)"), r.suspect),
-                                                             comparisons.diff_cell(r)) for r in gain.itertuples()}
+        by = {
+            (r.a.removesuffix(" (fused)"), r.eval_domain): (
+                suspects.with_mark(r.a.removesuffix(" (fused)"), r.suspect),
+                comparisons.diff_cell(r),
+            )
+            for r in gain.itertuples()
+        }
         keys = list(wide.index)
         wide = wide.assign(**{"gain over better member": [by.get(k, ("", "–"))[1] for k in keys]})
-        wide.index = pd.MultiIndex.from_tuples([(by.get(k, (k[0], ""))[0], k[1]) for k in keys], names=["pair", "eval_domain"])
+        wide.index = pd.MultiIndex.from_tuples(
+            [(by.get(k, (k[0], ""))[0], k[1]) for k in keys], names=["pair", "eval_domain"]
+        )
     wide.columns.name = None
     return wide, s.drop(columns="column")
 
@@ -202,15 +278,25 @@ def _data_figures(page: Page, datasets: dict[str, Path]) -> list[dict]:
         ds = load_dataset(folder)
         path = page.out_dir / "figures" / f"data_{domain}.png"
         contact_sheet(ds.images, ds.labels, path, level=ds.levels[0])
-        caption = (f"Domain {domain}: {ds.meta['n_images']} images of {ds.meta['image_size']} px; "
-                   + ", ".join(f"{lv} {ds.n_classes(lv)} classes" for lv in ds.levels) + ".")
+        caption = (
+            f"Domain {domain}: {ds.meta['n_images']} images of {ds.meta['image_size']} px; "
+            + ", ".join(f"{lv} {ds.n_classes(lv)} classes" for lv in ds.levels)
+            + "."
+        )
         out.append(page.figure(f"data_{domain}", path.read_bytes(), None, caption))
     return out
 
 
-def build_report(inputs: dict[str, list[Path]], config: dict, out: Path, captions: Path,
-                 curves: dict[str, Path] | None = None, benchmarks: list[tuple[str, Path]] = (),
-                 datasets: dict[str, Path] | None = None, data_dvc: Path | None = None) -> None:
+def build_report(
+    inputs: dict[str, list[Path]],
+    config: dict,
+    out: Path,
+    captions: Path,
+    curves: dict[str, Path] | None = None,
+    benchmarks: list[tuple[str, Path]] = (),
+    datasets: dict[str, Path] | None = None,
+    data_dvc: Path | None = None,
+) -> None:
     """The page and tidy tables from the evaluation tables (inputs: kind -> CSVs) and the files named:
     curves (run id -> metrics.jsonl), benchmarks ((rule, TSV) of each job), datasets (evaluation
     domain -> packed folder, drawn as contact sheets) and data_dvc (its hash is shown)."""
@@ -225,7 +311,11 @@ def build_report(inputs: dict[str, list[Path]], config: dict, out: Path, caption
     page = Page(out_dir, captions)
 
     t.setdefault("dense", pd.DataFrame())
-    tagged = [t[k].assign(eval=k) for k in ("frozen", "lowshot", "supervised", "fusion", "clusters", "dense") if not t[k].empty]
+    tagged = [
+        t[k].assign(eval=k)
+        for k in ("frozen", "lowshot", "supervised", "fusion", "clusters", "dense")
+        if not t[k].empty
+    ]
     write_bytes(out_dir / "metrics.csv", pd.concat(tagged, ignore_index=True).to_csv(index=False).encode())
     write_bytes(out_dir / "metrics.json", (json.dumps(summary(frozen), indent=2, sort_keys=True) + "\n").encode())
 
@@ -239,9 +329,16 @@ def build_report(inputs: dict[str, list[Path]], config: dict, out: Path, caption
     dvc.write(out_dir, base, loss, t["clusters"])
     rs = results_summary(base, flags)
     shown = rs[rs["metric"].isin(METRICS)]
-    wide = shown if shown.empty else tables.cells(
-        shown, ["model", "weights", "eval_domain"] if rs["eval_domain"].nunique() > 1 else ["model", "weights"],
-        ["metric", "level_index", "level"], label="model").droplevel(1, axis=1)
+    wide = (
+        shown
+        if shown.empty
+        else tables.cells(
+            shown,
+            ["model", "weights", "eval_domain"] if rs["eval_domain"].nunique() > 1 else ["model", "weights"],
+            ["metric", "level_index", "level"],
+            label="model",
+        ).droplevel(1, axis=1)
+    )
 
     # every comparison, paired on seed; the findings from them
     per_seed = comparisons.per_seed(t, config)
@@ -251,40 +348,73 @@ def build_report(inputs: dict[str, list[Path]], config: dict, out: Path, caption
 
     gr = tables.granularity(frozen, config)
     ft = tables.fusion_table(t["fusion"])
-    fusion = page.axis("fusion", ft, lambda _: figures.fusion(t["fusion"]), "fusion.kinds and fusion.pairs", data=t["fusion"])
+    fusion = page.axis(
+        "fusion", ft, lambda _: figures.fusion(t["fusion"]), "fusion.kinds and fusion.pairs", data=t["fusion"]
+    )
     fusion["pairs"] = None
     if fusion["figure"]:
         pairs, pair_summary = fusion_pairs(t["fusion"], cs)
         fusion["pairs"] = page.linked("fusion_pairs", pair_summary, pairs, index=True)
 
-    seconds = loss if loss.empty else (loss.groupby("run")["seconds"].agg(["sum", "count"])
-                                       .rename(columns={"sum": "pretrain seconds", "count": "epochs"}))
+    seconds = (
+        loss
+        if loss.empty
+        else (
+            loss.groupby("run")["seconds"]
+            .agg(["sum", "count"])
+            .rename(columns={"sum": "pretrain seconds", "count": "epochs"})
+        )
+    )
     seconds = suspects.marked(seconds, flags)
     data_version = yaml.safe_load(data_dvc.read_text())["outs"][0]["md5"] if data_dvc else "(no data.dvc)"
 
     doc = ENV.get_template("report.html").render(
-        n_models=frozen["run"].nunique(), nav=SECTIONS,
-        warnings=dict(rows=suspect.to_dict("records"), checked=suspects.CHECKED,
-                      link=page.csv("suspect_runs", suspect)),
-        split=splits(t), interval=stats.INTERVAL_NOTE,
-        findings=dict(table=table(head.drop(columns=["why"]).rename(columns={"found": "this study found (a − b ± 95% t half-width, n seeds)"})) if not head.empty else None,
-                      why=head[["finding", "why"]].to_dict("records"), link=page.csv("findings", found),
-                      margin=findings.FUSION_MARGIN),
-        comparisons=dict(tables=comparison_tables(cs), link=page.csv("comparisons", cs),
-                         per_seed=page.csv("comparisons_per_seed", per_seed)),
+        n_models=frozen["run"].nunique(),
+        nav=SECTIONS,
+        warnings=dict(
+            rows=suspect.to_dict("records"), checked=suspects.CHECKED, link=page.csv("suspect_runs", suspect)
+        ),
+        split=splits(t),
+        interval=stats.INTERVAL_NOTE,
+        findings=dict(
+            table=table(
+                head.drop(columns=["why"]).rename(
+                    columns={"found": "this study found (a − b ± 95% t half-width, n seeds)"}
+                )
+            )
+            if not head.empty
+            else None,
+            why=head[["finding", "why"]].to_dict("records"),
+            link=page.csv("findings", found),
+            margin=findings.FUSION_MARGIN,
+        ),
+        comparisons=dict(
+            tables=comparison_tables(cs),
+            link=page.csv("comparisons", cs),
+            per_seed=page.csv("comparisons_per_seed", per_seed),
+        ),
         probes=page.linked("probe_settings", probe_settings(t)),
-        results=dict(summary=page.csv("results_summary", rs), figure=page.figure("accuracy_per_level", figures.accuracy_per_level(base, flags), base),
-                     table=table(wide, index=True)),
-        quantity=page.axis("quantity", tables.quantity(t["lowshot"], t["supervised"]), figures.quantity, "quantity.labels"),
+        results=dict(
+            summary=page.csv("results_summary", rs),
+            figure=page.figure("accuracy_per_level", figures.accuracy_per_level(base, flags), base),
+            table=table(wide, index=True),
+        ),
+        quantity=page.axis(
+            "quantity", tables.quantity(t["lowshot"], t["supervised"]), figures.quantity, "quantity.labels"
+        ),
         domain=page.axis("domain", tables.domain_matrix(frozen, config), figures.domain_heatmap, "domain.domains"),
-        quality=page.axis("quality", tables.quality_drop(frozen, config), figures.quality_drop, "quality (every corruption list)"),
+        quality=page.axis(
+            "quality", tables.quality_drop(frozen, config), figures.quality_drop, "quality (every corruption list)"
+        ),
         granularity=section("granularity", figure=page.figure("granularity", figures.granularity(gr), gr)),
         fusion=fusion,
         clustering=page.axis("clustering", t["clusters"], figures.clustering, "clustering.enabled"),
         dense=dense_report.section(page, t["dense"]),
-        pretraining=dict(figure=page.figure("pretrain_loss", figures.loss(loss, flags), loss),
-                         table=table(seconds, digits=1, index=True),
-                         wall=page.linked("walltime", tables.walltime(benchmarks), digits=1)),
+        pretraining=dict(
+            figure=page.figure("pretrain_loss", figures.loss(loss, flags), loss),
+            table=table(seconds, digits=1, index=True),
+            wall=page.linked("walltime", tables.walltime(benchmarks), digits=1),
+        ),
         data=dict(version=str(data_version), figures=_data_figures(page, datasets or {})),
         config=yaml.safe_dump(config, sort_keys=False),
         versions=table(pd.Series(versions(), name="version").to_frame(), index=True),

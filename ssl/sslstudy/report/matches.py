@@ -1,5 +1,6 @@
 """DenseCL's correspondences drawn: each location of view 1 joined to the location of view 2 whose
 backbone feature is most similar (cosine), coloured by whether it is where the crops say it is."""
+
 from __future__ import annotations
 
 import io
@@ -17,8 +18,14 @@ from ..augment import MEAN, STD, ViewSpec  # noqa: E402
 from ..eval.dense import matched_views, near, require_map  # noqa: E402
 
 
-def correspondence_figure(view1: torch.Tensor, view2: torch.Tensor, match: torch.Tensor, grid: tuple[int, int],
-                          truth: torch.Tensor | None = None, title: str = "") -> bytes:
+def correspondence_figure(
+    view1: torch.Tensor,
+    view2: torch.Tensor,
+    match: torch.Tensor,
+    grid: tuple[int, int],
+    truth: torch.Tensor | None = None,
+    title: str = "",
+) -> bytes:
     """PNG of N view pairs side by side, each view-1 cell joined to its matched view-2 cell.
 
     view*: (N, 3, s, s) normalised views; match: (N, gh*gw) from `match_locations`; truth: the
@@ -36,7 +43,7 @@ def correspondence_figure(view1: torch.Tensor, view2: torch.Tensor, match: torch
         ax.set_axis_off()
     for j, ax in enumerate(axes.flat[:n]):
         ax.imshow(np.concatenate([show(view1[j]), np.ones((s, 2, 3)), show(view2[j])], axis=1))
-        ok = near(match[j:j + 1], truth[j:j + 1], gw)[0] if truth is not None else None
+        ok = near(match[j : j + 1], truth[j : j + 1], gw)[0] if truth is not None else None
         for i in range(gh * gw):
             (x1, y1), (x2, y2) = centre(i), centre(int(match[j, i]))
             colour = "yellow" if truth is None else "grey" if truth[j, i] < 0 else "lime" if ok[i] else "red"
@@ -68,7 +75,9 @@ def run_matches(checkpoint: Path, n_images: int = 6, seed: int = 0) -> dict:
 def write_matches_figure(checkpoint: Path, out: Path, n_images: int = 6, seed: int = 0) -> float:
     """The figure of `run_matches` written to `out` (atomically); returns its accuracy."""
     r = run_matches(checkpoint, n_images, seed)
-    title = (f"{checkpoint}\nview-1 cell -> view-2 cell of most similar backbone feature; {100 * r['accuracy']:.0f}%\n"
-             f"within one cell of the true location (green); red: further; grey: outside view 2")
+    title = (
+        f"{checkpoint}\nview-1 cell -> view-2 cell of most similar backbone feature; {100 * r['accuracy']:.0f}%\n"
+        f"within one cell of the true location (green); red: further; grey: outside view 2"
+    )
     write_bytes(out, correspondence_figure(r["view1"], r["view2"], r["match"], r["grid"], r["truth"], title))
     return r["accuracy"]

@@ -1,5 +1,6 @@
 """Which runs the report must not show as plain results: those whose pretraining collapsed (the last
 metrics.jsonl record says so) and those whose pretrained features score below their own random weights."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -8,8 +9,11 @@ from .. import stats
 
 COLUMNS = ["run", "flag", "reason", "folder"]
 # what the warnings box says was checked when no run is flagged
-CHECKED = ("the last pretraining-metrics record of each run (collapse check), and frozen pretrained vs random "
-           "weights of each run (paired over seeds: kNN and linear accuracy at every level; with 1 seed, kNN at the coarsest level)")
+CHECKED = (
+    "the last pretraining-metrics record of each run (collapse check), and frozen pretrained vs random "
+    "weights of each run (paired over seeds: kNN and linear accuracy at every level; with 1 seed, kNN at the "
+    "coarsest level)"
+)
 SCORES = ("knn", "linear")  # what "below random" is judged on (clustering scores near zero at fine levels are noise)
 KEYS = ["method", "domain", "subset", "quality", "eval_domain", "level_index", "level", "metric"]
 
@@ -27,32 +31,44 @@ def collapsed(curves: pd.DataFrame) -> list[dict]:
         last = g.iloc[-1]
         if pd.notna(last.get("collapsed")) and bool(last.get("collapsed")):
             why = last.get("collapse_reason")
-            out.append(dict(run=run, flag="collapsed", reason=why if isinstance(why, str) and why
-                            else f"collapsed at epoch {int(last['epoch'])}"))
+            out.append(
+                dict(
+                    run=run,
+                    flag="collapsed",
+                    reason=why if isinstance(why, str) and why else f"collapsed at epoch {int(last['epoch'])}",
+                )
+            )
     return out
 
 
 def below_random(frozen: pd.DataFrame) -> list[dict]:
     """Runs (of the study's own, evaluated on their pretraining domain) whose pretrained features score
     below their random weights: with >= 2 seeds a paired difference (on seed) with verdict "lower" at
-    some level for kNN or linear accuracy flags every seed's run; with 1 seed, pretrained < random for kNN at the coarsest level."""
+    some level for kNN or linear accuracy flags every seed's run; with 1 seed, pretrained < random for
+    kNN at the coarsest level."""
     if frozen.empty:
         return []
-    d = frozen[frozen["run"].isin(frozen.loc[frozen["weights"] == "random", "run"]) & (frozen["eval_domain"] == frozen["domain"])
-               & frozen["metric"].isin(SCORES)]
+    d = frozen[
+        frozen["run"].isin(frozen.loc[frozen["weights"] == "random", "run"])
+        & (frozen["eval_domain"] == frozen["domain"])
+        & frozen["metric"].isin(SCORES)
+    ]
     if d.empty:
         return []
     d = d.groupby(KEYS + ["weights", "seed", "run"], as_index=False, dropna=False)["value"].mean()
     out = []
-    for key, g in d.groupby(KEYS[:4], dropna=False, sort=True):
+    for _, g in d.groupby(KEYS[:4], dropna=False, sort=True):
         runs = sorted(g["run"].unique())
         if g["seed"].nunique() >= 2:
             diff = stats.compare(g, by=KEYS[4:], column="weights", a="pretrained", b="random")
             low = diff[diff["verdict"] == "lower"]
             if low.empty:
                 continue
-            where = "; ".join(f"{r.metric} at {r.level} level on {r.eval_domain}: {r['mean']:+.3f} "
-                              f"[{r.low:+.3f}, {r.high:+.3f}] (95% t, n={r.n})" for _, r in low.iterrows())
+            where = "; ".join(
+                f"{r.metric} at {r.level} level on {r.eval_domain}: {r['mean']:+.3f} "
+                f"[{r.low:+.3f}, {r.high:+.3f}] (95% t, n={r.n})"
+                for _, r in low.iterrows()
+            )
             reason = f"below random weights (pretrained − random, paired over seeds): {where}"
         else:
             k = g[g["metric"] == "knn"]
@@ -74,7 +90,12 @@ def suspects(frozen: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
     rows = collapsed(curves) + below_random(frozen)
     if not rows:
         return pd.DataFrame(columns=COLUMNS)
-    d = pd.DataFrame(rows).groupby("run", sort=True).agg(flag=("flag", ", ".join), reason=("reason", "; ".join)).reset_index()
+    d = (
+        pd.DataFrame(rows)
+        .groupby("run", sort=True)
+        .agg(flag=("flag", ", ".join), reason=("reason", "; ".join))
+        .reset_index()
+    )
     d["folder"] = d["run"].map(folder)
     return d[COLUMNS]
 
@@ -96,7 +117,13 @@ def flagged(runs, flags: dict[str, str]) -> str:
     out = []
     for (model, flag), seeds in groups.items():
         seeds = sorted(seeds, key=lambda x: int(x) if x else -1)
-        name = model if seeds == [""] else f"{model}/seed{seeds[0]}" if len(seeds) == 1 else f"{model}/seed{{{','.join(seeds)}}}"
+        name = (
+            model
+            if seeds == [""]
+            else f"{model}/seed{seeds[0]}"
+            if len(seeds) == 1
+            else f"{model}/seed{{{','.join(seeds)}}}"
+        )
         out.append(f"{name}: {flag}")
     return "; ".join(out)
 

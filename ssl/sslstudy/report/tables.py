@@ -1,5 +1,6 @@
 """Tidy tables of the study (one row per model x evaluation x level x metric) and the views of them
 that each section of the report plots. Every function takes and returns plain DataFrames."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,8 +9,8 @@ import pandas as pd
 
 from .. import forkserver, names, stats
 from ..axes import SUPERVISED, models, pick, pools, qualities, quality_subset, random_twins, reference_subset
-from ..names import KINDS, RUN_FIELDS, parse_quality
 from ..errors import UserError
+from ..names import KINDS, RUN_FIELDS, parse_quality
 from . import suspects
 
 KIND_ORDER = {k: i for i, k in enumerate(KINDS)}
@@ -63,11 +64,16 @@ def domain_matrix(frozen: pd.DataFrame, config: dict) -> pd.DataFrame:
     pre = dom["domains"] + pools(config)
     if frozen.empty or not pre:
         return pd.DataFrame()
-    d = frozen.query("weights == 'pretrained' and quality == 'clean' and metric == 'linear' and subset == @ref",
-                     local_dict=dict(ref=reference_subset(config)))
+    d = frozen.query(
+        "weights == 'pretrained' and quality == 'clean' and metric == 'linear' and subset == @ref",
+        local_dict=dict(ref=reference_subset(config)),
+    )
     d = d[d["domain"].isin(pre) & d["method"].isin(pick(config, "domain", "methods"))]
-    return (d.groupby(["method", "domain", "seed", "eval_domain", "level_index", "level"], as_index=False)["value"].mean()
-            .rename(columns={"domain": "pretrain_domain"}))
+    return (
+        d.groupby(["method", "domain", "seed", "eval_domain", "level_index", "level"], as_index=False)["value"]
+        .mean()
+        .rename(columns={"domain": "pretrain_domain"})
+    )
 
 
 def quality_drop(frozen: pd.DataFrame, config: dict) -> pd.DataFrame:
@@ -76,8 +82,10 @@ def quality_drop(frozen: pd.DataFrame, config: dict) -> pd.DataFrame:
     if frozen.empty or not tags:
         return pd.DataFrame()
     keys = ["method", "domain", "seed", "eval_domain", "level_index", "level", "metric"]
-    d = frozen.query("weights == 'pretrained' and subset == @ref and eval_domain == domain",
-                     local_dict=dict(ref=quality_subset(config)))
+    d = frozen.query(
+        "weights == 'pretrained' and subset == @ref and eval_domain == domain",
+        local_dict=dict(ref=quality_subset(config)),
+    )
     d = d[d["method"].isin(pick(config, "quality", "methods")) & d["domain"].isin(pick(config, "quality", "domains"))]
     clean = d[d["quality"] == "clean"][keys + ["value"]].rename(columns={"value": "clean"})
     out = d[d["quality"].isin(tags)].merge(clean, on=keys)
@@ -94,15 +102,21 @@ def granularity(frozen: pd.DataFrame, config: dict) -> pd.DataFrame:
     if frozen.empty:
         return pd.DataFrame()
     methods = pick(config, "granularity", "methods") + ([SUPERVISED] if config["granularity"]["supervised"] else [])
-    d = frozen[(frozen["weights"] == "pretrained") & (frozen["quality"] == "clean") & (frozen["eval_domain"] == frozen["domain"])
-               & frozen["method"].isin(methods) & frozen["domain"].isin(pick(config, "granularity", "domains"))
-               & frozen["metric"].isin(["linear", "knn"])]
+    d = frozen[
+        (frozen["weights"] == "pretrained")
+        & (frozen["quality"] == "clean")
+        & (frozen["eval_domain"] == frozen["domain"])
+        & frozen["method"].isin(methods)
+        & frozen["domain"].isin(pick(config, "granularity", "domains"))
+        & frozen["metric"].isin(["linear", "knn"])
+    ]
     d = d[(d["subset"] == reference_subset(config)) | (d["method"] == SUPERVISED)]
     return d.groupby(["method", "domain", "seed", "metric", "level_index", "level"], as_index=False)["value"].mean()
 
 
 def fusion_table(fusion: pd.DataFrame) -> pd.DataFrame:
-    """Per pair and evaluation domain (finest level): each member alone, the pair, and the gain over the better member."""
+    """Per pair and evaluation domain (finest level): each member alone, the pair, and the gain over
+    the better member."""
     if fusion.empty:
         return pd.DataFrame()
     d = finest(fusion).groupby(["pair", "eval_domain", "member"])["value"].mean().unstack("member")
@@ -149,11 +163,19 @@ def walltime(benchmarks: list[tuple[str, Path]]) -> pd.DataFrame:
     rows = []
     for stage, f in benchmarks:
         t = pd.read_csv(f, sep="\t")
-        rows.append(dict(stage=stage, seconds=float(t["s"].iloc[-1]), cpu=float(t["cpu_time"].iloc[-1]) + forked_cpu(f)))
+        rows.append(
+            dict(stage=stage, seconds=float(t["s"].iloc[-1]), cpu=float(t["cpu_time"].iloc[-1]) + forked_cpu(f))
+        )
     if not rows:
         return pd.DataFrame()
-    d = pd.DataFrame(rows).groupby("stage").agg(jobs=("seconds", "count"), wall_total=("seconds", "sum"),
-                                                 wall_longest=("seconds", "max"), cpu_total=("cpu", "sum"))
+    d = (
+        pd.DataFrame(rows)
+        .groupby("stage")
+        .agg(
+            jobs=("seconds", "count"),
+            wall_total=("seconds", "sum"),
+            wall_longest=("seconds", "max"),
+            cpu_total=("cpu", "sum"),
+        )
+    )
     return d.sort_values("cpu_total", ascending=False).reset_index()
-
-

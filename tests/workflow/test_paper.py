@@ -1,0 +1,123 @@
+"""params/paper.yaml, the paper-scale grid: valid, eight methods, every axis, and `snakemake -n`
+builds its whole DAG in seconds without any image (placeholder dataset folders)."""
+
+import json
+import re
+import shutil
+import time
+
+import yaml
+from sslstudy import config, methods
+from sslstudy.launch import EVALUATION, PRETRAIN, slurm_parameters
+
+from tests.helpers import ROOT, copy_workflow, run
+
+EIGHT = ["simclr", "moco", "byol", "swav", "barlow", "densecl", "deepcluster", "pcl"]
+
+
+def test_paper_grid_declares_eight_methods_resnet50_and_every_axis():
+    raw = yaml.safe_load((ROOT / "params/paper.yaml").read_text())
+    assert raw["study"]["methods"] == EIGHT == sorted(methods.REGISTRY, key=EIGHT.index)
+    c = config.validate(raw, "params/paper.yaml")
+    assert c["pretrain"]["backbone"]["arch"] == "resnet50" and c["pretrain"]["views"]["size"] == 224
+    assert c["quantity"]["labels"] and c["domain"]["pools"] and c["fusion"]["kinds"] and c["granularity"]["supervised"]
+    assert all(c["quality"][k] for k in ("downup", "jpeg", "saltpepper", "blur", "lowres"))
+
+
+def test_paper_dag_builds_in_seconds(tmp_path):
+    wf = copy_workflow(tmp_path)
+    raw = yaml.safe_load((wf / "params/paper.yaml").read_text())
+    for d in raw["study"]["domains"]:
+        (wf / "data/real" / d).mkdir(parents=True)
+        for f in ("images.npy", "labels.csv", "meta.json"):
+            (wf / "data/real" / d / f).touch()
+    t0 = time.time()
+    official = sorted(str(p.relative_to(wf)) for p in (wf / "params/methods").glob("*.yaml"))
+    assert len(official) == 8
+    p = run(["snakemake", "-n", "--quiet", "rules", "--configfile", "params/paper.yaml", *official], cwd=wf)
+    seconds = time.time() - t0
+    n = {m.group(1): int(m.group(2)) for m in re.finditer(r"^([a-z_]+)\s+(\d+)$", p.stdout + p.stderr, re.M)}
+    per_method = len(EIGHT)
+    assert n["pretrain"] == per_method * (4 + 3 * 4 + 9 + 4), n  # domains, quantity subsets, corruptions, pools
+    assert n["lowshot"] == per_method * 3 * 5 * 2 and n["supervised"] == 3 * 6, (
+        n
+    )  # per (run, mode): every labelled count
+    assert seconds < 120, seconds  # generous: a busy shared machine; see the README for the measured time
+
+
+def test_the_profile_gives_the_paper_its_resources(tmp_path):
+    """`snakemake -n -p --profile slurm --configfile params/paper.yaml`: every pretraining job asks SLURM
+    for paper.yaml's node (8 GPUs = 8 DDP tasks, 64 CPUs, 480 GB, 2,880 min), every evaluation-type job
+    for one task on paper.yaml's evaluation resources; the profile adds only the cluster's settings."""
+    wf = copy_workflow(tmp_path)
+    shutil.copytree(ROOT / "slurm", wf / "slurm")
+    raw = yaml.safe_load((wf / "params/paper.yaml").read_text())
+    for d in raw["study"]["domains"]:
+        (wf / "data/real" / d).mkdir(parents=True)
+        for f in ("images.npy", "labels.csv", "meta.json"):
+            (wf / "data/real" / d / f).touch()
+    official = sorted(str(p.relative_to(wf)) for p in (wf / "params/methods").glob("*.yaml"))
+    p = run(["snakemake", "-n", "-p", "--profile", "slurm", "--configfile", "params/paper.yaml", *official], cwd=wf)
+    launches = {}  # command -> the --launch JSON of each of its jobs
+    for m in re.finditer(r"sslstudy ([\w-]+) .*?--launch '([^']+)'", p.stdout):
+        launches.setdefault(m.group(1), []).append(json.loads(m.group(2)))
+    assert {"pretrain", "evaluate", "lowshot", "supervised", "fusion"} <= set(launches), sorted(launches)
+    assert re.search(
+        r"sslstudy evaluate .*--cluster \S+ --run-dir results/runs/", p.stdout
+    )  # periodic clustering in its evaluate job
+    pre = {json.dumps(slurm_parameters(la, PRETRAIN), sort_keys=True) for la in launches["pretrain"]}
+    assert [json.loads(x) for x in pre] == [
+        dict(
+            timeout_min=2880,
+            nodes=1,
+            gpus_per_node=8,
+            tasks_per_node=8,
+            cpus_per_task=8,
+            mem_gb=480,
+            slurm_signal_delay_s=90,
+        )
+    ]
+    ev = {
+        json.dumps(slurm_parameters(la, EVALUATION), sort_keys=True)
+        for cmd, las in launches.items()
+        if cmd != "pretrain"
+        for la in las
+    }
+    want = raw["launch"]["evaluation"]
+    assert [json.loads(x) for x in ev] == [
+        dict(
+            timeout_min=want["time_min"],
+            nodes=1,
+            gpus_per_node=want["gpus"],
+            tasks_per_node=1,
+            cpus_per_task=want["cpus"],
+            mem_gb=want["mem_gb"],
+            slurm_signal_delay_s=90,
+        )
+    ]
+    # the cluster's settings: from the profile, never from the study's params
+    assert all(
+        la["executor"] == "slurm" and la["evaluate"] == "executor" and la["slurm"]["partition"] is None
+        for las in launches.values()
+        for la in las
+    )
+
+
+def test_official_method_blocks_survive_the_merge_over_study_yaml():
+    """Snakemake merges params/paper.yaml and params/methods/*.yaml over params/study.yaml: every
+    method setting that study.yaml makes for its CPU scale must be overridden by the official file,
+    or the paper grid would run it."""
+
+    def leaks(study, official, where):
+        for k, v in study.items():
+            if k not in official:
+                yield f"{where}.{k}"
+            elif isinstance(v, dict) and isinstance(official[k], dict):
+                yield from leaks(v, official[k], f"{where}.{k}")
+
+    study = yaml.safe_load((ROOT / "params/study.yaml").read_text())["methods"]
+    found = []
+    for f in sorted((ROOT / "params/methods").glob("*.yaml")):
+        for m, block in yaml.safe_load(f.read_text())["methods"].items():
+            found += leaks(study.get(m, {}), block, f"methods.{m}")
+    assert not found, f"params/study.yaml settings the paper grid would inherit: {found}"

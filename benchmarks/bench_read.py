@@ -22,7 +22,7 @@ the wall-clock figures mostly measure waiting for a core).
 Two configurations: 256 px images (ImageNet-style storage for 224 px crops) against the ~2,000
 images/s a ResNet-50 two-view SimCLR step consumes on an H100 (/work/shared/README.md; target:
 reading >= 10x that), and 32 px images (the default study) against the ~1,000 images/s (2,000
-views/s) a 2-thread CPU pretraining process consumes here (README). On CUDA the copy of the batch
+views/s) a 2-thread CPU pretraining process consumes here (docs/performance.md). On CUDA the copy of the batch
 to the GPU is timed too (pageable and pinned).
 """
 
@@ -46,7 +46,7 @@ from sslstudy.data.packed import load_dataset, write_dataset  # noqa: E402
 from sslstudy.names import IMAGES_FILE  # noqa: E402
 
 GPU_STEP_IMAGES_PER_S = 2000  # ResNet-50, two views, bf16 + channels_last, H100 (shared/README.md)
-CPU_STEP_IMAGES_PER_S = 1000  # width-16 CNN, 32 px, two views, 2 threads, this machine (README.md)
+CPU_STEP_IMAGES_PER_S = 1000  # width-16 CNN, 32 px, two views, 2 threads, this machine (docs/performance.md)
 
 
 def write_random_domain(path: Path, n: int, size: int, seed: int = 0) -> None:

@@ -489,7 +489,7 @@ def parser() -> argparse.ArgumentParser:
 
     from .data.sources import SOURCES
 
-    s = sub.add_parser("ingest", help="pack a real image collection from disk into data/<name> (see README)")
+    s = sub.add_parser("ingest", help="pack a real image collection from disk into data/<name> (see docs/datasets.md)")
     s.add_argument("source", choices=sorted(SOURCES), help="the collection's on-disk layout")
     s.add_argument("path", type=Path, help="the collection's folder")
     s.add_argument("--name", required=True, help="dataset (and study domain) name: letters, digits, '.', '-'")

@@ -59,7 +59,7 @@ _Validator = _with_defaults(jsonschema.Draft7Validator)
 
 @functools.lru_cache(maxsize=1)
 def _schema() -> dict:
-    # libyaml's loader when PyYAML has it: ~8x less CPU than the pure-Python one on this file
+    # libyaml's loader when PyYAML has it: much less CPU than the pure-Python one (docs/performance.md)
     return yaml.load(SCHEMA.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 

@@ -13,7 +13,7 @@ ARCHS = ("cnn4", "resnet18", "resnet50")
 class CNN4(nn.Module):
     """Four conv-BN-ReLU blocks (the last three stride 2) and global average pooling.
 
-    The CPU default: at width 16 and 32 px it trains ~100x faster than a ResNet-18 here.
+    The CPU default: at width 16 and 32 px it trains far faster than a ResNet-18 (docs/performance.md).
     """
 
     def __init__(self, width: int = 32):

@@ -103,7 +103,7 @@ def faiss_threads(n: int | None = None, work: float | None = None) -> Iterator[i
     ``n=None`` means torch's thread count, except that a job whose ``work``
     (multiply-adds of one pass, e.g. ``N * k * d``) is below ~16M runs on one
     thread: OpenMP fork/join then costs more than it saves, and on a busy
-    machine spinning threads make small jobs up to 100x slower.
+    machine spinning threads make small jobs many times slower (docs/performance.md).
     """
     if n is None:
         n = 1 if work is not None and work < _SMALL_WORK else _default_threads()

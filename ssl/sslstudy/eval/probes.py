@@ -22,11 +22,11 @@ deterministic function of the inputs, ``seed`` and the thread count. The
 gradient is written out in closed form (softmax - onehot) on plain tensors:
 the update is exactly ``torch.optim.SGD(momentum=0.9, nesterov=True)``'s, but
 without the autograd/optimizer overhead, which dominates for a model this
-small (3,000 x 128 features, 64 classes, 100 epochs: about 0.4 s; such small
-problems run on one torch thread, which is faster than two and, on a busy
-machine, much faster).
-With the defaults (lr 0.5, weight decay 5e-4) it lands within about a point of
-scikit-learn's ``LogisticRegression`` on standardised features.
+small (such small problems run on one torch thread, which is faster than two
+and, on a busy machine, much faster; timings: docs/performance.md).
+With the defaults (lr 0.5, weight decay 5e-4) it lands close to scikit-learn's
+``LogisticRegression`` on standardised features (tests/eval/test_eval.py checks
+it; the measured gap: docs/performance.md).
 
 :func:`linear_heads` trains one such classifier per (lr, weight decay) of a grid at once, on the
 same minibatches (one matrix product per step for all heads); the evaluation keeps the head that

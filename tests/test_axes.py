@@ -332,6 +332,35 @@ def test_fusion_rows_cover_both_members_and_the_pair(tiny_data):
     assert len(df) == 3 * 3 and df["value"].between(0, 1).all()
 
 
+def test_fusion_command_reads_each_cache_as_its_member(tiny_data, tmp_path):
+    """`sslstudy fusion` as the fusion rule calls it: --embeddings-a/-b name the members' caches,
+    --name-a/-b their labels in the table."""
+    import json
+
+    import pandas as pd
+    from sslstudy.cli import run_command
+
+    ds = load_dataset(tiny_data / "natural")
+    torch.manual_seed(0)
+    caches = {}
+    for member, width in (("a", 4), ("b", 8)):  # 32 and 64 feature dimensions
+        caches[member] = tmp_path / f"{member}.npz"
+        embed_dataset(build_backbone("cnn4", width=width).eval(), ds, 32, 256).save(caches[member])
+    out = tmp_path / "fusion.csv"
+    run_command(
+        ["fusion", "--embeddings-a", str(caches["a"]), "--embeddings-b", str(caches["b"])]
+        + ["--name-a", "simclr@natural", "--name-b", "barlow@natural", "--seed", "3"]
+        + ["--dataset", str(tiny_data / "natural"), "--size", "32", "--eval", json.dumps(EVAL), "--device", "cpu"]
+        + ["--out", str(out)]
+    )
+    df = pd.read_csv(out)
+    by_member = df.groupby("member")[["model", "dim"]].first()
+    assert by_member.loc["a"].tolist() == ["simclr@natural", 32]
+    assert by_member.loc["b"].tolist() == ["barlow@natural", 64]
+    assert by_member.loc["a+b"].tolist() == ["simclr@natural + barlow@natural", 96]
+    assert set(df["pair"]) == {"simclr@natural + barlow@natural"} and set(df["seed"]) == {3}
+
+
 # ------------------------------------------------------------------------------- the grid in params
 def grid(**axes_over):
     raw = dict(study=dict(methods=["simclr"], domains=["natural", "aerial"], subsets=[1.0]))

@@ -119,7 +119,7 @@ def test_epoch_checkpoints_hold_only_the_backbone(tiny_data, subset, tmp_path):
 
 @pytest.mark.parametrize("rank", [1, 0])
 def test_only_the_lead_rank_changes_files_on_resume(rank, tmp_path, monkeypatch):
-    from sslstudy import distributed as D
+    from sslstudy import distributed as dist
     from sslstudy.train import _resume_state, atomic_torch_save
 
     cfg = dict(run="r", seed=0, threads=1)
@@ -129,8 +129,8 @@ def test_only_the_lead_rank_changes_files_on_resume(rank, tmp_path, monkeypatch)
     metrics = '{"epoch": 1}\n{"epoch": 2}\n'  # epoch 2 is not in last.pt
     (tmp_path / "metrics.jsonl").write_text(metrics)
     barriers = []
-    monkeypatch.setattr(D, "rank", lambda: rank)
-    monkeypatch.setattr(D, "barrier", lambda: barriers.append(sorted(p.name for p in ck.iterdir())))
+    monkeypatch.setattr(dist, "rank", lambda: rank)
+    monkeypatch.setattr(dist, "barrier", lambda: barriers.append(sorted(p.name for p in ck.iterdir())))
 
     assert _resume_state(tmp_path, cfg)["epoch"] == 1
     kept = (tmp_path / "metrics.jsonl").read_text()

@@ -30,17 +30,14 @@ Design
   ops (as torchvision's per-image ``ColorJitter`` does). It is done in four stages; at stage ``k``
   the samples are grouped by the op at position ``k`` of their permutation and each op runs once on
   its group, so every op still touches every jittered sample exactly once -- the same arithmetic as
-  a per-batch order, plus gathers/scatters of the groups and about 4x as many (smaller) kernels.
-  Measured against a per-batch order (apply_params, batch 256, 32-224 px, this 2-core CPU;
-  ``benchmarks/bench_augment.py`` prints it too): 1 thread 0.84-1.06x the time (the smaller
-  groups stay in cache), 2 threads 0.86-1.4x (best of N rounds, quiet machine). Caveat: while
-  other processes load the CPU, multi-threaded runs of many small kernels stall at OpenMP
-  barriers and the per-sample order suffered more (up to 1.9x best / 3x median in such runs).
-  On a GPU it adds roughly 100 small kernel launches per call
-  (an estimate, not measured: no GPU was available). We keep the per-sample order for
-  per-image-faithful statistics. A per-batch order is obtained by giving every row of
-  ``params["order"]`` the same permutation; :func:`apply_params` then runs each stage as one op
-  on the whole subset, with no extra gathers.
+  a per-batch order, plus gathers/scatters of the groups and about four times as many (smaller)
+  kernels. On one CPU thread that costs about as much as a per-batch order (the smaller groups
+  stay in cache); with several threads, and more so on a loaded machine, the many small kernels
+  wait at OpenMP barriers; on a GPU each is a kernel launch. The timings are in
+  docs/performance.md ("Measurements behind code comments"; ``benchmarks/bench_augment.py``
+  prints them). We keep the per-sample order for per-image-faithful statistics. A per-batch order
+  is obtained by giving every row of ``params["order"]`` the same permutation; :func:`apply_params`
+  then runs each stage as one op on the whole subset, with no extra gathers.
   Hue is shifted with a batched RGB -> (hue, chroma, max) -> RGB conversion equivalent to
   torchvision's RGB -> HSV -> RGB round trip.
 * Grayscale uses the ITU-R 601-2 luma weights 0.299/0.587/0.114 (torchvision uses 0.2989 for red).
@@ -83,7 +80,7 @@ __all__ = [
     "views_from",
     "make_views",
     "eval_view",
-    "set_thread_threads",
+    "set_calling_thread_torch_threads",
 ]
 
 #: ImageNet channel statistics used to normalise views (RGB, for images in [0, 1]).
@@ -386,7 +383,8 @@ def _grayscale(x: Tensor) -> Tensor:
 def _blur(x: Tensor, kernels: Tensor) -> Tensor:
     """Separable Gaussian blur with per-sample 1-D kernels (n, K), reflect padding: two depthwise
     convolutions over the ``n x 3`` channels of one image. On the CPU the padded image is made
-    channels-last first (oneDNN's depthwise kernels ran 1.5-2x faster so, same numbers)."""
+    channels-last first: oneDNN's depthwise kernels run faster so, with the same numbers
+    (docs/performance.md)."""
     n, c, h, w = x.shape
     k = kernels.shape[1]
     pad = k // 2
@@ -485,8 +483,8 @@ def _jitter(x: Tensor, params: dict[str, Tensor], spec: ViewSpec) -> Tensor:
 
 #: On the CPU, a batch larger than this (float input + output) is processed in blocks of samples that
 #: fit: every temporary then stays below glibc's mmap threshold (32 MiB), so it is not page-faulted
-#: in afresh on every call, and a block stays cache-friendly (measured 1.7x faster for 224 px views
-#: of 256 px images, 1 thread). Each block holds samples of one group (see :func:`_cpu_blocks`).
+#: in afresh on every call, and a block stays cache-friendly (faster: docs/performance.md). Each
+#: block holds samples of one group (see :func:`_cpu_blocks`).
 #: CUDA batches are never split (its caching allocator has no such cost, and fewer, larger kernels
 #: are better there).
 CPU_BLOCK_BYTES = 24 * 2**20
@@ -593,14 +591,13 @@ def _blocked(images: Tensor, params: dict[str, Tensor], spec: ViewSpec, convert)
         return out
     # Parts run single-threaded, one per worker thread (torch releases the GIL inside its kernels),
     # instead of every small kernel split across the threads: no OpenMP barrier per op. On a loaded
-    # machine those barriers stalled whenever one thread was descheduled (2 threads, 32 px: ~20x
-    # slower than 1 thread at a load average of 14, measured).
+    # machine those barriers stalled whenever one thread was descheduled (docs/performance.md).
     for f in [_pool(workers).submit(run, idx) for idx in parts]:
         f.result()
     return out
 
 
-def set_thread_threads(n: int = 1) -> None:
+def set_calling_thread_torch_threads(n: int = 1) -> None:
     """Make the calling thread's torch ops use ``n`` threads and leave every other thread as it is.
     (``torch.set_num_threads`` is partly process-wide: it also sets the count that new threads start
     with and empties oneDNN's cache of compiled convolutions, which the next step then rebuilds.)"""
@@ -620,7 +617,7 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     with _POOLS_LOCK:
         if workers not in _POOLS:
             _POOLS[workers] = ThreadPoolExecutor(
-                workers, thread_name_prefix="sslstudy-views", initializer=set_thread_threads
+                workers, thread_name_prefix="sslstudy-views", initializer=set_calling_thread_torch_threads
             )
         return _POOLS[workers]
 
@@ -684,3 +681,6 @@ def eval_view(images: Tensor, size: int) -> Tensor:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         return _normalize_(x.clamp_(0.0, 1.0))
     return normalize(x)
+
+
+set_thread_threads = set_calling_thread_torch_threads  # old name, used by train.py until the trainer split lands

@@ -13,7 +13,7 @@ from .errors import UserError
 from .names import (
     ALL,
     CLEAN,
-    KINDS,
+    CORRUPTIONS,
     POOL_SEP,
     SUPERVISED,
     dataset_dir,
@@ -52,8 +52,8 @@ def quality_subset(config: dict) -> str:
 
 
 def qualities(config: dict) -> list[str]:
-    q = config["quality"]
-    return [quality_tag(kind, s) for kind in KINDS for s in q[kind]]
+    strengths = config["quality"]
+    return [quality_tag(kind, s) for kind in CORRUPTIONS for s in strengths[kind]]
 
 
 def pools(config: dict) -> list[str]:

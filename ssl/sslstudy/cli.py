@@ -14,91 +14,99 @@ from .errors import UserError
 from .names import parse_labels_tag
 
 
-def cmd_validate(a) -> None:
+def cmd_validate(args) -> None:
     from . import config
 
-    config.load(a.params)
-    print(f"{a.params}: ok")
+    config.load(args.params)
+    print(f"{args.params}: ok")
 
 
-def cmd_synth(a) -> None:
+def cmd_synth(args) -> None:
     from . import config
     from .data.synth import generate
 
-    s = config.load(a.params)["data"]["synth"]
-    generate(a.out, domains=s["domains"], n_images=s["n_images"], image_size=s["image_size"], seed=s["seed"])
+    synth = config.load(args.params)["data"]["synth"]
+    generate(
+        args.out,
+        domains=synth["domains"],
+        n_images=synth["n_images"],
+        image_size=synth["image_size"],
+        seed=synth["seed"],
+    )
 
 
-def cmd_ingest(a) -> None:
+def cmd_ingest(args) -> None:
     from .data.ingest import ingest
 
-    levels = [x.strip() for x in a.levels.split(",") if x.strip()] if a.levels else None
-    r = ingest(
-        a.source,
-        a.path,
-        a.out_root / a.name,
-        size=a.size,
+    levels = [x.strip() for x in args.levels.split(",") if x.strip()] if args.levels else None
+    result = ingest(
+        args.source,
+        args.path,
+        args.out_root / args.name,
+        size=args.size,
         levels=levels,
-        hierarchy=a.hierarchy,
-        train_split=a.train_split,
-        val_fraction=a.val_fraction,
-        test_fraction=a.test_fraction,
-        seed=a.seed,
-        max_per_class=a.max_per_class,
-        max_failed=a.max_failed,
-        workers=a.workers,
-        force=a.force,
+        hierarchy=args.hierarchy,
+        train_split=args.train_split,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+        max_per_class=args.max_per_class,
+        max_failed=args.max_failed,
+        workers=args.workers,
+        force=args.force,
     )
-    for note in r["notes"]:
-        print(f"{a.path}: {note}")
-    classes = ", ".join(f"{lv} {n}" for lv, n in r["levels"].items())
-    if r["skipped"]:
-        print(f"{r['out']}: up to date ({r['kept']} images listed, same files and options); --force re-ingests")
+    for note in result["notes"]:
+        print(f"{args.path}: {note}")
+    classes = ", ".join(f"{level} {n}" for level, n in result["levels"].items())
+    out = result["out"]
+    if result["skipped"]:
+        print(f"{out}: up to date ({result['kept']} images listed, same files and options); --force re-ingests")
         return
     print(
-        f"{r['out']}: {r['images']} images of {a.size} px (classes: {classes}); {r['failed']} unreadable "
-        f"(listed in {r['report']}); {r['per_second']:.0f} images/s on {r['workers']} worker(s), {r['seconds']:.1f} s"
+        f"{out}: {result['images']} images of {args.size} px (classes: {classes}); {result['failed']} unreadable "
+        f"(listed in {result['report']}); {result['per_second']:.0f} images/s on {result['workers']} worker(s), "
+        f"{result['seconds']:.1f} s"
     )
 
 
 def ingest_args(config: dict, name: str) -> list[str]:
     """The `sslstudy ingest` arguments of the data.ingest entry ``name`` (the ingest rule's command)."""
-    s = config["data"]["ingest"][name]
+    entry = config["data"]["ingest"][name]
     args = [
-        s["source"],
-        s["path"],
+        entry["source"],
+        entry["path"],
         "--name",
         name,
         "--out-root",
         names.INGEST_ROOT,
         "--size",
-        str(s["size"]),
+        str(entry["size"]),
         "--val-fraction",
-        str(s["val_fraction"]),
+        str(entry["val_fraction"]),
         "--test-fraction",
-        str(s["test_fraction"]),
+        str(entry["test_fraction"]),
         "--seed",
-        str(s["seed"]),
+        str(entry["seed"]),
         "--max-failed",
-        str(s["max_failed"]),
+        str(entry["max_failed"]),
     ]
     for key in ("hierarchy", "train_split", "max_per_class"):
-        if s[key] is not None:
-            args += [f"--{key.replace('_', '-')}", str(s[key])]
-    if s["levels"]:
-        args += ["--levels", ",".join(s["levels"])]
+        if entry[key] is not None:
+            args += [f"--{key.replace('_', '-')}", str(entry[key])]
+    if entry["levels"]:
+        args += ["--levels", ",".join(entry["levels"])]
     return args
 
 
-def cmd_subset(a) -> None:
+def cmd_subset(args) -> None:
     from .data.packed import load_dataset
     from .data.subsets import fractions_to_sizes, nested_subsets, save_indices
 
-    kind, value = names.parse_subset_tag(a.subset)
-    ds = load_dataset(a.dataset)
+    kind, value = names.parse_subset_tag(args.subset)
+    ds = load_dataset(args.dataset)
     size = fractions_to_sizes(len(ds.split_indices("train")), [value])[0] if kind == "frac" else value
-    idx = nested_subsets(ds.labels, [size], seed=a.seed, stratify=ds.levels[-1], dataset=str(a.dataset))[size]
-    save_indices(a.out, idx)
+    idx = nested_subsets(ds.labels, [size], seed=args.seed, stratify=ds.levels[-1], dataset=str(args.dataset))[size]
+    save_indices(args.out, idx)
 
 
 def _log_stderr() -> None:
@@ -108,31 +116,31 @@ def _log_stderr() -> None:
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its "Loading faiss" lines
 
 
-def cmd_pretrain(a) -> None:
+def cmd_pretrain(args) -> None:
     from .config import validate_launch
     from .launch import launch_pretrain
 
     _log_stderr()
-    spec = json.loads(a.spec)
-    launch_pretrain(spec, a.run_dir, validate_launch(json.loads(a.launch)))
+    spec = json.loads(args.spec)
+    launch_pretrain(spec, args.run_dir, validate_launch(json.loads(args.launch)))
 
 
-def cmd_remote(a) -> None:
+def cmd_remote(args) -> None:
     """Run this same command (without --launch) as a submitit job on launch.executor, and wait for it."""
     from .config import validate_launch
     from .launch import run_job
 
     _log_stderr()
     run_job(
-        functools.partial(run_command, a.argv),
-        a.job_dir,
-        validate_launch(json.loads(a.launch)),
-        a.threads,
-        what=f"{a.cmd} {a.out}",
+        functools.partial(run_command, args.argv),
+        args.job_dir,
+        validate_launch(json.loads(args.launch)),
+        args.threads,
+        what=f"{args.cmd} {args.out}",
     )
 
 
-def cmd_evaluate(a) -> None:
+def cmd_evaluate(args) -> None:
     """Every frozen and dense evaluation of one model into its folder, each checkpoint loaded once."""
     import pandas as pd
     import torch
@@ -141,17 +149,17 @@ def cmd_evaluate(a) -> None:
     from .eval.features import eval_device
     from .report.dag import split_named
 
-    checkpoints, datasets = dict(split_named(a.checkpoint)), dict(split_named(a.dataset))
-    frozen, dense = [names.parse_evaluation(e) for e in a.frozen], [names.parse_evaluation(e) for e in a.dense]
-    embed = list(dict.fromkeys(frozen + [names.parse_evaluation(e) for e in a.embed]))
-    if not embed + dense + a.cluster:
+    checkpoints, datasets = dict(split_named(args.checkpoint)), dict(split_named(args.dataset))
+    frozen, dense = [names.parse_evaluation(e) for e in args.frozen], [names.parse_evaluation(e) for e in args.dense]
+    embed = list(dict.fromkeys(frozen + [names.parse_evaluation(e) for e in args.embed]))
+    if not embed + dense + args.cluster:
         raise UserError(
             "evaluate: nothing to do; name evaluations (<weights>_on_<domain>) with --frozen, --dense or --embed, "
             "or domains with --cluster"
         )
-    if a.cluster and a.run_dir is None:
+    if args.cluster and args.run_dir is None:
         raise UserError("evaluate --cluster needs --run-dir (the pretraining run whose checkpoints are clustered)")
-    for on in a.cluster:
+    for on in args.cluster:
         if on not in datasets:
             raise UserError(f"evaluate: --cluster {on} needs --dataset {on}=DIR")
     for w, on in embed + dense:
@@ -159,31 +167,31 @@ def cmd_evaluate(a) -> None:
             raise UserError(f"evaluate: {names.evaluation(w, on)} needs --checkpoint {w}=PATH")
         if on not in datasets:
             raise UserError(f"evaluate: {names.evaluation(w, on)} needs --dataset {on}=DIR")
-    if dense and not json.loads(a.dense_eval):
+    if dense and not json.loads(args.dense_eval):
         raise UserError("evaluate --dense needs --dense-eval (JSON: the config's dense block)")
-    torch.set_num_threads(a.threads)
-    device = eval_device(a.device)
+    torch.set_num_threads(args.threads)
+    device = eval_device(args.device)
     tables, embedded = dict(frozen=[], dense=[], clusters=[]), {}
-    with atomic_dir(a.out) as out:
+    with atomic_dir(args.out) as out:
         for weights in dict.fromkeys(w for w, _ in embed + dense):
             domains = {
                 kind: [on for w, on in pairs if w == weights]
                 for kind, pairs in dict(embed=embed, frozen=frozen, dense=dense).items()
             }
-            _evaluate_checkpoint(a, weights, checkpoints[weights], datasets, domains, device, out, tables, embedded)
-        if a.cluster:
+            _evaluate_checkpoint(args, weights, checkpoints[weights], datasets, domains, device, out, tables, embedded)
+        if args.cluster:
             from .data.packed import load_dataset
             from .eval.checkpoint_clustering import cluster_checkpoints
 
             df = cluster_checkpoints(
-                a.run_dir,
-                {on: load_dataset(datasets[on]) for on in a.cluster},
-                json.loads(a.eval),
-                a.size,
+                args.run_dir,
+                {on: load_dataset(datasets[on]) for on in args.cluster},
+                json.loads(args.eval),
+                args.size,
                 device,
                 embedded,
             )
-            tables["clusters"].append(_with_ids(df, dict(run=a.run, **json.loads(a.ids))))
+            tables["clusters"].append(_with_ids(df, dict(run=args.run, **json.loads(args.ids))))
         for kind, file in (
             ("frozen", names.FROZEN_FILE),
             ("dense", names.DENSE_FILE),
@@ -194,7 +202,7 @@ def cmd_evaluate(a) -> None:
 
 
 def _evaluate_checkpoint(
-    a, weights: str, checkpoint: Path, datasets: dict, domains: dict, device, out: Path, tables: dict, embedded: dict
+    args, weights: str, checkpoint: Path, datasets: dict, domains: dict, device, out: Path, tables: dict, embedded: dict
 ) -> None:
     """One checkpoint on its domains (``domains``: embed, frozen, dense lists): dense evaluations on
     the CPU, then embeddings on device, saved into ``out``, with the frozen scores of the frozen
@@ -207,7 +215,9 @@ def _evaluate_checkpoint(
 
     backbone, run_cfg = load_backbone(checkpoint)
     epoch = names.checkpoint_epoch(checkpoint.name)
-    ids = dict(run=a.run, **json.loads(a.ids), weights=weights, epoch=run_cfg["epochs"] if epoch is None else epoch)
+    ids = dict(
+        run=args.run, **json.loads(args.ids), weights=weights, epoch=run_cfg["epochs"] if epoch is None else epoch
+    )
     # final.pt (beside checkpoints/) holds the weights of the last epoch's checkpoint
     folder = ((checkpoint.parent / names.CHECKPOINTS if epoch is None else checkpoint.parent).resolve(), ids["epoch"])
     if domains["dense"]:
@@ -215,32 +225,32 @@ def _evaluate_checkpoint(
 
         for on in domains["dense"]:
             ds = load_dataset(datasets[on])
-            df = evaluate_dense(backbone, ds, json.loads(a.dense_eval), a.size, json.loads(a.views))
+            df = evaluate_dense(backbone, ds, json.loads(args.dense_eval), args.size, json.loads(args.views))
             tables["dense"].append(_with_ids(df, dict(ids, eval_domain=ds.name)))
     backbone.to(device)
-    cfg = json.loads(a.eval)
+    cfg = json.loads(args.eval)
     for on in domains["embed"]:
         ds = load_dataset(datasets[on])
-        feats = embed_dataset(backbone, ds, a.size, cfg["batch_size"])
+        feats = embed_dataset(backbone, ds, args.size, cfg["batch_size"])
         feats.save(out / names.EMBEDDINGS_FILE.format(weights=weights, on=on))
         embedded.setdefault(folder, {})[on] = feats
         if on in domains["frozen"]:
             tables["frozen"].append(_with_ids(evaluate(feats, ds, cfg, device), dict(ids, eval_domain=ds.meta["name"])))
 
 
-def cmd_report(a) -> None:
+def cmd_report(args) -> None:
     from .report.dag import split_named
     from .report.html import build_report
 
     build_report(
-        {k: [Path(p) for p in getattr(a, k)] for k in TABLES},
-        json.loads(a.config),
-        Path(a.out),
-        Path(a.captions),
-        curves=dict(split_named(a.curves)),
-        benchmarks=split_named(a.benchmarks),
-        datasets=dict(split_named(a.datasets)),
-        data_dvc=a.data_dvc,
+        {k: [Path(p) for p in getattr(args, k)] for k in TABLES},
+        json.loads(args.config),
+        Path(args.out),
+        Path(args.captions),
+        curves=dict(split_named(args.curves)),
+        benchmarks=split_named(args.benchmarks),
+        datasets=dict(split_named(args.datasets)),
+        data_dvc=args.data_dvc,
     )
 
 
@@ -260,16 +270,16 @@ def _write_csv(path: Path, df) -> None:
     write_bytes(path, df.to_csv(index=False).encode())
 
 
-def cmd_corrupt(a) -> None:
+def cmd_corrupt(args) -> None:
     from .data.corrupt import corrupt_dataset
 
-    corrupt_dataset(a.dataset, a.out, a.quality, a.seed)
+    corrupt_dataset(args.dataset, args.out, args.quality, args.seed)
 
 
-def cmd_pool(a) -> None:
+def cmd_pool(args) -> None:
     from .data.pool import pool_dataset
 
-    pool_dataset(a.datasets, a.out, a.seed)
+    pool_dataset(args.datasets, args.out, args.seed)
 
 
 def _count(subset_file: str) -> int:
@@ -278,7 +288,7 @@ def _count(subset_file: str) -> int:
     return len(load_indices(subset_file))
 
 
-def cmd_lowshot(a) -> None:
+def cmd_lowshot(args) -> None:
     """Frozen linear (from the run's embedding cache) or fine-tuning of one SSL run with n labelled
     images per class, for every n of --labels (the checkpoint or cache read once)."""
     import copy
@@ -292,36 +302,36 @@ def cmd_lowshot(a) -> None:
     from .train import load_backbone, load_checkpoint
 
     _log_stderr()
-    torch.set_num_threads(a.threads)
-    device = eval_device(a.device)
-    ds = load_dataset(a.dataset)
-    cfg = json.loads(a.eval)
-    labelled = {tag: lowshot.labelled_indices(ds, parse_labels_tag(tag), cfg) for tag in dict.fromkeys(a.labels)}
-    if a.mode == "linear":
-        if a.embeddings is None:
+    torch.set_num_threads(args.threads)
+    device = eval_device(args.device)
+    ds = load_dataset(args.dataset)
+    cfg = json.loads(args.eval)
+    labelled = {tag: lowshot.labelled_indices(ds, parse_labels_tag(tag), cfg) for tag in dict.fromkeys(args.labels)}
+    if args.mode == "linear":
+        if args.embeddings is None:
             raise UserError("lowshot --mode linear needs --embeddings (the run's evaluate cache)")
-        run_cfg = load_checkpoint(a.checkpoint)["config"]
-        feats = Features.load(a.embeddings)
+        run_cfg = load_checkpoint(args.checkpoint)["config"]
+        feats = Features.load(args.embeddings)
         scores = {tag: lowshot.frozen_linear(feats, ds, train, cfg, device) for tag, train in labelled.items()}
     else:
-        backbone, run_cfg = load_backbone(a.checkpoint)
+        backbone, run_cfg = load_backbone(args.checkpoint)
         scores = {}
         for tag, train in labelled.items():  # each count fine-tunes its own copy of the loaded weights
             model = lowshot.train_classifier(
-                copy.deepcopy(backbone), ds, train, json.loads(a.finetune), a.size, run_cfg["seed"]
+                copy.deepcopy(backbone), ds, train, json.loads(args.finetune), args.size, run_cfg["seed"]
             )
-            scores[tag] = lowshot.trained_rows(model, ds, a.size, "finetune")
+            scores[tag] = lowshot.trained_rows(model, ds, args.size, "finetune")
     pretrain_images = _count(run_cfg["data"]["subset"])
     _write_csv(
-        a.out,
+        args.out,
         pd.concat(
             [
                 _with_ids(
                     df,
                     dict(
-                        run=a.run,
-                        **json.loads(a.ids),
-                        mode=a.mode,
+                        run=args.run,
+                        **json.loads(args.ids),
+                        mode=args.mode,
                         labels=tag,
                         labelled_images=len(labelled[tag]),
                         pretrain_images=pretrain_images,
@@ -335,7 +345,7 @@ def cmd_lowshot(a) -> None:
     )
 
 
-def cmd_supervised(a) -> None:
+def cmd_supervised(args) -> None:
     """The backbone trained from scratch on n labelled images per class: scores and a checkpoint."""
     import torch
 
@@ -345,18 +355,18 @@ def cmd_supervised(a) -> None:
     from .train import BACKBONE, atomic_torch_save
 
     _log_stderr()
-    torch.set_num_threads(a.threads)
-    ds = load_dataset(a.dataset)
-    ft, arch = json.loads(a.finetune), json.loads(a.backbone)
-    train = lowshot.labelled_indices(ds, parse_labels_tag(a.labels), json.loads(a.eval))
-    torch.manual_seed(a.seed)
-    model = lowshot.train_classifier(build_backbone(**arch), ds, train, ft, a.size, a.seed)
-    df = lowshot.trained_rows(model, ds, a.size, "supervised")
+    torch.set_num_threads(args.threads)
+    ds = load_dataset(args.dataset)
+    finetune, backbone = json.loads(args.finetune), json.loads(args.backbone)
+    train = lowshot.labelled_indices(ds, parse_labels_tag(args.labels), json.loads(args.eval))
+    torch.manual_seed(args.seed)
+    model = lowshot.train_classifier(build_backbone(**backbone), ds, train, finetune, args.size, args.seed)
+    df = lowshot.trained_rows(model, ds, args.size, "supervised")
     ids = dict(
-        run=a.run,
-        **json.loads(a.ids),
+        run=args.run,
+        **json.loads(args.ids),
         mode="supervised",
-        labels=a.labels,
+        labels=args.labels,
         labelled_images=len(train),
         pretrain_images=0,
         eval_domain=ds.name,
@@ -370,33 +380,41 @@ def cmd_supervised(a) -> None:
             epoch=model.epochs,
             model=state,
             config=dict(
-                run=a.run,
-                seed=a.seed,
-                backbone=arch,
-                views=[dict(size=a.size)],
+                run=args.run,
+                seed=args.seed,
+                backbone=backbone,
+                views=[dict(size=args.size)],
                 epochs=model.epochs,
-                finetune=ft,
-                data=dict(dataset=str(a.dataset)),
+                finetune=finetune,
+                data=dict(dataset=str(args.dataset)),
             ),
         ),
-        a.checkpoint,
+        args.checkpoint,
     )
-    _write_csv(a.out, _with_ids(df, ids))
+    _write_csv(args.out, _with_ids(df, ids))
 
 
-def cmd_fusion(a) -> None:
+def cmd_fusion(args) -> None:
     import torch
 
     from .data.packed import load_dataset
     from .eval.features import Features, eval_device
     from .eval.fusion import fusion_scores
 
-    torch.set_num_threads(a.threads)
-    ds = load_dataset(a.dataset)
-    df = fusion_scores(Features.load(a.a), Features.load(a.b), ds, json.loads(a.eval), eval_device(a.device))
-    names = {"a": a.name_a, "b": a.name_b, "a+b": f"{a.name_a} + {a.name_b}"}
-    df.insert(0, "model", df["member"].map(names))
-    _write_csv(a.out, _with_ids(df, dict(pair=f"{a.name_a} + {a.name_b}", seed=a.seed, eval_domain=ds.name)))
+    torch.set_num_threads(args.threads)
+    ds = load_dataset(args.dataset)
+    df = fusion_scores(
+        Features.load(args.embeddings_a),
+        Features.load(args.embeddings_b),
+        ds,
+        json.loads(args.eval),
+        eval_device(args.device),
+    )
+    model_names = {"a": args.name_a, "b": args.name_b, "a+b": f"{args.name_a} + {args.name_b}"}
+    df.insert(0, "model", df["member"].map(model_names))
+    _write_csv(
+        args.out, _with_ids(df, dict(pair=f"{args.name_a} + {args.name_b}", seed=args.seed, eval_domain=ds.name))
+    )
 
 
 def _axis_parsers(sub) -> None:
@@ -432,8 +450,10 @@ def _axis_parsers(sub) -> None:
 
     s = sub.add_parser("fusion", help="linear accuracy of two models' concatenated frozen features")
     _eval_options(s, checkpoint=False)
-    s.add_argument("--a", type=Path, required=True, help="embedding cache of model a on --dataset (names.EMBEDDINGS)")
-    s.add_argument("--b", type=Path, required=True, help="embedding cache of model b on --dataset")
+    s.add_argument(
+        "--embeddings-a", type=Path, required=True, help="embedding cache of model a on --dataset (names.EMBEDDINGS)"
+    )
+    s.add_argument("--embeddings-b", type=Path, required=True, help="embedding cache of model b on --dataset")
     s.add_argument("--name-a", required=True)
     s.add_argument("--name-b", required=True)
     s.add_argument("--seed", type=int, default=0)
@@ -457,26 +477,28 @@ def _eval_options(s, checkpoint: bool = True, dataset: bool = True, out: str = "
     s.add_argument("--job-dir", type=Path, help="with --launch: the job's folder (job.json, submitit logs)")
 
 
-def cmd_densecl_matches(a) -> None:
+def cmd_densecl_matches(args) -> None:
     from .report.matches import write_matches_figure
 
-    ckpt = a.run_dir / (names.FINAL if a.epoch is None else f"{names.CHECKPOINTS}/{names.epoch_checkpoint(a.epoch)}")
+    ckpt = args.run_dir / (
+        names.FINAL if args.epoch is None else f"{names.CHECKPOINTS}/{names.epoch_checkpoint(args.epoch)}"
+    )
     if not ckpt.is_file():
         raise UserError(f"{ckpt}: no such checkpoint; train the run first or pick an existing --epoch")
-    acc = write_matches_figure(ckpt, a.out, a.images, a.seed)
-    print(f"{a.out}: {100 * acc:.1f}% of matches within one cell of the true location")
+    acc = write_matches_figure(ckpt, args.out, args.images, args.seed)
+    print(f"{args.out}: {100 * acc:.1f}% of matches within one cell of the true location")
 
 
-def cmd_export(a) -> None:
+def cmd_export(args) -> None:
     from .export import export
 
-    out = export(a.run_dir, a.out, a.epoch, a.data_dvc)
+    out = export(args.run_dir, args.out, args.epoch, args.data_dvc)
     print(f"{out}: backbone.safetensors and config.json")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sslstudy", description=__doc__)
-    sub = p.add_subparsers(dest="cmd", required=True)
+    top = argparse.ArgumentParser(prog="sslstudy", description=__doc__)
+    sub = top.add_subparsers(dest="cmd", required=True)
 
     s = sub.add_parser("validate", help="check a params file against the schema")
     s.add_argument("params", type=Path)
@@ -617,13 +639,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--data-dvc", type=Path, default=Path("data.dvc"), help="its md5 goes into config.json (data.dvc)")
     s.set_defaults(fn=cmd_export)
 
-    return p
+    return top
 
 
 def run_command(argv: list[str]) -> None:
     """Run one subcommand; errors raise (for executor jobs, whose log keeps the trace)."""
-    a = parser().parse_args(argv)
-    a.fn(a)
+    args = parser().parse_args(argv)
+    args.fn(args)
 
 
 def _strip_launch(argv: list[str]) -> list[str]:
@@ -646,15 +668,15 @@ def main(argv: list[str] | None = None) -> int:
         code = run(sys.argv[1:])
         if code is not None:
             return code
-    a = parser().parse_args(argv)
-    if a.cmd != "pretrain" and getattr(a, "launch", None):
-        if a.job_dir is None:
-            parser().error(f"{a.cmd}: --launch needs --job-dir")
-        a.argv, a.fn = _strip_launch(sys.argv[1:] if argv is None else argv), cmd_remote
+    args = parser().parse_args(argv)
+    if args.cmd != "pretrain" and getattr(args, "launch", None):
+        if args.job_dir is None:
+            parser().error(f"{args.cmd}: --launch needs --job-dir")
+        args.argv, args.fn = _strip_launch(sys.argv[1:] if argv is None else argv), cmd_remote
     try:
-        a.fn(a)
+        args.fn(args)
     except UserError as e:
-        print(f"sslstudy {a.cmd}: error: {e}", file=sys.stderr)
+        print(f"sslstudy {args.cmd}: error: {e}", file=sys.stderr)
         return 2
     return 0
 

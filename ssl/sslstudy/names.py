@@ -14,8 +14,8 @@ import string
 
 from .errors import UserError
 
-KINDS = ("downup", "jpeg", "saltpepper", "blur", "lowres")  # the corruptions of sslstudy.data.corrupt
-_TAG = re.compile(rf"^({'|'.join(KINDS)})([0-9]+(?:\.[0-9]+)?)$")
+CORRUPTIONS = ("downup", "jpeg", "saltpepper", "blur", "lowres")  # the corruptions of sslstudy.data.corrupt
+_TAG = re.compile(rf"^({'|'.join(CORRUPTIONS)})([0-9]+(?:\.[0-9]+)?)$")
 POOL_SEP = "+"
 ALL = "all"
 CLEAN = "clean"
@@ -29,12 +29,11 @@ def quality_tag(kind: str, strength: float) -> str:
 
 def parse_quality(tag: str) -> tuple[str, float]:
     """``"jpeg10"`` -> ``("jpeg", 10.0)``; raises UserError for an unknown tag."""
-    m = _TAG.match(tag)
-    if not m:
-        raise UserError(
-            f"unknown corruption {tag!r}; use one of {', '.join(k + '<strength>' for k in KINDS)} (quality: in params)"
-        )
-    return m.group(1), float(m.group(2))
+    match = _TAG.match(tag)
+    if not match:
+        kinds = ", ".join(kind + "<strength>" for kind in CORRUPTIONS)
+        raise UserError(f"unknown corruption {tag!r}; use one of {kinds} (quality: in params)")
+    return match.group(1), float(match.group(2))
 
 
 def image_size_after(tag: str, size: int) -> int:

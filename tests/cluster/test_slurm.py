@@ -167,7 +167,7 @@ def test_multi_task_job_gets_the_ddp_environment(slurm_cluster, tmp_path):
 RANK_SCRIPT = """
 import hashlib, json, sys
 import torch
-from sslstudy import distributed as D
+from sslstudy import distributed as dist
 from sslstudy.launch import distributed_env
 from sslstudy.train import _Trainer
 distributed_env()
@@ -175,7 +175,7 @@ t = _Trainer(json.loads(sys.argv[1]), __import__("pathlib").Path(sys.argv[2]))
 t.run(None)
 w = dict(t.model.named_parameters())  # the weights DDP keeps equal (BN statistics stay each rank's own)
 digest = hashlib.sha256(b"".join(w[k].detach().numpy().tobytes() for k in sorted(w))).hexdigest()
-print("RANK", D.rank(), D.world(), digest)
+print("RANK", dist.rank(), dist.world(), digest)
 """
 
 

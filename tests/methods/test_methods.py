@@ -114,12 +114,12 @@ def test_every_method_trains_under_cpu_bf16_autocast(method, tiny_data, subset12
 SIGNAL_SCRIPT = """
 import json, os, signal, sys
 import sslstudy.train as T
-from sslstudy import distributed as D
+from sslstudy import distributed as dist
 
 step = T._Trainer._step
 def step_and_signal(self, gen, images, views):
     step(self, gen, images, views)
-    if D.rank() == 1 and self.pos.it == 1:  # after the epoch's 2nd step: a preemption warning that reaches rank 1 only
+    if dist.rank() == 1 and self.pos.it == 1:  # after the epoch's 2nd step: a preemption warning for rank 1 only
         os.kill(os.getpid(), signal.SIGUSR2)
 T._Trainer._step = step_and_signal
 try:

@@ -4,7 +4,7 @@ float32 policy of the similarity and loss functions."""
 
 import pytest
 import torch
-from sslstudy.methods.base import Batch, float32
+from sslstudy.methods.base import Batch, float32_without_autocast
 from sslstudy.methods.byol import BYOL
 from sslstudy.methods.densecl import DenseCL
 from sslstudy.methods.moco import MoCo, info_nce
@@ -172,6 +172,6 @@ def test_float32_policy_under_autocast():
     want = info_nce(q.float(), k.float(), queue, 0.2)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = info_nce(q, k, queue, 0.2)
-        dtypes = float32(lambda a, b: (a @ b).dtype)(q, queue)
+        dtypes = float32_without_autocast(lambda a, b: (a @ b).dtype)(q, queue)
     assert got.dtype == torch.float32 and torch.equal(got, want) and dtypes == torch.float32
     assert info_nce(q.double(), k.double(), queue.double(), 0.2).dtype == torch.float64

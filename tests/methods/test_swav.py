@@ -237,27 +237,27 @@ def test_swav_loss_decreases_under_optimisation():
 SWAV_DDP = """
 import sys, numpy as np, torch
 sys.path.insert(0, sys.argv[3])
-from sslstudy import distributed as D
+from sslstudy import distributed as dist
 from sslstudy.methods.swav import sinkhorn
 from tests.methods.test_swav import _local_steps
-D.init_from_env()
+dist.init_from_env()
 s = torch.from_numpy(np.load(sys.argv[1]))
-np.save(sys.argv[2] + f"codes{D.rank()}.npy", sinkhorn(s[D.local_slice(s.shape[0])], 0.05, 3).numpy())
+np.save(sys.argv[2] + f"codes{dist.rank()}.npy", sinkhorn(s[dist.local_slice(s.shape[0])], 0.05, 3).numpy())
 losses, queue = _local_steps()
-np.save(sys.argv[2] + f"loss{D.rank()}.npy", losses)
-np.save(sys.argv[2] + f"queue{D.rank()}.npy", queue)
+np.save(sys.argv[2] + f"loss{dist.rank()}.npy", losses)
+np.save(sys.argv[2] + f"queue{dist.rank()}.npy", queue)
 """
 
 
 def _local_steps():
     """Three SwAV steps (eval-mode BN, so ranks see the same statistics) on this rank's share of a
     global batch of 8, with a queue of 16 that is full at the third step -> (losses, queue keys)."""
-    from sslstudy import distributed as D
+    from sslstudy import distributed as dist
 
     m = _model(queue_length=16).eval()
     losses = []
     for seed in (1, 2, 3):
-        b, rows = _batch(m, epoch=0, seed=seed), D.local_slice(8)
+        b, rows = _batch(m, epoch=0, seed=seed), dist.local_slice(8)
         m.before_step(0, 1)
         losses.append(m(Batch([v[rows] for v in b.views], b.index[rows], 0, 10, 0, b.gen))[0].item())
     return np.array(losses), m.queues[0].keys.numpy()

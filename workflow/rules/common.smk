@@ -13,28 +13,29 @@ from sslstudy.names import pattern
 from sslstudy.report.dag import named
 
 try:
-    C = studyconfig.validate(config, " + ".join(map(str, workflow.configfiles)) or "config")
-    MODELS = axes.models(C)
-    PLAN = axes.evaluation_plan(C)  # each evaluated model's evaluate job
-    studyconfig.check_datasets(C)
+    # the config, validated, with the schema's defaults filled in
+    STUDY = studyconfig.validate(config, " + ".join(map(str, workflow.configfiles)) or "config")
+    MODELS = axes.models(STUDY)
+    EVALUATION_PLAN = axes.evaluation_plan(STUDY)  # each evaluated model's evaluate job
+    studyconfig.check_datasets(STUDY)
 except UserError as e:
     sys.exit(f"error: {e}")
 
-SIZE = C["pretrain"]["views"]["size"]  # every evaluation is on clean images at this side
-THREADS = C["pretrain"]["threads"]
+SIZE = STUDY["pretrain"]["views"]["size"]  # every evaluation is on clean images at this side
+THREADS = STUDY["pretrain"]["threads"]
 # launch.evaluate=executor: each evaluation-type job (evaluate, lowshot, supervised, fusion)
 # runs its sslstudy command as a submitit job on launch.executor; the Snakemake job only waits.
-EVAL_REMOTE = C["launch"]["evaluate"] == "executor"
+EVAL_REMOTE = STUDY["launch"]["evaluate"] == "executor"
 EVAL_THREADS = 1 if EVAL_REMOTE else THREADS  # what Snakemake reserves
 
 
 wildcard_constraints:
     **names.WILDCARDS,
-    name="|".join(map(re.escape, C["data"]["ingest"])) or "(?!)",
+    name="|".join(map(re.escape, STUDY["data"]["ingest"])) or "(?!)",
 
 
-def q(obj):
-    """A JSON argument for the shell."""
+def shell_json(obj):
+    """obj as JSON, quoted as one shell argument."""
     return shlex.quote(json.dumps(obj, sort_keys=True))
 
 
@@ -43,13 +44,13 @@ def remote(rule):
     if not EVAL_REMOTE:
         return ""
     job_dir = pattern(names.job_dir(rule))
-    return lambda w: f"--launch {q(C['launch'])} --job-dir {job_dir.format(**dict(w.items()))}"
+    return lambda w: f"--launch {shell_json(STUDY['launch'])} --job-dir {job_dir.format(**dict(w.items()))}"
 
 
 def eval_cpus(w, threads):
     """torch threads of an evaluation-type command: the SLURM job's CPUs, else the rule's threads."""
-    if EVAL_REMOTE and C["launch"]["executor"] == "slurm":
-        return C["launch"]["evaluation"]["cpus"]
+    if EVAL_REMOTE and STUDY["launch"]["executor"] == "slurm":
+        return STUDY["launch"]["evaluation"]["cpus"]
     return threads
 
 
@@ -61,92 +62,94 @@ def run_of(w):
     return MODELS[rid]
 
 
-def ids(m):
-    """The columns that identify a model in every table."""
-    return q({k: m[k] for k in names.RUN_FIELDS})
+def id_columns_json(model):
+    """--ids: the columns that identify a model in every table, as a shell argument."""
+    return shell_json({k: model[k] for k in names.RUN_FIELDS})
 
 
 def dataset_dir(domain, quality=names.CLEAN):
-    return names.dataset_dir(C, domain, quality)
+    return names.dataset_dir(STUDY, domain, quality)
 
 
 def dataset_files(domain, quality=names.CLEAN):
-    return names.dataset_files(C, domain, quality)
+    return names.dataset_files(STUDY, domain, quality)
 
 
 def supervised_of(w):
-    m = axes.supervised_model(w.domain, names.parse_labels_tag(w.labels), int(w.seed))
-    if m["id"] not in MODELS:
-        raise ValueError(f"{m['id']} is not a model of this study")
-    return m
+    model = axes.supervised_model(w.domain, names.parse_labels_tag(w.labels), int(w.seed))
+    if model["id"] not in MODELS:
+        raise ValueError(f"{model['id']} is not a model of this study")
+    return model
 
 
 def plan_of(w):
     """What the evaluate job of the model w names does: frozen, dense and embed lists of (weights, on)."""
     rid = run_of(w)["id"]
-    if rid not in PLAN:
+    if rid not in EVALUATION_PLAN:
         raise ValueError(f"{rid} has no evaluation in this study")
-    return PLAN[rid]
+    return EVALUATION_PLAN[rid]
 
 
 def eval_checkpoints(w):
     """--checkpoint WEIGHTS=PATH of the evaluate job of w."""
-    m, p = run_of(w), plan_of(w)
-    paths = dict(pretrained=names.final_checkpoint(m), random=names.random_weights(m))
-    return named((weights, paths[weights]) for weights in dict.fromkeys(x for x, _ in p["embed"] + p["dense"]))
+    model, plan = run_of(w), plan_of(w)
+    paths = dict(pretrained=names.final_checkpoint(model), random=names.random_weights(model))
+    return named((weights, paths[weights]) for weights in dict.fromkeys(x for x, _ in plan["embed"] + plan["dense"]))
 
 
 def eval_domains_of(w):
     """The domains the evaluate job of w reads."""
-    p = plan_of(w)
-    return list(dict.fromkeys([on for _, on in p["embed"] + p["dense"]] + p["cluster"]))
+    plan = plan_of(w)
+    return list(dict.fromkeys([on for _, on in plan["embed"] + plan["dense"]] + plan["cluster"]))
 
 
 def eval_evaluations(w):
     """--frozen/--dense/--embed: what the job computes (embed: caches no frozen table row needs);
     --cluster: the domains every checkpoint of the run (--run-dir) is clustered on."""
-    p = plan_of(w)
-    lists = dict(frozen=p["frozen"], dense=p["dense"], embed=[e for e in p["embed"] if e not in p["frozen"]])
+    plan = plan_of(w)
+    lists = dict(
+        frozen=plan["frozen"], dense=plan["dense"], embed=[e for e in plan["embed"] if e not in plan["frozen"]]
+    )
     out = [f"--{k} " + " ".join(names.evaluation(*e) for e in v) for k, v in lists.items() if v]
-    if p["cluster"]:
-        out.append(f"--cluster {' '.join(p['cluster'])} --run-dir {names.model_dir(run_of(w))}")
+    if plan["cluster"]:
+        out.append(f"--cluster {' '.join(plan['cluster'])} --run-dir {names.model_dir(run_of(w))}")
     return " ".join(out)
 
 
-def eval_dir_of(m):
-    """Model m's evaluate folder (its tables and embedding caches)."""
-    return names.EVAL_DIR.format(run=m["id"])
+def eval_dir_of(model):
+    """The model's evaluate folder (its tables and embedding caches)."""
+    return names.EVAL_DIR.format(run=model["id"])
 
 
-def embeddings_of(m, on):
-    """The embedding cache of model m's pretrained weights on domain `on`, in its evaluate folder."""
-    return names.EMBEDDINGS.format(run=m["id"], weights="pretrained", on=on)
+def embeddings_of(model, on):
+    """The embedding cache of the model's pretrained weights on domain `on`, in its evaluate folder."""
+    return names.EMBEDDINGS.format(run=model["id"], weights="pretrained", on=on)
 
 
 def member_of(w, which):
-    return axes.member(C, w[which], int(w.seed))
+    return axes.member(STUDY, w[which], int(w.seed))
 
 
 # ---- every table the report reads, one list per kind
 def eval_dirs():
     """The evaluate folders the report reads (models with frozen or dense tables)."""
-    return [names.EVAL_DIR.format(run=rid) for rid, p in PLAN.items() if p["frozen"] or p["dense"]]
+    return [names.EVAL_DIR.format(run=rid) for rid, plan in EVALUATION_PLAN.items() if plan["frozen"] or plan["dense"]]
 
 
 def eval_tables():
-    return [names.EVAL_TABLE.format(run=rid) for rid, p in PLAN.items() if p["frozen"]]
+    return [names.EVAL_TABLE.format(run=rid) for rid, plan in EVALUATION_PLAN.items() if plan["frozen"]]
 
 
 def dense_tables():
-    return [names.DENSE_TABLE.format(run=rid) for rid, p in PLAN.items() if p["dense"]]
+    return [names.DENSE_TABLE.format(run=rid) for rid, plan in EVALUATION_PLAN.items() if plan["dense"]]
 
 
 def lowshot_tables():
-    return [names.LOWSHOT_TABLE.format(run=rid, mode=mode) for rid, mode in axes.lowshot_jobs(C)]
+    return [names.LOWSHOT_TABLE.format(run=rid, mode=mode) for rid, mode in axes.lowshot_jobs(STUDY)]
 
 
 def supervised_tables():
-    return [names.SUPERVISED_TABLE.format(**m) for m in axes.supervised_models(C)]
+    return [names.SUPERVISED_TABLE.format(**model) for model in axes.supervised_models(STUDY)]
 
 
 def fusion_tables():
@@ -157,20 +160,20 @@ def fusion_tables():
             b=names.member_name(b["method"], b["domain"]),
             on=on,
         )
-        for a, b in axes.fusion_pairs(C)
+        for a, b in axes.fusion_pairs(STUDY)
         for on in axes.fusion_domains(a, b)
     ]
 
 
 def cluster_tables():
-    return [names.CLUSTERS_TABLE.format(run=rid) for rid, p in PLAN.items() if p["cluster"]]
+    return [names.CLUSTERS_TABLE.format(run=rid) for rid, plan in EVALUATION_PLAN.items() if plan["cluster"]]
 
 
 # launch.forkserver: one process imports torch and sslstudy once for this run's jobs, which fork it
 # (sslstudy.forkserver; it exits with Snakemake). Not for SLURM runs, whose jobs run elsewhere.
 FORKSERVER = (
-    C["launch"]["forkserver"]
-    and C["launch"]["executor"] != "slurm"
+    STUDY["launch"]["forkserver"]
+    and STUDY["launch"]["executor"] != "slurm"
     and workflow.local_exec
     and not workflow.remote_exec
     and not workflow.subprocess_exec

@@ -17,7 +17,7 @@ rule ingest:
         "../envs/sslstudy.yaml"
     threads: workflow.cores
     params:
-        args=lambda w: " ".join(map(shlex.quote, ingest_args(C, w.name))),
+        args=lambda w: " ".join(map(shlex.quote, ingest_args(STUDY, w.name))),
     shell:
         "sslstudy ingest {params.args} --workers {threads} > {log} 2>&1"
 

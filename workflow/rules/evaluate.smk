@@ -34,12 +34,14 @@ rule evaluate:
         datasets=lambda w: named((on, dataset_dir(on)) for on in eval_domains_of(w)),
         evaluations=eval_evaluations,
         size=SIZE,
-        eval=q(C["eval"]),
+        eval=shell_json(STUDY["eval"]),
         # only for the models with dense evaluations: a dense setting reruns only their jobs
         dense=lambda w: (
-            f"--dense-eval {q(C['dense'])} --views {q(C['pretrain']['views'])}" if plan_of(w)["dense"] else ""
+            f"--dense-eval {shell_json(STUDY['dense'])} --views {shell_json(STUDY['pretrain']['views'])}"
+            if plan_of(w)["dense"]
+            else ""
         ),
-        ids=lambda w: ids(run_of(w)),
+        ids=lambda w: id_columns_json(run_of(w)),
         run=lambda w: run_of(w)["id"],
         cpus=eval_cpus,
         remote=remote("evaluate"),

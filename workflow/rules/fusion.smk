@@ -21,11 +21,12 @@ rule fusion:
         a=lambda w: embeddings_of(member_of(w, "a"), w.on),
         b=lambda w: embeddings_of(member_of(w, "b"), w.on),
         size=SIZE,
-        eval=q(C["eval"]),
+        eval=shell_json(STUDY["eval"]),
         dataset=lambda w: dataset_dir(w.on),
         cpus=eval_cpus,
         remote=remote("fusion"),
     shell:
-        "sslstudy fusion --a {params.a} --b {params.b} --name-a {wildcards.a} --name-b {wildcards.b}"
-        " --seed {wildcards.seed} --dataset {params.dataset} --eval {params.eval} --size {params.size}"
+        "sslstudy fusion --embeddings-a {params.a} --embeddings-b {params.b}"
+        " --name-a {wildcards.a} --name-b {wildcards.b} --seed {wildcards.seed}"
+        " --dataset {params.dataset} --eval {params.eval} --size {params.size}"
         " --threads {params.cpus} --out {output} {params.remote} 2> {log}"

@@ -20,12 +20,12 @@ rule lowshot:
         "../envs/sslstudy.yaml"
     threads: EVAL_THREADS
     params:
-        labels=" ".join(axes.lowshot_labels(C)),
+        labels=" ".join(axes.lowshot_labels(STUDY)),
         size=SIZE,
-        eval=q(C["eval"]),
-        finetune=lambda w: q(C["finetune"] if w.mode == "finetune" else {}),
+        eval=shell_json(STUDY["eval"]),
+        finetune=lambda w: shell_json(STUDY["finetune"] if w.mode == "finetune" else {}),
         embeddings=lambda w: f"--embeddings {embeddings_of(run_of(w), w.domain)}" if w.mode == "linear" else "",
-        ids=lambda w: ids(run_of(w)),
+        ids=lambda w: id_columns_json(run_of(w)),
         run=lambda w: run_of(w)["id"],
         dataset=lambda w: dataset_dir(w.domain),
         cpus=eval_cpus,

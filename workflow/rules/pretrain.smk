@@ -8,7 +8,7 @@
 rule pretrain:
     input:
         data=lambda w: dataset_files(w.domain, w.quality),
-        subset=lambda w: names.subset_path(C, w.domain, w.subset),
+        subset=lambda w: names.subset_path(STUDY, w.domain, w.subset),
     output:
         final=pattern(f"{names.RUN_DIR}/{names.FINAL}"),
     log:
@@ -20,10 +20,10 @@ rule pretrain:
     localrule: True
     conda:
         "../envs/sslstudy.yaml"
-    threads: 1 if C["launch"]["executor"] == "slurm" else THREADS
+    threads: 1 if STUDY["launch"]["executor"] == "slurm" else THREADS
     params:
-        spec=lambda w: q(axes.pretrain_spec(C, run_of(w))),
-        launch=q(C["launch"]),
+        spec=lambda w: shell_json(axes.pretrain_spec(STUDY, run_of(w))),
+        launch=shell_json(STUDY["launch"]),
         run_dir=lambda w: names.model_dir(run_of(w)),
     shell:
         "sslstudy pretrain --run-dir {params.run_dir} --spec {params.spec} --launch {params.launch} 2> {log[0]}"

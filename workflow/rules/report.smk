@@ -8,7 +8,7 @@ EVALUATED = eval_dirs()
 BENCHMARKS = benchmarks(workflow, EVALUATED + [f for files in REPORT_TABLES.values() for f in files])
 # each pretraining run's loss curve (a log of rule pretrain)
 CURVES = {m["id"]: f"{names.model_dir(m)}/{names.METRICS}" for m in MODELS.values() if m["kind"] == "ssl"}
-REPORT_DOMAINS = list(dict.fromkeys(on for _, _, on in axes.evaluations(C)))
+REPORT_DOMAINS = list(dict.fromkeys(on for _, _, on in axes.evaluations(STUDY)))
 
 
 rule report:
@@ -33,7 +33,7 @@ rule report:
     conda:
         "../envs/sslstudy.yaml"
     params:
-        config=q(C),
+        config=shell_json(STUDY),
         frozen=eval_tables(),
         dense=dense_tables(),
         clusters=cluster_tables(),

@@ -18,10 +18,10 @@ rule supervised:
     threads: EVAL_THREADS
     params:
         size=SIZE,
-        finetune=q(C["finetune"]),
-        backbone=q(C["pretrain"]["backbone"]),
-        eval=q(C["eval"]),
-        ids=lambda w: ids(supervised_of(w)),
+        finetune=shell_json(STUDY["finetune"]),
+        backbone=shell_json(STUDY["pretrain"]["backbone"]),
+        eval=shell_json(STUDY["eval"]),
+        ids=lambda w: id_columns_json(supervised_of(w)),
         run=lambda w: supervised_of(w)["id"],
         dataset=lambda w: dataset_dir(w.domain),
         cpus=eval_cpus,

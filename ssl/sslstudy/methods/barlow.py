@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import distributed as D
-from .base import Method, float32
+from .. import distributed as dist
+from .base import Method, float32_without_autocast
 
 
 def standardize(z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -15,7 +15,7 @@ def standardize(z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     return (z - z.mean(0)) / torch.sqrt(z.var(0, unbiased=False) + eps)
 
 
-@float32
+@float32_without_autocast
 def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float) -> torch.Tensor:
     """z1, z2: (N, D) embeddings of the two views (the global batch) -> scalar:
     sum_i (1 - C_ii)^2 + lambd * sum_{i != j} C_ij^2 with C = std(z1)^T std(z2) / N (D x D)."""
@@ -40,5 +40,5 @@ class BarlowTwins(Method):
         self.projector = projector(self.backbone.out_dim, self.cfg["proj_dims"])
 
     def forward(self, batch):
-        z1, z2 = (D.gather_with_grad(self.projector(self.backbone(v))) for v in batch.views[:2])
+        z1, z2 = (dist.gather_with_grad(self.projector(self.backbone(v))) for v in batch.views[:2])
         return barlow_twins_loss(z1, z2, self.cfg["lambd"]), {}

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import distributed as D
+from .. import distributed as dist
 from ..augment import ViewSpec
 
 
@@ -85,10 +85,11 @@ def momentum_copy(module: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def ema_update(target: nn.Module, online: nn.Module, m: float) -> None:
-    """target = m * target + (1 - m) * online over parameters; BN running stats stay the target's own."""
-    for t, o in zip(target.parameters(), online.parameters()):
-        t.mul_(m).add_(o.detach(), alpha=1 - m)
+def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
+    """target = momentum * target + (1 - momentum) * online over parameters; BN running stats stay the
+    target's own."""
+    for target_param, online_param in zip(target.parameters(), online.parameters()):
+        target_param.mul_(momentum).add_(online_param.detach(), alpha=1 - momentum)
 
 
 def cosine_momentum(base: float, step: int, total_steps: int) -> float:
@@ -115,7 +116,7 @@ class Queue(nn.Module):
     @torch.no_grad()
     def push(self, k: torch.Tensor) -> None:
         """k: (n, dim) keys of this rank's batch."""
-        k = D.gather(k.float())
+        k = dist.gather(k.float())
         p = int(self.ptr)
         self.keys[:, p : p + k.shape[0]] = k.T
         self.ptr.fill_((p + k.shape[0]) % self.keys.shape[1])
@@ -128,21 +129,21 @@ def shuffled_forward(encoder, x: torch.Tensor, groups: int, gen: torch.Generator
     permutes it, and forwards this rank's slice in `groups` chunks; groups=1 on one process is
     a plain forward. The encoder may return a tensor or a tuple of tensors (batch first); each
     comes back contiguous, whatever the encoder's memory format."""
-    xg = D.gather(x)
+    xg = dist.gather(x)
     perm = torch.randperm(xg.shape[0], generator=gen).to(x.device)
-    mine = perm[D.local_slice(xg.shape[0])]
+    mine = perm[dist.local_slice(xg.shape[0])]
     outs = [encoder(c) for c in xg[mine].chunk(groups)]
     single = isinstance(outs[0], torch.Tensor)
     inverse = torch.empty_like(perm)
     inverse[perm] = torch.arange(perm.numel(), device=perm.device)
     back = tuple(
-        D.gather(torch.cat(parts))[inverse][D.local_slice(xg.shape[0])].contiguous()
+        dist.gather(torch.cat(parts))[inverse][dist.local_slice(xg.shape[0])].contiguous()
         for parts in zip(*([(o,) for o in outs] if single else outs))
     )
     return back[0] if single else back
 
 
-def float32(fn):
+def float32_without_autocast(fn):
     """The autocast policy of the methods' losses (SimCLR, MoCo, DenseCL, PCL, BYOL, Barlow Twins,
     SwAV's Sinkhorn): these similarity and loss functions carry this decorator and run in float32 with
     autocast off, their

@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from ..models import mlp
-from .base import MomentumMethod, float32
+from .base import MomentumMethod, float32_without_autocast
 
 
-@float32
+@float32_without_autocast
 def regression_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """p, z: (N, D) -> (N,): ||p/|p| - z/|z|||^2 = 2 - 2 cos(p, z)."""
     return 2 - 2 * F.cosine_similarity(p, z, dim=1)

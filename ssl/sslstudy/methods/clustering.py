@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .. import distributed as D
+from .. import distributed as dist
 from ..errors import UserError
 from ..eval.kmeans import kmeans
 
@@ -31,7 +31,7 @@ def shared_kmeans(x: torch.Tensor, k: int, seed: int, **kw) -> tuple[torch.Tenso
     sent to every rank, so all ranks train on the same pseudo-labels.
     -> (centroids (k, d) float32, assignments (N,) int64, squared distances (N,) float32) on x's device."""
     n, d = x.shape
-    if D.rank() == 0:
+    if dist.rank() == 0:
         c, a, sq = kmeans(x.detach().float().cpu().numpy(), k, seed=seed, **kw)
         out = [torch.from_numpy(v).to(x.device) for v in (c, a, sq)]
     else:
@@ -40,4 +40,4 @@ def shared_kmeans(x: torch.Tensor, k: int, seed: int, **kw) -> tuple[torch.Tenso
             torch.zeros(n, dtype=torch.long, device=x.device),
             torch.zeros(n, device=x.device),
         ]
-    return tuple(D.all_reduce_sum(v) for v in out)  # the other ranks add zeros: rank 0's values, exactly
+    return tuple(dist.all_reduce_sum(v) for v in out)  # the other ranks add zeros: rank 0's values, exactly

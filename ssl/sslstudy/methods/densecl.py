@@ -7,12 +7,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import MomentumMethod, float32, unit
+from .base import MomentumMethod, float32_without_autocast, unit
 from .moco import info_nce, mlp_head
 
 
 @torch.no_grad()
-@float32
+@float32_without_autocast
 def match_locations(fq: torch.Tensor, fk: torch.Tensor) -> torch.Tensor:
     """fq, fk: (N, C, H, W) backbone feature maps of two views -> (N, H*W) long: for each query
     location (row-major), the key location of highest cosine similarity in the same image."""
@@ -21,7 +21,7 @@ def match_locations(fq: torch.Tensor, fk: torch.Tensor) -> torch.Tensor:
     return torch.einsum("ncs,nct->nst", q, k).argmax(dim=2)
 
 
-@float32
+@float32_without_autocast
 def dense_loss(
     q_grid: torch.Tensor, k_grid: torch.Tensor, match: torch.Tensor, queue: torch.Tensor, temperature: float
 ) -> torch.Tensor:

@@ -8,10 +8,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import mlp
-from .base import MomentumMethod, float32, unit
+from .base import MomentumMethod, float32_without_autocast, unit
 
 
-@float32
+@float32_without_autocast
 def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
     """q, k: (N, D) L2-normalised queries and their positive keys; queue: (D, K) normalised
     negatives -> scalar: cross-entropy over [q.k, q.queue] / temperature, the positive at index 0."""

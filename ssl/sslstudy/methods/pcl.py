@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from .base import float32
+from .base import float32_without_autocast
 from .clustering import check_k, shared_kmeans, stream_seed
 from .moco import MoCo, info_nce
 
@@ -50,7 +50,7 @@ def sample_negatives(pos: torch.Tensor, k: int, r: int, gen: torch.Generator) ->
     return ids[torch.randperm(len(ids), generator=gen)[:r]].to(pos.device)
 
 
-@float32
+@float32_without_autocast
 def proto_nce(
     q: torch.Tensor, prototypes: torch.Tensor, phi: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor
 ) -> torch.Tensor:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .. import distributed as D
+from .. import distributed as dist
 from ..models import mlp
-from .base import Method, float32
+from .base import Method, float32_without_autocast
 
 
-@float32
+@float32_without_autocast
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
     """z1, z2: (N, D) projections of two views of the same N images -> scalar.
 
@@ -34,5 +34,5 @@ class SimCLR(Method):
         self.projector = mlp(self.backbone.out_dim, c["proj_hidden"], c["proj_dim"], c["proj_layers"], last_bn=True)
 
     def forward(self, batch):
-        z1, z2 = (D.gather_with_grad(self.projector(self.backbone(v))) for v in batch.views[:2])
+        z1, z2 = (dist.gather_with_grad(self.projector(self.backbone(v))) for v in batch.views[:2])
         return nt_xent(z1, z2, self.cfg["temperature"]), {}

@@ -6,14 +6,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import distributed as D
+from .. import distributed as dist
 from ..errors import UserError
 from ..models import mlp
-from .base import Method, Queue, float32
+from .base import Method, Queue, float32_without_autocast
 
 
 @torch.no_grad()
-@float32
+@float32_without_autocast
 def sinkhorn(scores: torch.Tensor, epsilon: float, iterations: int) -> torch.Tensor:
     """scores: (n, K) prototype scores of this rank's n samples -> (n, K) codes, each row summing to 1.
 
@@ -21,18 +21,18 @@ def sinkhorn(scores: torch.Tensor, epsilon: float, iterations: int) -> torch.Ten
     scale Q to total mass 1, then `iterations` times make every prototype's row sum 1/K and every
     sample's column sum 1/B; finally columns are rescaled to sum to 1 (facebookresearch/swav
     `distributed_sinkhorn`). Row sums are all-reduced over ranks, so the codes equal those of one
-    process holding the whole batch. Runs in float32 (base.float32); the global maximum is
+    process holding the whole batch. Runs in float32 (base.float32_without_autocast); the global maximum is
     subtracted before exp (a constant factor the first normalisation removes) so small epsilons
     cannot overflow.
     """
     s = scores / epsilon
-    top = D.gather(s.max().reshape(1)).max()
+    top = dist.gather(s.max().reshape(1)).max()
     q = torch.exp(s - top).T  # K x n
-    n_global = q.shape[1] * D.world()
+    n_global = q.shape[1] * dist.world()
     k = q.shape[0]
-    q /= D.all_reduce_sum(q.sum())
+    q /= dist.all_reduce_sum(q.sum())
     for _ in range(iterations):
-        q /= D.all_reduce_sum(q.sum(dim=1, keepdim=True))
+        q /= dist.all_reduce_sum(q.sum(dim=1, keepdim=True))
         q /= k
         q /= q.sum(dim=0, keepdim=True)
         q /= n_global
@@ -113,12 +113,12 @@ class SwAV(Method):
                 mine = z[a * n : (a + 1) * n].detach().float()
                 s = mine @ w.T  # the scores again, in float32 for Sinkhorn
                 if queue_full:  # past embeddings (this rank's share) scored with the current prototypes
-                    s = torch.cat([self.queues[i].keys[:, D.local_slice(c["queue_length"])].T @ w.T, s])
+                    s = torch.cat([self.queues[i].keys[:, dist.local_slice(c["queue_length"])].T @ w.T, s])
                 codes.append(sinkhorn(s, c["epsilon"], c["sinkhorn_iterations"])[-n:])
                 if use_queue:
                     self.queues[i].push(mine)
             if use_queue and not queue_full:
-                self.queue_filled += n * D.world()
+                self.queue_filled += n * dist.world()
         loss = swav_loss(list(scores), codes, list(self.ASSIGN), c["temperature"])
         return loss, dict(queue_used=float(queue_full))
 

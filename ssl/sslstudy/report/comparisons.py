@@ -35,7 +35,7 @@ CONTEXT = [
 PER_SEED = CONTEXT + ["seed", "value_a", "value_b", "diff", "run_a", "run_b", "count_a", "count_b"]
 KEYS = ["method", "domain", "subset", "quality", "eval_domain", "level_index", "level", "metric"]
 # the comparisons in the order the report shows them: (axis, comparison)
-KINDS = [
+COMPARISON_KINDS = [
     ("baseline", "pretrained vs random weights"),
     ("methods", "method vs reference"),
     ("quality", "corrupted vs clean"),
@@ -93,7 +93,7 @@ def pretrained_vs_random(frozen: pd.DataFrame) -> list[pd.DataFrame]:
             d[d["weights"] == "pretrained"],
             d[d["weights"] == "random"],
             KEYS,
-            *KINDS[0],
+            *COMPARISON_KINDS[0],
             "pretrained",
             "random weights",
         )
@@ -108,7 +108,7 @@ def methods_vs_reference(frozen: pd.DataFrame, config: dict) -> list[pd.DataFram
     ref = reference(config)
     on = [k for k in KEYS if k != "method"]
     return [
-        _pair(d[d["method"] == m], d[d["method"] == ref], on, *KINDS[1], m, ref, method=m)
+        _pair(d[d["method"] == m], d[d["method"] == ref], on, *COMPARISON_KINDS[1], m, ref, method=m)
         for m in sorted(set(d["method"]) - {ref})
     ]
 
@@ -131,7 +131,7 @@ def corrupted_vs_clean(frozen: pd.DataFrame, config: dict) -> list[pd.DataFrame]
     ]
     on = [k for k in KEYS if k != "quality"]
     clean = d[d["quality"] == CLEAN]
-    return [_pair(d[d["quality"] == t], clean, on, *KINDS[2], t, CLEAN, quality=t) for t in tags]
+    return [_pair(d[d["quality"] == t], clean, on, *COMPARISON_KINDS[2], t, CLEAN, quality=t) for t in tags]
 
 
 def domains(frozen: pd.DataFrame, config: dict) -> list[pd.DataFrame]:
@@ -153,10 +153,10 @@ def domains(frozen: pd.DataFrame, config: dict) -> list[pd.DataFrame]:
         home = on_e[on_e["domain"] == e]
         held = [p for p in pools(config) if e in pool_members(p)]
         others = [x for x in dom["domains"] if x != e]
-        out += [_pair(on_e[on_e["domain"] == p], home, on, *KINDS[3], p, e, domain=p) for p in held]
-        out += [_pair(on_e[on_e["domain"] == x], home, on, *KINDS[4], x, e, domain=x) for x in others]
+        out += [_pair(on_e[on_e["domain"] == p], home, on, *COMPARISON_KINDS[3], p, e, domain=p) for p in held]
+        out += [_pair(on_e[on_e["domain"] == x], home, on, *COMPARISON_KINDS[4], x, e, domain=x) for x in others]
         out += [
-            _pair(on_e[on_e["domain"] == x], on_e[on_e["domain"] == p], on, *KINDS[5], x, p, domain=x)
+            _pair(on_e[on_e["domain"] == x], on_e[on_e["domain"] == p], on, *COMPARISON_KINDS[5], x, p, domain=x)
             for p in held
             for x in others
         ]
@@ -188,7 +188,7 @@ def fusion(table: pd.DataFrame, config: dict) -> list[pd.DataFrame]:
             .merge(g[g["member"].isin(["a", "b"])].groupby("seed")["run"].agg(";".join).reset_index(), on="seed")
         )
         sup = any(parse_member(names[(pair, m)])[0] == SUPERVISED for m in ("a", "b") if (pair, m) in names)
-        comparison = KINDS[7 if sup else 6][1]
+        comparison = COMPARISON_KINDS[7 if sup else 6][1]
         out.append(
             _pair(
                 fused,
@@ -221,7 +221,8 @@ def ssl_vs_supervised(frozen: pd.DataFrame, config: dict) -> list[pd.DataFrame]:
     ssl = d[d["method"].isin(pick(config, "granularity", "methods")) & (d["subset"] == reference_subset(config))]
     on = ["domain", "eval_domain", "level_index", "level", "metric"]
     return [
-        _pair(ssl[ssl["method"] == m], sup, on, *KINDS[8], m, SUPERVISED, method=m) for m in sorted(set(ssl["method"]))
+        _pair(ssl[ssl["method"] == m], sup, on, *COMPARISON_KINDS[8], m, SUPERVISED, method=m)
+        for m in sorted(set(ssl["method"]))
     ]
 
 
@@ -252,11 +253,15 @@ def quantity(lowshot: pd.DataFrame, supervised: pd.DataFrame) -> list[pd.DataFra
     out = []
     for (m, dom, mode, lab), g in d.groupby(["method", "domain", "mode", "labels"], sort=True):
         g = g.assign(count=g["pretrain_images"])
-        out += _steps(g, "subset", "pretrain_images", ids, KINDS[9], method=m, domain=dom, mode=mode, labels=lab)
+        out += _steps(
+            g, "subset", "pretrain_images", ids, COMPARISON_KINDS[9], method=m, domain=dom, mode=mode, labels=lab
+        )
     on = [c for c in ids if c != "labels"] + ["subset"]
     for (m, dom, sub, mode), g in d.groupby(["method", "domain", "subset", "mode"], sort=True):
         g = g.assign(count=g["labelled_images"])
-        out += _steps(g, "labels", "labelled_images", on, KINDS[10], method=m, domain=dom, subset=sub, mode=mode)
+        out += _steps(
+            g, "labels", "labelled_images", on, COMPARISON_KINDS[10], method=m, domain=dom, subset=sub, mode=mode
+        )
     if not supervised.empty:
         sup = supervised.groupby(
             ["domain", "eval_domain", "labels", "level_index", "level", "seed", "run"], as_index=False
@@ -266,23 +271,31 @@ def quantity(lowshot: pd.DataFrame, supervised: pd.DataFrame) -> list[pd.DataFra
         for (m, mode), g in ref.groupby(["method", "mode"], sort=True):
             out.append(
                 _pair(
-                    g, sup, on, *KINDS[11], f"{m} ({mode})", "supervised from scratch", method=m, mode=mode, metric=mode
+                    g,
+                    sup,
+                    on,
+                    *COMPARISON_KINDS[11],
+                    f"{m} ({mode})",
+                    "supervised from scratch",
+                    method=m,
+                    mode=mode,
+                    metric=mode,
                 )
             )
     return out
 
 
-def per_seed(t: dict[str, pd.DataFrame], config: dict) -> pd.DataFrame:
-    """Every comparison of the study, one row per seed (t: the evaluation tables by kind)."""
-    frozen = t["frozen"]
+def per_seed(eval_tables: dict[str, pd.DataFrame], config: dict) -> pd.DataFrame:
+    """Every comparison of the study, one row per seed (eval_tables: the evaluation tables by kind)."""
+    frozen = eval_tables["frozen"]
     parts = (
         pretrained_vs_random(frozen)
         + methods_vs_reference(frozen, config)
         + corrupted_vs_clean(frozen, config)
         + domains(frozen, config)
-        + fusion(t["fusion"], config)
+        + fusion(eval_tables["fusion"], config)
         + ssl_vs_supervised(frozen, config)
-        + quantity(t["lowshot"], t["supervised"])
+        + quantity(eval_tables["lowshot"], eval_tables["supervised"])
     )
     parts = [p for p in parts if not p.empty]
     if not parts:
@@ -290,7 +303,7 @@ def per_seed(t: dict[str, pd.DataFrame], config: dict) -> pd.DataFrame:
     d = pd.concat(parts, ignore_index=True)
     text = [c for c in PER_SEED if c not in ("level_index", "seed", "value_a", "value_b", "diff", "count_a", "count_b")]
     d[text] = d[text].astype(object).where(d[text].notna(), "").astype(str)
-    order = {k: i for i, k in enumerate(KINDS)}
+    order = {k: i for i, k in enumerate(COMPARISON_KINDS)}
     d["_order"] = [order[k] for k in zip(d["axis"], d["comparison"])]
     return (
         d.sort_values(["_order", "method", "a", "b", "eval_domain", "metric", "level_index", "seed"], kind="stable")
@@ -309,7 +322,7 @@ def summary(d: pd.DataFrame, flags: dict[str, str]) -> pd.DataFrame:
     runs = runs.assign(run=runs["run"].str.split(";")).explode("run")
     sus = runs.groupby(CONTEXT, dropna=False)["run"].agg(lambda rs: suspects.flagged(rs, flags)).rename("suspect")
     out = out.merge(sus.reset_index(), on=CONTEXT, how="left")
-    order = {k: i for i, k in enumerate(KINDS)}
+    order = {k: i for i, k in enumerate(COMPARISON_KINDS)}
     out["_order"] = [order[k] for k in zip(out["axis"], out["comparison"])]
     return out.sort_values(["_order"], kind="stable").drop(columns="_order").reset_index(drop=True)[cols]
 
@@ -317,7 +330,10 @@ def summary(d: pd.DataFrame, flags: dict[str, str]) -> pd.DataFrame:
 def shown(s: pd.DataFrame, comparison: str, metrics=("knn", "linear")) -> pd.DataFrame:
     """One comparison kind as the report shows it: a row per compared pair (a ⚠ mark naming the
     flagged runs), a column per level, cells of `diff_cell`."""
-    d = s[(s["comparison"] == comparison) & s["metric"].isin(metrics if comparison != KINDS[11][1] else s["metric"])]
+    d = s[
+        (s["comparison"] == comparison)
+        & s["metric"].isin(metrics if comparison != COMPARISON_KINDS[11][1] else s["metric"])
+    ]
     if d.empty:
         return d
     index = []
@@ -335,11 +351,11 @@ def shown(s: pd.DataFrame, comparison: str, metrics=("knn", "linear")) -> pd.Dat
     return wide
 
 
-def diff_cell(r) -> str:
+def diff_cell(row) -> str:
     """A summary row's cell: "+.031 ± .012 (n=3) *" (* the interval excludes zero); below 2 seeds inconclusive."""
-    if not r.n:
+    if not row.n:
         return "inconclusive (no paired seeds)"
-    if r.n < 2:
-        return f"{stats.cell(r.mean, r.low, r.high, r.n, sign=True)[:-1]}: inconclusive)"
-    text = stats.cell(r.mean, r.low, r.high, r.n, sign=True)
-    return f"{text} *" if r.significant else text
+    text = stats.cell(row.mean, row.low, row.high, row.n, sign=True)
+    if row.n < 2:
+        return f"{text[:-1]}: inconclusive)"
+    return f"{text} *" if row.significant else text

@@ -15,7 +15,7 @@ import pandas as pd
 from .. import stats
 from ..axes import pick
 from ..names import parse_quality
-from .comparisons import KINDS, reference
+from .comparisons import COMPARISON_KINDS, reference
 
 COLUMNS = ["finding", "paper", "method", "domain", "found", "seeds", "verdict", "why"]
 # fused minus its better member below this (upper end of the interval) is "adds little": the
@@ -88,7 +88,7 @@ def _finest(d: pd.DataFrame) -> pd.DataFrame:
 
 
 def _kind(d: pd.DataFrame, i: int, **sel) -> pd.DataFrame:
-    axis, comparison = KINDS[i]
+    axis, comparison = COMPARISON_KINDS[i]
     g = d[(d["axis"] == axis) & (d["comparison"] == comparison)]
     for k, v in sel.items():
         g = g[g[k] == v]
@@ -197,11 +197,11 @@ def fusion(d: pd.DataFrame, method: str) -> tuple[list[Part], str]:
     return parts, "" if parts else "fusion axis has no SSL+SSL pair (fusion.kinds, fusion.pairs)"
 
 
-def dense(t: dict, config: dict) -> tuple[list[Part], str]:
+def dense(eval_tables: dict, config: dict) -> tuple[list[Part], str]:
     """DenseCL − MoCo v2 per seed: frozen mIoU at the finest mask level (> 0) and linear accuracy at
     the finest label level (within ±FUSION_MARGIN), on the first dense domain."""
     a, b = DENSE_PAIR
-    dn, fr = t.get("dense", pd.DataFrame()), t.get("frozen", pd.DataFrame())
+    dn, fr = eval_tables.get("dense", pd.DataFrame()), eval_tables.get("frozen", pd.DataFrame())
     if dn is None or dn.empty or not {a, b} <= set(dn["method"]):
         return [], "needs a dense evaluation of densecl and moco (dense.enabled, dense.methods)"
     dom = (pick(config, "dense", "domains") or sorted(set(dn["eval_domain"])))[0]
@@ -261,8 +261,8 @@ def _row(finding: str, method: str, dom: str, parts: list[Part], why: str) -> di
     )
 
 
-def findings(d: pd.DataFrame, config: dict, t: dict | None = None) -> pd.DataFrame:
-    """One row per finding and method of its axis (d: report.comparisons.per_seed; t: the report's
+def findings(d: pd.DataFrame, config: dict, eval_tables: dict | None = None) -> pd.DataFrame:
+    """One row per finding and method of its axis (d: report.comparisons.per_seed; eval_tables: the report's
     tables, for DenseCL's claim from the dense and frozen tables)."""
     rows = []
     first = lambda axis: pick(config, axis, "domains")[:1] or [""]  # noqa: E731
@@ -279,7 +279,9 @@ def findings(d: pd.DataFrame, config: dict, t: dict | None = None) -> pd.DataFra
             rows.append(_row("granularity", m, dom, *granularity(d, m, dom)))
     for m in pick(config, "fusion", "methods"):
         rows.append(_row("fusion", m, ", ".join(pick(config, "fusion", "domains")), *fusion(d, m)))
-    rows.append(_row("dense", DENSE_PAIR[0], ", ".join(pick(config, "dense", "domains")), *dense(t or {}, config)))
+    rows.append(
+        _row("dense", DENSE_PAIR[0], ", ".join(pick(config, "dense", "domains")), *dense(eval_tables or {}, config))
+    )
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

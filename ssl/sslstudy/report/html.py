@@ -172,18 +172,22 @@ class Page:
         return section(key, figure=self.figure(key, draw(table), table if data is None else data))
 
 
-def splits(t: dict[str, pd.DataFrame]) -> str:
+def splits(eval_tables: dict[str, pd.DataFrame]) -> str:
     """Which split the numbers come from: the tables' split column, else what the evaluation does (test)."""
-    seen = {k: sorted(map(str, d["split"].dropna().unique())) for k, d in t.items() if not d.empty and "split" in d}
+    seen = {
+        k: sorted(map(str, d["split"].dropna().unique()))
+        for k, d in eval_tables.items()
+        if not d.empty and "split" in d
+    }
     if not seen:
         return "the test split (the evaluation tables carry no split column)"
     return "; ".join(f"{k}: {', '.join(v)} split" for k, v in seen.items())
 
 
-def probe_settings(t: dict[str, pd.DataFrame]) -> pd.DataFrame:
+def probe_settings(eval_tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """The extra columns of each table (the probes' settings chosen on val): their values per method and metric."""
     rows = []
-    for kind, d in t.items():
+    for kind, d in eval_tables.items():
         extra = [c for c in d.columns if c not in KNOWN] if not d.empty else []
         for c in extra:
             for (m, metric), g in d.groupby(["method", "metric"] if "method" in d else ["pair", "metric"], sort=True):
@@ -216,7 +220,7 @@ def results_summary(base: pd.DataFrame, flags: dict[str, str]) -> pd.DataFrame:
 def comparison_tables(cs: pd.DataFrame) -> list[dict]:
     """One table per comparison kind present (title, table html)."""
     out = []
-    for axis, kind in comparisons.KINDS:
+    for axis, kind in comparisons.COMPARISON_KINDS:
         wide = comparisons.shown(cs, kind)
         if not wide.empty:
             out.append(dict(title=f"{axis}: {kind}", html=table(wide, index=True)))
@@ -300,21 +304,21 @@ def build_report(
     """The page and tidy tables from the evaluation tables (inputs: kind -> CSVs) and the files named:
     curves (run id -> metrics.jsonl), benchmarks ((rule, TSV) of each job), datasets (evaluation
     domain -> packed folder, drawn as contact sheets) and data_dvc (its hash is shown)."""
-    t = {k: tables.load(v) for k, v in inputs.items()}
+    eval_tables = {k: tables.load(v) for k, v in inputs.items()}
     for kind in ("frozen", "dense"):  # random weights evaluated once per seed: every run's rows
-        if kind in t:
-            t[kind] = tables.share_random(t[kind], config, kind)
-    frozen = t["frozen"]
+        if kind in eval_tables:
+            eval_tables[kind] = tables.share_random(eval_tables[kind], config, kind)
+    frozen = eval_tables["frozen"]
     if frozen.empty:
         raise UserError("no frozen evaluation tables given; the study has no runs (check study: in params)")
     out_dir = out.parent
     page = Page(out_dir, captions)
 
-    t.setdefault("dense", pd.DataFrame())
+    eval_tables.setdefault("dense", pd.DataFrame())
     tagged = [
-        t[k].assign(eval=k)
+        eval_tables[k].assign(eval=k)
         for k in ("frozen", "lowshot", "supervised", "fusion", "clusters", "dense")
-        if not t[k].empty
+        if not eval_tables[k].empty
     ]
     write_bytes(out_dir / "metrics.csv", pd.concat(tagged, ignore_index=True).to_csv(index=False).encode())
     write_bytes(out_dir / "metrics.json", (json.dumps(summary(frozen), indent=2, sort_keys=True) + "\n").encode())
@@ -326,7 +330,7 @@ def build_report(
 
     # baseline: the study's own runs, pretrained vs random weights
     base = comparisons.baseline(frozen)
-    dvc.write(out_dir, base, loss, t["clusters"])
+    dvc.write(out_dir, base, loss, eval_tables["clusters"])
     rs = results_summary(base, flags)
     shown = rs[rs["metric"].isin(METRICS)]
     wide = (
@@ -341,19 +345,23 @@ def build_report(
     )
 
     # every comparison, paired on seed; the findings from them
-    per_seed = comparisons.per_seed(t, config)
+    per_seed = comparisons.per_seed(eval_tables, config)
     cs = comparisons.summary(per_seed, flags)
-    found = findings.findings(per_seed, config, t)
+    found = findings.findings(per_seed, config, eval_tables)
     head = findings.headline(found, config)
 
     gr = tables.granularity(frozen, config)
-    ft = tables.fusion_table(t["fusion"])
+    ft = tables.fusion_table(eval_tables["fusion"])
     fusion = page.axis(
-        "fusion", ft, lambda _: figures.fusion(t["fusion"]), "fusion.kinds and fusion.pairs", data=t["fusion"]
+        "fusion",
+        ft,
+        lambda _: figures.fusion(eval_tables["fusion"]),
+        "fusion.kinds and fusion.pairs",
+        data=eval_tables["fusion"],
     )
     fusion["pairs"] = None
     if fusion["figure"]:
-        pairs, pair_summary = fusion_pairs(t["fusion"], cs)
+        pairs, pair_summary = fusion_pairs(eval_tables["fusion"], cs)
         fusion["pairs"] = page.linked("fusion_pairs", pair_summary, pairs, index=True)
 
     seconds = (
@@ -374,7 +382,7 @@ def build_report(
         warnings=dict(
             rows=suspect.to_dict("records"), checked=suspects.CHECKED, link=page.csv("suspect_runs", suspect)
         ),
-        split=splits(t),
+        split=splits(eval_tables),
         interval=stats.INTERVAL_NOTE,
         findings=dict(
             table=table(
@@ -393,14 +401,17 @@ def build_report(
             link=page.csv("comparisons", cs),
             per_seed=page.csv("comparisons_per_seed", per_seed),
         ),
-        probes=page.linked("probe_settings", probe_settings(t)),
+        probes=page.linked("probe_settings", probe_settings(eval_tables)),
         results=dict(
             summary=page.csv("results_summary", rs),
             figure=page.figure("accuracy_per_level", figures.accuracy_per_level(base, flags), base),
             table=table(wide, index=True),
         ),
         quantity=page.axis(
-            "quantity", tables.quantity(t["lowshot"], t["supervised"]), figures.quantity, "quantity.labels"
+            "quantity",
+            tables.quantity(eval_tables["lowshot"], eval_tables["supervised"]),
+            figures.quantity,
+            "quantity.labels",
         ),
         domain=page.axis("domain", tables.domain_matrix(frozen, config), figures.domain_heatmap, "domain.domains"),
         quality=page.axis(
@@ -408,8 +419,8 @@ def build_report(
         ),
         granularity=section("granularity", figure=page.figure("granularity", figures.granularity(gr), gr)),
         fusion=fusion,
-        clustering=page.axis("clustering", t["clusters"], figures.clustering, "clustering.enabled"),
-        dense=dense_report.section(page, t["dense"]),
+        clustering=page.axis("clustering", eval_tables["clusters"], figures.clustering, "clustering.enabled"),
+        dense=dense_report.section(page, eval_tables["dense"]),
         pretraining=dict(
             figure=page.figure("pretrain_loss", figures.loss(loss, flags), loss),
             table=table(seconds, digits=1, index=True),

@@ -10,10 +10,10 @@ import pandas as pd
 from .. import forkserver, names, stats
 from ..axes import SUPERVISED, models, pick, pools, qualities, quality_subset, random_twins, reference_subset
 from ..errors import UserError
-from ..names import KINDS, RUN_FIELDS, parse_quality
+from ..names import CORRUPTIONS, RUN_FIELDS, parse_quality
 from . import suspects
 
-KIND_ORDER = {k: i for i, k in enumerate(KINDS)}
+CORRUPTION_ORDER = {k: i for i, k in enumerate(CORRUPTIONS)}
 
 
 def require(paths, what: str) -> None:
@@ -93,7 +93,7 @@ def quality_drop(frozen: pd.DataFrame, config: dict) -> pd.DataFrame:
     parsed = out["quality"].map(parse_quality)
     out["corruption"] = parsed.str[0]
     out["strength"] = parsed.str[1]
-    out["order"] = out["corruption"].map(KIND_ORDER) * 1e6 + out["strength"]
+    out["order"] = out["corruption"].map(CORRUPTION_ORDER) * 1e6 + out["strength"]
     return out.sort_values(["order", "level_index"]).drop(columns="order")
 
 

@@ -17,7 +17,7 @@ import torch
 from sslstudy import forkserver
 from sslstudy.train import load_checkpoint
 
-from tests.helpers import BIN, natural_subset, tiny_spec, wait_for
+from tests.helpers import BIN, tiny_spec, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -73,11 +73,10 @@ def test_a_command_in_the_server_behaves_as_in_its_own_process(server, tiny_data
     assert without_cpu_line(forked.stderr)[0] == own.stderr and "nowhere: no such dataset folder" in own.stderr
 
 
-def test_a_pretraining_in_the_server_gives_the_same_weights(server, tiny_data, tmp_path):
+def test_a_pretraining_in_the_server_gives_the_same_weights(server, tiny_data, subset128, tmp_path):
     """Same spec, inline: the fork trains to the same weights bit for bit, in the job's thread count."""
     _, path = server
-    natural_subset(tiny_data, tmp_path / "subset.npy", 128)
-    spec = json.dumps(tiny_spec(tiny_data / "natural", tmp_path / "subset.npy", epochs=2))
+    spec = json.dumps(tiny_spec(tiny_data / "natural", subset128, epochs=2))
     runs = {}
     for name, via in (("own", None), ("forked", path)):
         p = sslstudy(
@@ -103,13 +102,12 @@ def _worker_of(server_proc) -> psutil.Process:
 
 
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
-def test_a_stopped_client_stops_its_worker(server, tiny_data, tmp_path, how):
+def test_a_stopped_client_stops_its_worker(server, tiny_data, subset192, tmp_path, how):
     """SIGTERM and SIGINT to the client are forwarded (the client exits as its worker did: 128 + the
     signal, as a shell reports it); a client killed outright (SIGKILL: nothing forwarded) takes the
     worker with it."""
     proc, path = server
-    natural_subset(tiny_data, tmp_path / "subset.npy", 192)
-    spec = json.dumps(tiny_spec(tiny_data / "natural", tmp_path / "subset.npy", epochs=50, batch_size=16))
+    spec = json.dumps(tiny_spec(tiny_data / "natural", subset192, epochs=50, batch_size=16))
     env = dict(os.environ, OMP_NUM_THREADS="1", **{forkserver.ENV: path})
     client = subprocess.Popen(
         [

@@ -4,6 +4,7 @@ and the server ends with its parent."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -90,14 +91,19 @@ def test_a_pretraining_in_the_server_gives_the_same_weights(server, tiny_data, s
     assert all(torch.equal(runs["own"][k], runs["forked"][k]) for k in runs["own"])
 
 
-def _worker_of(server_proc) -> psutil.Process:
-    """The one worker running under the server (server -> supervisor -> worker)."""
+def _worker_of(server_proc, cwd: Path) -> psutil.Process:
+    """The worker under the server (server -> supervisor -> worker) of the command run from cwd; the
+    worker of an earlier test may still be exiting beside it."""
     found = []
-    wait_for(
-        lambda: found.extend(c for s in psutil.Process(server_proc.pid).children() for c in s.children()) or found,
-        "the worker to start",
-        timeout=120,
-    )
+
+    def look() -> bool:
+        for proc in psutil.Process(server_proc.pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):  # ended while looked at
+                if Path(proc.cwd()) == cwd.resolve():
+                    found.append(proc)
+        return bool(found)
+
+    wait_for(look, "the worker to start", timeout=120)
     return found[0]
 
 
@@ -124,7 +130,7 @@ def test_a_stopped_client_stops_its_worker(server, tiny_data, subset192, tmp_pat
         env=env,
         stderr=subprocess.DEVNULL,
     )
-    worker = _worker_of(proc)
+    worker = _worker_of(proc, tmp_path)
     wait_for(lambda: (tmp_path / "run/checkpoints/ep001.pt").exists(), "training", timeout=120)
     client.send_signal(how)
     assert client.wait(30) == (-signal.SIGKILL if how == signal.SIGKILL else 128 + how)

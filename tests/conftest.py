@@ -48,6 +48,13 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.slow)
 
 
-@pytest.fixture(scope="module")
-def subset128(tiny_data, tmp_path_factory):
+@pytest.fixture(scope="session")
+def subset128(tiny_data, tmp_path_factory) -> Path:
+    """tiny_data's nested subset of 128 natural images (seed 0): 4 steps of batch 32 an epoch."""
     return natural_subset(tiny_data, tmp_path_factory.mktemp("subset") / "n128.npy", 128)
+
+
+@pytest.fixture(scope="session")
+def subset192(tiny_data, tmp_path_factory) -> Path:
+    """tiny_data's nested subset of 192 natural images (seed 0): 12 steps of batch 16 an epoch."""
+    return natural_subset(tiny_data, tmp_path_factory.mktemp("subset") / "n192.npy", 192)

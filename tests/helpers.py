@@ -1,6 +1,8 @@
-"""Helpers the tests share: paths, a subprocess runner, the tiny run specs and subsets, waiting.
+"""Helpers the tests share: paths, a subprocess runner, the tiny run specs, study params and
+subsets, metrics.jsonl files, gloo process groups, waiting, small hand-built models.
 Fixtures live in tests/conftest.py; everything else a test file needs from another is here."""
 
+import json
 import os
 import shutil
 import socket
@@ -9,8 +11,15 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
-from sslstudy import axes, config
+import yaml
+from sslstudy import axes, config, names
+from sslstudy import distributed as dist
+from sslstudy.augment import ViewSpec
+from sslstudy.methods.base import Batch
+from sslstudy.methods.swav import SwAV
+from sslstudy.models import build_backbone
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -43,11 +52,110 @@ def tiny_spec(dataset: Path, subset: Path, **over) -> dict:
     return spec
 
 
-def follow_study_seeds(params: dict) -> None:
-    """The axes to which the shipped params/study.yaml gives seeds of their own follow study.seeds
-    instead (tests that shrink study.seeds)."""
-    for axis in ("quality", "granularity", "dense"):
-        params[axis]["seeds"] = None
+#: The h2 titles of a report of every axis but the dense one.
+REPORT_SECTIONS = (
+    "Results",
+    "Quantity",
+    "Domain",
+    "Quality",
+    "Granularity",
+    "Fusion",
+    "Periodic clustering",
+    "Pretraining",
+    "Data",
+    "Config",
+    "Versions",
+)
+
+#: The evaluation settings of a quick probe (one k, one learning rate, 3 epochs).
+TINY_EVAL = dict(
+    batch_size=256,
+    linear_epochs=3,
+    cluster_seed=0,
+    knn_k=[5],
+    knn_temperature=0.07,
+    linear_lr=[0.5],
+    linear_wd=[5e-4],
+    val_fraction=0.1,
+)
+
+#: The resources of each job of a tiny study on a 2-core node: 1 CPU and 1.5 GB, no GPU.
+TINY_JOB = dict(gpus=0, cpus=1, mem_gb=1.5, time_min=30)
+
+
+def tiny_params(
+    data: dict,
+    domains: list[str],
+    *,
+    shipped: bool = True,
+    every_axis: bool = False,
+    jobs: dict | None = None,
+    **pretrain,
+) -> dict:
+    """The params of a study of seconds on `domains`: SimCLR alone, seed 0, a 4-wide CNN4 pretrained
+    for 2 epochs, a 5-epoch linear probe. data: merged into params' data (root, datasets, ingest).
+
+    shipped: params/study.yaml so changed, for a --configfile (Snakemake merges it over
+      params/study.yaml, so every axis is switched off explicitly); else the changes alone, for a
+      params/study.yaml of their own (the schema's defaults: every axis off), with a small SimCLR
+      head, one 128-image subset and pretraining on the local executor.
+    every_axis: every axis of the shipped study kept, shrunk to a few steps, instead of switched off.
+    jobs: the resources of every job (launch.pretrain and launch.evaluation).
+    pretrain: changes to pretrain, over the tiny ones."""
+    if shipped:
+        params = yaml.safe_load((ROOT / "params/study.yaml").read_text())
+        for axis in ("quality", "granularity", "dense"):  # seeds of their own in params/study.yaml: study.seeds
+            params[axis]["seeds"] = None
+        (_axes_shrunk if every_axis else _axes_off)(params)
+        params["pretrain"]["batch_size"] = 32
+    elif every_axis:
+        raise ValueError("every_axis=True keeps the axes of params/study.yaml: it needs shipped=True")
+    else:
+        params = dict(
+            seed=0,
+            data={},
+            study=dict(subsets=[128]),
+            pretrain=dict(
+                batch_size=64,
+                threads=1,
+                optim=dict(name="lars", lr=1.0),
+                views=dict(size=32, scale=[0.4, 1.0]),
+            ),
+            methods=dict(simclr=dict(temperature=0.2, proj_hidden=16, proj_dim=8, proj_layers=2)),
+            eval={},
+            launch=dict(executor="local"),
+        )
+    params["data"].update(data)
+    params["study"].update(methods=["simclr"], domains=list(domains), seeds=[0])
+    params["pretrain"].update(epochs=2, checkpoint_every=1, backbone=dict(arch="cnn4", width=4))
+    params["pretrain"]["optim"]["warmup_epochs"] = 1
+    params["pretrain"].update(pretrain)
+    params["eval"]["linear_epochs"] = 5
+    if jobs is not None:
+        params["launch"].update(pretrain=jobs, evaluation=jobs)
+    return params
+
+
+def _axes_shrunk(params: dict) -> None:
+    """The shipped study's axes at a few steps each, on SimCLR alone."""
+    params["fusion"].update(methods=None, pairs=[])  # the shipped pair needs Barlow Twins
+    params["dense"].update(methods=None)  # the shipped list needs MoCo v2 and DenseCL
+    params["finetune"].update(epochs=1, min_steps=3, batch_size=16)
+    params["quantity"].update(subsets=[0.5], labels=[1, "all"])
+    # two corruptions (every kind is checked in test_axes.py); lowres takes its own path (smaller views)
+    params["quality"].update(subset=0.5, downup=[2], jpeg=[], saltpepper=[], blur=[], lowres=[16])
+    params["domain"]["evaluate_on"] = None  # the pretraining domains
+
+
+def _axes_off(params: dict) -> None:
+    """Every axis of the shipped study switched off: the study's runs, their evaluations, the report."""
+    params["quantity"].update(subsets=[], labels=[], supervised=False)
+    params["domain"].update(domains=[], pools=[], evaluate_on=[])
+    params["quality"].update(domains=[])
+    params["granularity"].update(supervised=False)
+    params["fusion"].update(kinds=[], pairs=[])
+    params["clustering"].update(enabled=False)
+    params["dense"].update(enabled=False)
 
 
 def run(cmd, cwd, check=True, timeout=900, **kw) -> subprocess.CompletedProcess:
@@ -84,16 +192,57 @@ def method_spec(method: str, dataset, subset, **pretrain) -> dict:
     return spec
 
 
+def read_metrics(run_dir: Path) -> list[dict]:
+    """The records of run_dir's metrics.jsonl (one an epoch: epoch, loss, lr, health), in file order."""
+    return [json.loads(ln) for ln in (run_dir / names.METRICS).read_text().splitlines()]
+
+
+def write_metrics(path: Path, records: list[dict]) -> Path:
+    """records as a metrics.jsonl file at path (its folder made), for the report's tests."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
 def final_weights(run_dir):
     """The trained Method's state_dict in run_dir/final.pt."""
     return torch.load(run_dir / "final.pt", weights_only=False)["model"]
 
 
 def free_port() -> int:
-    """A TCP port free on localhost now (for a gloo rendezvous)."""
+    """A TCP port free now on every interface of this machine (a gloo rendezvous, the test SLURM's daemons)."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("", 0))
         return s.getsockname()[1]
+
+
+def run_ranks(script: str, args_of_rank, world: int = 2, timeout: float = 600) -> list[str]:
+    """`python -c script *args_of_rank(rank)` in `world` processes that form one gloo group (a free
+    localhost port, one thread each); asserts that every one exits 0 and returns their outputs
+    (stdout and stderr together), in rank order."""
+    port, procs = free_port(), []
+    for rank in range(world):
+        env = dict(
+            os.environ,
+            WORLD_SIZE=str(world),
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            OMP_NUM_THREADS="1",
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", script, *args_of_rank(rank)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outs = [p.communicate(timeout=timeout)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    return outs
 
 
 def wait_for(ok, what: str, timeout: float = 240, every: float = 0.2):
@@ -119,3 +268,42 @@ class FakeCtx:
         out = encoder(self.x)
         encoder.train()
         return out
+
+
+# ----------------------------------------------------------------------------- SwAV, by hand
+def swav_model(queue_length=0, queue_start_epoch=0, freeze=1, n_train=64, global_batch=8, views=2):
+    """A small SwAV (6 prototypes, 16 px views, `views - 2` small 8 px crops) on a 4-wide CNN4, seeded."""
+    torch.manual_seed(0)
+    cfg = dict(
+        temperature=0.1,
+        epsilon=0.05,
+        sinkhorn_iterations=3,
+        proj_hidden=16,
+        proj_dim=8,
+        prototypes=6,
+        freeze_prototypes_epochs=freeze,
+        queue_length=queue_length,
+        queue_start_epoch=queue_start_epoch,
+    )
+    specs = [ViewSpec(size=16)] * 2 + [ViewSpec(size=8)] * (views - 2)
+    return SwAV(build_backbone("cnn4", 4), cfg, specs, n_train, global_batch)
+
+
+def swav_batch(model, epoch, seed=0, n=8):
+    """A batch of n random images in every view of the model, drawn from seed."""
+    g = torch.Generator().manual_seed(seed)
+    views = [torch.rand(n, 3, s.size, s.size, generator=g) for s in model.view_specs]
+    return Batch(views, torch.arange(n), 0, 10, epoch, g)
+
+
+def swav_local_steps():
+    """Three SwAV steps (eval-mode BN, so ranks see the same statistics) on this rank's share of a
+    global batch of 8, with a queue of 16 that is full at the third step -> (losses, queue keys).
+    Alone in a process, the rank's share is the whole batch."""
+    m = swav_model(queue_length=16).eval()
+    losses = []
+    for seed in (1, 2, 3):
+        b, rows = swav_batch(m, epoch=0, seed=seed), dist.local_slice(8)
+        m.before_step(0, 1)
+        losses.append(m(Batch([v[rows] for v in b.views], b.index[rows], 0, 10, 0, b.gen))[0].item())
+    return np.array(losses), m.queues[0].keys.numpy()

@@ -27,28 +27,6 @@ def truncated_jpeg(rng: np.random.Generator, path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
 
 
-def tiny_params(data: dict, domains: list[str]) -> dict:
-    """A study config of seconds on the given domains: SimCLR only, tiny network, 2 epochs, the
-    study's axes left at the schema's defaults (off)."""
-    return dict(
-        seed=0,
-        data=data,
-        study=dict(methods=["simclr"], domains=domains, subsets=[128], seeds=[0]),
-        pretrain=dict(
-            epochs=2,
-            batch_size=64,
-            checkpoint_every=1,
-            threads=1,
-            backbone=dict(arch="cnn4", width=4),
-            optim=dict(name="lars", lr=1.0, warmup_epochs=1),
-            views=dict(size=32, scale=[0.4, 1.0]),
-        ),
-        methods=dict(simclr=dict(temperature=0.2, proj_hidden=16, proj_dim=8, proj_layers=2)),
-        eval=dict(linear_epochs=5),
-        launch=dict(executor="local"),
-    )
-
-
 # --------------------------------------------------------------------------- ImageFolder
 
 

@@ -11,6 +11,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.helpers import free_port
+
 PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
 BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel", "sinfo")
 
@@ -36,12 +38,6 @@ def install() -> str | None:
         if p.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
 
 
 def _mem_mb() -> int:
@@ -119,8 +115,8 @@ class LocalSlurm:
                 cpus=self.cpus,
                 mem=self.mem_mb,
                 gpus=self.gpus,
-                ctld_port=_free_port(),
-                slurmd_port=_free_port(),
+                ctld_port=free_port(),
+                slurmd_port=free_port(),
             )
         )
         (self.root / "gres.conf").write_text(

@@ -3,13 +3,14 @@ the format the workflow writes, for the report's figure tests and for rendering 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sslstudy import axes
 from sslstudy.config import load
+
+from tests.helpers import write_metrics
 
 _STUDY = load(Path(__file__).resolve().parents[1] / "params" / "study.yaml")
 QUALITY_SUBSET, QUALITIES = axes.quality_subset(_STUDY), axes.qualities(_STUDY)  # the shipped quality axis
@@ -18,7 +19,8 @@ LEVELS = ["coarse", "mid", "fine"]
 CHANCE = [0.25, 1 / 16, 1 / 64]
 
 
-def _run(method, domain, subset, quality, seed):
+def run_ids(method, domain, subset, quality, seed) -> dict:
+    """The columns that name a pretraining run in the evaluation tables (run, method, ..., seed)."""
     return dict(
         run=f"{method}/{domain}_{subset}_{quality}/seed{seed}",
         method=method,
@@ -26,6 +28,24 @@ def _run(method, domain, subset, quality, seed):
         subset=subset,
         quality=quality,
         seed=seed,
+    )
+
+
+def fusion_row(a: str, b: str, member: str, seed: int, level_index: int, level: str, value: float) -> dict:
+    """A row of the fusion table of the pair a + b (models as method@domain): the linear probe on
+    natural of member a, b or a+b (their features concatenated), features of dim 64."""
+    pair = f"{a} + {b}"
+    return dict(
+        pair=pair,
+        seed=seed,
+        eval_domain="natural",
+        model={"a": a, "b": b, "a+b": pair}[member],
+        member=member,
+        level_index=level_index,
+        level=level,
+        metric="linear",
+        value=value,
+        dim=64,
     )
 
 
@@ -46,7 +66,7 @@ def study(seeds=(0, 1, 2), seed: int = 0) -> dict[str, pd.DataFrame]:
     frozen, lowshot, supervised, fusion, clusters, curves = [], [], [], [], [], {}
     for s in seeds:
         for k, m in enumerate(METHODS):
-            ids = _run(m, "natural", "frac1", "clean", s)
+            ids = run_ids(m, "natural", "frac1", "clean", s)
             frozen += _levels(ids, 0.55 + 0.03 * k, rng, weights="pretrained", epoch=30, eval_domain="natural")
             frozen += _levels(ids, 0.45, rng, weights="random", epoch=0, eval_domain="natural")
             scale = 140.0 if m == "barlow" else 1.0 + k
@@ -58,7 +78,7 @@ def study(seeds=(0, 1, 2), seed: int = 0) -> dict[str, pd.DataFrame]:
                     ids, 0.3 + 0.01 * e + 0.02 * k, rng, metrics=("nmi", "ari"), epoch=e, eval_domain="natural"
                 )
         for dom in ("natural", "aerial", "natural+aerial"):
-            ids = _run("simclr", dom, "frac1", "clean", s)
+            ids = run_ids("simclr", dom, "frac1", "clean", s)
             for ev in ("natural", "aerial", "texture"):
                 if dom == "natural" and ev == "natural":
                     continue  # the comparison's run above
@@ -66,7 +86,7 @@ def study(seeds=(0, 1, 2), seed: int = 0) -> dict[str, pd.DataFrame]:
         for q in (
             [] if QUALITY_SUBSET == "frac1" else ["clean"]
         ) + QUALITIES:  # frac1: the clean twin is the comparison's run
-            ids = _run("simclr", "natural", QUALITY_SUBSET, q, s)
+            ids = run_ids("simclr", "natural", QUALITY_SUBSET, q, s)
             frozen += _levels(
                 ids,
                 0.6 - (0.1 if q.startswith("lowres") else 0.02),
@@ -77,7 +97,7 @@ def study(seeds=(0, 1, 2), seed: int = 0) -> dict[str, pd.DataFrame]:
             )
         for lab, n in (("l1", 64), ("l10", 640), ("lall", 3000)):
             for sub, imgs in (("frac0.25", 800), ("frac1", 3200)):
-                ids = _run("simclr", "natural", sub, "clean", s)
+                ids = run_ids("simclr", "natural", sub, "clean", s)
                 for mode in ("linear", "finetune"):
                     lowshot += _levels(
                         ids,
@@ -90,7 +110,7 @@ def study(seeds=(0, 1, 2), seed: int = 0) -> dict[str, pd.DataFrame]:
                         pretrain_images=imgs,
                         eval_domain="natural",
                     )
-            ids = _run("supervised", "natural", lab, "clean", s)
+            ids = run_ids("supervised", "natural", lab, "clean", s)
             supervised += _levels(
                 ids,
                 0.2 + 0.12 * np.log10(n),
@@ -132,9 +152,6 @@ def write(tables: dict, folder: Path) -> dict:
         args[kind] = [str(f)]
     items = []
     for run, recs in tables["curves"].items():
-        f = folder / "runs" / run / "metrics.jsonl"
-        f.parent.mkdir(parents=True, exist_ok=True)
-        f.write_text("".join(json.dumps(r) + "\n" for r in recs))
-        items.append(f"{run}={f}")
+        items.append(f"{run}={write_metrics(folder / 'runs' / run / 'metrics.jsonl', recs)}")
     args["curves"] = items
     return args

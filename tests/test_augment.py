@@ -64,6 +64,15 @@ def identity_crop(size: int, **kw) -> ViewSpec:
     return no_aug(size=size, scale=(1.0, 1.0), ratio=(1.0, 1.0), **kw)
 
 
+def drawn_for_some(x: torch.Tensor, spec: ViewSpec, op: str, seed: int) -> tuple[dict, torch.Tensor]:
+    """spec's parameters for the images x (b, 3, h, w) drawn from seed, with the op `op` on some
+    images but not all -> (the parameters, our views of x unnormalised)."""
+    b, _, h, w = x.shape
+    p = sample_params(spec, b, h, w, torch.Generator().manual_seed(seed))
+    assert 0 < int(p[op].sum()) < b
+    return p, unnorm(apply_params(x, p, spec))
+
+
 def noise_images(b: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
     """(b, h, w, 3) uint8 noise with gray pixels, saturated colours, black and white in it."""
     g = torch.Generator().manual_seed(seed)
@@ -198,9 +207,7 @@ def test_crop_and_flip_match_torchvision_resized_crop():
     b, h, w, size = 24, 48, 56, 40
     x = smooth_images(b, h, w)
     spec = no_aug(size=size, hflip=0.5)
-    p = sample_params(spec, b, h, w, torch.Generator().manual_seed(3))
-    assert 0 < int(p["flip"].sum()) < b
-    ours = unnorm(apply_params(x, p, spec))
+    p, ours = drawn_for_some(x, spec, "flip", seed=3)
     interior = 0
     for i in range(b):
         top, left, hh, ww = (int(v) for v in p["box"][i])
@@ -238,10 +245,8 @@ def test_color_jitter_matches_torchvision(jitter, atol):
     b, s = 32, 24
     x = to_float(noise_images(b, s, s))
     spec = identity_crop(s, jitter=jitter, jitter_p=0.75)
-    p = sample_params(spec, b, s, s, torch.Generator().manual_seed(4))
+    p, ours = drawn_for_some(x, spec, "jitter", seed=4)
     sel = p["jitter"]
-    assert 0 < int(sel.sum()) < b
-    ours = unnorm(apply_params(x, p, spec))
     worst = 0.0
     for i in range(b):
         ref = _ref_jitter(x[i], p["factors"][i], p["order"][i], jitter) if sel[i] else x[i]
@@ -257,9 +262,7 @@ def test_grayscale_matches_torchvision_and_itu_weights():
     b, s = 16, 20
     x = to_float(noise_images(b, s, s))
     spec = identity_crop(s, gray_p=0.5)
-    p = sample_params(spec, b, s, s, torch.Generator().manual_seed(6))
-    assert 0 < int(p["gray"].sum()) < b
-    ours = unnorm(apply_params(x, p, spec))
+    p, ours = drawn_for_some(x, spec, "gray", seed=6)
     luma = (x.double() * torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64).view(1, 3, 1, 1)).sum(1, keepdim=True)
     for i in range(b):
         if p["gray"][i]:
@@ -275,9 +278,7 @@ def test_blur_matches_torchvision_gaussian_blur(size):
     b = 16
     x = smooth_images(b, size, size) * 0.5 + to_float(noise_images(b, size, size)) * 0.5
     spec = identity_crop(size, blur_p=0.5)
-    p = sample_params(spec, b, size, size, torch.Generator().manual_seed(7))
-    assert 0 < int(p["blur"].sum()) < b
-    ours = unnorm(apply_params(x, p, spec))
+    p, ours = drawn_for_some(x, spec, "blur", seed=7)
     k = spec.blur_kernel
     for i in range(b):
         if p["blur"][i]:
@@ -294,9 +295,7 @@ def test_solarize_matches_torchvision():
     b, s = 16, 16
     x = to_float(noise_images(b, s, s))
     spec = identity_crop(s, solarize_p=0.5)
-    p = sample_params(spec, b, s, s, torch.Generator().manual_seed(8))
-    assert 0 < int(p["solarize"].sum()) < b
-    ours = unnorm(apply_params(x, p, spec))
+    p, ours = drawn_for_some(x, spec, "solarize", seed=8)
     for i in range(b):
         ref = TF.solarize(x[i], 0.5) if p["solarize"][i] else x[i]
         assert (ours[i] - ref).abs().max() < FLOAT_ATOL

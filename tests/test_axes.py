@@ -16,6 +16,8 @@ from sslstudy.eval.fusion import fusion_scores
 from sslstudy.models import build_backbone
 from sslstudy.names import parse_quality
 
+from tests.helpers import TINY_EVAL
+
 
 def rng():
     return np.random.default_rng(0)
@@ -103,33 +105,23 @@ def test_pool_is_as_large_as_one_domain_with_equal_parts(tiny_data, tmp_path):
 
 
 # -------------------------------------------------------------------------- labelled subsets, training
-EVAL = dict(
-    batch_size=256,
-    linear_epochs=3,
-    cluster_seed=0,
-    knn_k=[5],
-    knn_temperature=0.07,
-    linear_lr=[0.5],
-    linear_wd=[5e-4],
-    val_fraction=0.1,
-)
 
 
 def test_labelled_subsets_are_nested_balanced_and_outside_val(tiny_data):
     ds = load_dataset(tiny_data / "natural")
-    one, two = (lowshot.labelled_indices(ds, n, EVAL) for n in (1, 2))
-    val = probe_splits(ds, EVAL)["val"]
+    one, two = (lowshot.labelled_indices(ds, n, TINY_EVAL) for n in (1, 2))
+    val = probe_splits(ds, TINY_EVAL)["val"]
     assert set(one) <= set(two) and set(two) <= set(ds.split_indices("train")) - set(val)
     assert (np.bincount(ds.label_array("fine", two), minlength=64) == 2).all()
-    assert len(lowshot.labelled_indices(ds, "all", EVAL)) == len(ds.split_indices("train")) - len(val)
+    assert len(lowshot.labelled_indices(ds, "all", TINY_EVAL)) == len(ds.split_indices("train")) - len(val)
     with pytest.raises(UserError, match="lower quantity.labels"):
-        lowshot.labelled_indices(ds, 1000, EVAL)
+        lowshot.labelled_indices(ds, 1000, TINY_EVAL)
 
 
 def test_training_from_scratch_fits_its_labelled_images(tiny_data):
     ds = load_dataset(tiny_data / "natural")
     torch.set_num_threads(1)
-    train = lowshot.labelled_indices(ds, 1, EVAL)  # 64 images, one per fine class
+    train = lowshot.labelled_indices(ds, 1, TINY_EVAL)  # 64 images, one per fine class
     cfg = dict(epochs=1, min_steps=60, batch_size=32, lr=0.05, weight_decay=5e-4, scale=[0.9, 1.0])
     model = lowshot.train_classifier(build_backbone("cnn4", width=8), ds, train, cfg, 32, seed=0)
     fit = np.mean(lowshot.predict(model, ds, train, 32) == ds.label_array("fine", train))
@@ -148,7 +140,7 @@ def test_fine_tuning_autocasts_in_bf16_where_the_cpu_has_it(tiny_data, monkeypat
     monkeypatch.setattr(T, "cpu_bf16", lambda: native)
     ds = load_dataset(tiny_data / "natural")
     torch.set_num_threads(1)
-    train = lowshot.labelled_indices(ds, 1, EVAL)
+    train = lowshot.labelled_indices(ds, 1, TINY_EVAL)
     cfg = dict(epochs=1, min_steps=10, batch_size=32, lr=0.05, weight_decay=5e-4, scale=[0.9, 1.0])
     with caplog.at_level(logging.INFO, logger="sslstudy.lowshot"):
         auto, fp32 = (
@@ -182,7 +174,7 @@ def test_supervised_checkpoint_reads_as_trained_not_random(tiny_data, tmp_path):
             "--seed",
             "0",
             "--eval",
-            json.dumps(EVAL),
+            json.dumps(TINY_EVAL),
             "--backbone",
             json.dumps(arch),
             "--finetune",
@@ -209,7 +201,7 @@ def test_supervised_checkpoint_reads_as_trained_not_random(tiny_data, tmp_path):
             "--checkpoint",
             f"pretrained={ckpt}",
             "--eval",
-            json.dumps(EVAL),
+            json.dumps(TINY_EVAL),
             "--frozen",
             "pretrained_on_natural",
             "--device",
@@ -225,7 +217,7 @@ def test_supervised_checkpoint_reads_as_trained_not_random(tiny_data, tmp_path):
     assert feats.x.dtype == np.float16 and len(feats.index) == len(ds_rows(tiny_data / "natural"))
 
 
-def test_one_lowshot_call_over_every_count_equals_one_call_per_count(tiny_data, tmp_path):
+def test_one_lowshot_call_over_every_count_equals_one_call_per_count(tiny_data, subset128, tmp_path):
     """A (run, mode) job loads the checkpoint (or cache) once; fine-tuning trains a fresh copy per
     count: its table is the per-count tables stacked."""
     import json
@@ -233,8 +225,6 @@ def test_one_lowshot_call_over_every_count_equals_one_call_per_count(tiny_data, 
     import pandas as pd
     from sslstudy.cli import run_command
     from sslstudy.train import BACKBONE, atomic_torch_save
-
-    from tests.helpers import natural_subset
 
     arch = dict(arch="cnn4", width=4)
     torch.manual_seed(0)
@@ -247,7 +237,7 @@ def test_one_lowshot_call_over_every_count_equals_one_call_per_count(tiny_data, 
                 seed=0,
                 epochs=3,
                 backbone=arch,
-                data=dict(subset=str(natural_subset(tiny_data, tmp_path / "subset.npy", 128))),
+                data=dict(subset=str(subset128)),
             ),
         ),
         ckpt,
@@ -262,7 +252,7 @@ def test_one_lowshot_call_over_every_count_equals_one_call_per_count(tiny_data, 
         "--run",
         "r",
         "--eval",
-        json.dumps(EVAL),
+        json.dumps(TINY_EVAL),
         "--device",
         "cpu",
     ]
@@ -278,7 +268,7 @@ def test_one_lowshot_call_over_every_count_equals_one_call_per_count(tiny_data, 
             "--embed",
             "pretrained_on_natural",
             "--eval",
-            json.dumps(EVAL),
+            json.dumps(TINY_EVAL),
             "--device",
             "cpu",
             "--out",
@@ -325,7 +315,7 @@ def test_fusion_rows_cover_both_members_and_the_pair(tiny_data):
     ds = load_dataset(tiny_data / "natural")
     torch.manual_seed(0)
     a, b = (embed_dataset(build_backbone("cnn4", width=w).eval(), ds, 32, 256) for w in (4, 8))
-    df = fusion_scores(a, b, ds, EVAL)
+    df = fusion_scores(a, b, ds, TINY_EVAL)
     assert sorted(df["member"].unique()) == ["a", "a+b", "b"]
     dims = df.groupby("member")["dim"].first()
     assert dims["a+b"] == dims["a"] + dims["b"] == 32 + 64

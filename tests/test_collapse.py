@@ -1,7 +1,6 @@
 """Run health during training: every epoch's record holds the embedding health of fixed training
 images; a collapse is flagged, logged once, and ends the job under pretrain.on_collapse: stop."""
 
-import json
 import math
 import shutil
 
@@ -14,17 +13,9 @@ from sslstudy.errors import UserError
 from sslstudy.launch import launch_pretrain
 from sslstudy.train import Diverged, list_checkpoints, train
 
-from tests.helpers import (
-    method_spec,
-    natural_subset,
-    tiny_spec,
-)
+from tests.helpers import method_spec, natural_subset, read_metrics, tiny_spec
 
 NEW = ("effective_rank", "normalized_std", "dim", "trivial_loss", "collapsed", "collapse_reason")
-
-
-def _records(run) -> list[dict]:
-    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def _logged(run, line: str) -> int:
@@ -35,7 +26,7 @@ def _logged(run, line: str) -> int:
 def test_healthy_run_records_its_health_and_trains_as_without_it(tiny_data, subset128, tmp_path, monkeypatch):
     spec = tiny_spec(tiny_data / "natural", subset128)
     train(spec, tmp_path / "run")
-    recs = _records(tmp_path / "run")
+    recs = read_metrics(tmp_path / "run")
     assert [r["epoch"] for r in recs] == [1, 2, 3]
     for r in recs:
         assert r["dim"] == 32 and 1.5 < r["effective_rank"] <= 32 and r["normalized_std"] > 0.1 / math.sqrt(32)
@@ -49,7 +40,7 @@ def test_healthy_run_records_its_health_and_trains_as_without_it(tiny_data, subs
     assert a["model"].keys() == b["model"].keys() and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
     assert sa.keys() == sb.keys() and all(torch.equal(sa[i][k], sb[i][k]) for i in sa for k in sa[i])
-    plain = _records(tmp_path / "plain")
+    plain = read_metrics(tmp_path / "plain")
     assert not any(k in r for r in plain for k in NEW)
     drop = NEW + ("seconds", "views_per_s")
     assert [{k: v for k, v in r.items() if k not in drop} for r in recs] == [
@@ -64,7 +55,7 @@ def test_constant_embeddings_are_flagged_at_once_and_logged_once(tiny_data, tmp_
     np.save(blank / "images.npy", np.ascontiguousarray(np.broadcast_to(images[:1], images.shape)))
     spec = tiny_spec(blank, natural_subset(tmp_path, tmp_path / "s.npy", 128), epochs=2)
     train(spec, tmp_path / "run")
-    recs = _records(tmp_path / "run")
+    recs = read_metrics(tmp_path / "run")
     line = f"{spec['run']}: collapsed at epoch 1 (effective rank 1.0 of 32; normalised std 0 vs 1/√d = 0.177)"
     assert [(r["collapsed"], r["collapse_reason"]) for r in recs] == [(True, line)] * 2
     assert recs[0]["normalized_std"] == 0.0 and recs[0]["effective_rank"] == pytest.approx(1.0, abs=1e-3)
@@ -93,7 +84,7 @@ def test_stop_ends_the_job_with_the_reason_and_keeps_the_checkpoints(tiny_data, 
         torch.load(run / "checkpoints" / "last.pt", weights_only=False)["epoch"] == 3
         and not (run / "final.pt").exists()
     )
-    recs = _records(run)
+    recs = read_metrics(run)
     assert [r.get("collapsed", False) for r in recs] == [False, False, True] and recs[-1]["collapse_reason"] == line
     assert all(r["trivial_loss"] == pytest.approx(math.log(48)) for r in recs)
     assert _logged(run, line) == 1
@@ -104,7 +95,7 @@ def test_stop_ends_the_job_with_the_reason_and_keeps_the_checkpoints(tiny_data, 
     launch_pretrain(dict(spec, on_collapse="warn"), run, _launch("debug"))
     assert capsys.readouterr().out.splitlines().count(line) == 1
     assert "resumed from last.pt (epoch 3 of 4, step 0 of 4)" in (run / "train.log").read_text()
-    assert [r.get("collapsed", False) for r in _records(run)] == [False, False, True, True]
+    assert [r.get("collapsed", False) for r in read_metrics(run)] == [False, False, True, True]
     assert _logged(run, line) == 1 and (run / "final.pt").is_file()
 
 
@@ -113,4 +104,4 @@ def test_nonfinite_embeddings_diverge_before_the_epoch_is_saved(tiny_data, subse
     with pytest.raises(Diverged, match="embeddings of fixed training images are not finite after epoch 1"):
         train(tiny_spec(tiny_data / "natural", subset128, epochs=1), tmp_path / "run")
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["ep000.pt"]
-    assert (tmp_path / "run" / "metrics.jsonl").read_text() == ""
+    assert read_metrics(tmp_path / "run") == []

@@ -1,24 +1,12 @@
 """The shared trainer: schedules, LARS, checkpoints, resume, divergence."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
-from sslstudy.data.packed import load_dataset
-from sslstudy.data.subsets import nested_subsets, save_indices
 from sslstudy.errors import UserError
 from sslstudy.train import LARS, Diverged, Stopped, build_model, cosine_schedule, list_checkpoints, load_backbone, train
 
-from tests.helpers import tiny_spec
-
-
-@pytest.fixture()
-def subset(tiny_data, tmp_path):
-    ds = load_dataset(tiny_data / "natural")
-    path = tmp_path / "subset.npy"
-    save_indices(path, nested_subsets(ds.labels, [128], seed=0)[128])
-    return path
+from tests.helpers import read_metrics, tiny_spec
 
 
 def test_cosine_schedule():
@@ -60,12 +48,12 @@ def test_lars_decays_groups_without_trust_ratio():
     assert v.item() == pytest.approx(1.0025, rel=1e-6)
 
 
-def test_train_writes_checkpoints_and_resumes_exactly(tiny_data, subset, tmp_path):
-    spec = tiny_spec(tiny_data / "natural", subset)
+def test_train_writes_checkpoints_and_resumes_exactly(tiny_data, subset128, tmp_path):
+    spec = tiny_spec(tiny_data / "natural", subset128)
     full = tmp_path / "full"
     train(spec, full)
     assert [p.name for p in list_checkpoints(full)] == ["ep000.pt", "ep001.pt", "ep002.pt", "ep003.pt"]
-    lines = [json.loads(x) for x in (full / "metrics.jsonl").read_text().splitlines()]
+    lines = read_metrics(full)
     assert [r["epoch"] for r in lines] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in lines)
     state = torch.load(full / "final.pt", weights_only=False)
     assert state["config"] == spec and state["epoch"] == 3
@@ -80,13 +68,13 @@ def test_train_writes_checkpoints_and_resumes_exactly(tiny_data, subset, tmp_pat
     a = torch.load(full / "final.pt", weights_only=False)["model"]
     b = torch.load(part / "final.pt", weights_only=False)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert (full / "metrics.jsonl").read_text().count("\n") == (part / "metrics.jsonl").read_text().count("\n") == 3
+    assert [r["epoch"] for r in read_metrics(full)] == [r["epoch"] for r in read_metrics(part)] == [1, 2, 3]
 
     # a line of an epoch that last.pt does not hold (killed between the two writes) and a cut line go
     with (part / "metrics.jsonl").open("a") as f:
         f.write('{"epoch": 4, "loss": 1.0}\n{"epo')
     train(dict(spec, threads=2), part)  # another thread count still resumes (a run may move to a SLURM node)
-    assert [json.loads(x)["epoch"] for x in (part / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert [r["epoch"] for r in read_metrics(part)] == [1, 2, 3]
 
     # a changed config does not resume from the old checkpoints
     train(dict(spec, epochs=2), part)
@@ -100,8 +88,8 @@ def test_train_writes_checkpoints_and_resumes_exactly(tiny_data, subset, tmp_pat
     assert not any(p.name.startswith(".") for p in (full / "checkpoints").iterdir())  # no temp files left
 
 
-def test_epoch_checkpoints_hold_only_the_backbone(tiny_data, subset, tmp_path):
-    spec = tiny_spec(tiny_data / "natural", subset, epochs=1)
+def test_epoch_checkpoints_hold_only_the_backbone(tiny_data, subset128, tmp_path):
+    spec = tiny_spec(tiny_data / "natural", subset128, epochs=1)
     run = tmp_path / "run"
     train(spec, run)
     ep = torch.load(run / "checkpoints" / "ep001.pt", weights_only=False)
@@ -143,10 +131,10 @@ def test_only_the_lead_rank_changes_files_on_resume(rank, tmp_path, monkeypatch)
     assert barriers == [["ep001.pt", "last.pt"]] * 2
 
 
-def test_nonfinite_loss_stops_at_once(tiny_data, subset, tmp_path):
+def test_nonfinite_loss_stops_at_once(tiny_data, subset128, tmp_path):
     spec = tiny_spec(
         tiny_data / "natural",
-        subset,
+        subset128,
         optim=dict(name="sgd", lr=1e12, final_lr=0.0, momentum=0.9, weight_decay=0.0, eta=1e-3, warmup_epochs=0),
     )
     with pytest.raises(Diverged, match="lower pretrain.optim.lr"):
@@ -154,8 +142,8 @@ def test_nonfinite_loss_stops_at_once(tiny_data, subset, tmp_path):
     assert not (tmp_path / "run" / "final.pt").exists()
 
 
-def test_batch_larger_than_subset(tiny_data, subset, tmp_path):
-    spec = tiny_spec(tiny_data / "natural", subset, batch_size=1024)
+def test_batch_larger_than_subset(tiny_data, subset128, tmp_path):
+    spec = tiny_spec(tiny_data / "natural", subset128, batch_size=1024)
     with pytest.raises(
         UserError,
         match=(
@@ -187,9 +175,9 @@ def test_unknown_backbone():
 
 
 # ----------------------------------------------------------------------------- device, precision, data overlap
-def test_a_gpu_request_without_cuda_is_one_line(tiny_data, subset, tmp_path, monkeypatch):
+def test_a_gpu_request_without_cuda_is_one_line(tiny_data, subset128, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    spec = tiny_spec(tiny_data / "natural", subset)
+    spec = tiny_spec(tiny_data / "natural", subset128)
     for over, asked in (
         (dict(gpus=2), "the job has 2 GPU(s) (launch.pretrain.gpus)"),
         (dict(device="cuda"), "pretrain.device is cuda"),
@@ -204,12 +192,15 @@ def test_a_gpu_request_without_cuda_is_one_line(tiny_data, subset, tmp_path, mon
     assert "device cpu" in (tmp_path / "cpu" / "train.log").read_text()
 
 
-def test_bf16_on_a_cpu_without_it_stops_or_falls_back_when_allowed(tiny_data, subset, tmp_path, monkeypatch):
+def test_bf16_on_a_cpu_without_it_stops_or_falls_back_when_allowed(tiny_data, subset128, tmp_path, monkeypatch):
     import sslstudy.train as T
 
     monkeypatch.setattr(T, "cpu_bf16", lambda: None)
     spec = tiny_spec(
-        tiny_data / "natural", subset, epochs=1, optim=dict(tiny_spec(tiny_data, subset)["optim"], warmup_epochs=0)
+        tiny_data / "natural",
+        subset128,
+        epochs=1,
+        optim=dict(tiny_spec(tiny_data, subset128)["optim"], warmup_epochs=0),
     )
     with pytest.raises(UserError) as e:
         train(dict(spec, precision="bf16"), tmp_path / "stop")
@@ -248,7 +239,7 @@ class _OnTheCaller:
 
 
 @pytest.mark.parametrize("method", ["simclr", "moco"])  # MoCo's forward draws from the views' generator too
-def test_reading_and_views_ahead_in_a_thread_change_no_bit(method, tiny_data, subset, tmp_path, monkeypatch):
+def test_reading_and_views_ahead_in_a_thread_change_no_bit(method, tiny_data, subset128, tmp_path, monkeypatch):
     """With a core to spare, the next batch is read and its views made in a background thread while the
     step's backward runs: the same weights, bit for bit, as reading and making views on the main thread."""
     import threading
@@ -257,7 +248,7 @@ def test_reading_and_views_ahead_in_a_thread_change_no_bit(method, tiny_data, su
 
     from tests.helpers import method_spec
 
-    spec = method_spec(method, tiny_data / "natural", subset, epochs=2)
+    spec = method_spec(method, tiny_data / "natural", subset128, epochs=2)
     calls, prepare = [], T._Trainer._prepare
 
     def spy(self, it, params=None):

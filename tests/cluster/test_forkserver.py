@@ -4,6 +4,7 @@ and the server ends with its parent."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,7 +18,7 @@ import torch
 from sslstudy import forkserver
 from sslstudy.train import load_checkpoint
 
-from tests.helpers import BIN, natural_subset, tiny_spec, wait_for
+from tests.helpers import BIN, tiny_spec, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -73,11 +74,10 @@ def test_a_command_in_the_server_behaves_as_in_its_own_process(server, tiny_data
     assert without_cpu_line(forked.stderr)[0] == own.stderr and "nowhere: no such dataset folder" in own.stderr
 
 
-def test_a_pretraining_in_the_server_gives_the_same_weights(server, tiny_data, tmp_path):
+def test_a_pretraining_in_the_server_gives_the_same_weights(server, tiny_data, subset128, tmp_path):
     """Same spec, inline: the fork trains to the same weights bit for bit, in the job's thread count."""
     _, path = server
-    natural_subset(tiny_data, tmp_path / "subset.npy", 128)
-    spec = json.dumps(tiny_spec(tiny_data / "natural", tmp_path / "subset.npy", epochs=2))
+    spec = json.dumps(tiny_spec(tiny_data / "natural", subset128, epochs=2))
     runs = {}
     for name, via in (("own", None), ("forked", path)):
         p = sslstudy(
@@ -91,25 +91,29 @@ def test_a_pretraining_in_the_server_gives_the_same_weights(server, tiny_data, t
     assert all(torch.equal(runs["own"][k], runs["forked"][k]) for k in runs["own"])
 
 
-def _worker_of(server_proc) -> psutil.Process:
-    """The one worker running under the server (server -> supervisor -> worker)."""
+def _worker_of(server_proc, cwd: Path) -> psutil.Process:
+    """The worker under the server (server -> supervisor -> worker) of the command run from cwd; the
+    worker of an earlier test may still be exiting beside it."""
     found = []
-    wait_for(
-        lambda: found.extend(c for s in psutil.Process(server_proc.pid).children() for c in s.children()) or found,
-        "the worker to start",
-        timeout=120,
-    )
+
+    def look() -> bool:
+        for proc in psutil.Process(server_proc.pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):  # ended while looked at
+                if Path(proc.cwd()) == cwd.resolve():
+                    found.append(proc)
+        return bool(found)
+
+    wait_for(look, "the worker to start", timeout=120)
     return found[0]
 
 
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
-def test_a_stopped_client_stops_its_worker(server, tiny_data, tmp_path, how):
+def test_a_stopped_client_stops_its_worker(server, tiny_data, subset192, tmp_path, how):
     """SIGTERM and SIGINT to the client are forwarded (the client exits as its worker did: 128 + the
     signal, as a shell reports it); a client killed outright (SIGKILL: nothing forwarded) takes the
     worker with it."""
     proc, path = server
-    natural_subset(tiny_data, tmp_path / "subset.npy", 192)
-    spec = json.dumps(tiny_spec(tiny_data / "natural", tmp_path / "subset.npy", epochs=50, batch_size=16))
+    spec = json.dumps(tiny_spec(tiny_data / "natural", subset192, epochs=50, batch_size=16))
     env = dict(os.environ, OMP_NUM_THREADS="1", **{forkserver.ENV: path})
     client = subprocess.Popen(
         [
@@ -126,7 +130,7 @@ def test_a_stopped_client_stops_its_worker(server, tiny_data, tmp_path, how):
         env=env,
         stderr=subprocess.DEVNULL,
     )
-    worker = _worker_of(proc)
+    worker = _worker_of(proc, tmp_path)
     wait_for(lambda: (tmp_path / "run/checkpoints/ep001.pt").exists(), "training", timeout=120)
     client.send_signal(how)
     assert client.wait(30) == (-signal.SIGKILL if how == signal.SIGKILL else 128 + how)

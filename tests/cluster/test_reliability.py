@@ -11,8 +11,7 @@ import pytest
 import yaml
 from sslstudy.launch import nvidia_devices
 
-from tests.cluster.test_slurm import tiny_params
-from tests.helpers import BIN, copy_workflow, natural_subset, run, tiny_spec, wait_for
+from tests.helpers import BIN, TINY_JOB, copy_workflow, run, tiny_params, tiny_spec, wait_for
 
 
 def alive(pid: int) -> bool:
@@ -30,12 +29,11 @@ def ignore_int_and_hup():
 
 
 @pytest.mark.parametrize("started", ["foreground", "background"])
-def test_stopped_launcher_stops_its_local_job_and_the_rerun_resumes(tiny_data, tmp_path, started):
+def test_stopped_launcher_stops_its_local_job_and_the_rerun_resumes(tiny_data, subset192, tmp_path, started):
     """A local submitit job ignores SIGTERM and can't be re-attached: stopping the launcher (as a
     killed Snakemake does) must stop the job, so a rerun never trains twice on one folder; also when
     the launcher inherited SIGINT and SIGHUP ignored (the job must not inherit that)."""
-    natural_subset(tiny_data, tmp_path / "subset.npy", 192)
-    spec = tiny_spec(tiny_data / "natural", tmp_path / "subset.npy", epochs=30, batch_size=16)
+    spec = tiny_spec(tiny_data / "natural", subset192, epochs=30, batch_size=16)
     run_dir = tmp_path / "run"
     cmd = [
         str(BIN / "sslstudy"),
@@ -78,8 +76,8 @@ def test_two_studies_at_once_in_one_folder(tiny_data, tmp_path):
     """The second study is refused by Snakemake's lock while the first runs (both write the report),
     before writing anything; the first finishes intact."""
     wf = copy_workflow(tmp_path)
-    tiny_params(wf, tiny_data)
-    params = yaml.safe_load((wf / "tiny.yaml").read_text())
+    params = tiny_params(dict(root=str(tiny_data)), ["natural"], jobs=TINY_JOB)
+    (wf / "tiny.yaml").write_text(yaml.safe_dump(params))
     params["study"]["domains"] = ["aerial"]
     (wf / "other.yaml").write_text(yaml.safe_dump(params))
     env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}")

@@ -20,24 +20,19 @@ from sslstudy import config as studyconfig
 from sslstudy.errors import UserError
 from sslstudy.launch import distributed_env, executor, launch_pretrain
 
-from tests.helpers import BIN, ROOT, copy_workflow, follow_study_seeds, natural_subset, run, tiny_spec, wait_for
+from tests.helpers import BIN, ROOT, TINY_JOB, copy_workflow, run, tiny_params, tiny_spec, wait_for
 
 pytestmark = pytest.mark.slurm
 
-# Small jobs for a 2-core node: 1 CPU and 1.5 GB each, no GPU; the launcher polls every 0.5 s.
-JOB = dict(gpus=0, cpus=1, mem_gb=1.5, time_min=30)
-
 
 def slurm_launch(**pretrain) -> dict:
-    """The launch of SLURM jobs for these tests; pretrain: changes to the pretraining job's resources."""
+    """The launch of SLURM jobs for these tests (TINY_JOB, polled every 0.5 s); pretrain: changes to
+    the pretraining job's resources."""
     params = yaml.safe_load((ROOT / "params/study.yaml").read_text())
-    params["launch"] = dict(executor="slurm", poll_s=0.5, pretrain=dict(JOB, **pretrain), evaluation=dict(JOB))
+    params["launch"] = dict(
+        executor="slurm", poll_s=0.5, pretrain=dict(TINY_JOB, **pretrain), evaluation=dict(TINY_JOB)
+    )
     return studyconfig.validate(params)["launch"]  # schema defaults filled in
-
-
-@pytest.fixture(scope="module")
-def subset(tiny_data, tmp_path_factory):
-    return natural_subset(tiny_data, tmp_path_factory.mktemp("subset") / "subset.npy", 192)
 
 
 class Background(threading.Thread):
@@ -67,12 +62,12 @@ def job_id(run_dir: Path) -> str:
     return json.loads((run_dir / "job.json").read_text())["job_id"]
 
 
-def test_preempted_and_requeued_job_resumes_to_identical_weights(slurm_cluster, tiny_data, subset, tmp_path):
+def test_preempted_and_requeued_job_resumes_to_identical_weights(slurm_cluster, tiny_data, subset192, tmp_path):
     """Two faults on one job: submitit's preemption (SIGTERM + USR2: checkpoint() and requeue by
     submitit), then `scontrol requeue` (killed without warning). It resumes from its checkpoints both
     times and ends with exactly the weights of an uninterrupted run of the same spec."""
     # 120 short epochs (0.1-0.4 s each on an idle node, by CPU): both faults land while the job still trains
-    spec = tiny_spec(tiny_data / "natural", subset, epochs=120, batch_size=16, backbone=dict(arch="cnn4", width=8))
+    spec = tiny_spec(tiny_data / "natural", subset192, epochs=120, batch_size=16, backbone=dict(arch="cnn4", width=8))
     launch = slurm_launch()
     ref = Background(spec, tmp_path / "ref", launch)
     cut = Background(spec, tmp_path / "cut", launch)
@@ -105,10 +100,10 @@ def test_preempted_and_requeued_job_resumes_to_identical_weights(slurm_cluster, 
 
 
 @pytest.mark.usefixtures("idle_cluster")
-def test_two_launchers_of_one_run_share_one_job(slurm_cluster, tiny_data, subset, tmp_path):
+def test_two_launchers_of_one_run_share_one_job(slurm_cluster, tiny_data, subset192, tmp_path):
     """Two launchers started at once for the same run folder (e.g. `--nolock`, or a launcher
     orphaned by a killed Snakemake): one SLURM job, both get its result."""
-    spec = tiny_spec(tiny_data / "natural", subset, epochs=2)
+    spec = tiny_spec(tiny_data / "natural", subset192, epochs=2)
     seen = set()
     threads = [Background(spec, tmp_path / "run", slurm_launch()) for _ in range(2)]
     while any(t.is_alive() for t in threads):
@@ -121,8 +116,8 @@ def test_two_launchers_of_one_run_share_one_job(slurm_cluster, tiny_data, subset
     assert seen == {job_id(tmp_path / "run")}
 
 
-def test_out_of_memory_and_scancel_fail_with_the_log(slurm_cluster, tiny_data, subset, tmp_path):
-    spec = tiny_spec(tiny_data / "natural", subset, epochs=500)  # both jobs are killed long before the end
+def test_out_of_memory_and_scancel_fail_with_the_log(slurm_cluster, tiny_data, subset192, tmp_path):
+    spec = tiny_spec(tiny_data / "natural", subset192, epochs=500)  # both jobs are killed long before the end
     # the rule's command, with too little memory: SLURM kills the job, the command says why and where
     p = run(
         [
@@ -190,7 +185,7 @@ def ended(cluster, job_id: str, timeout: float = 300) -> None:
 
 
 def test_gpu_jobs_on_fake_gpus_one_task_per_gpu_for_pretraining_one_for_evaluation(
-    slurm_cluster, subset, tiny_data, tmp_path
+    slurm_cluster, subset192, tiny_data, tmp_path
 ):
     """The test cluster declares 2 GPUs (generic resources, no devices). A 2-GPU pretraining job runs 2
     DDP tasks (gloo: pretrain.device cpu) whose ranks end with identical parameters; a 2-GPU evaluation
@@ -200,8 +195,8 @@ def test_gpu_jobs_on_fake_gpus_one_task_per_gpu_for_pretraining_one_for_evaluati
     launch = slurm_launch(gpus=2, cpus=2, mem_gb=4)  # 2 tasks, each a submitit process and its training child
     launch["evaluation"].update(gpus=2, cpus=1)
     spec = dict(
-        tiny_spec(tiny_data / "natural", subset, epochs=1, threads=1, device="cpu"),
-        optim=dict(tiny_spec(tiny_data, subset)["optim"], warmup_epochs=0),
+        tiny_spec(tiny_data / "natural", subset192, epochs=1, threads=1, device="cpu"),
+        optim=dict(tiny_spec(tiny_data, subset192)["optim"], warmup_epochs=0),
     )
     # no env=: the command inherits each task's SLURM/submitit environment
     cmd = submitit.helpers.CommandFunction([sys.executable, "-c", RANK_SCRIPT, json.dumps(spec), str(tmp_path / "run")])
@@ -224,31 +219,6 @@ def new_dir(tmp_path: Path, name: str) -> Path:
     return tmp_path / name
 
 
-def tiny_params(wf: Path, tiny_data: Path, **pretrain) -> None:
-    """test_workflow's tiny study, one subset: 1 pretraining, 2 evaluations, the report."""
-    params = yaml.safe_load((wf / "params/study.yaml").read_text())
-    params["data"]["root"] = str(tiny_data)
-    params["study"].update(methods=["simclr"], domains=["natural"], subsets=[1.0], seeds=[0])
-    follow_study_seeds(params)
-    # the axes off (a configfile merges over params/study.yaml, so each is switched off explicitly)
-    params["quantity"].update(subsets=[], labels=[], supervised=False)
-    params["domain"].update(domains=[], pools=[], evaluate_on=[])
-    params["quality"].update(domains=[])
-    params["granularity"].update(supervised=False)
-    params["fusion"].update(kinds=[], pairs=[])
-    params["clustering"].update(enabled=False)
-    params["dense"].update(enabled=False)
-    params["pretrain"].update(
-        dict(epochs=2, batch_size=32, checkpoint_every=1, backbone=dict(arch="cnn4", width=4)), **pretrain
-    )
-    params["pretrain"]["optim"]["warmup_epochs"] = 1
-    params["eval"]["linear_epochs"] = 5
-    params["launch"].update(
-        pretrain=JOB, evaluation=JOB
-    )  # the study names its jobs' resources, the profile the cluster's
-    (wf / "tiny.yaml").write_text(yaml.safe_dump(params))
-
-
 def slurm_profile(wf: Path, **launch) -> None:
     """Our ./slurm profile, its launch line polling fast for the tests."""
     shutil.copytree(ROOT / "slurm", wf / "slurm")
@@ -259,25 +229,25 @@ def slurm_profile(wf: Path, **launch) -> None:
     (wf / "slurm/config.yaml").write_text(yaml.safe_dump(prof))
 
 
-def with_supervised_baseline(wf: Path) -> None:
+def with_supervised_baseline(params: dict) -> dict:
     """The tiny study plus the granularity axis's supervised baseline (natural, all labels) and its
     evaluation: a training job of another rule than pretrain."""
-    params = yaml.safe_load((wf / "tiny.yaml").read_text())
     params["granularity"]["supervised"] = True
     params["finetune"].update(epochs=1, min_steps=3, batch_size=16)
-    (wf / "tiny.yaml").write_text(yaml.safe_dump(params))
+    return params
 
 
 def test_profile_study_on_slurm_matches_local_run(slurm_cluster, tiny_data, tmp_path):
+    # one pretraining on natural, its 2 evaluations, the supervised baseline, the report; the study
+    # names its jobs' resources (TINY_JOB), the profile the cluster's
+    params = with_supervised_baseline(tiny_params(dict(root=str(tiny_data)), ["natural"], jobs=TINY_JOB))
     local = copy_workflow(new_dir(tmp_path, "local"))
-    tiny_params(local, tiny_data)
-    with_supervised_baseline(local)
+    (local / "tiny.yaml").write_text(yaml.safe_dump(params))
     t0 = time.time()
     run(["snakemake", "--cores", "2", "--configfile", "tiny.yaml", "--quiet", "rules"], cwd=local)
     print(f"local study {time.time() - t0:.0f} s")
     wf = copy_workflow(new_dir(tmp_path, "slurm"))
-    tiny_params(wf, tiny_data)
-    with_supervised_baseline(wf)
+    (wf / "tiny.yaml").write_text(yaml.safe_dump(params))
     slurm_profile(wf, evaluate="executor")
     t0 = time.time()
     run(["snakemake", "--profile", "slurm", "--configfile", "tiny.yaml", "--quiet", "rules"], cwd=wf)
@@ -305,7 +275,15 @@ def test_killed_snakemake_reattaches_to_its_running_job(slurm_cluster, tiny_data
     restarted Snakemake's launcher re-attaches to it; squeue never shows a second job."""
     wf = copy_workflow(new_dir(tmp_path, "wf"))
     # 60 epochs (~25 s idle): the job still runs while Snakemake is killed, unlocked and restarted
-    tiny_params(wf, tiny_data, epochs=60, batch_size=16, backbone=dict(arch="cnn4", width=8))
+    params = tiny_params(
+        dict(root=str(tiny_data)),
+        ["natural"],
+        jobs=TINY_JOB,
+        epochs=60,
+        batch_size=16,
+        backbone=dict(arch="cnn4", width=8),
+    )
+    (wf / "tiny.yaml").write_text(yaml.safe_dump(params))
     slurm_profile(wf)
     cmd = [
         str(BIN / "snakemake"),

@@ -318,6 +318,16 @@ def _rewrite_labels(path: Path, fn) -> None:
     fn(df).to_csv(path / "labels.csv", index=False)
 
 
+def _set_label(row: int, column: str, new):
+    """A corruption: labels.csv's cell (row, column) set to new(the cell's value)."""
+
+    def change(df):
+        df.loc[row, column] = new(df.loc[row, column])
+        return df
+
+    return lambda p: _rewrite_labels(p, change)
+
+
 def _corruptions():
     def missing_file(name):
         return lambda p: (p / name).unlink()
@@ -347,26 +357,9 @@ def _corruptions():
     def no_level(p):
         _rewrite_labels(p, lambda df: df.drop(columns=["mid"]))
 
-    def out_of_range(p):
-        def f(df):
-            df.loc[5, "fine"] = 64
-            return df
-
-        _rewrite_labels(p, f)
-
-    def bad_split(p):
-        def f(df):
-            df.loc[7, "split"] = "validation"
-            return df
-
-        _rewrite_labels(p, f)
-
-    def bad_parent(p):
-        def f(df):
-            df.loc[3, "coarse"] = (df.loc[3, "coarse"] + 1) % 4
-            return df
-
-        _rewrite_labels(p, f)
+    out_of_range = _set_label(5, "fine", lambda _: 64)
+    bad_split = _set_label(7, "split", lambda _: "validation")
+    bad_parent = _set_label(3, "coarse", lambda coarse: (coarse + 1) % 4)
 
     def bad_json(p):
         (p / "meta.json").write_text("{not json")

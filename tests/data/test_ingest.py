@@ -7,15 +7,16 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-from tests import replicas
 import yaml
-from tests.helpers import BIN, run
 from sslstudy import config, names
 from sslstudy.data import ingest as ingest_mod
 from sslstudy.data.ingest import balanced_split, ingest
 from sslstudy.data.packed import load_dataset
 from sslstudy.data.sources.hierarchy import build_tables
 from sslstudy.errors import UserError
+
+from tests import replicas
+from tests.helpers import BIN, copy_workflow, run, tiny_params
 
 
 def names_at(ds, level):
@@ -193,30 +194,13 @@ def test_inat2021_taxonomy_levels_and_broken_files_reported(inat, tmp_path):
 
 def test_inat2021_folder_names_alone_give_the_same_table_and_levels_are_selectable(inat, tmp_path):
     root, _ = inat
-    ingest(
-        "inat2021",
-        root,
-        tmp_path / "a",
-        size=16,
-        max_failed=0.1,
-        progress=False,
-        workers=1,
-        levels=["kingdom", "class", "species"],
-    )
+    opts = dict(size=16, max_failed=0.1, progress=False, workers=1)
+    ingest("inat2021", root, tmp_path / "a", levels=["kingdom", "class", "species"], **opts)
     no_json = tmp_path / "nojson"
     no_json.mkdir()
     for split in ("train", "val"):
         (no_json / split).symlink_to(root / split)
-    ingest(
-        "inat2021",
-        no_json,
-        tmp_path / "b",
-        size=16,
-        max_failed=0.1,
-        progress=False,
-        workers=1,
-        levels=["species", "kingdom", "class"],
-    )
+    ingest("inat2021", no_json, tmp_path / "b", levels=["species", "kingdom", "class"], **opts)
     a, b = load_dataset(tmp_path / "a"), load_dataset(tmp_path / "b")
     assert a.levels == b.levels == ["kingdom", "class", "species"]
     assert a.meta["classes"] == b.meta["classes"] and a.meta["parents"] == b.meta["parents"]
@@ -323,46 +307,15 @@ def test_cli_ingest_prints_counts_and_errors_in_one_line(tmp_path):
         for i in range(5):
             replicas.save(replicas.noise_image(rng), tmp_path / "pets" / c / f"{i}.jpg")
     replicas.truncated_jpeg(rng, tmp_path / "pets" / "dog" / "9.jpg")
-    p = run(
-        [
-            str(BIN / "sslstudy"),
-            "ingest",
-            "imagefolder",
-            "pets",
-            "--name",
-            "pets",
-            "--size",
-            "24",
-            "--max-failed",
-            "0.2",
-        ],
-        cwd=tmp_path,
-    )
+    cmd = [str(BIN / "sslstudy"), "ingest", "imagefolder", "pets", "--name", "pets", "--size", "24"]
+    p = run([*cmd, "--max-failed", "0.2"], cwd=tmp_path)
     assert (
         "data/pets: 10 images of 24 px (classes: class 2); 1 unreadable (listed in data/pets.ingest-report.csv)"
         in p.stdout
     )
-    p = run(
-        [
-            str(BIN / "sslstudy"),
-            "ingest",
-            "imagefolder",
-            "pets",
-            "--name",
-            "pets",
-            "--size",
-            "24",
-            "--max-failed",
-            "0.2",
-        ],
-        cwd=tmp_path,
-    )
+    p = run([*cmd, "--max-failed", "0.2"], cwd=tmp_path)
     assert "data/pets: up to date" in p.stdout
-    p = run(
-        [str(BIN / "sslstudy"), "ingest", "imagefolder", "pets", "--name", "pets", "--size", "24"],
-        cwd=tmp_path,
-        check=False,
-    )
+    p = run(cmd, cwd=tmp_path, check=False)
     assert p.returncode == 2 and p.stderr.strip().splitlines() == [
         "sslstudy ingest: error: data/pets.ingest-report.csv: 1 of 11 images (9.1%) could not be read, more than "
         "--max-failed 0.01; fix or remove them (the report lists each), or raise --max-failed"
@@ -398,7 +351,6 @@ def test_study_config_names_ingested_datasets_as_domains(tmp_path, monkeypatch):
 
 
 def test_snakemake_ingest_rule_driven_by_params(tmp_path):
-    from tests.helpers import copy_workflow
 
     rng = np.random.default_rng(0)
     for c in ("cat", "dog"):
@@ -407,8 +359,10 @@ def test_snakemake_ingest_rule_driven_by_params(tmp_path):
     wf = tmp_path / "wf"
     wf.mkdir()
     copy_workflow(wf)
-    params = replicas.tiny_params(
-        dict(ingest={"pets": {"source": "imagefolder", "path": str(tmp_path / "pets"), "size": 24}}), ["pets"]
+    params = tiny_params(
+        dict(ingest={"pets": {"source": "imagefolder", "path": str(tmp_path / "pets"), "size": 24}}),
+        ["pets"],
+        shipped=False,
     )
     params["study"]["subsets"] = [1.0]
     (wf / "params/study.yaml").write_text(yaml.safe_dump(params))  # alone: --configfile would merge into it

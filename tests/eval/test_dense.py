@@ -19,6 +19,9 @@ from sslstudy.eval.dense import confusion, correspondence_accuracy, dense_probe,
 from sslstudy.eval.features import Features
 from torch import nn
 
+from tests.helpers import TINY_EVAL
+from tests.study_tables import run_ids
+
 
 @pytest.fixture(scope="module")
 def masked(tmp_path_factory):
@@ -275,16 +278,6 @@ def test_missing_masks_is_one_clear_error(tmp_path):
 # ---------------------------------------------------------------------------- command and report
 
 
-EVAL = dict(
-    batch_size=256,
-    linear_epochs=3,
-    cluster_seed=0,
-    knn_k=[5],
-    knn_temperature=0.07,
-    linear_lr=[0.5],
-    linear_wd=[5e-4],
-    val_fraction=0.1,
-)
 IDS = dict(method="densecl", domain="natural", subset="frac1", quality="clean", seed=0)
 
 
@@ -317,7 +310,7 @@ def _evaluate(masked, checkpoints: dict, out, *evaluations: str) -> int:
             f"aerial={masked / 'aerial'}",
             *evaluations,
             "--eval",
-            json.dumps(EVAL),
+            json.dumps(TINY_EVAL),
             "--dense-eval",
             json.dumps(dict(CFG, epochs=2, correspondence_images=16)),
             "--views",
@@ -421,12 +414,7 @@ def _dense_rows(values: dict) -> pd.DataFrame:
     return pd.DataFrame(
         [
             dict(
-                run=f"{m}/natural_frac1_clean/seed{s}",
-                method=m,
-                domain="natural",
-                subset="frac1",
-                quality="clean",
-                seed=s,
+                run_ids(m, "natural", "frac1", "clean", s),
                 weights="pretrained",
                 epoch=30,
                 eval_domain="natural",
@@ -504,6 +492,6 @@ def test_periodic_clustering_reuses_the_embeddings_of_the_job(masked, tmp_path, 
     )
     assert loaded == ["final.pt", "ep000.pt", "ep001.pt"]
     got = pd.read_csv(tmp_path / "eval" / names.CLUSTERS_FILE)
-    fresh = cluster_checkpoints(run, dict(natural=load_dataset(masked / "natural")), EVAL, 32)
+    fresh = cluster_checkpoints(run, dict(natural=load_dataset(masked / "natural")), TINY_EVAL, 32)
     assert sorted(set(got["epoch"])) == [0, 1, 3] and len(got) == len(fresh)
     np.testing.assert_array_equal(got[list(fresh.columns)].to_numpy(), fresh.to_numpy())

@@ -1,8 +1,6 @@
 """The real-pixel test set from images shipped inside installed packages (sslstudy.data.shipped):
 scikit-learn's digits as an ImageFolder tree, ingested into the packed format."""
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,7 +13,7 @@ from sslstudy.data.subsets import save_indices
 from sslstudy.eval.probes import knn_accuracy
 from sslstudy.train import embed, list_checkpoints, load_backbone, train
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, read_metrics
 
 STUDY = ROOT / "params" / "study.yaml"
 
@@ -120,7 +118,7 @@ def test_every_method_learns_from_real_pixels_with_its_defaults(method, digits_t
     dataset, subset, ds = digits_train
     spec, ev = _default_spec(method, dataset, subset)
     train(spec, tmp_path / "run")
-    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(tmp_path / "run")
     assert len(records) == spec["epochs"]
     tr, te = ds.split_indices("train"), ds.split_indices("test")
     knn = []

@@ -101,14 +101,10 @@ def test_true_locations_of_known_crops():
 
 
 def _spec(tiny_data, tmp_path, **params):
-    from sslstudy.data.packed import load_dataset
-    from sslstudy.data.subsets import nested_subsets, save_indices
+    from tests.helpers import method_spec, natural_subset
 
-    from tests.helpers import method_spec
-
-    ds = load_dataset(tiny_data / "natural")
-    save_indices(tmp_path / "n64.npy", nested_subsets(ds.labels, [64], seed=0)[64])
-    spec = method_spec("densecl", tiny_data / "natural", tmp_path / "n64.npy", batch_size=16, epochs=2)
+    subset = natural_subset(tiny_data, tmp_path / "n64.npy", 64)
+    spec = method_spec("densecl", tiny_data / "natural", subset, batch_size=16, epochs=2)
     spec["method"]["params"].update(queue=32, **params)
     return spec
 

@@ -1,10 +1,6 @@
 """Every registered method through the shared trainer: exact mid-epoch resume, data-parallel
 training on 2 gloo processes, and learning something on the default synthetic data."""
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
@@ -12,7 +8,7 @@ from sslstudy import axes, config
 from sslstudy.methods import REGISTRY
 from sslstudy.train import Stopped, train
 
-from tests.helpers import final_weights, free_port, method_spec
+from tests.helpers import final_weights, method_spec, read_metrics, run_ranks
 
 METHODS = sorted(REGISTRY)
 
@@ -45,32 +41,10 @@ def test_two_gloo_processes_train_and_agree(method, tiny_data, subset128, tmp_pa
     import json
 
     spec = method_spec(method, tiny_data / "natural", subset128, epochs=2)
-    port, procs = free_port(), []
-    for r in range(2):
-        env = dict(
-            os.environ,
-            WORLD_SIZE="2",
-            RANK=str(r),
-            LOCAL_RANK=str(r),
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(port),
-            OMP_NUM_THREADS="1",
-        )
-        out = tmp_path / f"rank{r}"
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-c", DDP_SCRIPT, json.dumps(spec), str(out if r == 0 else tmp_path / "run")],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
-    outs = [p.communicate(timeout=600)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs
+    run_ranks(DDP_SCRIPT, lambda r: [json.dumps(spec), str(tmp_path / ("rank0" if r == 0 else "run"))])
     assert (tmp_path / "rank0" / "final.pt").is_file() and not (tmp_path / "run" / "final.pt").exists()
-    lines = (tmp_path / "rank0" / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 2 and all(np.isfinite(json.loads(x)["loss"]) for x in lines)
+    records = read_metrics(tmp_path / "rank0")
+    assert len(records) == 2 and all(np.isfinite(r["loss"]) for r in records)
 
 
 def test_official_defaults_validate():
@@ -95,7 +69,6 @@ def test_every_method_trains_under_cpu_bf16_autocast(method, tiny_data, subset12
     """precision bf16 on the CPU (this CPU's native-bf16 check forced on): every loss, queue, Sinkhorn,
     DenseCL match and k-means sees bf16 activations; the losses stay finite and the weights differ
     from an fp32 run's (autocast really ran)."""
-    import json
 
     import sslstudy.train as T
 
@@ -104,7 +77,7 @@ def test_every_method_trains_under_cpu_bf16_autocast(method, tiny_data, subset12
     train(dict(spec, precision="bf16"), tmp_path / "bf16")
     train(dict(spec, precision="fp32"), tmp_path / "fp32")
     assert "precision bf16 autocast on the CPU (forced by the test)" in (tmp_path / "bf16" / "train.log").read_text()
-    losses = [json.loads(x)["loss"] for x in (tmp_path / "bf16" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in read_metrics(tmp_path / "bf16")]
     assert len(losses) == 2 and all(np.isfinite(losses)), losses
     a, b = final_weights(tmp_path / "bf16"), final_weights(tmp_path / "fp32")
     assert all(torch.isfinite(v).all() for v in a.values() if v.is_floating_point())
@@ -135,28 +108,7 @@ def test_a_signal_on_one_rank_stops_every_rank_at_the_same_step(tiny_data, subse
     import json
 
     spec = method_spec("simclr", tiny_data / "natural", subset128, epochs=2)
-    port, procs = free_port(), []
-    for r in range(2):
-        env = dict(
-            os.environ,
-            WORLD_SIZE="2",
-            RANK=str(r),
-            LOCAL_RANK=str(r),
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(port),
-            OMP_NUM_THREADS="1",
-        )
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-c", SIGNAL_SCRIPT, json.dumps(spec), str(tmp_path / f"rank{r}")],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
-    outs = [p.communicate(timeout=600)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs
+    outs = run_ranks(SIGNAL_SCRIPT, lambda r: [json.dumps(spec), str(tmp_path / f"rank{r}")])
     stops = [next(ln for ln in o.splitlines() if ln.startswith("STOPPED")) for o in outs]
     assert stops[0] == stops[1] == "STOPPED stopped at epoch 0 step 3", (
         stops

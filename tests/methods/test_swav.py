@@ -1,22 +1,23 @@
 """SwAV: Sinkhorn-Knopp and the swapped-prediction loss against independent float64 versions, the
 prototype and queue mechanics, distributed Sinkhorn on 2 gloo processes, resume with the queue on."""
 
-import json
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
-from sslstudy.augment import ViewSpec
 from sslstudy.errors import UserError
-from sslstudy.methods.base import Batch
-from sslstudy.methods.swav import SwAV, sinkhorn, swav_loss
-from sslstudy.models import build_backbone
+from sslstudy.methods.swav import sinkhorn, swav_loss
 from sslstudy.train import Stopped, train
 
-from tests.helpers import ROOT, final_weights, free_port, method_spec
+from tests.helpers import (
+    ROOT,
+    final_weights,
+    method_spec,
+    read_metrics,
+    run_ranks,
+    swav_batch,
+    swav_local_steps,
+    swav_model,
+)
 
 
 def sinkhorn_reference(scores: np.ndarray, eps: float, iters: int) -> np.ndarray:
@@ -116,48 +117,25 @@ def test_swav_loss_hand_value_and_swap():
     assert swav_loss([s1, s1], [q1, q1], [0, 1], 1.0) < swav_loss([s1, s2], [q1, q1], [0, 1], 1.0)
 
 
-def _model(queue_length=0, queue_start_epoch=0, freeze=1, n_train=64, global_batch=8, views=2) -> SwAV:
-    torch.manual_seed(0)
-    cfg = dict(
-        temperature=0.1,
-        epsilon=0.05,
-        sinkhorn_iterations=3,
-        proj_hidden=16,
-        proj_dim=8,
-        prototypes=6,
-        freeze_prototypes_epochs=freeze,
-        queue_length=queue_length,
-        queue_start_epoch=queue_start_epoch,
-    )
-    specs = [ViewSpec(size=16)] * 2 + [ViewSpec(size=8)] * (views - 2)
-    return SwAV(build_backbone("cnn4", 4), cfg, specs, n_train, global_batch)
-
-
-def _batch(model, epoch, seed=0, n=8):
-    g = torch.Generator().manual_seed(seed)
-    views = [torch.rand(n, 3, s.size, s.size, generator=g) for s in model.view_specs]
-    return Batch(views, torch.arange(n), 0, 10, epoch, g)
-
-
 def test_prototypes_normalised_and_frozen():
-    m = _model(freeze=2)  # 64 images / 8 per step: frozen for 16 steps
+    m = swav_model(freeze=2)  # 64 images / 8 per step: frozen for 16 steps
     m.before_step(0, 100)
     assert torch.allclose(m.prototypes.weight.norm(dim=1), torch.ones(6), atol=1e-6)
-    loss, _ = m(_batch(m, 0))
+    loss, _ = m(swav_batch(m, 0))
     loss.backward()
     assert m.prototypes.weight.grad is not None
     m.before_optimizer_step(15)
     assert m.prototypes.weight.grad is None and m.projector[0].weight.grad is not None
-    loss, _ = m(_batch(m, 0))
+    loss, _ = m(swav_batch(m, 0))
     loss.backward()
     m.before_optimizer_step(16)
     assert m.prototypes.weight.grad is not None
 
 
 def test_multicrop_loss_uses_small_crops():
-    m = _model(views=4)
+    m = swav_model(views=4)
     m.before_step(0, 1)
-    b = _batch(m, 0)
+    b = swav_batch(m, 0)
     loss, _ = m(b)
     loss.backward()
     assert loss.item() > 0 and m.backbone.features[0].weight.grad is not None
@@ -171,12 +149,12 @@ def test_multicrop_loss_uses_small_crops():
 
 
 def test_queue_fills_from_its_epoch_and_is_used_once_full():
-    m = _model(queue_length=16, queue_start_epoch=1)  # 2 batches of 8 fill it
+    m = swav_model(queue_length=16, queue_start_epoch=1)  # 2 batches of 8 fill it
     m.before_step(0, 1)
     init = m.queues[0].keys.clone()
-    _, logs = m(_batch(m, epoch=0))
+    _, logs = m(swav_batch(m, epoch=0))
     assert torch.equal(m.queues[0].keys, init) and int(m.queue_filled) == 0 and logs["queue_used"] == 0.0
-    b1, b2, b3 = (_batch(m, epoch=1, seed=s) for s in (1, 2, 3))
+    b1, b2, b3 = (swav_batch(m, epoch=1, seed=s) for s in (1, 2, 3))
     for b in (b1, b2):
         _, logs = m(b)
         assert logs["queue_used"] == 0.0
@@ -208,7 +186,7 @@ def test_queue_fills_from_its_epoch_and_is_used_once_full():
 
 def test_queue_length_must_fit_global_batch():
     with pytest.raises(UserError, match="methods.swav.queue_length.*multiple of the global batch 8"):
-        _model(queue_length=20)
+        swav_model(queue_length=20)
 
 
 def test_swav_loss_decreases_under_optimisation():
@@ -239,65 +217,23 @@ import sys, numpy as np, torch
 sys.path.insert(0, sys.argv[3])
 from sslstudy import distributed as dist
 from sslstudy.methods.swav import sinkhorn
-from tests.methods.test_swav import _local_steps
+from tests.helpers import swav_local_steps
 dist.init_from_env()
 s = torch.from_numpy(np.load(sys.argv[1]))
 np.save(sys.argv[2] + f"codes{dist.rank()}.npy", sinkhorn(s[dist.local_slice(s.shape[0])], 0.05, 3).numpy())
-losses, queue = _local_steps()
+losses, queue = swav_local_steps()
 np.save(sys.argv[2] + f"loss{dist.rank()}.npy", losses)
 np.save(sys.argv[2] + f"queue{dist.rank()}.npy", queue)
 """
 
 
-def _local_steps():
-    """Three SwAV steps (eval-mode BN, so ranks see the same statistics) on this rank's share of a
-    global batch of 8, with a queue of 16 that is full at the third step -> (losses, queue keys)."""
-    from sslstudy import distributed as dist
-
-    m = _model(queue_length=16).eval()
-    losses = []
-    for seed in (1, 2, 3):
-        b, rows = _batch(m, epoch=0, seed=seed), dist.local_slice(8)
-        m.before_step(0, 1)
-        losses.append(m(Batch([v[rows] for v in b.views], b.index[rows], 0, 10, 0, b.gen))[0].item())
-    return np.array(losses), m.queues[0].keys.numpy()
-
-
 def test_two_processes_give_the_codes_queue_and_loss_of_one(tmp_path):
     s = cosine_scores(np.random.default_rng(5), 24, 7)
     np.save(tmp_path / "s.npy", s)
-    port, procs = free_port(), []
-    for r in range(2):
-        env = dict(
-            os.environ,
-            WORLD_SIZE="2",
-            RANK=str(r),
-            LOCAL_RANK=str(r),
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(port),
-            OMP_NUM_THREADS="1",
-        )
-        procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-c",
-                    SWAV_DDP,
-                    str(tmp_path / "s.npy"),
-                    str(tmp_path / "r"),
-                    str(ROOT),
-                ],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
-    outs = [p.communicate(timeout=300)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs
+    run_ranks(SWAV_DDP, lambda r: [str(tmp_path / "s.npy"), str(tmp_path / "r"), str(ROOT)], timeout=300)
     codes = np.concatenate([np.load(tmp_path / f"rcodes{r}.npy") for r in range(2)])
     np.testing.assert_allclose(codes, sinkhorn(torch.from_numpy(s), 0.05, 3).numpy(), rtol=1e-5, atol=1e-8)
-    losses, queue = _local_steps()  # one process, the whole batch
+    losses, queue = swav_local_steps()  # one process, the whole batch
     np.testing.assert_allclose(
         np.mean([np.load(tmp_path / f"rloss{r}.npy") for r in range(2)], axis=0), losses, rtol=1e-5
     )
@@ -317,5 +253,5 @@ def test_mid_epoch_resume_with_the_queue_is_exact(tiny_data, subset128, tmp_path
     a, b = final_weights(tmp_path / "full"), final_weights(tmp_path / "part")
     assert int(a["queue_filled"]) == 64
     assert not [k for k in a if not torch.equal(a[k], b[k])]
-    metrics = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    metrics = read_metrics(tmp_path / "full")
     assert [r["queue_used"] for r in metrics] == [0.0, 0.5, 1.0]

@@ -7,6 +7,7 @@ from sslstudy.config import load
 from sslstudy.report import comparisons, findings
 
 from tests.helpers import ROOT
+from tests.study_tables import fusion_row, run_ids
 
 SEEDS = (0, 1, 2)
 NOISE = (0.0, 0.004, -0.003)  # per seed: a difference of 0.02 or more excludes zero (half-width ~.009)
@@ -25,15 +26,9 @@ def config():
 
 def frozen(method, domain, subset, quality, eval_domain, values, metric="linear", noise=(0, 0, 0), seeds=SEEDS):
     """values: level -> accuracy (noise[s] added per seed); pretrained weights."""
-    run = lambda s: f"{method}/{domain}_{subset}_{quality}/seed{s}"  # noqa: E731
     return [
         dict(
-            run=run(s),
-            method=method,
-            domain=domain,
-            subset=subset,
-            quality=quality,
-            seed=s,
+            run_ids(method, domain, subset, quality, s),
             weights="pretrained",
             epoch=2,
             eval_domain=eval_domain,
@@ -70,12 +65,7 @@ def lowshot(accs, noise=NOISE, seeds=SEEDS):
     top = max(accs)
     return [
         dict(
-            run=f"simclr/natural_n{n}_clean/seed{s}",
-            method="simclr",
-            domain="natural",
-            subset=f"n{n}",
-            quality="clean",
-            seed=s,
+            run_ids("simclr", "natural", f"n{n}", "clean", s),
             mode="linear",
             labels="lall",
             labelled_images=640,
@@ -225,22 +215,8 @@ def test_granularity(config, ssl, noise, expected):
 
 # ----------------------------------------------------------------------------- fusion
 def fusion_rows(a, b, fused, noise):
-    pair = "simclr@natural + simclr@aerial"
-    names = dict(a="simclr@natural", b="simclr@aerial")
-    names["a+b"] = pair
     return [
-        dict(
-            pair=pair,
-            seed=s,
-            eval_domain="natural",
-            model=names[m],
-            member=m,
-            level_index=i,
-            level=lv,
-            metric="linear",
-            value=v + (noise[k] if m == "a+b" else 0.0),
-            dim=64,
-        )
+        fusion_row("simclr@natural", "simclr@aerial", m, s, i, lv, v + (noise[k] if m == "a+b" else 0.0))
         for m, v in (("a", a), ("b", b), ("a+b", fused))
         for k, s in enumerate(SEEDS)
         for i, lv in enumerate(LEVELS)
@@ -319,12 +295,7 @@ def test_cross_domain_vs_in_domain_rows(config):
 def dense_rows(method, miou, noise):
     return [
         dict(
-            run=f"{method}/natural_frac1_clean/seed{s}",
-            method=method,
-            domain="natural",
-            subset="frac1",
-            quality="clean",
-            seed=s,
+            run_ids(method, "natural", "frac1", "clean", s),
             weights="pretrained",
             epoch=2,
             eval_domain="natural",

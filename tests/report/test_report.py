@@ -11,16 +11,25 @@ import yaml
 from sslstudy.cli import main
 from sslstudy.config import load
 
-from tests.helpers import ROOT
+from tests.helpers import REPORT_SECTIONS, ROOT, write_metrics
+from tests.study_tables import METHODS, fusion_row, study
 
 RUN = "simclr/natural_<script>alert(1)</script>/seed0"
 EVIL = "<img src=x onerror=alert(2)>"
 
 
 def metrics(path, epochs):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(dict(epoch=e, loss=1.0 / e, seconds=2.0)) + "\n" for e in range(1, epochs + 1)))
-    return path
+    return write_metrics(path, [dict(epoch=e, loss=1.0 / e, seconds=2.0) for e in range(1, epochs + 1)])
+
+
+def report_html(config: dict, out, captions=ROOT / "workflow/report", **inputs) -> str:
+    """`sslstudy report` of config into out/report.html, which it must exit 0 from -> the page.
+    inputs: option -> a value or a list of them (frozen=path, curves=["run=path", ...], data_dvc=path)."""
+    args = ["report", "--config", json.dumps(config), "--out", str(out / "report.html"), "--captions", str(captions)]
+    for option, values in inputs.items():
+        args += [f"--{option.replace('_', '-')}", *(str(v) for v in (values if isinstance(values, list) else [values]))]
+    assert main(args) == 0
+    return (out / "report.html").read_text()
 
 
 def bench(path, seconds):
@@ -32,26 +41,7 @@ def bench(path, seconds):
 @pytest.fixture(scope="module")
 def report(tmp_path_factory, tiny_data):
     d = tmp_path_factory.mktemp("report")
-    rows = [
-        dict(
-            run=RUN,
-            method="simclr",
-            domain="natural",
-            subset="frac1",
-            quality="clean",
-            seed=0,
-            weights=w,
-            epoch=2,
-            eval_domain="natural",
-            level_index=i,
-            level=lv,
-            metric=m,
-            value=0.5,
-        )
-        for w in ("pretrained", "random")
-        for i, lv in enumerate(("coarse", "fine"))
-        for m in ("knn", "linear")
-    ]
+    rows = [dict(r, epoch=2) for r in frozen_rows(RUN, 0.5)]
     pd.DataFrame(rows).to_csv(d / "frozen.csv", index=False)
     captions = d / "captions"
     shutil.copytree(ROOT / "workflow/report", captions)
@@ -71,29 +61,17 @@ def report(tmp_path_factory, tiny_data):
     dvc.write_text(yaml.safe_dump(dict(outs=[dict(md5="given-md5")])))
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(d)  # where the stale data.dvc is
-        rc = main(
-            [
-                "report",
-                "--config",
-                json.dumps(config),
-                "--out",
-                str(out / "report.html"),
-                "--captions",
-                str(captions),
-                "--frozen",
-                str(d / "frozen.csv"),
-                "--benchmarks",
-                f"pretrain={given}",
-                "--curves",
-                f"{RUN}={curve}",
-                "--datasets",
-                f"natural={tiny_data / 'natural'}",
-                "--data-dvc",
-                str(dvc),
-            ]
+        html = report_html(
+            config,
+            out,
+            captions,
+            frozen=d / "frozen.csv",
+            benchmarks=f"pretrain={given}",
+            curves=f"{RUN}={curve}",
+            datasets=f"natural={tiny_data / 'natural'}",
+            data_dvc=dvc,
         )
-    assert rc == 0
-    return out, (out / "report.html").read_text()
+    return out, html
 
 
 def test_walltime_counts_only_the_given_benchmark_files(report):
@@ -108,19 +86,7 @@ def test_report_reads_the_files_it_is_given_and_no_others(report):
     assert pd.read_csv(out / "tables/pretrain_loss.csv")["epoch"].tolist() == [1, 2, 3]
     assert "given-md5" in html and "stale-md5" not in html
     assert 'id="fig-data_natural"' in html and "Domain natural: 256 images of 32 px" in html
-    for section in (
-        "Results",
-        "Quantity",
-        "Domain",
-        "Quality",
-        "Granularity",
-        "Fusion",
-        "Periodic clustering",
-        "Pretraining",
-        "Data",
-        "Config",
-        "Versions",
-    ):
+    for section in REPORT_SECTIONS:
         assert f">{section}</h2>" in html, section
 
 
@@ -172,30 +138,16 @@ def health_curve(path, collapsed_last):
     ]
     bad = recs[2] if collapsed_last else recs[0]
     bad.update(effective_rank=1.1, collapsed=True, collapse_reason=WHY)
-    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
-    return path
+    return write_metrics(path, recs)
 
 
 def build(d, rows, curves):
     pd.DataFrame(rows).to_csv(d / "frozen.csv", index=False)
     out = d / "results"
-    rc = main(
-        [
-            "report",
-            "--config",
-            json.dumps(load(ROOT / "params/study.yaml")),
-            "--out",
-            str(out / "report.html"),
-            "--captions",
-            str(ROOT / "workflow/report"),
-            "--frozen",
-            str(d / "frozen.csv"),
-            "--curves",
-            *[f"{r}={f}" for r, f in curves.items()],
-        ]
+    html = report_html(
+        load(ROOT / "params/study.yaml"), out, frozen=d / "frozen.csv", curves=[f"{r}={f}" for r, f in curves.items()]
     )
-    assert rc == 0
-    return out, (out / "report.html").read_text()
+    return out, html
 
 
 def warnings_box(html):
@@ -300,7 +252,6 @@ def test_runs_of_a_seed_share_the_one_evaluation_of_their_random_weights():
 
 
 # ----------------------------------------------------------------------------- figures
-from tests.study_tables import METHODS, study  # noqa: E402
 
 
 @pytest.fixture
@@ -489,21 +440,8 @@ def seeded_rows():
 def seeded(tmp_path_factory):
     d = tmp_path_factory.mktemp("seeded")
     pd.DataFrame(seeded_rows()).to_csv(d / "frozen.csv", index=False)
-    pair = "simclr@natural + barlow@natural"
-    names = {"a": "simclr@natural", "b": "barlow@natural", "a+b": pair}
     fusion = [
-        dict(
-            pair=pair,
-            seed=s,
-            eval_domain="natural",
-            model=names[m],
-            member=m,
-            level_index=i,
-            level=lv,
-            metric="linear",
-            value=v + eps * (2 if m == "a+b" else 1),
-            dim=64,
-        )
+        fusion_row("simclr@natural", "barlow@natural", m, s, i, lv, v + eps * (2 if m == "a+b" else 1))
         for s, eps in zip(SEEDS, NOISE)
         for m, v in (("a", 0.6), ("b", 0.5), ("a+b", 0.9))
         for i, lv in enumerate(("coarse", "fine"))
@@ -512,23 +450,7 @@ def seeded(tmp_path_factory):
     config = load(ROOT / "params/study.yaml")
     config["study"]["seeds"] = list(SEEDS)
     out = d / "results"
-    rc = main(
-        [
-            "report",
-            "--config",
-            json.dumps(config),
-            "--out",
-            str(out / "report.html"),
-            "--captions",
-            str(ROOT / "workflow/report"),
-            "--frozen",
-            str(d / "frozen.csv"),
-            "--fusion",
-            str(d / "fusion.csv"),
-        ]
-    )
-    assert rc == 0
-    return out, (out / "report.html").read_text()
+    return out, report_html(config, out, frozen=d / "frozen.csv", fusion=d / "fusion.csv")
 
 
 def test_tables_show_means_with_intervals_and_n(seeded):

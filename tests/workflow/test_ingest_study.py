@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from tests import replicas
-from tests.helpers import copy_workflow, run
+from tests.helpers import copy_workflow, run, tiny_params
 
 pytestmark = pytest.mark.slow  # whole studies through Snakemake
 
@@ -39,7 +39,8 @@ def real_study(tmp_path_factory, tiny_data):
     )
     run(["dvc", "init", "--no-scm", "-q"], cwd=wf)
     run(["dvc", "add", "-q", "data"], cwd=wf)
-    params = replicas.tiny_params(dict(root=str(tiny_data), datasets={"shapes": "data/shapes"}), ["shapes", "natural"])
+    data = dict(root=str(tiny_data), datasets={"shapes": "data/shapes"})
+    params = tiny_params(data, ["shapes", "natural"], shipped=False)
     (wf / "params/study.yaml").write_text(yaml.safe_dump(params))  # alone: --configfile would merge into it
     run(["snakemake", "--cores", "2", "--quiet", "rules"], cwd=wf, timeout=3600)
     return wf, ingest

@@ -11,37 +11,18 @@ import pytest
 import yaml
 from sslstudy import forkserver
 
-from tests.helpers import copy_workflow, follow_study_seeds, run
+from tests.helpers import REPORT_SECTIONS, copy_workflow, read_metrics, run, tiny_params
 
 pytestmark = pytest.mark.slow  # whole studies through Snakemake
 
 RUN = "simclr/natural_frac1_clean/seed0"
 
 
-def tiny_params(params: dict, data_root) -> dict:
-    """params/study.yaml shrunk to seconds: every axis kept, tiny network, 2 epochs, few steps."""
-    params["data"]["root"] = str(data_root)
-    params["study"].update(
-        methods=["simclr"], domains=["natural", "aerial"], seeds=[0]
-    )  # other methods: test_methods.py
-    follow_study_seeds(params)
-    params["fusion"].update(methods=None, pairs=[])  # the shipped pair needs Barlow Twins
-    params["dense"].update(methods=None)  # the shipped list needs MoCo v2 and DenseCL
-    params["pretrain"].update(epochs=2, batch_size=32, checkpoint_every=1, backbone=dict(arch="cnn4", width=4))
-    params["pretrain"]["optim"]["warmup_epochs"] = 1
-    params["eval"]["linear_epochs"] = 5
-    params["finetune"].update(epochs=1, min_steps=3, batch_size=16)
-    params["quantity"].update(subsets=[0.5], labels=[1, "all"])
-    # two corruptions (every kind is checked in test_axes.py); lowres takes its own path (smaller views)
-    params["quality"].update(subset=0.5, downup=[2], jpeg=[], saltpepper=[], blur=[], lowres=[16])
-    params["domain"]["evaluate_on"] = None  # the pretraining domains (tiny_data has natural and aerial)
-    return params
-
-
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory, tiny_data):
     wf = copy_workflow(tmp_path_factory.mktemp("wf"))
-    params = tiny_params(yaml.safe_load((wf / "params/study.yaml").read_text()), tiny_data)
+    # every axis (other methods: tests/methods/test_methods.py); tiny_data has natural and aerial
+    params = tiny_params(dict(root=str(tiny_data)), ["natural", "aerial"], every_axis=True)
     (wf / "tiny.yaml").write_text(yaml.safe_dump(params))
     stale = wf / "results/benchmarks/pretrain/byol/natural_frac1_clean/seed0.tsv"  # of another study: not counted
     stale.parent.mkdir(parents=True)
@@ -53,20 +34,7 @@ def tiny_study(tmp_path_factory, tiny_data):
 def test_report_has_every_section_and_tidy_tables(tiny_study):
     wf, _ = tiny_study
     html = (wf / "results/report.html").read_text()
-    for section in (
-        "Results",
-        "Quantity",
-        "Domain",
-        "Quality",
-        "Granularity",
-        "Fusion",
-        "Periodic clustering",
-        "Dense",
-        "Pretraining",
-        "Data",
-        "Config",
-        "Versions",
-    ):
+    for section in (*REPORT_SECTIONS, "Dense"):
         assert re.search(rf"<h2[^>]*>{section}</h2>", html), section
     assert "Not in this study" not in html
     figures = re.findall(
@@ -121,7 +89,7 @@ def test_axes_produce_their_data(tiny_study, tiny_data):
     assert set(low["pretrain_images"]) == {len(half)}
     run_dir = wf / "results/runs" / RUN
     assert (run_dir / "train.log").is_file() and not (run_dir / "job.json").exists()  # inline: no submitit job
-    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
+    assert len(read_metrics(run_dir)) == 2
     wall = pd.read_csv(wf / "results/tables/walltime.csv")
     assert {"pretrain", "evaluate", "lowshot", "supervised", "fusion", "corrupt", "pool"} <= set(wall["stage"])
     jobs = wall.set_index("stage")["jobs"]

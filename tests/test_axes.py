@@ -340,7 +340,7 @@ def test_fusion_command_reads_each_cache_as_its_member(tiny_data, tmp_path):
     run_command(
         ["fusion", "--embeddings-a", str(caches["a"]), "--embeddings-b", str(caches["b"])]
         + ["--name-a", "simclr@natural", "--name-b", "barlow@natural", "--seed", "3"]
-        + ["--dataset", str(tiny_data / "natural"), "--size", "32", "--eval", json.dumps(EVAL), "--device", "cpu"]
+        + ["--dataset", str(tiny_data / "natural"), "--size", "32", "--eval", json.dumps(TINY_EVAL), "--device", "cpu"]
         + ["--out", str(out)]
     )
     df = pd.read_csv(out)

@@ -13,6 +13,7 @@ Corruptions, named in run ids as ``<kind><strength>`` (e.g. ``jpeg10``):
 * ``lowres<n>``     resized to n x n pixels (bilinear, antialiased): a smaller image, pretraining
                     then sees n-pixel views.
 """
+
 from __future__ import annotations
 
 import io
@@ -37,7 +38,9 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _to_float(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).permute(0, 3, 1, 2)  # a writable copy of a read-only memmap
+    return torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).permute(
+        0, 3, 1, 2
+    )  # a writable copy of a read-only memmap
 
 
 def _to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -109,7 +112,7 @@ def corrupt_dataset(src: str | Path, out: str | Path, tag: str, seed: int) -> No
     images = np.empty((len(ds), size, size, 3), dtype=np.uint8)
     with torch.no_grad():
         for i in range(0, len(ds), _CHUNK):
-            images[i:i + _CHUNK] = corrupt_images(np.asarray(ds.images[i:i + _CHUNK]), tag, rng)
+            images[i : i + _CHUNK] = corrupt_images(np.asarray(ds.images[i : i + _CHUNK]), tag, rng)
     meta = dict(ds.meta, image_size=size, source=dict(corrupted=str(src), corruption=tag, seed=int(seed)))
     masks = None if ds.masks is None else np.asarray(ds.masks)
     write_dataset(out, images, ds.labels, meta, masks)

@@ -14,6 +14,7 @@ the classes, splits and options), and an output with the same fingerprint is lef
 images are kept in chunks in a hidden folder beside the output until the dataset is written, so
 an interrupted run resumes where it stopped.
 """
+
 from __future__ import annotations
 
 import csv
@@ -129,16 +130,23 @@ def _cap(y: np.ndarray, groups: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.flatnonzero(rank < n)
 
 
-def plan(listing: Listing, levels: Sequence[str] | None, val_fraction: float, test_fraction: float,
-         seed: int, max_per_class: int | None) -> dict[str, Any]:
+def plan(
+    listing: Listing,
+    levels: Sequence[str] | None,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    max_per_class: int | None,
+) -> dict[str, Any]:
     """What will be written: kept images (indices into the listing), their labels per level, their
     splits, and the class tables."""
     all_levels = list(listing.levels)
     if levels:
         unknown = [lv for lv in levels if lv not in all_levels]
         if unknown:
-            raise UserError(f"{listing.root}: unknown level(s) {', '.join(unknown)}; this source has "
-                            f"{', '.join(all_levels)}")
+            raise UserError(
+                f"{listing.root}: unknown level(s) {', '.join(unknown)}; this source has {', '.join(all_levels)}"
+            )
         depth = sorted(all_levels.index(lv) for lv in dict.fromkeys(levels))
     else:
         depth = list(range(len(all_levels)))
@@ -162,8 +170,16 @@ def plan(listing: Listing, levels: Sequence[str] | None, val_fraction: float, te
     split = source_split[keep].copy()
     todo = split == ""
     split[todo] = balanced_split(labels[-1][todo], val_fraction, test_fraction, seed)
-    return dict(keep=keep, levels=sel_levels, classes=classes, parents=parents, labels=labels,
-                split=split, notes=notes, drawn=bool(todo.any()))
+    return dict(
+        keep=keep,
+        levels=sel_levels,
+        classes=classes,
+        parents=parents,
+        labels=labels,
+        split=split,
+        notes=notes,
+        drawn=bool(todo.any()),
+    )
 
 
 def fingerprint(listing: Listing, p: dict, options: dict) -> str:
@@ -188,12 +204,15 @@ def fingerprint(listing: Listing, p: dict, options: dict) -> str:
 
 def _check(name: str, size: int, val_fraction: float, test_fraction: float, max_failed: float) -> None:
     if not NAME.match(name):
-        raise UserError(f"dataset name {name!r}: use letters, digits, '.' and '-' (it becomes a folder and a domain name)")
+        raise UserError(
+            f"dataset name {name!r}: use letters, digits, '.' and '-' (it becomes a folder and a domain name)"
+        )
     if not isinstance(size, int) or size < 8:
         raise UserError(f"--size {size}: use a whole number of pixels >= 8 (e.g. 64)")
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise UserError(f"--val-fraction {val_fraction} and --test-fraction {test_fraction}: each in [0, 1), "
-                        f"together below 1")
+        raise UserError(
+            f"--val-fraction {val_fraction} and --test-fraction {test_fraction}: each in [0, 1), together below 1"
+        )
     if not 0 <= max_failed <= 1:
         raise UserError(f"--max-failed {max_failed}: a share of the images between 0 and 1 (e.g. 0.01)")
 
@@ -211,9 +230,11 @@ def _finished(out: Path, fp: str) -> dict | None:
 
 def _check_failed(out: Path, n_failed: int, n: int, max_failed: float) -> None:
     if n_failed > max_failed * n or n_failed == n:
-        raise UserError(f"{ingest_report(out)}: {n_failed} of {n} images ({n_failed / n:.1%}) could not be read, more "
-                        f"than --max-failed {max_failed:g}; fix or remove them (the report lists each), or raise "
-                        f"--max-failed")
+        raise UserError(
+            f"{ingest_report(out)}: {n_failed} of {n} images ({n_failed / n:.1%}) could not be read, more "
+            f"than --max-failed {max_failed:g}; fix or remove them (the report lists each), or raise "
+            f"--max-failed"
+        )
 
 
 def _context():
@@ -221,8 +242,9 @@ def _context():
     return mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None)
 
 
-def _decode_chunks(listing: Listing, p: dict, size: int, work: Path, workers: int,
-                   progress: str | None) -> tuple[list[Path], int]:
+def _decode_chunks(
+    listing: Listing, p: dict, size: int, work: Path, workers: int, progress: str | None
+) -> tuple[list[Path], int]:
     """Decode every kept image into chunk files under ``work``, reusing finished ones; returns the
     chunk files and how many images were decoded now."""
     refs = [listing.refs[i] for i in p["keep"]]
@@ -238,8 +260,17 @@ def _decode_chunks(listing: Listing, p: dict, size: int, work: Path, workers: in
                 if f.is_file():
                     bar.update(hi - lo)
                     continue
-                jobs = [(listing.reader, listing.root, refs[a:min(a + BATCH, hi)], size, listing.mask_reader,
-                         mask_refs[a:min(a + BATCH, hi)] if mask_refs else None) for a in range(lo, hi, BATCH)]
+                jobs = [
+                    (
+                        listing.reader,
+                        listing.root,
+                        refs[a : min(a + BATCH, hi)],
+                        size,
+                        listing.mask_reader,
+                        mask_refs[a : min(a + BATCH, hi)] if mask_refs else None,
+                    )
+                    for a in range(lo, hi, BATCH)
+                ]
                 if workers > 1 and pool is None:
                     pool = ProcessPoolExecutor(workers, mp_context=_context())
                 results = pool.map(_decode, jobs) if pool else map(_decode, jobs)
@@ -272,11 +303,24 @@ def _write_report(path: str, rows: list[tuple[str, str]]) -> None:
     write_bytes(path, buf.getvalue().encode("utf-8"))
 
 
-def ingest(source: str, root: str | os.PathLike, out: str | os.PathLike, *, size: int = 64,
-           levels: Sequence[str] | None = None, hierarchy: str | os.PathLike | None = None,
-           train_split: str | None = None, val_fraction: float = 0.1, test_fraction: float = 0.2,
-           seed: int = 0, max_per_class: int | None = None, max_failed: float = 0.01,
-           workers: int | None = None, force: bool = False, progress: bool = True) -> dict[str, Any]:
+def ingest(
+    source: str,
+    root: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    size: int = 64,
+    levels: Sequence[str] | None = None,
+    hierarchy: str | os.PathLike | None = None,
+    train_split: str | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    max_per_class: int | None = None,
+    max_failed: float = 0.01,
+    workers: int | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Write ``out`` (a packed dataset folder named like the dataset) from the collection at
     ``root``; returns a summary (``skipped`` when ``out`` was already up to date)."""
     out = Path(out)
@@ -291,11 +335,24 @@ def ingest(source: str, root: str | os.PathLike, out: str | os.PathLike, *, size
     t0 = time.perf_counter()
     listing = scanner(source)(Path(root), **{k: v for k, v in given.items() if k in takes and v is not None})
     p = plan(listing, levels, val_fraction, test_fraction, seed, max_per_class)
-    options = dict(source=source, size=size, levels=p["levels"], seed=seed, val_fraction=val_fraction,
-                   test_fraction=test_fraction, max_per_class=max_per_class)
+    options = dict(
+        source=source,
+        size=size,
+        levels=p["levels"],
+        seed=seed,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        max_per_class=max_per_class,
+    )
     fp = fingerprint(listing, p, options)
-    summary = dict(out=str(out), listed=len(listing.refs), kept=len(p["keep"]), notes=p["notes"],
-                   report=ingest_report(out), levels={lv: len(p["classes"][lv]) for lv in p["levels"]})
+    summary = dict(
+        out=str(out),
+        listed=len(listing.refs),
+        kept=len(p["keep"]),
+        notes=p["notes"],
+        report=ingest_report(out),
+        levels={lv: len(p["classes"][lv]) for lv in p["levels"]},
+    )
     done = None if force else _finished(out, fp)
     if done:
         _check_failed(out, done["n_failed"], done["n_tried"], max_failed)
@@ -318,31 +375,61 @@ def ingest(source: str, root: str | os.PathLike, out: str | os.PathLike, *, size
     n, n_failed = len(ok), int((~ok).sum())
     _check_failed(out, n_failed, n, max_failed)
 
-    images = np.lib.format.open_memmap(work / "images.npy", mode="w+", dtype=np.uint8, shape=(int(ok.sum()), size, size, 3))
+    images = np.lib.format.open_memmap(
+        work / "images.npy", mode="w+", dtype=np.uint8, shape=(int(ok.sum()), size, size, 3)
+    )
     masks = np.empty((int(ok.sum()), size, size, 1), dtype=np.uint8) if listing.mask_reader else None
     at = 0
     for f, lo in zip(chunks, range(0, n, CHUNK)):
-        block = _npz(f, "images")[ok[lo:lo + CHUNK]]
-        images[at:at + len(block)] = block
+        block = _npz(f, "images")[ok[lo : lo + CHUNK]]
+        images[at : at + len(block)] = block
         if masks is not None:
-            masks[at:at + len(block)] = _npz(f, "masks")[ok[lo:lo + CHUNK]]
+            masks[at : at + len(block)] = _npz(f, "masks")[ok[lo : lo + CHUNK]]
         at += len(block)
-    labels = pd.DataFrame({"index": np.arange(at, dtype=np.int64), "split": p["split"][ok].astype(str),
-                           "domain": out.name})
+    labels = pd.DataFrame(
+        {"index": np.arange(at, dtype=np.int64), "split": p["split"][ok].astype(str), "domain": out.name}
+    )
     for d, lv in enumerate(p["levels"]):
         labels[lv] = p["labels"][d][ok]
     labels["file"] = np.asarray(names, dtype=object)[ok]
-    meta = dict(name=out.name, levels=p["levels"], classes=p["classes"], parents=p["parents"], image_size=size,
-                n_images=at, source=dict(options, ingest=source, source_dir=Path(listing.root).name,
-                                         fingerprint=fp, resize=RESIZE, n_tried=n, n_failed=n_failed,
-                                         splits="drawn (class-balanced, seeded)" if p["drawn"] else "the source's"))
+    meta = dict(
+        name=out.name,
+        levels=p["levels"],
+        classes=p["classes"],
+        parents=p["parents"],
+        image_size=size,
+        n_images=at,
+        source=dict(
+            options,
+            ingest=source,
+            source_dir=Path(listing.root).name,
+            fingerprint=fp,
+            resize=RESIZE,
+            n_tried=n,
+            n_failed=n_failed,
+            splits="drawn (class-balanced, seeded)" if p["drawn"] else "the source's",
+        ),
+    )
     if masks is not None:
-        meta["masks"] = dict(levels=listing.mask_levels, classes=listing.mask_classes, size=size, ignore=IGNORE,
-                             resize="as the images, nearest-neighbour")
+        meta["masks"] = dict(
+            levels=listing.mask_levels,
+            classes=listing.mask_classes,
+            size=size,
+            ignore=IGNORE,
+            resize="as the images, nearest-neighbour",
+        )
     write_dataset(out, images, labels, meta, masks)
     del images
     shutil.rmtree(work, ignore_errors=True)
     elapsed = time.perf_counter() - t0
-    return dict(summary, skipped=False, failed=n_failed, images=at, workers=workers, seconds=elapsed,
-                decode_seconds=t_decode, decoded=decoded,
-                per_second=decoded / t_decode if decoded else float("nan"))
+    return dict(
+        summary,
+        skipped=False,
+        failed=n_failed,
+        images=at,
+        workers=workers,
+        seconds=elapsed,
+        decode_seconds=t_decode,
+        decoded=decoded,
+        per_second=decoded / t_decode if decoded else float("nan"),
+    )

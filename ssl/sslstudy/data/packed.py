@@ -68,8 +68,10 @@ class PackedDataset:
 
     def require_masks(self) -> None:
         if self.masks is None:
-            raise UserError(f"{self.path}: no {MASKS_FILE} (per-pixel labels); regenerate the built-in data with "
-                            f"`sslstudy synth` or ingest a segmentation dataset (source voc)")
+            raise UserError(
+                f"{self.path}: no {MASKS_FILE} (per-pixel labels); regenerate the built-in data with "
+                f"`sslstudy synth` or ingest a segmentation dataset (source voc)"
+            )
 
     def mask_array(self, level: str, indices: np.ndarray) -> np.ndarray:
         """(len(indices), S, S) uint8 label maps at mask ``level`` (255: ignore)."""
@@ -96,10 +98,7 @@ class PackedDataset:
 
     def _check_level(self, level: str) -> None:
         if level not in self.meta["levels"]:
-            raise UserError(
-                f"{self.path}: unknown label level {level!r}; "
-                f"use one of {', '.join(self.meta['levels'])}"
-            )
+            raise UserError(f"{self.path}: unknown label level {level!r}; use one of {', '.join(self.meta['levels'])}")
 
     def n_classes(self, level: str) -> int:
         """Number of classes at ``level``."""
@@ -164,19 +163,24 @@ def _check_masks(path: Path, masks: np.ndarray | None, meta: dict, n: int) -> No
         raise UserError(f"{path}: meta['masks'] is missing {', '.join(missing)}; fix the generator")
     m, s = len(info["levels"]), int(info["size"])
     if not isinstance(masks, np.ndarray) or masks.dtype != np.uint8 or masks.shape != (n, s, s, m):
-        raise UserError(f"{path}: masks must be uint8 of shape {(n, s, s, m)}, got "
-                        f"{getattr(masks, 'dtype', type(masks).__name__)} {getattr(masks, 'shape', '')}; fix the generator")
+        raise UserError(
+            f"{path}: masks must be uint8 of shape {(n, s, s, m)}, got "
+            f"{getattr(masks, 'dtype', type(masks).__name__)} {getattr(masks, 'shape', '')}; fix the generator"
+        )
     for j, level in enumerate(info["levels"]):
         k = len(info["classes"][level])
         plane = masks[..., j]
         bad = (plane >= k) & (plane != info["ignore"])
         if bad.any():
-            raise UserError(f"{path}: mask level {level!r} holds value {int(plane[bad][0])} (image "
-                            f"{int(np.argwhere(bad)[0][0])}) outside its {k} classes and {info['ignore']}; fix the generator")
+            raise UserError(
+                f"{path}: mask level {level!r} holds value {int(plane[bad][0])} (image "
+                f"{int(np.argwhere(bad)[0][0])}) outside its {k} classes and {info['ignore']}; fix the generator"
+            )
 
 
-def write_dataset(path: str | os.PathLike, images: np.ndarray, labels: pd.DataFrame, meta: dict,
-                  masks: np.ndarray | None = None) -> None:
+def write_dataset(
+    path: str | os.PathLike, images: np.ndarray, labels: pd.DataFrame, meta: dict, masks: np.ndarray | None = None
+) -> None:
     """Atomically write a domain folder at ``path`` (replacing any existing one).
 
     ``labels`` columns are written in the canonical order ``index, split, domain,
@@ -286,9 +290,7 @@ def _load_npy(f: Path) -> np.ndarray:
         arr = np.load(f, mmap_mode="r", allow_pickle=False)
     except Exception as exc:  # truncated header, short data, pickled objects ...
         detail = str(exc).splitlines()[0][:80] if str(exc) else ""
-        raise UserError(
-            f"{f}: not a complete .npy array ({exc.__class__.__name__}: {detail}); {_REGENERATE}"
-        ) from exc
+        raise UserError(f"{f}: not a complete .npy array ({exc.__class__.__name__}: {detail}); {_REGENERATE}") from exc
     if not isinstance(arr, np.ndarray):
         raise UserError(f"{f}: expected a single array, not an archive; {_REGENERATE}")
     if arr.dtype != np.uint8:
@@ -388,9 +390,7 @@ def load_dataset(path: str | os.PathLike) -> PackedDataset:
     images = _load_images(path)
     n = int(images.shape[0])
     if meta["n_images"] != n:
-        raise UserError(
-            f"{path / META_FILE}: n_images is {meta['n_images']} but images.npy holds {n}; {_REGENERATE}"
-        )
+        raise UserError(f"{path / META_FILE}: n_images is {meta['n_images']} but images.npy holds {n}; {_REGENERATE}")
     if meta["image_size"] != images.shape[1]:
         raise UserError(
             f"{path / META_FILE}: image_size is {meta['image_size']} but images are {images.shape[1]} px high; "
@@ -398,4 +398,3 @@ def load_dataset(path: str | os.PathLike) -> PackedDataset:
         )
     labels = _load_labels(path, meta, n)
     return PackedDataset(path=path, images=images, labels=labels, meta=meta, masks=_load_masks(path, meta, n))
-

@@ -8,6 +8,7 @@ first. When every member has the same label hierarchy it is kept; otherwise the 
 level is ``source`` (which member an image came from) — pretraining does not use labels anyway.
 Per-pixel masks come along when every member has masks with the same levels and classes.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,6 +20,7 @@ from ..errors import UserError
 from ..names import pool_name
 from .packed import SPLITS, load_dataset, write_dataset
 from .subsets import balanced_order
+
 
 def _same_hierarchy(metas: list[dict]) -> bool:
     keys = ("levels", "classes", "parents")
@@ -62,8 +64,13 @@ def pool_dataset(sources: list[str | Path], out: str | Path, seed: int) -> None:
     else:
         hier = dict(levels=["source"], classes={"source": names}, parents={})
     images = np.concatenate(parts)
-    meta = dict(hier, name=pool_name(names), image_size=dss[0].image_size, n_images=len(images),
-                source=dict(pool=[str(s) for s in sources], seed=int(seed)))
+    meta = dict(
+        hier,
+        name=pool_name(names),
+        image_size=dss[0].image_size,
+        n_images=len(images),
+        source=dict(pool=[str(s) for s in sources], seed=int(seed)),
+    )
     if dense:
         meta["masks"] = dss[0].meta["masks"]
     write_dataset(out, images, labels, meta, np.concatenate(mask_parts) if dense else None)

@@ -22,6 +22,7 @@ deterministic: the same Pillow and scikit-learn give the same PNG bytes and the 
 
     python -m sslstudy.data.shipped [--out data/digits] [--size 32] [--seed 0] [--tree DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,9 +35,18 @@ import numpy as np
 from PIL import Image
 
 #: digit -> group (the ``group`` level); documented in the module docstring
-DIGIT_GROUPS = {0: "round", 6: "round", 8: "round", 9: "round",
-                1: "straight", 4: "straight", 7: "straight",
-                2: "curved", 3: "curved", 5: "curved"}
+DIGIT_GROUPS = {
+    0: "round",
+    6: "round",
+    8: "round",
+    9: "round",
+    1: "straight",
+    4: "straight",
+    7: "straight",
+    2: "curved",
+    3: "curved",
+    5: "curved",
+}
 GROUPS = ("round", "straight", "curved")
 LEVELS = ("group", "digit")  # coarse -> fine
 GREY_LEVELS = 16  # load_digits values run 0..16
@@ -76,9 +86,16 @@ def write_digits_tree(tree: str | os.PathLike, size: int = 32) -> dict[str, Any]
     return dict(images=images, digits=digits, files=files, tree=tree, hierarchy=hierarchy)
 
 
-def build_digits(out: str | os.PathLike = "data/digits", *, size: int = 32, seed: int = 0,
-                 tree: str | os.PathLike | None = None, workers: int = 1, force: bool = False,
-                 progress: bool = False) -> dict[str, Any]:
+def build_digits(
+    out: str | os.PathLike = "data/digits",
+    *,
+    size: int = 32,
+    seed: int = 0,
+    tree: str | os.PathLike | None = None,
+    workers: int = 1,
+    force: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Write the packed dataset ``out`` (its folder name is the dataset/domain name) from the
     digits; ``tree``: where the ImageFolder tree goes (kept), else a temporary folder (removed).
     ``seed`` seeds ingest's drawn splits. Returns ingest's summary."""
@@ -86,8 +103,17 @@ def build_digits(out: str | os.PathLike = "data/digits", *, size: int = 32, seed
 
     def _run(where: Path) -> dict[str, Any]:
         src = write_digits_tree(where, size)
-        return ingest("imagefolder", src["tree"], out, size=size, hierarchy=src["hierarchy"], seed=seed,
-                      workers=workers, force=force, progress=progress)
+        return ingest(
+            "imagefolder",
+            src["tree"],
+            out,
+            size=size,
+            hierarchy=src["hierarchy"],
+            seed=seed,
+            workers=workers,
+            force=force,
+            progress=progress,
+        )
 
     if tree is not None:
         return _run(Path(tree))

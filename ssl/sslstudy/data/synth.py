@@ -50,8 +50,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from sslstudy.data.packed import write_dataset
 from sslstudy.atomic import atomic_path
+from sslstudy.data.packed import write_dataset
 from sslstudy.errors import UserError
 from sslstudy.names import IGNORE
 
@@ -386,7 +386,8 @@ def _validate(domain: str, n_images: int, image_size: int, seed: int, test_fract
     if not isinstance(n_images, (int, np.integer)) or n_images <= 0 or n_images % N_FINE:
         raise UserError(
             f"synthetic n_images={n_images} must be a positive multiple of {N_FINE} (the number of fine classes, "
-            f"so every class gets the same count); e.g. use {max(N_FINE * 2, (int(n_images) // N_FINE) * N_FINE)} in params/"
+            "so every class gets the same count); "
+            f"e.g. use {max(N_FINE * 2, (int(n_images) // N_FINE) * N_FINE)} in params/"
         )
     if n_images // N_FINE < 2:
         raise UserError(
@@ -529,7 +530,9 @@ def contact_sheet(
     ``labels`` must have one row per image (row i describes images[i]) and a ``level`` column.
     """
     if level not in labels.columns:
-        raise UserError(f"contact sheet: labels have no column {level!r}; use one of {', '.join(map(str, labels.columns))}")
+        raise UserError(
+            f"contact sheet: labels have no column {level!r}; use one of {', '.join(map(str, labels.columns))}"
+        )
     y = labels[level].to_numpy()
     if classes is None:
         classes = np.unique(y)[:max_classes]
@@ -538,9 +541,7 @@ def contact_sheet(
     n, h, w, _ = images.shape
     gap = 2
     hh, ww = h * upscale, w * upscale
-    sheet = np.full(
-        (len(classes) * (hh + gap) + gap, n_per_class * (ww + gap) + gap, 3), 255, dtype=np.uint8
-    )
+    sheet = np.full((len(classes) * (hh + gap) + gap, n_per_class * (ww + gap) + gap, 3), 255, dtype=np.uint8)
     for row, c in enumerate(classes):
         members = np.flatnonzero(y == c)
         if members.size > n_per_class:

@@ -1,6 +1,7 @@
 """Readers of real image collections on disk, by name: each lists a collection (sslstudy.data.ingest
 decodes it). ``imagenet`` is an ImageFolder tree (train/ and val/ class folders); ``voc`` is
 segmentation data in the PASCAL VOC layout (its masks are ingested beside the images)."""
+
 from __future__ import annotations
 
 from importlib import import_module

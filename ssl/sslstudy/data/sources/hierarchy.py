@@ -1,5 +1,6 @@
 """Label hierarchies: the user's CSV (class -> parent -> grandparent ...), and turning per-class
 name paths into the packed format's ``classes`` / ``parents`` tables."""
+
 from __future__ import annotations
 
 import csv
@@ -13,7 +14,9 @@ from ...errors import UserError
 _CSV_FIX = "write one row per class: class,parent,grandparent,... under a header row naming the levels"
 
 
-def read_hierarchy_csv(path: str | Path, normalize: Callable[[str], str] = str.strip) -> tuple[list[str], dict[str, tuple[str, ...]]]:
+def read_hierarchy_csv(
+    path: str | Path, normalize: Callable[[str], str] = str.strip
+) -> tuple[list[str], dict[str, tuple[str, ...]]]:
     """``(levels coarse -> fine, {class: its names coarse -> fine})`` from a CSV whose header names
     the levels fine -> coarse (e.g. ``class,parent,grandparent``) and whose first column holds the
     class names the source uses (``normalize`` maps both to one spelling). Every name must have one
@@ -30,8 +33,10 @@ def read_hierarchy_csv(path: str | Path, normalize: Callable[[str], str] = str.s
     body = rows[1:]
     flags = [c.strip() for r in body for c in r[1:]]
     if "1" in flags and all(c in ("0", "1", "") for c in flags):
-        raise UserError(f"{path}: looks like a 0/1 membership sheet (e.g. the official Places365 scene hierarchy, "
-                        f"where a class may have several parents); {_CSV_FIX}, one parent each")
+        raise UserError(
+            f"{path}: looks like a 0/1 membership sheet (e.g. the official Places365 scene hierarchy, "
+            f"where a class may have several parents); {_CSV_FIX}, one parent each"
+        )
     if len(set(header)) != len(header) or not all(header):
         raise UserError(f"{path}: header {header} must name each level once; {_CSV_FIX}")
     levels = header[::-1]
@@ -50,13 +55,16 @@ def read_hierarchy_csv(path: str | Path, normalize: Callable[[str], str] = str.s
             key = (depth, names[depth])
             seen = parent_of.setdefault(key, (names[depth - 1], line))
             if seen[0] != names[depth - 1]:
-                raise UserError(f"{path}:{line}: {levels[depth]} {names[depth]!r} has parent {names[depth - 1]!r} here "
-                                f"but {seen[0]!r} on line {seen[1]}; give every name one parent")
+                raise UserError(
+                    f"{path}:{line}: {levels[depth]} {names[depth]!r} has parent {names[depth - 1]!r} here "
+                    f"but {seen[0]!r} on line {seen[1]}; give every name one parent"
+                )
     return levels, paths
 
 
-def attach_hierarchy(classes: Sequence[str], hierarchy: str | Path | None, fine_level: str,
-                     normalize: Callable[[str], str] = str.strip) -> tuple[list[str], list[tuple[str, ...]]]:
+def attach_hierarchy(
+    classes: Sequence[str], hierarchy: str | Path | None, fine_level: str, normalize: Callable[[str], str] = str.strip
+) -> tuple[list[str], list[tuple[str, ...]]]:
     """Levels and per-class name paths for a source's flat class names: one level without a
     hierarchy file, else the file's levels (every class must be in it)."""
     if hierarchy is None:
@@ -65,8 +73,10 @@ def attach_hierarchy(classes: Sequence[str], hierarchy: str | Path | None, fine_
     missing = [c for c in classes if normalize(c) not in paths]
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-        raise UserError(f"{hierarchy}: no row for class(es) {', '.join(map(repr, missing[:3]))}{more}; "
-                        f"add them (first column: the class name as the source spells it)")
+        raise UserError(
+            f"{hierarchy}: no row for class(es) {', '.join(map(repr, missing[:3]))}{more}; "
+            f"add them (first column: the class name as the source spells it)"
+        )
     return levels, [paths[normalize(c)] for c in classes]
 
 

@@ -1,6 +1,7 @@
 """ImageFolder trees: ``root/<class>/<image>`` (one class per folder, images found recursively),
 or ImageNet-style ``root/{train,val[,test]}/<class>/<image>``. With ``train`` and ``val`` only,
 ``val`` is the test split (ImageNet's labelled held-out set); with all three each keeps its name."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,8 +28,9 @@ def scan(root: str | Path, hierarchy: str | Path | None = None) -> Listing:
     per_part = {folder: _class_dirs(folder) for folder, _ in parts}
     names = sorted({c for cs in per_part.values() for c in cs})
     if not names:
-        raise UserError(f"{root}: no class folders; an ImageFolder tree is root/<class>/<image> "
-                        f"(or root/train/<class>/<image>)")
+        raise UserError(
+            f"{root}: no class folders; an ImageFolder tree is root/<class>/<image> (or root/train/<class>/<image>)"
+        )
     levels, paths = attach_hierarchy(names, hierarchy, fine_level="class")
     listing = Listing(root=root, levels=levels, classes=paths, reader=open_file)
     cls = {c: i for i, c in enumerate(names)}

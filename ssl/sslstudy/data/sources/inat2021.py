@@ -4,6 +4,7 @@ species named ``<id>_<Kingdom>_<Phylum>_<Class>_<Order>_<Family>_<Genus>_<epithe
 taxonomy fields). The JSON files are used when present, else the folder names. Levels: kingdom ->
 phylum -> class -> order -> family -> genus -> species. ``val`` is the test split (the public test
 set has no labels)."""
+
 from __future__ import annotations
 
 import json
@@ -32,13 +33,17 @@ def _from_json(json_path: Path, listing_split: str, listing: Listing, cls: dict)
         cats = {int(c["id"]): (*(str(c[r]) for r in RANKS), str(c["name"])) for c in d["categories"]}
         anns = [(int(a["image_id"]), int(a["category_id"])) for a in d["annotations"]]
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{json_path}: not an iNat2021 annotation file ({e.__class__.__name__}: {str(e)[:80]}); "
-                        f"it needs images (id, file_name), annotations (image_id, category_id) and categories "
-                        f"(id, name, {', '.join(RANKS)})") from None
+        raise UserError(
+            f"{json_path}: not an iNat2021 annotation file ({e.__class__.__name__}: {str(e)[:80]}); "
+            f"it needs images (id, file_name), annotations (image_id, category_id) and categories "
+            f"(id, name, {', '.join(RANKS)})"
+        ) from None
     for image_id, cat in sorted(anns):
         if image_id not in images or cat not in cats:
-            raise UserError(f"{json_path}: annotation of image {image_id} names a missing image or category {cat}; "
-                            f"use the released file")
+            raise UserError(
+                f"{json_path}: annotation of image {image_id} names a missing image or category {cat}; "
+                f"use the released file"
+            )
         path = cats[cat]
         listing.add(images[image_id], cls.setdefault(path, len(cls)), listing_split)
         listing.files.append(images[image_id])
@@ -51,7 +56,9 @@ def _from_dirs(root: Path, split_dir: str, listing_split: str, listing: Listing,
         try:
             path = taxonomy_from_dir(sub)
         except ValueError:
-            raise UserError(f"{folder / sub}: folder name is not <id>_<Kingdom>_..._<Genus>_<epithet>; {_FIX}") from None
+            raise UserError(
+                f"{folder / sub}: folder name is not <id>_<Kingdom>_..._<Genus>_<epithet>; {_FIX}"
+            ) from None
         files, other = image_files(folder / sub, root)
         if other:
             listing.notes.append(f"{other} non-image file(s) in {folder / sub} ignored")

@@ -1,5 +1,6 @@
 """What a source hands to the ingester: the images on disk, their finest class, their split
 (where the source has one) and the label hierarchy. Sources only list; decoding is shared."""
+
 from __future__ import annotations
 
 import os

@@ -3,6 +3,7 @@
 (``Places365_val_00000001.jpg 165``), and the image folders (``data_256`` or ``train_256`` or the
 large-image / torchvision spellings; ``val_256`` or ``val_large``). One level (``scene``) unless
 a hierarchy CSV is given (class names as ``abbey`` or ``/a/abbey``). ``val`` is the test split."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,8 +14,10 @@ from .listing import Listing, open_file, require_dir, require_file
 
 CATEGORIES = "categories_places365.txt"
 LISTS = {"train": "places365_train_standard.txt", "val": "places365_val.txt"}
-IMAGE_DIRS = {"train": ("data_256", "train_256", "data_256_standard", "data_large", "train_large", "data_large_standard"),
-              "val": ("val_256", "val_large")}
+IMAGE_DIRS = {
+    "train": ("data_256", "train_256", "data_256_standard", "data_large", "train_large", "data_large_standard"),
+    "val": ("val_256", "val_large"),
+}
 _FIX = "pass the Places365 folder holding categories_places365.txt, the file lists and the image folders"
 
 
@@ -44,8 +47,7 @@ def scan(root: str | Path, hierarchy: str | Path | None = None) -> Listing:
         raise UserError(f"{root / CATEGORIES}: category numbers must be 0..{len(cats) - 1}, each once; {_FIX}")
     names = [scene_name(c) for c, _ in sorted(cats, key=lambda x: x[1])]
     levels, paths = attach_hierarchy(names, hierarchy, fine_level="scene", normalize=scene_name)
-    listing = Listing(root=root, levels=levels, classes=paths, reader=open_file,
-                      files=[CATEGORIES, *(LISTS.values())])
+    listing = Listing(root=root, levels=levels, classes=paths, reader=open_file, files=[CATEGORIES, *(LISTS.values())])
     for split, list_name in LISTS.items():
         entries = _pairs(require_file(root / list_name, f"the {split} file list", _FIX))
         folder = next((d for d in IMAGE_DIRS[split] if (root / d).is_dir()), None)

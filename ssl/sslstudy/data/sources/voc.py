@@ -7,6 +7,7 @@ background first). The image-level label (one level, ``class``) is the mask's mo
 object class (ties: the smaller id; background only where the mask has no object). Every mask is
 read once here: one of a different size than its image, not a palette (or grey) PNG, or with a
 class id outside the palette stops the scan with an error naming the file."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,8 +19,29 @@ from ...errors import UserError
 from ...names import IGNORE
 from .listing import Listing, open_file, require_dir, require_file
 
-CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-           "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
+CLASSES = (
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
 LEVEL = "class"
 IMAGES, MASKS, SETS = "JPEGImages", "SegmentationClass", "ImageSets/Segmentation"
 SPLITS = {"train": "train", "val": "test"}
@@ -36,12 +58,16 @@ def read_mask(path: Path) -> np.ndarray:
     except OSError as e:
         raise UserError(f"{path}: unreadable mask ({e.__class__.__name__}); re-extract the dataset") from None
     if ids is None:
-        raise UserError(f"{path}: mask is a {mode} image, not a palette PNG of class ids; use the dataset's "
-                        f"SegmentationClass PNGs as released (values are class ids, {IGNORE} = ignore)")
+        raise UserError(
+            f"{path}: mask is a {mode} image, not a palette PNG of class ids; use the dataset's "
+            f"SegmentationClass PNGs as released (values are class ids, {IGNORE} = ignore)"
+        )
     bad = (ids >= len(CLASSES)) & (ids != IGNORE)
     if bad.any():
-        raise UserError(f"{path}: class id {int(ids[bad][0])} is outside the palette (0..{len(CLASSES) - 1} and "
-                        f"{IGNORE} = ignore); fix or remove this mask")
+        raise UserError(
+            f"{path}: class id {int(ids[bad][0])} is outside the palette (0..{len(CLASSES) - 1} and "
+            f"{IGNORE} = ignore); fix or remove this mask"
+        )
     return ids
 
 
@@ -63,8 +89,15 @@ def scan(root: str | Path) -> Listing:
     root = require_dir(Path(root), "a PASCAL VOC folder", _FIX)
     for d in (IMAGES, MASKS):
         require_dir(root / d, f"VOC {d}", _FIX)
-    listing = Listing(root=root, levels=[LEVEL], classes=[(c,) for c in CLASSES], reader=open_file,
-                      mask_reader=open_mask, mask_levels=[LEVEL], mask_classes={LEVEL: list(CLASSES)})
+    listing = Listing(
+        root=root,
+        levels=[LEVEL],
+        classes=[(c,) for c in CLASSES],
+        reader=open_file,
+        mask_reader=open_mask,
+        mask_levels=[LEVEL],
+        mask_classes={LEVEL: list(CLASSES)},
+    )
     seen: dict[str, str] = {}
     for part, split in SPLITS.items():
         listed = require_file(root / SETS / f"{part}.txt", f"the {part} id list", _FIX)
@@ -79,8 +112,10 @@ def scan(root: str | Path) -> Listing:
             with Image.open(root / image) as im:
                 w, h = im.size
             if ids.shape != (h, w):
-                raise UserError(f"{root / mask}: mask is {ids.shape[1]}x{ids.shape[0]} but its image {image} is "
-                                f"{w}x{h}; a mask must match its image pixel for pixel")
+                raise UserError(
+                    f"{root / mask}: mask is {ids.shape[1]}x{ids.shape[0]} but its image {image} is "
+                    f"{w}x{h}; a mask must match its image pixel for pixel"
+                )
             listing.add(image, dominant(ids), split)
             listing.mask_refs.append(mask)
             listing.files += [image, mask]

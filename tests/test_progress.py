@@ -163,3 +163,10 @@ def test_run_keeps_the_whole_output_and_returns_the_exit_status(tmp_path):
 def test_stage_line_and_clock():
     assert progress.stage_line("pretrain", 63, 63, 3723.9) == "pretrain       63/63   at 1:02:03"
     assert progress.clock(59.9) == "0:59" and progress.clock(61) == "1:01"
+
+
+def test_a_command_killed_by_a_signal_exits_as_a_shell_says(tmp_path):
+    out = io.StringIO()
+    kill = "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"
+    assert progress.run([sys.executable, "-c", kill], tmp_path / "study.log", out) == 128 + 15
+    assert re.fullmatch(r"stopped \(exit status 143\) after 0:\d\d; full log: .*study.log\n", out.getvalue())

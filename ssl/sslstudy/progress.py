@@ -171,13 +171,19 @@ class Progress:
         return f"[{done}/{total} jobs] " + ", ".join(running)
 
     def summary(self, returncode: int, log: str) -> str:
+        """The last line: jobs done (and failed) of all, the time, where the whole output is."""
+        took = clock(time.monotonic() - self.t0)
+        if not self.stages:
+            ended = (
+                f"done in {took}: no jobs ran"
+                if returncode == 0
+                else f"stopped (exit status {returncode}) after {took}"
+            )
+            return f"{ended}; full log: {log}"
         done = sum(s.done for s in self.stages.values())
         total = sum(s.total for s in self.stages.values())
-        took = clock(time.monotonic() - self.t0)
         if returncode == 0:
-            return (
-                f"done: {done} jobs in {took}; full log: {log}" if total else f"done in {took}: no jobs ran; log: {log}"
-            )
+            return f"done: {done} jobs in {took}; full log: {log}"
         failed = ", ".join(f"{r} {s.failed}" for r, s in self.stages.items() if s.failed)
         failed = f", failed: {failed}" if failed else ""
         return f"stopped (exit status {returncode}) after {took}: {done} of {total} jobs done{failed}; full log: {log}"
@@ -215,6 +221,9 @@ def run(cmd: list[str], log: Path, out=sys.stdout) -> int:
                 keep.flush()
                 screen.show(progress.feed(line), progress.status())
             returncode = proc.wait()
+            returncode = (
+                128 - returncode if returncode < 0 else returncode
+            )  # killed by signal N: 128 + N, as a shell says
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

@@ -164,6 +164,7 @@ def log(rule: str) -> str:
 
 
 FORKSERVER_LOG = "logs/forkserver.log"  # the preloaded server's own messages (sslstudy.forkserver)
+STUDY_LOG = "logs/study.log"  # the whole output of the last `make study` (sslstudy.progress shows a summary)
 
 
 def benchmark(rule: str) -> str:
@@ -199,6 +200,7 @@ PLOTS = ("knn_per_level", "linear_per_level", "loss_per_epoch", "nmi_per_epoch")
 PLOT_FILE = "plots/{name}.csv"
 HEADLINE = "headline.json"
 TRAIN_LOG = "train.log"  # the trainer's log, in the run folder
+CURVES = "events.out.tfevents.curves"  # the TensorBoard event file of a run's epochs, in its folder
 CHECKPOINTS = "checkpoints"  # a run's subfolder of epoch checkpoints and last.pt
 LAST = "last.pt"  # the state to resume from (mid-epoch included), in CHECKPOINTS
 EPOCH_FILE = "ep{epoch:03d}.pt"  # the checkpoint after `epoch` epochs, in CHECKPOINTS (ep000.pt: the random weights)

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from . import curves, names
 from . import distributed as D
-from . import names
 from .atomic import atomic_path
 from .augment import ViewSpec, batch_params, eval_view, set_thread_threads, views_from
 from .data.packed import load_dataset
@@ -547,6 +547,7 @@ class _Trainer:
     def _log_epoch(self, rec: dict, seconds: float) -> None:
         self.metrics.write(json.dumps(rec) + "\n")
         self.metrics.flush()
+        curves.log_epoch(self.run_dir, rec)
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{rec['loss']:.3f}")
         log.info("epoch %d/%d loss %.4f lr %.4g %.1fs", rec["epoch"], self.epochs, rec["loss"], rec["lr"], seconds)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The default study end to end: install, regenerate the built-in data (checked against data.dvc),
-# `dvc repro` (which runs Snakemake). Leaves results/report.html. Opens nothing.
+# `dvc repro` (which runs Snakemake). Leaves results/report.html. Opens nothing. The terminal shows one
+# line per stage, failed jobs and a summary (sslstudy.progress); the whole output goes to logs/study.log.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 t0=$(date +%s)
@@ -22,6 +23,6 @@ if [ "$(grep -m1 'md5:' data.dvc)" != "$recorded" ]; then
   exit 1
 fi
 rm .data.dvc.recorded
-dvc repro --quiet
+python -m sslstudy.progress -- dvc repro --quiet  # the whole output: logs/study.log
 t2=$(date +%s)
 echo "report: results/report.html (install $(( t1 - t0 )) s, study $(( t2 - t1 )) s, total $(( t2 - t0 )) s)"

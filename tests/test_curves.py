@@ -12,12 +12,7 @@ from sslstudy.train import Stopped, train
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
 
-from tests.helpers import ROOT, tiny_spec
-from tests.test_train import subset  # noqa: F401 - the fixture: 128 images of the tiny natural domain
-
-
-def metrics(run_dir) -> list[dict]:
-    return [json.loads(ln) for ln in (run_dir / names.METRICS).read_text().splitlines()]
+from tests.helpers import ROOT, read_metrics, tiny_spec
 
 
 def curves_of(run_dir) -> dict[str, list[tuple[int, float]]]:
@@ -29,7 +24,7 @@ def curves_of(run_dir) -> dict[str, list[tuple[int, float]]]:
 
 def assert_curves_match_metrics(run_dir) -> None:
     """One point per epoch and tag, equal (as float32) to the epoch's metrics.jsonl value."""
-    recs, got = metrics(run_dir), curves_of(run_dir)
+    recs, got = read_metrics(run_dir), curves_of(run_dir)
     assert recs and [p.name for p in run_dir.glob("*tfevents*")] == [names.CURVES]
     for key in ("loss", "lr", "views_per_s", "seconds", "effective_rank", "normalized_std", "trivial_loss"):
         tag = f"{curves.GROUPS.get(key, 'train')}/{key}"
@@ -59,11 +54,11 @@ def test_scalars_of_a_record():
     assert curves.scalars(dict(epoch=1, loss=1.0))["health/collapsed"] == 0.0
 
 
-def test_training_writes_the_metrics_as_curves(tiny_data, subset, tmp_path):  # noqa: F811
-    spec = tiny_spec(tiny_data / "natural", subset)
+def test_training_writes_the_metrics_as_curves(tiny_data, subset128, tmp_path):
+    spec = tiny_spec(tiny_data / "natural", subset128)
     full = tmp_path / "full"
     train(spec, full)
-    assert [r["epoch"] for r in metrics(full)] == [1, 2, 3]
+    assert [r["epoch"] for r in read_metrics(full)] == [1, 2, 3]
     assert_curves_match_metrics(full)
 
     # stopped mid-epoch 2 after its record was written but not last.pt (a kill between the two
@@ -71,14 +66,14 @@ def test_training_writes_the_metrics_as_curves(tiny_data, subset, tmp_path):  # 
     part = tmp_path / "part"
     with pytest.raises(Stopped):
         train(spec, part, stop_after=6)
-    curves.log_epoch(part, dict(metrics(part)[0], epoch=2, loss=99.0))
+    curves.log_epoch(part, dict(read_metrics(part)[0], epoch=2, loss=99.0))
     train(spec, part)
     assert_curves_match_metrics(part)
     assert 99.0 not in [v for _, v in curves_of(part)["train/loss"]]
 
     # a changed config starts over: the curves hold only the new run's two epochs
     train(dict(spec, epochs=2), part)
-    assert [r["epoch"] for r in metrics(part)] == [1, 2]
+    assert [r["epoch"] for r in read_metrics(part)] == [1, 2]
     assert_curves_match_metrics(part)
 
 

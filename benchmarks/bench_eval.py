@@ -27,20 +27,20 @@ import numpy as np
 import torch
 import yaml
 from sslstudy import config
+from sslstudy.checkpoint import BACKBONE, load_backbone
 from sslstudy.data.packed import load_dataset
-from sslstudy.eval.features import Features, embed_dataset, probe_splits
+from sslstudy.eval.features import Features, embed, embed_dataset, probe_splits
 from sslstudy.eval.frozen import choose_linear, evaluate
 from sslstudy.eval.kmeans import cluster_scores
 from sslstudy.eval.probes import knn_accuracy, linear_probe
 from sslstudy.models import build_backbone
-from sslstudy.train import BACKBONE, embed, load_backbone
 
 STARTUP = """
 import time, sys
 t = time.process_time()
-import torch, faiss, sslstudy.cli, sslstudy.eval.frozen, sslstudy.train
+import torch, faiss, sslstudy.cli, sslstudy.eval.frozen, sslstudy.checkpoint
 from sslstudy.data.packed import load_dataset
-from sslstudy.train import load_backbone
+from sslstudy.checkpoint import load_backbone
 ds = load_dataset(sys.argv[1]); load_backbone(sys.argv[2])
 print(time.process_time() - t)
 """

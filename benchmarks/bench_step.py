@@ -38,7 +38,8 @@ from sslstudy.augment import ViewSpec, make_views  # noqa: E402
 from sslstudy.data.packed import load_dataset  # noqa: E402
 from sslstudy.data.subsets import load_indices, nested_subsets, save_indices  # noqa: E402
 from sslstudy.data.synth import generate  # noqa: E402
-from sslstudy.train import build_model, choose_device, choose_precision, train  # noqa: E402
+from sslstudy.device import choose_device, choose_precision  # noqa: E402
+from sslstudy.train import build_model, train  # noqa: E402
 
 #: dense bf16 peak (FLOP/s) by GPU name, from the vendors' data sheets (SXM parts)
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12}

@@ -52,11 +52,12 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     from sslstudy import axes, config
     from sslstudy.atomic import atomic_path
+    from sslstudy.checkpoint import list_checkpoints, load_backbone
     from sslstudy.data.packed import load_dataset
     from sslstudy.data.subsets import nested_subsets, save_indices
-    from sslstudy.eval.features import probe_splits
+    from sslstudy.eval.features import embed, probe_splits
     from sslstudy.eval.probes import knn_accuracy
-    from sslstudy.train import embed, list_checkpoints, load_backbone, train
+    from sslstudy.train import train
 
     params = yaml.safe_load(Path(a.study).read_text())
     name = Path(a.dataset).name

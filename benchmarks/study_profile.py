@@ -24,10 +24,10 @@ from sslstudy.report.tables import forked_cpu
 IMPORTS = {
     "pretrain": "sslstudy.launch, sslstudy.train, torch._dynamo",
     # + eval.dense / eval.checkpoint_clustering where the model has them
-    "evaluate": "torch, sslstudy.eval.frozen, sslstudy.train",
-    "lowshot": "torch, sslstudy.eval.lowshot, sslstudy.train, torch._dynamo",
-    "supervised": "torch, sslstudy.eval.lowshot, sslstudy.models, sslstudy.train, torch._dynamo",
-    "fusion": "torch, sslstudy.eval.fusion, sslstudy.train",
+    "evaluate": "torch, sslstudy.eval.frozen, sslstudy.checkpoint",
+    "lowshot": "torch, sslstudy.eval.lowshot, sslstudy.checkpoint, torch._dynamo",
+    "supervised": "torch, sslstudy.eval.lowshot, sslstudy.models, sslstudy.checkpoint, torch._dynamo",
+    "fusion": "torch, sslstudy.eval.fusion, sslstudy.eval.features",
     "subset": "sslstudy.data.packed, sslstudy.data.subsets",
     "corrupt": "sslstudy.data.corrupt",
     "pool": "sslstudy.data.pool",

@@ -71,9 +71,11 @@ def spec_for(a) -> dict:
 
 @torch.no_grad()
 def health_of(ckpt: Path, ds, test_idx, batch_idx, tr_idx, eval_cfg: dict) -> dict:
+    from sslstudy.checkpoint import load_checkpoint
+    from sslstudy.eval.features import embed
     from sslstudy.eval.probes import knn_accuracy
     from sslstudy.health import effective_rank, normalized_std
-    from sslstudy.train import build_model, embed, load_checkpoint
+    from sslstudy.train import build_model
 
     state = load_checkpoint(ckpt)
     cfg = state["config"]

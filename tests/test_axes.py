@@ -135,9 +135,9 @@ def test_fine_tuning_autocasts_in_bf16_where_the_cpu_has_it(tiny_data, monkeypat
     the same weights as fp32."""
     import logging
 
-    import sslstudy.train as T
+    import sslstudy.device
 
-    monkeypatch.setattr(T, "cpu_bf16", lambda: native)
+    monkeypatch.setattr(sslstudy.device, "cpu_bf16", lambda: native)
     ds = load_dataset(tiny_data / "natural")
     torch.set_num_threads(1)
     train = lowshot.labelled_indices(ds, 1, TINY_EVAL)
@@ -157,8 +157,8 @@ def test_supervised_checkpoint_reads_as_trained_not_random(tiny_data, tmp_path):
     import json
 
     import pandas as pd
+    from sslstudy.checkpoint import load_backbone
     from sslstudy.cli import run_command
-    from sslstudy.train import load_backbone
 
     arch, ft = (
         dict(arch="cnn4", width=4),
@@ -223,8 +223,8 @@ def test_one_lowshot_call_over_every_count_equals_one_call_per_count(tiny_data, 
     import json
 
     import pandas as pd
+    from sslstudy.checkpoint import BACKBONE, atomic_torch_save
     from sslstudy.cli import run_command
-    from sslstudy.train import BACKBONE, atomic_torch_save
 
     arch = dict(arch="cnn4", width=4)
     torch.manual_seed(0)

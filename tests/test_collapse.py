@@ -9,9 +9,10 @@ import pytest
 import torch
 from sslstudy import config
 from sslstudy import train as T
+from sslstudy.checkpoint import list_checkpoints
 from sslstudy.errors import UserError
 from sslstudy.launch import launch_pretrain
-from sslstudy.train import Diverged, list_checkpoints, train
+from sslstudy.train import Diverged, train
 
 from tests.helpers import method_spec, natural_subset, read_metrics, tiny_spec
 

@@ -9,10 +9,11 @@ import torchvision
 from safetensors.torch import load_file
 from sslstudy import names
 from sslstudy.augment import MEAN, STD, eval_view
+from sslstudy.checkpoint import BACKBONE, atomic_torch_save, load_backbone
 from sslstudy.cli import main
 from sslstudy.data.packed import load_dataset
 from sslstudy.models import CNN4, ResNetBackbone
-from sslstudy.train import BACKBONE, atomic_torch_save, load_backbone, train
+from sslstudy.train import train
 
 from tests.helpers import natural_subset, tiny_spec
 

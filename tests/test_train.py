@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from sslstudy.checkpoint import list_checkpoints, load_backbone
 from sslstudy.errors import UserError
-from sslstudy.train import LARS, Diverged, Stopped, build_model, cosine_schedule, list_checkpoints, load_backbone, train
+from sslstudy.optim import LARS, cosine_schedule
+from sslstudy.train import Diverged, Stopped, build_model, train
 
 from tests.helpers import read_metrics, tiny_spec
 
@@ -108,7 +110,7 @@ def test_epoch_checkpoints_hold_only_the_backbone(tiny_data, subset128, tmp_path
 @pytest.mark.parametrize("rank", [1, 0])
 def test_only_the_lead_rank_changes_files_on_resume(rank, tmp_path, monkeypatch):
     from sslstudy import distributed as dist
-    from sslstudy.train import _resume_state, atomic_torch_save
+    from sslstudy.checkpoint import atomic_torch_save, resume_state
 
     cfg = dict(run="r", seed=0, threads=1)
     ck = tmp_path / "checkpoints"
@@ -120,10 +122,10 @@ def test_only_the_lead_rank_changes_files_on_resume(rank, tmp_path, monkeypatch)
     monkeypatch.setattr(dist, "rank", lambda: rank)
     monkeypatch.setattr(dist, "barrier", lambda: barriers.append(sorted(p.name for p in ck.iterdir())))
 
-    assert _resume_state(tmp_path, cfg)["epoch"] == 1
+    assert resume_state(tmp_path, cfg)["epoch"] == 1
     kept = (tmp_path / "metrics.jsonl").read_text()
     assert kept == (metrics if rank else '{"epoch": 1}\n')
-    assert _resume_state(tmp_path, dict(cfg, seed=1)) is None  # another config: the run starts over
+    assert resume_state(tmp_path, dict(cfg, seed=1)) is None  # another config: the run starts over
     assert sorted(p.name for p in ck.iterdir()) == ([] if rank == 0 else ["ep001.pt", "last.pt"])
     # starting over drops the old run's records too (they would mix into the new run's history)
     assert (tmp_path / "metrics.jsonl").read_text() == (kept if rank else "")
@@ -193,9 +195,9 @@ def test_a_gpu_request_without_cuda_is_one_line(tiny_data, subset128, tmp_path, 
 
 
 def test_bf16_on_a_cpu_without_it_stops_or_falls_back_when_allowed(tiny_data, subset128, tmp_path, monkeypatch):
-    import sslstudy.train as T
+    import sslstudy.device
 
-    monkeypatch.setattr(T, "cpu_bf16", lambda: None)
+    monkeypatch.setattr(sslstudy.device, "cpu_bf16", lambda: None)
     spec = tiny_spec(
         tiny_data / "natural",
         subset128,
@@ -224,11 +226,8 @@ class _OnTheCaller:
     def __init__(self, *a, **kw):
         pass
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+    def shutdown(self, wait=True):
+        pass
 
     def submit(self, fn, *args):
         from concurrent.futures import Future
@@ -244,25 +243,25 @@ def test_reading_and_views_ahead_in_a_thread_change_no_bit(method, tiny_data, su
     step's backward runs: the same weights, bit for bit, as reading and making views on the main thread."""
     import threading
 
-    import sslstudy.train as T
+    import sslstudy.data.prefetch as P
 
     from tests.helpers import method_spec
 
     spec = method_spec(method, tiny_data / "natural", subset128, epochs=2)
-    calls, prepare = [], T._Trainer._prepare
+    calls, read = [], P.Prefetcher._read
 
     def spy(self, it, params=None):
         calls.append((threading.current_thread().name, params is not None))
-        return prepare(self, it, params)
+        return read(self, it, params)
 
-    monkeypatch.setattr(T._Trainer, "_prepare", spy)
-    monkeypatch.setattr(T.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(P.Prefetcher, "_read", spy)
+    monkeypatch.setattr(P.os, "sched_getaffinity", lambda pid: {0, 1})
     train(spec, tmp_path / "ahead")
     steps = len(calls) // 2
     assert steps > 2 and all(n.startswith("sslstudy-read") for n, _ in calls), calls
     assert [v for _, v in calls] == 2 * ([False] + [True] * (steps - 1))  # an epoch's first views: on the main thread
-    monkeypatch.setattr(T, "ThreadPoolExecutor", _OnTheCaller)
-    monkeypatch.setattr(T.os, "sched_getaffinity", lambda pid: {0})  # no core to spare: views on the main thread
+    monkeypatch.setattr(P, "ThreadPoolExecutor", _OnTheCaller)
+    monkeypatch.setattr(P.os, "sched_getaffinity", lambda pid: {0})  # no core to spare: views on the main thread
     calls.clear()
     train(spec, tmp_path / "inline")
     assert calls == [(threading.main_thread().name, False)] * (2 * steps)
@@ -275,7 +274,7 @@ OPTIMIZERS = """
 import sys, torch
 if sys.argv[1] == "dynamo":
     import torch._dynamo
-from sslstudy.train import build_optimizer
+from sslstudy.optim import build_optimizer
 torch.manual_seed(0)
 out = []
 for wd in (1e-4, 0.0):
@@ -293,7 +292,7 @@ print("torch._dynamo" in sys.modules, out)
 
 
 def test_lars_runs_without_importing_dynamo_and_steps_the_same():
-    """lean_optim: building, stepping and (re)loading LARS leaves torch._dynamo unimported (a second
+    """optim.skip_dynamo_import: building, stepping and (re)loading LARS leaves torch._dynamo unimported (a second
     of start-up per pretraining job) and gives the weights of optimizers whose dynamo guard ran.
     (torch.optim's own steps, e.g. SGD's, still import it.)"""
     import subprocess

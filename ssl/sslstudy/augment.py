@@ -681,6 +681,3 @@ def eval_view(images: Tensor, size: int) -> Tensor:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         return _normalize_(x.clamp_(0.0, 1.0))
     return normalize(x)
-
-
-set_thread_threads = set_calling_thread_torch_threads  # old name, used by train.py until the trainer split lands

@@ -208,10 +208,10 @@ def _evaluate_checkpoint(
     the CPU, then embeddings on device, saved into ``out``, with the frozen scores of the frozen
     domains; ``tables`` gathers the rows, ``embedded`` the embeddings by (checkpoint folder, epoch)
     for the periodic clustering."""
+    from .checkpoint import load_backbone
     from .data.packed import load_dataset
     from .eval.features import embed_dataset
     from .eval.frozen import evaluate
-    from .train import load_backbone
 
     backbone, run_cfg = load_backbone(checkpoint)
     epoch = names.checkpoint_epoch(checkpoint.name)
@@ -296,10 +296,10 @@ def cmd_lowshot(args) -> None:
     import pandas as pd
     import torch
 
+    from .checkpoint import load_backbone, load_checkpoint
     from .data.packed import load_dataset
     from .eval import lowshot
     from .eval.features import Features, eval_device
-    from .train import load_backbone, load_checkpoint
 
     _log_stderr()
     torch.set_num_threads(args.threads)
@@ -349,10 +349,10 @@ def cmd_supervised(args) -> None:
     """The backbone trained from scratch on n labelled images per class: scores and a checkpoint."""
     import torch
 
+    from .checkpoint import BACKBONE, atomic_torch_save
     from .data.packed import load_dataset
     from .eval import lowshot
     from .models import build_backbone
-    from .train import BACKBONE, atomic_torch_save
 
     _log_stderr()
     torch.set_num_threads(args.threads)

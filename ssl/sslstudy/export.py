@@ -26,9 +26,9 @@ from safetensors.torch import save_file
 from . import __version__, names
 from .atomic import atomic_path, write_bytes
 from .augment import MEAN, STD
+from .checkpoint import load_backbone, load_checkpoint
 from .errors import UserError
 from .models import ARCHS, ResNetBackbone
-from .train import load_backbone, load_checkpoint
 
 WEIGHTS = "backbone.safetensors"
 CONFIG = "config.json"

@@ -12,24 +12,29 @@ One supervisor per connection (a fork of the server) forks the worker, reports i
 status, and kills it if the client goes away; the server itself stays single-threaded, imports but
 never computes (so no thread pool exists at fork time), and exits with its parent.
 
-This module imports only the standard library: the client side runs before anything else.
+The command the server runs is named when it starts (ENTRY, "module:function", default the
+`sslstudy` console script's sslstudy.cli:main): the server imports it with the preloaded modules and
+each worker calls it with the job's argv, so this module imports nothing of the command layer. It
+imports only the standard library (and sslstudy.cpu_line, which does too): the client side runs
+before anything else.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import select
 import signal
 import socket
 import struct
 import sys
 import time
+from typing import Callable
+
+from . import cpu_line
 
 ENV = "SSLSTUDY_FORKSERVER"  # the socket's path, exported to the jobs
-CPU_LINE = "sslstudy: ran in the fork server: {cpu:.2f} CPU-s"  # the client's last line on stderr (the job's log)
-CPU_PATTERN = re.escape(CPU_LINE).replace(re.escape("{cpu:.2f}"), "([0-9.]+)")
+ENTRY = "sslstudy.cli:main"  # the command a job runs: the `sslstudy` console script (pyproject.toml)
 PRELOAD = (
     "torch",
     "torch._dynamo",
@@ -84,13 +89,8 @@ def run(argv: list[str], path: str | None = None) -> int | None:
         print(f"sslstudy: the fork server's worker {pid} ended without a status", file=sys.stderr)
         return 1
     _, code, cpu = line.split()
-    print(CPU_LINE.format(cpu=float(cpu)), file=sys.stderr)  # Snakemake's benchmark counts this process only
+    print(cpu_line.LINE.format(cpu=float(cpu)), file=sys.stderr)  # Snakemake's benchmark counts this process only
     return int(code)
-
-
-def worker_cpu(log_text: str) -> float:
-    """CPU seconds a job's log says its command used in the fork server (0 if it ran in its own process)."""
-    return sum(float(m) for m in re.findall(CPU_PATTERN, log_text))
 
 
 def _forward(pid: int, signum: int) -> None:
@@ -104,13 +104,16 @@ def _forward(pid: int, signum: int) -> None:
 
 
 # ----------------------------------------------------------------------------- server
-def serve(path: str, preload: tuple[str, ...] = PRELOAD, poll_s: float = 1.0) -> None:
-    """Import `preload`, listen at `path`, fork a supervisor per connection; return when the parent
+def serve(path: str, entry: str = ENTRY, preload: tuple[str, ...] = PRELOAD, poll_s: float = 1.0) -> None:
+    """Import `preload` and the command `entry` ("module:function", called with a job's argv, returning
+    its exit status), listen at `path`, fork a supervisor per connection; return when the parent
     process (the Snakemake that started it) has ended, removing the socket."""
     import importlib
 
     for name in preload:
         importlib.import_module(name)
+    module, _, function = entry.partition(":")
+    command = getattr(importlib.import_module(module), function)
     parent = os.getppid()
     tmp = f"{path}.{os.getpid()}.tmp"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -125,7 +128,7 @@ def serve(path: str, preload: tuple[str, ...] = PRELOAD, poll_s: float = 1.0) ->
                 pid = os.fork()
                 if pid == 0:
                     listener.close()
-                    _supervise(conn)  # never returns
+                    _supervise(conn, command)  # never returns
                 conn.close()
                 children.add(pid)
             for pid in list(children):
@@ -139,7 +142,7 @@ def serve(path: str, preload: tuple[str, ...] = PRELOAD, poll_s: float = 1.0) ->
             pass
 
 
-def _supervise(conn: socket.socket) -> None:
+def _supervise(conn: socket.socket, command: Callable[[list[str]], int]) -> None:
     """In a fork of the server: read one request, fork its worker, report pid and exit status."""
     code = 0
     try:
@@ -155,7 +158,7 @@ def _supervise(conn: socket.socket) -> None:
         pid = os.fork()
         if pid == 0:
             conn.close()
-            _work(request, fds)  # never returns
+            _work(request, fds, command)  # never returns
         for fd in fds:
             os.close(fd)
         conn.sendall(f"pid {pid}\n".encode())
@@ -198,8 +201,9 @@ def _terminate(pid: int) -> None:
     os.waitpid(pid, 0)
 
 
-def _work(request: dict, fds: list[int]) -> None:
-    """In the worker: become the client's command (streams, folder, environment, threads) and run it."""
+def _work(request: dict, fds: list[int], command: Callable[[list[str]], int]) -> None:
+    """In the worker: become the client's process (streams, folder, environment, threads) and run its
+    command."""
     code = 1
     try:
         os.setpgid(0, 0)  # the client forwards signals to this group (the command's own subprocesses too)
@@ -219,9 +223,7 @@ def _work(request: dict, fds: list[int]) -> None:
         tempfile.tempdir = None  # chosen again from this environment (TMPDIR)
         _threads_as_in_a_new_process()
         sys.argv = ["sslstudy", *request["argv"]]
-        from .cli import main
-
-        code = main(request["argv"])
+        code = command(request["argv"])
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except BaseException as e:  # noqa: BLE001 - printed as an uncaught exception would be
@@ -266,10 +268,11 @@ def _exit(code: int) -> None:
 
 
 # ----------------------------------------------------------------------------- from Snakemake
-def start(log: str, wait_s: float = 120) -> str | None:
-    """Start a server for this process's jobs (a child that exits when this process does), wait until
-    it listens, and export its socket's path, which it returns; None (nothing exported: the jobs run
-    in their own processes) if it ended or did not listen within wait_s (its log says why)."""
+def start(log: str, entry: str = ENTRY, wait_s: float = 120) -> str | None:
+    """Start a server running `entry` for this process's jobs (a child that exits when this process
+    does), wait until it listens, and export its socket's path, which it returns; None (nothing
+    exported: the jobs run in their own processes) if it ended or did not listen within wait_s (its
+    log says why)."""
     import subprocess
     import tempfile
 
@@ -280,7 +283,7 @@ def start(log: str, wait_s: float = 120) -> str | None:
     with open(log, "ab") as err:
         # its own session: a Ctrl-C reaches the clients, which forward it, not the server and supervisors
         proc = subprocess.Popen(
-            [sys.executable, "-m", "sslstudy.forkserver", path],
+            [sys.executable, "-m", "sslstudy.forkserver", path, entry],
             env=env,
             start_new_session=True,
             stdin=subprocess.DEVNULL,
@@ -298,7 +301,7 @@ def start(log: str, wait_s: float = 120) -> str | None:
 
 if __name__ == "__main__":
     try:
-        serve(sys.argv[1])
+        serve(*sys.argv[1:3])  # the socket's path and, if given, the entry point
     finally:
         try:
             os.rmdir(os.path.dirname(sys.argv[1]))  # start()'s folder, empty now

@@ -15,8 +15,8 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-from sslstudy import forkserver
-from sslstudy.train import load_checkpoint
+from sslstudy import cpu_line, forkserver
+from sslstudy.checkpoint import load_checkpoint
 
 from tests.helpers import BIN, tiny_spec, wait_for
 
@@ -43,8 +43,8 @@ def sslstudy(args, cwd, path=None, **kw) -> subprocess.CompletedProcess:
 
 def without_cpu_line(stderr: str) -> tuple[str, float]:
     lines = stderr.splitlines(keepends=True)
-    assert lines and forkserver.worker_cpu(lines[-1]) > 0, stderr
-    return "".join(lines[:-1]), forkserver.worker_cpu(lines[-1])
+    assert lines and cpu_line.worker_cpu(lines[-1]) > 0, stderr
+    return "".join(lines[:-1]), cpu_line.worker_cpu(lines[-1])
 
 
 def test_a_command_in_the_server_behaves_as_in_its_own_process(server, tiny_data, tmp_path):
@@ -136,6 +136,24 @@ def test_a_stopped_client_stops_its_worker(server, tiny_data, subset192, tmp_pat
     assert client.wait(30) == (-signal.SIGKILL if how == signal.SIGKILL else 128 + how)
     wait_for(lambda: not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE, "the worker to stop", 30)
     assert not (tmp_path / "run/final.pt").exists()
+
+
+def test_the_server_runs_the_command_it_was_started_with(tmp_path, capfd):
+    """The entry point named at start ("module:function", here not sslstudy's) is what a job's worker
+    calls with the job's argv; its return value is the job's exit status."""
+    (tmp_path / "echo.py").write_text("def main(argv):\n    print('echo', *argv)\n    return 7\n")
+    path = str(tmp_path / "socket")
+    code = "import sys; from sslstudy import forkserver; forkserver.serve(sys.argv[1], 'echo:main', preload=())"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, "-c", code, path], env=env)
+    try:
+        wait_for(lambda: os.path.exists(path), "the server to listen", timeout=60)
+        assert forkserver.run(["a", "b"], path) == 7
+        out, err = capfd.readouterr()
+        assert out == "echo a b\n" and cpu_line.worker_cpu(err) > 0, (out, err)
+    finally:
+        proc.terminate()
+        proc.wait(30)
 
 
 def test_no_server_means_the_command_runs_in_its_own_process(tiny_data, tmp_path):

@@ -283,8 +283,8 @@ IDS = dict(method="densecl", domain="natural", subset="frac1", quality="clean", 
 
 def _checkpoints(tmp_path) -> dict:
     """ep000.pt (random) and final.pt (other weights, 3 epochs) of a cnn4, as pretraining writes them."""
+    from sslstudy.checkpoint import BACKBONE, atomic_torch_save
     from sslstudy.models import build_backbone
-    from sslstudy.train import BACKBONE, atomic_torch_save
 
     arch, out = dict(arch="cnn4", width=4), {}
     for seed, (weights, name, epoch) in enumerate([("random", "ep000.pt", 0), ("pretrained", "final.pt", 3)]):
@@ -462,7 +462,7 @@ def test_periodic_clustering_reuses_the_embeddings_of_the_job(masked, tmp_path, 
     import shutil
     from pathlib import Path
 
-    import sslstudy.train as T
+    import sslstudy.checkpoint as C
     from sslstudy.data.packed import load_dataset
     from sslstudy.eval.checkpoint_clustering import cluster_checkpoints
 
@@ -472,8 +472,8 @@ def test_periodic_clustering_reuses_the_embeddings_of_the_job(masked, tmp_path, 
     shutil.copy(made["pretrained"], run / names.CHECKPOINTS / "ep003.pt")  # the last epoch's: final.pt's weights
     shutil.copy(made["random"], run / names.CHECKPOINTS / "ep000.pt")
     shutil.copy(made["random"], run / names.CHECKPOINTS / "ep001.pt")  # an intermediate one, embedded by the clustering
-    loaded, load = [], T.load_backbone
-    monkeypatch.setattr(T, "load_backbone", lambda path, *a, **k: loaded.append(Path(path).name) or load(path, *a, **k))
+    loaded, load = [], C.load_backbone
+    monkeypatch.setattr(C, "load_backbone", lambda path, *a, **k: loaded.append(Path(path).name) or load(path, *a, **k))
     ckpt = dict(pretrained=run / names.FINAL, random=run / names.CHECKPOINTS / "ep000.pt")
     assert (
         _evaluate(

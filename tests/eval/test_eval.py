@@ -485,10 +485,9 @@ def test_val_holdout_is_class_balanced_seeded_and_disjoint(tiny_data):
 
 def test_embedding_cache_round_trip_and_float16_keeps_the_numbers(tiny_data, tmp_path):
     from sslstudy.data.packed import load_dataset
-    from sslstudy.eval.features import embed_dataset
+    from sslstudy.eval.features import embed, embed_dataset
     from sslstudy.eval.frozen import evaluate
     from sslstudy.models import build_backbone
-    from sslstudy.train import embed
 
     ds = load_dataset(tiny_data / "natural")
     torch.manual_seed(0)

@@ -7,11 +7,13 @@ import pytest
 import torch
 import yaml
 from sslstudy import axes, config
+from sslstudy.checkpoint import list_checkpoints, load_backbone
 from sslstudy.data.packed import load_dataset
 from sslstudy.data.shipped import DIGIT_GROUPS, GROUPS, build_digits, digits_pixels
 from sslstudy.data.subsets import save_indices
+from sslstudy.eval.features import embed
 from sslstudy.eval.probes import knn_accuracy
-from sslstudy.train import embed, list_checkpoints, load_backbone, train
+from sslstudy.train import train
 
 from tests.helpers import ROOT, read_metrics
 

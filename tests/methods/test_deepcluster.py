@@ -12,7 +12,7 @@ from sslstudy.errors import UserError
 from sslstudy.methods.base import Batch
 from sslstudy.methods.deepcluster import DeepCluster, pca_whiten, uniform_over_clusters
 from sslstudy.models import build_backbone
-from sslstudy.train import build_optimizer
+from sslstudy.optim import build_optimizer
 
 from tests.helpers import FakeCtx
 

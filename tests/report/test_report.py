@@ -548,14 +548,14 @@ def test_flagged_runs_are_named_once_per_model_and_flag():
 
 def test_walltime_adds_the_cpu_a_job_spent_in_the_fork_server(tmp_path):
     """Snakemake's benchmark counts the fork server's client only: the job's log says what its fork used."""
-    from sslstudy import forkserver
+    from sslstudy import cpu_line
     from sslstudy.report.tables import walltime
 
     own = bench(tmp_path / "results/benchmarks/evaluate/a/seed0.tsv", 4.0)  # no log: its own process
     forked = bench(tmp_path / "results/benchmarks/evaluate/b/seed0.tsv", 6.0)
     log = tmp_path / "logs/evaluate/b/seed0.log"
     log.parent.mkdir(parents=True)
-    log.write_text("INFO evaluating\n" + forkserver.CPU_LINE.format(cpu=5.25) + "\n")
+    log.write_text("INFO evaluating\n" + cpu_line.LINE.format(cpu=5.25) + "\n")
     wall = walltime([("evaluate", own), ("evaluate", forked)])
     assert wall[["stage", "jobs", "wall_total", "cpu_total"]].values.tolist() == [
         ["evaluate", 2, 10.0, 2.0 + 3.0 + 5.25]

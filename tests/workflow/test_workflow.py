@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from sslstudy import forkserver
+from sslstudy import cpu_line
 
 from tests.helpers import REPORT_SECTIONS, copy_workflow, read_metrics, run, tiny_params
 
@@ -95,7 +95,7 @@ def test_axes_produce_their_data(tiny_study, tiny_data):
     jobs = wall.set_index("stage")["jobs"]
     # every job ran in the fork server (launch.forkserver), and the time table counts its CPU
     forked = {
-        stage: [forkserver.worker_cpu(p.read_text()) for p in (wf / "logs" / stage).rglob("*.log")]
+        stage: [cpu_line.worker_cpu(p.read_text()) for p in (wf / "logs" / stage).rglob("*.log")]
         for stage in jobs.index
     }
     assert {stage: len(cpu) for stage, cpu in forked.items()} == jobs.to_dict()

@@ -18,7 +18,7 @@ def cluster_checkpoints(
 ) -> pd.DataFrame:
     """``datasets``: domain -> dataset; ``embedded``: (checkpoint folder, epoch) -> {domain: Features}
     of weights this job has embedded already (the final and epoch-0 checkpoints), reused, not embedded again."""
-    from ..train import list_checkpoints, load_backbone
+    from ..checkpoint import list_checkpoints, load_backbone
     from .features import embed_dataset
 
     ckpts = list_checkpoints(Path(run_dir))

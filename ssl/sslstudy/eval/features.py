@@ -21,8 +21,10 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_path
+from ..augment import eval_view
 from ..data.packed import PackedDataset
 from ..data.subsets import balanced_order
+from ..device import inference_autocast
 from ..errors import UserError
 
 log = logging.getLogger("sslstudy.eval")
@@ -90,6 +92,39 @@ class Features:
             ) from None
 
 
+@torch.no_grad()
+def embed(
+    encoder: torch.nn.Module,
+    images,
+    rows: np.ndarray,
+    size: int,
+    device: torch.device | None = None,
+    batch_size: int = 256,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The one embedding of the project: encoder in eval mode (its mode restored after) on the eval view
+    of images[rows] -> (len(rows), D), on the encoder's device (or ``device``), batch by batch; no
+    collective, no random numbers. Inputs channels_last; on CUDA in bf16 autocast, on the CPU in
+    float32. Without ``out`` the result is float32 on the device; with ``out`` (any device and dtype,
+    e.g. the evaluation cache's float16 host array) each batch is copied into it and ``out`` is
+    returned, so nothing larger than the features is held."""
+    device = torch.device(device) if device is not None else next(encoder.parameters()).device
+    was_training = encoder.training
+    encoder.eval()
+    chunks = []
+    for i in range(0, len(rows), batch_size):
+        x = eval_view(torch.from_numpy(np.asarray(images[rows[i : i + batch_size]])).to(device), size)
+        x = x.contiguous(memory_format=torch.channels_last)  # on the CPU the same numbers as contiguous inputs
+        with torch.autocast(**inference_autocast(device)):
+            z = encoder(x).float()
+        if out is None:
+            chunks.append(z)
+        else:
+            out[i : i + len(z)].copy_(z)
+    encoder.train(was_training)
+    return out if out is not None else torch.cat(chunks)
+
+
 def embed_dataset(
     backbone: torch.nn.Module,
     ds: PackedDataset,
@@ -99,8 +134,6 @@ def embed_dataset(
 ) -> Features:
     """The backbone (on its device) on the eval view of every image of ``splits``, streamed into
     one host array: float16 when every value fits, else float32."""
-    from ..train import embed
-
     rows = np.sort(np.concatenate([ds.split_indices(s) for s in splits]))
     out = embed(
         backbone,

@@ -25,9 +25,10 @@ from torch import nn
 from ..augment import ViewSpec, make_views
 from ..data.packed import PackedDataset
 from ..data.subsets import balanced_order
+from ..device import choose_precision
 from ..errors import UserError
 from ..names import ALL
-from .features import Features, probe_splits
+from .features import Features, embed, probe_splits
 from .frozen import choose_linear, level_accuracy, tidy
 
 log = logging.getLogger("sslstudy.lowshot")
@@ -96,8 +97,6 @@ def train_classifier(
 ) -> Classifier:
     """Train backbone + a new linear head end to end on the finest labels of ``train``; the forward pass
     in bf16 autocast where ``cfg["precision"]`` (finetune.precision) auto finds native bf16, as pretraining does."""
-    from ..train import choose_precision
-
     finest = ds.levels[-1]
     device = next(backbone.parameters()).device
     dtype, what = choose_precision(dict(precision=cfg.get("precision", "auto")), device)
@@ -142,8 +141,6 @@ def train_classifier(
 
 @torch.no_grad()
 def predict(model: Classifier, ds: PackedDataset, indices: np.ndarray, size: int, batch_size: int = 512) -> np.ndarray:
-    from ..train import embed
-
     return (
         model.head(embed(model.backbone, ds.images, indices, size, batch_size=batch_size)).argmax(dim=1).cpu().numpy()
     )

@@ -62,8 +62,8 @@ def run_matches(checkpoint: Path, n_images: int = 6, seed: int = 0) -> dict:
     """Two random views (the run's view specs) of the first `n_images` test images, their backbone
     maps under the checkpoint's weights, and the matches -> dict for `correspondence_figure`, plus
     `accuracy`: the fraction of view-1 cells inside view 2 matched within one cell of the truth."""
+    from ..checkpoint import load_backbone
     from ..data.packed import load_dataset
-    from ..train import load_backbone
 
     backbone, cfg = load_backbone(checkpoint)
     require_map(backbone, str(checkpoint))

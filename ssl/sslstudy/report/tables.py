@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import forkserver, names, stats
+from .. import cpu_line, names, stats
 from ..axes import SUPERVISED, models, pick, pools, qualities, quality_subset, random_twins, reference_subset
 from ..errors import UserError
 from ..names import CORRUPTIONS, RUN_FIELDS, parse_quality
@@ -151,7 +151,7 @@ def forked_cpu(tsv) -> float:
     """CPU seconds the job of benchmark file `tsv` spent in the fork server (from its log; 0 if none)."""
     log = names.benchmark_log(tsv)
     try:
-        return forkserver.worker_cpu(Path(log).read_text(errors="replace")) if log else 0.0
+        return cpu_line.worker_cpu(Path(log).read_text(errors="replace")) if log else 0.0
     except OSError:
         return 0.0
 

@@ -19,7 +19,12 @@ include: "workflow/rules/fusion.smk"
 include: "workflow/rules/report.smk"
 
 
+# every model's final.pt and evaluate folder too: a missing one (its job failed, or it was deleted) is
+# rebuilt with everything that reads it, even when those look current (Snakemake rebuilds a missing file
+# only for a job that runs); a target of rule all only has to exist
 rule all:
     default_target: True
     input:
         "results/report.html",
+        FINALS,
+        [names.EVAL_DIR.format(run=rid) for rid in EVALUATION_PLAN],

@@ -422,3 +422,22 @@ def pretrain_spec(config: dict, run: dict) -> dict:
             subset=subset_path(config, run["domain"], run["subset"]),
         ),
     )
+
+
+def supervised_spec(config: dict, model: dict) -> dict:
+    """Everything a supervised network depends on: the supervised rule's settings (its model config)."""
+    return dict(
+        run=model["id"],
+        seed=model["seed"],
+        labels=model["labels"],
+        dataset=dataset_dir(config, model["domain"]),
+        backbone=config["pretrain"]["backbone"],
+        size=config["pretrain"]["views"]["size"],
+        finetune=config["finetune"],
+        eval=config["eval"],
+    )
+
+
+def model_spec(config: dict, model: dict) -> dict:
+    """The spec of any model of the study (models(config) entry): what its weights depend on."""
+    return pretrain_spec(config, model) if model["kind"] == "ssl" else supervised_spec(config, model)

@@ -1,5 +1,6 @@
 """A run's checkpoints on disk: saving them (atomically), listing and loading them, the backbone in
-them, and what a resumed run reads back (checkpoints/last.pt and the records of metrics.jsonl).
+them, and what a resumed run reads back (checkpoints/last.pt; it restores metrics.jsonl from it:
+sslstudy.run_record).
 
 A full checkpoint (last.pt, final.pt) holds the whole Method's state_dict, the optimiser's, the run
 config and where training is; an epoch checkpoint (epNNN.pt) holds only the backbone's weights (keys
@@ -8,13 +9,12 @@ under BACKBONE), the config and the epoch: what `load_backbone` reads.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import torch
 
-from . import distributed, names
+from . import distributed, names, provenance, run_record
 from .atomic import atomic_path
 from .errors import UserError
 from .models import build_backbone
@@ -74,33 +74,13 @@ def resume_state(run_dir: Path, cfg: dict) -> dict | None:
     if state is not None and _same_run(state.get("config") or {}) != _same_run(cfg):
         log.info("checkpoints in %s were made with another config; starting over", run_dir)
         state, stale = None, list(ckpts.glob("*.pt"))
-    metrics = run_dir / names.METRICS
     if distributed.rank() == 0:
         for p in stale:
             p.unlink()
-        if metrics.is_file():  # drop the lines of epochs that will be redone
-            done = state["epoch"] if state else 0
-            kept = [ln for ln in metrics.read_text().splitlines(keepends=True) if _epoch_of(ln) <= done]
-            with atomic_path(metrics) as tmp:
-                tmp.write_text("".join(kept))
+        run_record.restore(run_dir / names.METRICS, state)  # metrics.jsonl as the checkpoint left it
     return dict(state, path=path) if state else None
 
 
-def read_metrics(run_dir: Path, epochs: int) -> list[dict]:
-    """The metrics.jsonl records of epochs 1..epochs (those a resumed run continues from)."""
-    path = run_dir / names.METRICS
-    lines = path.read_text().splitlines() if path.is_file() else []
-    return [json.loads(ln) for ln in lines if _epoch_of(ln) <= epochs]
-
-
-def _epoch_of(line: str) -> float:
-    try:
-        return json.loads(line)["epoch"]
-    except (ValueError, KeyError):
-        return float("inf")  # a line cut short by a kill
-
-
 def _same_run(cfg: dict) -> dict:
-    """What must match to resume: everything but the thread and GPU counts (a run may move to a SLURM
-    node), what to do on collapse and whether bf16 may fall back (none changes the weights)."""
-    return {k: v for k, v in cfg.items() if k not in ("threads", "gpus", "on_collapse", "precision_fallback")}
+    """What must match to resume: what changes the weights (provenance.identity)."""
+    return provenance.identity(cfg)

@@ -146,7 +146,9 @@ def cmd_evaluate(args) -> None:
     import torch
 
     from .atomic import atomic_dir
+    from .checkpoint import load_backbone
     from .eval.features import eval_device
+    from .provenance import of_config
     from .report.dag import split_named
 
     checkpoints, datasets = dict(split_named(args.checkpoint)), dict(split_named(args.dataset))
@@ -171,14 +173,16 @@ def cmd_evaluate(args) -> None:
         raise UserError("evaluate --dense needs --dense-eval (JSON: the config's dense block)")
     torch.set_num_threads(args.threads)
     device = eval_device(args.device)
-    tables, embedded = dict(frozen=[], dense=[], clusters=[]), {}
+    tables, embedded, model_configs = dict(frozen=[], dense=[], clusters=[]), {}, {}
     with atomic_dir(args.out) as out:
         for weights in dict.fromkeys(w for w, _ in embed + dense):
             domains = {
                 kind: [on for w, on in pairs if w == weights]
                 for kind, pairs in dict(embed=embed, frozen=frozen, dense=dense).items()
             }
-            _evaluate_checkpoint(args, weights, checkpoints[weights], datasets, domains, device, out, tables, embedded)
+            model_configs[weights] = _evaluate_checkpoint(
+                args, weights, checkpoints[weights], datasets, domains, device, out, tables, embedded
+            )
         if args.cluster:
             from .data.packed import load_dataset
             from .eval.checkpoint_clustering import cluster_checkpoints
@@ -191,7 +195,9 @@ def cmd_evaluate(args) -> None:
                 device,
                 embedded,
             )
-            tables["clusters"].append(_with_ids(df, dict(run=args.run, **json.loads(args.ids))))
+            # the run's model config: its final weights' (those of every checkpoint of one run)
+            final = model_configs.get("pretrained") or of_config(load_backbone(args.run_dir / names.FINAL)[1])
+            tables["clusters"].append(_with_ids(df, dict(run=args.run, **json.loads(args.ids), model_config=final)))
         for kind, file in (
             ("frozen", names.FROZEN_FILE),
             ("dense", names.DENSE_FILE),
@@ -203,21 +209,23 @@ def cmd_evaluate(args) -> None:
 
 def _evaluate_checkpoint(
     args, weights: str, checkpoint: Path, datasets: dict, domains: dict, device, out: Path, tables: dict, embedded: dict
-) -> None:
+) -> str:
     """One checkpoint on its domains (``domains``: embed, frozen, dense lists): dense evaluations on
     the CPU, then embeddings on device, saved into ``out``, with the frozen scores of the frozen
     domains; ``tables`` gathers the rows, ``embedded`` the embeddings by (checkpoint folder, epoch)
-    for the periodic clustering."""
+    for the periodic clustering. Returns the checkpoint's model config hash (on every row and cache)."""
     from .checkpoint import load_backbone
     from .data.packed import load_dataset
     from .eval.features import embed_dataset
     from .eval.frozen import evaluate
+    from .provenance import of_config
 
     backbone, run_cfg = load_backbone(checkpoint)
     epoch = names.checkpoint_epoch(checkpoint.name)
     ids = dict(
         run=args.run, **json.loads(args.ids), weights=weights, epoch=run_cfg["epochs"] if epoch is None else epoch
     )
+    ids["model_config"] = of_config(run_cfg)
     # final.pt (beside checkpoints/) holds the weights of the last epoch's checkpoint
     folder = ((checkpoint.parent / names.CHECKPOINTS if epoch is None else checkpoint.parent).resolve(), ids["epoch"])
     if domains["dense"]:
@@ -232,10 +240,12 @@ def _evaluate_checkpoint(
     for on in domains["embed"]:
         ds = load_dataset(datasets[on])
         feats = embed_dataset(backbone, ds, args.size, cfg["batch_size"])
+        feats.model_config = ids["model_config"]
         feats.save(out / names.EMBEDDINGS_FILE.format(weights=weights, on=on))
         embedded.setdefault(folder, {})[on] = feats
         if on in domains["frozen"]:
             tables["frozen"].append(_with_ids(evaluate(feats, ds, cfg, device), dict(ids, eval_domain=ds.meta["name"])))
+    return ids["model_config"]
 
 
 def cmd_report(args) -> None:
@@ -251,6 +261,7 @@ def cmd_report(args) -> None:
         benchmarks=split_named(args.benchmarks),
         datasets=dict(split_named(args.datasets)),
         data_dvc=args.data_dvc,
+        verify_models=args.verify_models,
     )
 
 
@@ -300,6 +311,7 @@ def cmd_lowshot(args) -> None:
     from .data.packed import load_dataset
     from .eval import lowshot
     from .eval.features import Features, eval_device
+    from .provenance import of_config
 
     _log_stderr()
     torch.set_num_threads(args.threads)
@@ -312,10 +324,11 @@ def cmd_lowshot(args) -> None:
             raise UserError("lowshot --mode linear needs --embeddings (the run's evaluate cache)")
         run_cfg = load_checkpoint(args.checkpoint)["config"]
         feats = Features.load(args.embeddings)
+        model_config = feats.model_config  # the scores are of the cached embeddings' model
         scores = {tag: lowshot.frozen_linear(feats, ds, train, cfg, device) for tag, train in labelled.items()}
     else:
         backbone, run_cfg = load_backbone(args.checkpoint)
-        scores = {}
+        model_config, scores = of_config(run_cfg), {}
         for tag, train in labelled.items():  # each count fine-tunes its own copy of the loaded weights
             model = lowshot.train_classifier(
                 copy.deepcopy(backbone), ds, train, json.loads(args.finetune), args.size, run_cfg["seed"]
@@ -336,6 +349,7 @@ def cmd_lowshot(args) -> None:
                         labelled_images=len(labelled[tag]),
                         pretrain_images=pretrain_images,
                         eval_domain=ds.name,
+                        model_config=model_config,
                     ),
                 )
                 for tag, df in scores.items()
@@ -370,6 +384,7 @@ def cmd_supervised(args) -> None:
         labelled_images=len(train),
         pretrain_images=0,
         eval_domain=ds.name,
+        model_config=args.model_config,
     )
     # the checkpoint format of pretraining runs, so load_backbone (evaluate, fusion) reads it; the
     # epochs trained, not 0 (the random weights' epoch)
@@ -387,6 +402,7 @@ def cmd_supervised(args) -> None:
                 epochs=model.epochs,
                 finetune=finetune,
                 data=dict(dataset=str(args.dataset)),
+                model_config=args.model_config,  # provenance.of_config reads it
             ),
         ),
         args.checkpoint,
@@ -403,18 +419,13 @@ def cmd_fusion(args) -> None:
 
     torch.set_num_threads(args.threads)
     ds = load_dataset(args.dataset)
-    df = fusion_scores(
-        Features.load(args.embeddings_a),
-        Features.load(args.embeddings_b),
-        ds,
-        json.loads(args.eval),
-        eval_device(args.device),
-    )
+    features_a, features_b = Features.load(args.embeddings_a), Features.load(args.embeddings_b)
+    df = fusion_scores(features_a, features_b, ds, json.loads(args.eval), eval_device(args.device))
     model_names = {"a": args.name_a, "b": args.name_b, "a+b": f"{args.name_a} + {args.name_b}"}
     df.insert(0, "model", df["member"].map(model_names))
-    _write_csv(
-        args.out, _with_ids(df, dict(pair=f"{args.name_a} + {args.name_b}", seed=args.seed, eval_domain=ds.name))
-    )
+    ids = dict(pair=f"{args.name_a} + {args.name_b}", seed=args.seed, eval_domain=ds.name)
+    model_config = f"{features_a.model_config}+{features_b.model_config}"  # the members' (provenance)
+    _write_csv(args.out, _with_ids(df, dict(ids, model_config=model_config)))
 
 
 def _axis_parsers(sub) -> None:
@@ -446,6 +457,9 @@ def _axis_parsers(sub) -> None:
     s.add_argument("--backbone", required=True, help="JSON: pretrain.backbone")
     s.add_argument("--finetune", required=True, help="JSON: training settings")
     s.add_argument("--checkpoint", type=Path, required=True, help="where to save the trained network")
+    s.add_argument(
+        "--model-config", default="", help="the hash of its settings (sslstudy.provenance), on its rows and checkpoint"
+    )
     s.set_defaults(fn=cmd_supervised)
 
     s = sub.add_parser("fusion", help="linear accuracy of two models' concatenated frozen features")
@@ -610,6 +624,12 @@ def parser() -> argparse.ArgumentParser:
         help="packed folder of each evaluation domain (drawn as a contact sheet)",
     )
     s.add_argument("--data-dvc", type=Path, help="the data's DVC file (its md5 is shown)")
+    s.add_argument(
+        "--verify-models",
+        action="store_true",
+        help="refuse results whose model_config is not the one --config gives their model, and models without "
+        "final.pt (sslstudy.provenance; what the workflow runs)",
+    )
     s.set_defaults(fn=cmd_report)
 
     s = sub.add_parser("densecl-matches", help="draw DenseCL's matched locations between two views of test images")

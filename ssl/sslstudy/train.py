@@ -9,7 +9,6 @@ precision, signals.py the preemption signal, eval/features.py the embedding of t
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import checkpoint, curves, distributed, names
+from . import checkpoint, curves, distributed, names, run_record
 from .augment import ViewSpec
 from .data.packed import load_dataset
 from .data.prefetch import Prefetcher, views_ahead
@@ -233,9 +232,10 @@ class _Trainer:
             )
 
     def _open_logs(self) -> None:
-        """metrics.jsonl (appended to), the records collapse_check reads, the progress bar: the lead's."""
-        self.history = checkpoint.read_metrics(self.run_dir, self.pos.epoch) if self.lead else []
-        self.metrics = (self.run_dir / names.METRICS).open("a") if self.lead else None
+        """The record so far (metrics.jsonl as checkpoint.resume_state left it; last.pt keeps it), the records
+        collapse_check reads, the progress bar: the lead's."""
+        self.records = run_record.read(self.run_dir / names.METRICS, self.pos.epoch) if self.lead else []
+        self.history = list(self.records)
         self.bar = tqdm(
             total=self.epochs,
             initial=self.pos.epoch,
@@ -246,8 +246,6 @@ class _Trainer:
 
     def _close_logs(self) -> None:
         self.bar.close()
-        if self.metrics:
-            self.metrics.close()
 
     def _start_epoch(self) -> torch.Generator:
         """Epoch pos.epoch's generator (the source of every random number of its steps): at the epoch's
@@ -352,8 +350,8 @@ class _Trainer:
         return _COLLAPSED
 
     def _log_epoch(self, rec: dict, seconds: float) -> None:
-        self.metrics.write(json.dumps(rec) + "\n")
-        self.metrics.flush()
+        self.records.append(rec)
+        run_record.write(self.run_dir / names.METRICS, self.records)  # the whole file, whatever happened to it
         curves.log_epoch(self.run_dir, rec)
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{rec['loss']:.3f}")
@@ -373,6 +371,7 @@ class _Trainer:
                 gen=gen_state,
                 order=pos.order,
                 sums=pos.sums,
+                records=self.records,  # metrics.jsonl's, restored from here on resume (sslstudy.run_record)
             )
 
     def _save_backbone(self, epoch: int) -> None:

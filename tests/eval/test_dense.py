@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from sslstudy import names
+from sslstudy import names, provenance
 from sslstudy.augment import MEAN, STD, ViewSpec
 from sslstudy.data import synth
 from sslstudy.data.corrupt import corrupt_dataset
@@ -334,7 +334,20 @@ def test_dense_evaluation_writes_a_tidy_table(masked, tmp_path):
     assert _evaluate(masked, dict(random=ckpt["random"]), tmp_path / "eval", "--dense", "random_on_natural") == 0
     assert [p.name for p in (tmp_path / "eval").iterdir()] == [names.DENSE_FILE]  # no frozen table, no embeddings
     df = pd.read_csv(tmp_path / "eval" / names.DENSE_FILE)
-    assert list(df.columns) == ["run", *IDS, "weights", "epoch", "eval_domain", "level", "metric", "value"]
+    assert list(df.columns) == [
+        "run",
+        *IDS,
+        "weights",
+        "epoch",
+        "model_config",
+        "eval_domain",
+        "level",
+        "metric",
+        "value",
+    ]
+    # the hash of the evaluated checkpoint's config (sslstudy.provenance)
+    config = torch.load(ckpt["random"], weights_only=False)["config"]
+    assert set(df["model_config"]) == {provenance.of_config(config)}
     assert set(zip(df["level"], df["metric"])) == {
         ("coarse", "miou"),
         ("coarse", "pixel_acc"),

@@ -493,9 +493,11 @@ def test_embedding_cache_round_trip_and_float16_keeps_the_numbers(tiny_data, tmp
     torch.manual_seed(0)
     net = build_backbone("cnn4", width=8).eval()
     feats = embed_dataset(net, ds, 32, 256)
+    feats.model_config = "0123abcd"  # the embedded model's config hash (sslstudy.provenance) goes with it
     feats.save(tmp_path / "e.npz")
     back = Features.load(tmp_path / "e.npz")
     assert back.x.dtype == np.float16 and np.array_equal(back.x, feats.x) and np.array_equal(back.index, feats.index)
+    assert back.model_config == "0123abcd"
     rows = ds.split_indices("test")[::7]
     full = embed(net, ds.images, rows, 32).numpy()
     np.testing.assert_allclose(back.take(rows), full, rtol=1e-3, atol=1e-3)

@@ -6,7 +6,7 @@ import re
 import shlex
 import sys
 
-from sslstudy import axes, names
+from sslstudy import axes, names, provenance
 from sslstudy import config as studyconfig
 from sslstudy.errors import UserError
 from sslstudy.names import pattern
@@ -17,6 +17,10 @@ try:
     STUDY = studyconfig.validate(config, " + ".join(map(str, workflow.configfiles)) or "config")
     MODELS = axes.models(STUDY)
     EVALUATION_PLAN = axes.evaluation_plan(STUDY)  # each evaluated model's evaluate job
+    # each model's config hash (sslstudy.provenance): a param of every rule that reads the model, so a changed
+    # model reruns them, also when a failed job left its final.pt missing (Snakemake does not rebuild a missing
+    # file whose readers look current)
+    MODEL_CONFIG = provenance.expected(STUDY)
     studyconfig.check_datasets(STUDY)
 except UserError as e:
     sys.exit(f"error: {e}")
@@ -73,6 +77,11 @@ def dataset_dir(domain, quality=names.CLEAN):
 
 def dataset_files(domain, quality=names.CLEAN):
     return names.dataset_files(STUDY, domain, quality)
+
+
+def model_config(w):
+    """The model config hash of the model w names."""
+    return MODEL_CONFIG[run_of(w)["id"]]
 
 
 def supervised_of(w):

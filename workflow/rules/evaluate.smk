@@ -43,6 +43,7 @@ rule evaluate:
         ),
         ids=lambda w: id_columns_json(run_of(w)),
         run=lambda w: run_of(w)["id"],
+        model_config=model_config,  # not on the command line: the rows carry the checkpoint's
         cpus=eval_cpus,
         remote=remote("evaluate"),
     shell:

@@ -23,6 +23,8 @@ rule fusion:
         size=SIZE,
         eval=shell_json(STUDY["eval"]),
         dataset=lambda w: dataset_dir(w.on),
+        # not on the command line: the rows carry the caches'
+        model_config=lambda w: "+".join(MODEL_CONFIG[member_of(w, k)["id"]] for k in ("a", "b")),
         cpus=eval_cpus,
         remote=remote("fusion"),
     shell:

@@ -27,6 +27,7 @@ rule lowshot:
         embeddings=lambda w: f"--embeddings {embeddings_of(run_of(w), w.domain)}" if w.mode == "linear" else "",
         ids=lambda w: id_columns_json(run_of(w)),
         run=lambda w: run_of(w)["id"],
+        model_config=model_config,  # not on the command line: the rows carry the checkpoint's or cache's
         dataset=lambda w: dataset_dir(w.domain),
         cpus=eval_cpus,
         remote=remote("lowshot"),

@@ -9,6 +9,7 @@ BENCHMARKS = benchmarks(workflow, EVALUATED + [f for files in REPORT_TABLES.valu
 # each pretraining run's loss curve (a log of rule pretrain)
 CURVES = {m["id"]: f"{names.model_dir(m)}/{names.METRICS}" for m in MODELS.values() if m["kind"] == "ssl"}
 REPORT_DOMAINS = list(dict.fromkeys(on for _, _, on in axes.evaluations(STUDY)))
+FINALS = [names.final_checkpoint(m) for m in MODELS.values()]  # every model's weights
 
 
 rule report:
@@ -18,6 +19,8 @@ rule report:
         captions=sorted(glob.glob(f"{workflow.basedir}/workflow/report/*.rst")),
         benchmarks=list(BENCHMARKS),
         curves=list(CURVES.values()),
+        # the report checks each exists and every row was made from the model the config now gives (--verify-models)
+        finals=FINALS,
         datasets=[f for d in REPORT_DOMAINS for f in dataset_files(d)],
         # ancient: `dvc add` rewrites it even when the data did not change (changed data reruns every job)
         dvc=[ancient("data.dvc")] if os.path.isfile("data.dvc") else [],
@@ -46,4 +49,4 @@ rule report:
         "sslstudy report --config {params.config} --out {output.html} --captions {params.captions}"
         " --frozen {params.frozen} --lowshot {input.lowshot} --supervised {input.supervised}"
         " --fusion {input.fusion} --clusters {params.clusters} --dense {params.dense} --curves {params.curves}"
-        " --benchmarks {params.benchmarks} --datasets {params.datasets} {params.dvc} 2> {log}"
+        " --benchmarks {params.benchmarks} --datasets {params.datasets} {params.dvc} --verify-models 2> {log}"

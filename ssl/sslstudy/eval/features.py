@@ -60,10 +60,11 @@ def probe_splits(ds: PackedDataset, cfg: dict) -> dict[str, np.ndarray]:
 
 
 class Features:
-    """Embeddings of dataset rows ``index`` (ascending), looked up by dataset index."""
+    """Embeddings of dataset rows ``index`` (ascending), looked up by dataset index; model_config: the
+    hash of the embedded model's config (sslstudy.provenance; "" when not known)."""
 
-    def __init__(self, x: np.ndarray, index: np.ndarray):
-        self.x, self.index = x, np.asarray(index, dtype=np.int64)
+    def __init__(self, x: np.ndarray, index: np.ndarray, model_config: str = ""):
+        self.x, self.index, self.model_config = x, np.asarray(index, dtype=np.int64), model_config
 
     @property
     def dim(self) -> int:
@@ -79,13 +80,13 @@ class Features:
     def save(self, path: str | Path) -> None:
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
-                np.savez(f, x=self.x, index=self.index)
+                np.savez(f, x=self.x, index=self.index, model_config=np.str_(self.model_config))
 
     @classmethod
     def load(cls, path: str | Path) -> "Features":
         try:
             with np.load(path) as z:
-                return cls(z["x"], z["index"])
+                return cls(z["x"], z["index"], str(z["model_config"]) if "model_config" in z.files else "")
         except (OSError, ValueError, KeyError) as e:
             raise UserError(
                 f"{path}: unreadable embedding cache ({type(e).__name__}); delete it and re-run its evaluate job"

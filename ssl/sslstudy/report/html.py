@@ -9,6 +9,7 @@ them in workflow/report/), and a link to the CSV it was drawn from. The page is 
 from __future__ import annotations
 
 import base64
+import functools
 import importlib.metadata as md
 import json
 import platform
@@ -19,7 +20,7 @@ import yaml
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
-from .. import stats
+from .. import provenance, stats
 from ..atomic import write_bytes
 from ..errors import UserError
 from . import comparisons, dvc, figures, findings, suspects, tables
@@ -99,6 +100,7 @@ KNOWN = {
     "model",
     "member",
     "dim",
+    provenance.COLUMN,
 }
 METRICS = ["knn", "linear"]  # what the report's tables show (every metric is in the CSVs)
 
@@ -291,6 +293,13 @@ def _data_figures(page: Page, datasets: dict[str, Path]) -> list[dict]:
     return out
 
 
+def _model_check(config: dict):
+    """provenance.check_finals now, and check(kind, table, path): provenance.check_rows of one table."""
+    provenance.check_finals(config)
+    hashes = provenance.expected(config)
+    return lambda kind, df, path: provenance.check_rows(kind, df, path, config, hashes)
+
+
 def build_report(
     inputs: dict[str, list[Path]],
     config: dict,
@@ -300,11 +309,15 @@ def build_report(
     benchmarks: list[tuple[str, Path]] = (),
     datasets: dict[str, Path] | None = None,
     data_dvc: Path | None = None,
+    verify_models: bool = False,
 ) -> None:
     """The page and tidy tables from the evaluation tables (inputs: kind -> CSVs) and the files named:
     curves (run id -> metrics.jsonl), benchmarks ((rule, TSV) of each job), datasets (evaluation
-    domain -> packed folder, drawn as contact sheets) and data_dvc (its hash is shown)."""
-    eval_tables = {k: tables.load(v) for k, v in inputs.items()}
+    domain -> packed folder, drawn as contact sheets) and data_dvc (its hash is shown). verify_models:
+    first check that every model of the config has its final.pt and every row was made from the model
+    the config now describes (sslstudy.provenance), else stop with one line."""
+    check = _model_check(config) if verify_models else None
+    eval_tables = {k: tables.load(v, functools.partial(check, k) if check else None) for k, v in inputs.items()}
     for kind in ("frozen", "dense"):  # random weights evaluated once per seed: every run's rows
         if kind in eval_tables:
             eval_tables[kind] = tables.share_random(eval_tables[kind], config, kind)

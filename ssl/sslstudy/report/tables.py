@@ -4,6 +4,7 @@ that each section of the report plots. Every function takes and returns plain Da
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
@@ -22,9 +23,14 @@ def require(paths, what: str) -> None:
         raise UserError(f"{missing[0]}: {what} missing; run the study (snakemake) to produce it")
 
 
-def load(paths: list[Path]) -> pd.DataFrame:
+def load(paths: list[Path], check: Callable[[pd.DataFrame, Path], None] | None = None) -> pd.DataFrame:
+    """The tables at paths as one; check(table, path), when given, sees each first (and may raise)."""
     require(paths, "evaluation table")
-    return pd.concat([pd.read_csv(p) for p in paths], ignore_index=True) if paths else pd.DataFrame()
+    frames = [pd.read_csv(p) for p in paths]
+    for df, p in zip(frames, paths):
+        if check:
+            check(df, p)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def share_random(df: pd.DataFrame, config: dict, kind: str) -> pd.DataFrame:

@@ -3,6 +3,8 @@
 # from checkpoints/last.pt.
 # Only final.pt is declared: Snakemake deletes the declared outputs of a killed or incomplete job, so
 # last.pt and the kept epNNN.pt (ep000.pt = the random weights) are not.
+# metrics.jsonl is a log: Snakemake keeps it when a job fails but deletes it before a job starts; last.pt
+# holds the record too, and a resumed run rewrites the file from it (sslstudy.run_record).
 
 
 rule pretrain:
@@ -13,7 +15,7 @@ rule pretrain:
         final=pattern(f"{names.RUN_DIR}/{names.FINAL}"),
     log:
         pattern(names.log("pretrain")),
-        # a log, not an output: Snakemake keeps it when a job fails, so a rerun resumes and appends
+        # a log, not an output (see above): the report reads it
         metrics=pattern(f"{names.RUN_DIR}/{names.METRICS}"),
     benchmark:
         pattern(names.benchmark("pretrain"))

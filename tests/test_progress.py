@@ -5,7 +5,7 @@ import re
 import sys
 
 from sslstudy import progress
-from sslstudy.forkserver import CPU_LINE
+from sslstudy.cpu_line import LINE as CPU_LINE
 
 START = """\
 Assuming unrestricted shared filesystem usage.

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import names
-from .forkserver import CPU_PATTERN
+from .cpu_line import PATTERN as CPU_PATTERN
 
 TAIL_LINES = 5  # the last lines of a failed job's log shown on the terminal
 DEFAULT_TARGET = "all"  # the Snakefile's target rule: no stage line of its own

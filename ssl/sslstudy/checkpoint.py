@@ -15,18 +15,13 @@ from pathlib import Path
 import torch
 
 from . import distributed, names
-from .atomic import atomic_path
+from .atomic import atomic_path, atomic_torch_save
 from .errors import UserError
 from .models import build_backbone
 
 log = logging.getLogger("sslstudy.checkpoint")
 
 BACKBONE = "backbone."  # the backbone's prefix in a Method's state_dict
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
 
 
 def save_full(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: dict, **extra) -> None:

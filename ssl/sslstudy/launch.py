@@ -363,7 +363,7 @@ def _tail(path: Path, n: int = 6) -> list[str]:
 
 def _last_error(message: str) -> str:
     lines = [ln.strip() for ln in message.splitlines() if ln.strip() and not set(ln.strip()) <= {"-"}]
-    errs = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception|Diverged|Collapsed)\b", ln)]
+    errs = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception|Diverged|Collapsed|DiskFull)\b", ln)]
     return "failed: " + (errs[-1] if errs else lines[0] if lines else "no message")[:300]
 
 

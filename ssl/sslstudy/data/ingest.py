@@ -35,7 +35,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from ..atomic import atomic_path, write_bytes
+from ..atomic import atomic_path, require_space, write_bytes
 from ..errors import UserError
 from ..names import IGNORE, META_FILE, ingest_report
 from .packed import load_dataset, write_dataset
@@ -282,7 +282,10 @@ def _decode_chunks(
                     bar.update(len(err))
                 decoded += hi - lo
                 extra = dict(masks=np.concatenate(masks)) if mask_refs else {}
-                with atomic_path(f) as tmp, open(tmp, "wb") as fh:
+                with (
+                    atomic_path(f, sum(a.nbytes for a in images + masks if a is not None)) as tmp,
+                    open(tmp, "wb") as fh,
+                ):
                     np.savez(fh, images=np.concatenate(images), errors=np.array(errors, dtype=str), **extra)
     finally:
         if pool is not None:
@@ -375,9 +378,11 @@ def ingest(
     n, n_failed = len(ok), int((~ok).sum())
     _check_failed(out, n_failed, n, max_failed)
 
-    images = np.lib.format.open_memmap(
-        work / "images.npy", mode="w+", dtype=np.uint8, shape=(int(ok.sum()), size, size, 3)
-    )
+    shape = (int(ok.sum()), size, size, 3)
+    # the work copy (a memory map: a full disk would be a SIGBUS there) and the packed folder beside it
+    need = 2 * int(np.prod(shape)) + (int(np.prod(shape[:3])) if listing.mask_reader else 0)
+    require_space(out.parent, need, out)
+    images = np.lib.format.open_memmap(work / "images.npy", mode="w+", dtype=np.uint8, shape=shape)
     masks = np.empty((int(ok.sum()), size, size, 1), dtype=np.uint8) if listing.mask_reader else None
     at = 0
     for f, lo in zip(chunks, range(0, n, CHUNK)):

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from sslstudy.errors import UserError
 from sslstudy.checkpoint import atomic_torch_save
+from sslstudy.errors import UserError
 
 from tests.helpers import BIN, natural_subset, tiny_spec
 

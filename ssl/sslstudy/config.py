@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 from pathlib import Path
 
 import jsonschema
 import yaml
 
 from .axes import check, method_pretrain
+from .data.levels import refuse_one_class
 from .errors import UserError
-from .names import IMAGES_FILE, SYNTH_ROOT, dataset_path
+from .names import IMAGES_FILE, META_FILE, SYNTH_ROOT, dataset_path
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 RENAMED = {  # old keys: their error names the new one
@@ -173,6 +175,8 @@ def check_datasets(config: dict) -> None:
         if d in config["data"].get("ingest", {}):
             continue  # the ingest rule writes it
         path = Path(dataset_path(config, d))
+        if (path / META_FILE).is_file():
+            _check_levels(path, d)
         if not (path / IMAGES_FILE).is_file():
             if d in config["data"].get("datasets", {}):
                 hint = f"ingest it (`sslstudy ingest <source> <path> --name {path.name}`) or fix data.datasets.{d}"
@@ -183,3 +187,19 @@ def check_datasets(config: dict) -> None:
             raise UserError(
                 f"{path}: no such dataset folder (domain {d!r} in study.domains); {hint}, or `dvc checkout data.dvc`"
             )
+
+
+def _check_levels(path: Path, domain: str) -> None:
+    """Every label level of a domain's packed folder has two or more classes (meta.json, read alone)."""
+    try:
+        meta = json.loads((path / META_FILE).read_text())
+        levels, classes = meta["levels"], meta["classes"]
+        refuse_one_class(
+            f"{path / META_FILE}: dataset {domain!r} (study.domains)",
+            levels,
+            classes,
+            drop=f"re-ingest it without that level (sslstudy ingest ... --name {path.name} --levels {{others}})",
+            more=f"re-ingest it from a collection of two or more classes (sslstudy ingest ... --name {path.name})",
+        )
+    except (ValueError, KeyError, TypeError):
+        return  # unreadable meta.json: the job that loads the folder says what is wrong with it

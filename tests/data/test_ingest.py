@@ -126,6 +126,43 @@ def test_hierarchy_file_errors_name_the_file_and_fix(folder, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_a_level_with_one_class_is_refused(tmp_path):
+    """A one-class collection once ingested and then scored 1.0 on every metric for any weights."""
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        replicas.save(replicas.noise_image(rng), tmp_path / "pets" / "cat" / f"{i}.png")
+    p = run(
+        [str(BIN / "sslstudy"), "ingest", "imagefolder", "pets", "--name", "pets", "--size", "16"],
+        cwd=tmp_path,
+        check=False,
+    )
+    assert p.returncode == 2 and p.stderr.strip().splitlines() == [
+        "sslstudy ingest: error: dataset pets (pets): level 'class' has one class ('cat'); a level with one class "
+        "is not a level: kNN, linear, NMI and ARI all score 1.0 on it, for any weights; ingest a collection with "
+        "images of two or more classes"
+    ]
+    assert not (tmp_path / "data").exists()
+
+    # two classes under one coarse class: the coarse level is the one-class level; the fix drops it
+    for i in range(6):
+        replicas.save(replicas.noise_image(rng), tmp_path / "pets" / "dog" / f"{i}.png")
+    (tmp_path / "tree.csv").write_text("class,kingdom\ncat,animal\ndog,animal\n")
+    with pytest.raises(UserError) as e:
+        ingest("imagefolder", tmp_path / "pets", tmp_path / "two", hierarchy=tmp_path / "tree.csv", progress=False)
+    assert "level 'kingdom' has one class ('animal')" in str(e.value)
+    assert str(e.value).endswith("leave it out: --levels class (data.ingest.two.levels in params)")
+    assert not (tmp_path / "two").exists()
+    ingest(
+        "imagefolder",
+        tmp_path / "pets",
+        tmp_path / "two",
+        hierarchy=tmp_path / "tree.csv",
+        levels=["class"],
+        progress=False,
+    )
+    assert load_dataset(tmp_path / "two").class_names("class") == ["cat", "dog"]
+
+
 # --------------------------------------------------------------------------- CIFAR-100
 
 

@@ -131,6 +131,44 @@ def test_snakemake_rejects_bad_config_before_any_job(tmp_path, tiny_data, extra,
     assert not (wf / "results").exists()
 
 
+def test_snakemake_refuses_a_dataset_with_a_one_class_level(tmp_path, tiny_data):
+    """A packed domain whose coarse level has one class: refused before any job, naming it and the fix."""
+    import numpy as np
+    import pandas as pd
+    from sslstudy.data.packed import write_dataset
+
+    n = 12
+    labels = pd.DataFrame(dict(index=range(n), split=["train", "val", "test"] * 4, domain="solo"))
+    labels["kingdom"], labels["class"] = 0, [0, 1] * 6
+    meta = dict(
+        name="solo",
+        levels=["kingdom", "class"],
+        classes=dict(kingdom=["animal"], **{"class": ["cat", "dog"]}),
+        parents=dict(**{"class": [0, 0]}),
+        image_size=8,
+        n_images=n,
+        source={},
+    )
+    write_dataset(tmp_path / "solo", np.zeros((n, 8, 8, 3), np.uint8), labels, meta)
+    (tmp_path / "wf").mkdir()
+    wf = copy_workflow(tmp_path / "wf")
+    data = f"data={{'root': '{tiny_data}', 'datasets': {{'solo': '{tmp_path / 'solo'}'}}}}"
+    study = "study={'methods': ['simclr'], 'domains': ['natural', 'solo']}"
+    p = run(
+        ["snakemake", "-n", "--config", data, study, "domain={'evaluate_on': ['natural', 'aerial']}"],
+        cwd=wf,
+        check=False,
+    )
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
+    assert lines == [
+        f"error: {tmp_path / 'solo/meta.json'}: dataset 'solo' (study.domains): level 'kingdom' has one class "
+        "('animal'); a level with one class is not a level: kNN, linear, NMI and ARI all score 1.0 on it, for any "
+        "weights; re-ingest it without that level (sslstudy ingest ... --name solo --levels class)"
+    ], p.stderr
+    assert not (wf / "results").exists()
+
+
 def test_command_line_strings_get_schema_types():
     from sslstudy.config import validate
 

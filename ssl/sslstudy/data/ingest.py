@@ -38,6 +38,7 @@ from tqdm import tqdm
 from ..atomic import atomic_path, require_space, write_bytes
 from ..errors import UserError
 from ..names import IGNORE, META_FILE, ingest_report
+from .levels import refuse_one_class
 from .packed import load_dataset, write_dataset
 from .sources import SOURCES, scanner
 from .sources.hierarchy import build_tables
@@ -338,6 +339,13 @@ def ingest(
     t0 = time.perf_counter()
     listing = scanner(source)(Path(root), **{k: v for k, v in given.items() if k in takes and v is not None})
     p = plan(listing, levels, val_fraction, test_fraction, seed, max_per_class)
+    refuse_one_class(
+        f"dataset {out.name} ({root})",
+        p["levels"],
+        p["classes"],
+        drop=f"leave it out: --levels {{others}} (data.ingest.{out.name}.levels in params)",
+        more="ingest a collection with images of two or more classes",
+    )
     options = dict(
         source=source,
         size=size,

@@ -16,6 +16,7 @@ import torch
 
 from . import distributed, names
 from .atomic import atomic_path, atomic_torch_save
+from .divergence import resumes_with_lower_lr
 from .errors import UserError
 from .models import build_backbone
 
@@ -66,7 +67,8 @@ def resume_state(run_dir: Path, cfg: dict) -> dict | None:
     state = load_checkpoint(path) if path.is_file() else None
     distributed.barrier()
     stale = []
-    if state is not None and _same_run(state.get("config") or {}) != _same_run(cfg):
+    old = _same_run(state.get("config") or {}) if state is not None else None
+    if state is not None and old != _same_run(cfg) and not resumes_with_lower_lr(run_dir, old, _same_run(cfg)):
         log.info("checkpoints in %s were made with another config; starting over", run_dir)
         state, stale = None, list(ckpts.glob("*.pt"))
     metrics = run_dir / names.METRICS

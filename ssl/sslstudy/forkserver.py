@@ -226,11 +226,16 @@ def _work(request: dict, fds: list[int], command: Callable[[list[str]], int]) ->
         code = command(request["argv"])
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except BaseException as e:  # noqa: BLE001 - printed as an uncaught exception would be
+    except KeyboardInterrupt:  # before the command's own handling (cli.main) began
+        from .errors import INTERRUPTED
+
+        print(f"sslstudy: {INTERRUPTED}", file=sys.stderr)
+        code = 128 + signal.SIGINT
+    except BaseException:  # noqa: BLE001 - printed as an uncaught exception would be
         import traceback
 
         traceback.print_exc()
-        code = 128 + signal.SIGINT if isinstance(e, KeyboardInterrupt) else 1
+        code = 1
     finally:
         _exit(code)
 

@@ -110,8 +110,8 @@ def _worker_of(server_proc, cwd: Path) -> psutil.Process:
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
 def test_a_stopped_client_stops_its_worker(server, tiny_data, subset192, tmp_path, how):
     """SIGTERM and SIGINT to the client are forwarded (the client exits as its worker did: 128 + the
-    signal, as a shell reports it); a client killed outright (SIGKILL: nothing forwarded) takes the
-    worker with it."""
+    signal, as a shell reports it; the job's log holds no traceback, and after Ctrl-C one line); a
+    client killed outright (SIGKILL: nothing forwarded) takes the worker with it."""
     proc, path = server
     spec = json.dumps(tiny_spec(tiny_data / "natural", subset192, epochs=50, batch_size=16))
     env = dict(os.environ, OMP_NUM_THREADS="1", **{forkserver.ENV: path})
@@ -128,7 +128,7 @@ def test_a_stopped_client_stops_its_worker(server, tiny_data, subset192, tmp_pat
         ],
         cwd=tmp_path,
         env=env,
-        stderr=subprocess.DEVNULL,
+        stderr=(tmp_path / "job.log").open("w"),
     )
     worker = _worker_of(proc, tmp_path)
     wait_for(lambda: (tmp_path / "run/checkpoints/ep001.pt").exists(), "training", timeout=120)
@@ -136,6 +136,10 @@ def test_a_stopped_client_stops_its_worker(server, tiny_data, subset192, tmp_pat
     assert client.wait(30) == (-signal.SIGKILL if how == signal.SIGKILL else 128 + how)
     wait_for(lambda: not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE, "the worker to stop", 30)
     assert not (tmp_path / "run/final.pt").exists()
+    log = (tmp_path / "job.log").read_text()
+    assert "Traceback" not in log, log
+    if how == signal.SIGINT:
+        assert log.splitlines()[-2] == "sslstudy pretrain: interrupted; rerun resumes", log
 
 
 def test_the_server_runs_the_command_it_was_started_with(tmp_path, capfd):

@@ -157,13 +157,21 @@ def load(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such params file; pass an existing one (e.g. params/study.yaml)")
+    return validate(read_yaml(path) or {}, str(path))
+
+
+def read_yaml(path: str | Path):
+    """A params file parsed; a syntax error is one UserError line: file:line:column, the problem and
+    where the construct it breaks opened (Snakemake's own message for it names neither file nor line)."""
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(Path(path).read_text())
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark else ""
-        raise UserError(f"{path}:{line} is not valid YAML; fix the syntax") from None
-    return validate(raw, str(path))
+        mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None) or str(e).splitlines()[0]
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        context, opened = getattr(e, "context", None), getattr(e, "context_mark", None)
+        if context:
+            problem += f" ({context}" + (f" at {opened.line + 1}:{opened.column + 1}" if opened else "") + ")"
+        raise UserError(f"{where}: not valid YAML: {problem}; fix the syntax there") from None
 
 
 def check_datasets(config: dict) -> None:

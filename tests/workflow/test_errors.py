@@ -169,6 +169,21 @@ def test_snakemake_refuses_a_dataset_with_a_one_class_level(tmp_path, tiny_data)
     assert not (wf / "results").exists()
 
 
+def test_a_yaml_syntax_error_names_the_file_line_and_column(tmp_path, capsys):
+    """Snakemake's own message for it ("Config file is not valid JSON or YAML") names neither."""
+    wf = copy_workflow(tmp_path)
+    params = wf / "params/study.yaml"
+    params.write_text("study: {methods: [simclr], domains: [natural]}\npretrain:\n  epochs: [3\n  batch_size: 32\n")
+    line = (
+        "params/study.yaml:4:13: not valid YAML: expected ',' or ']', but got ':' (while parsing a flow "
+        "sequence at 3:11); fix the syntax there"
+    )
+    p = run(["snakemake", "-n"], cwd=wf, check=False)
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert [ln for ln in p.stderr.splitlines() if ln.startswith("error:")] == [f"error: {line}"], p.stderr
+    assert one_line_error(capsys, ["validate", str(params)]) == f"sslstudy validate: error: {params}{line[17:]}"
+
+
 def test_command_line_strings_get_schema_types():
     from sslstudy.config import validate
 

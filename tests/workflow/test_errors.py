@@ -119,6 +119,15 @@ def test_corrupt_image_array(tiny_data, tmp_path, capsys):
             "study={'methods': ['simclr'], 'domains': ['natural'], 'seeds': [0, 0]}",
             "study.seeds: [0, 0] has non-unique elements",
         ),
+        (
+            "study={'methods': ['simclr', 'mocco'], 'domains': ['natural']}",
+            "unknown method 'mocco' in study.methods (did you mean moco?); the methods are barlow, byol, deepcluster, "
+            "densecl, moco, pcl, simclr, swav",
+        ),
+        (
+            "quantity={'methods': ['simclr', 'xyz']}",
+            "unknown method 'xyz' in quantity.methods; the methods are barlow, byol,",
+        ),
     ],
 )
 def test_snakemake_rejects_bad_config_before_any_job(tmp_path, tiny_data, extra, needle):

@@ -193,6 +193,44 @@ def test_a_yaml_syntax_error_names_the_file_line_and_column(tmp_path, capsys):
     assert one_line_error(capsys, ["validate", str(params)]) == f"sslstudy validate: error: {params}{line[17:]}"
 
 
+def test_a_failed_job_s_one_line_reaches_the_terminal_under_quiet_rules(tmp_path, tiny_data):
+    """`--quiet rules` hides the failed job's log (and --show-failed-logs with it): the workflow's
+    onerror prints the job's one-line error with its log's path."""
+    wf = copy_workflow(tmp_path)
+    (wf / "tiny.yaml").write_text(
+        "study: {methods: [simclr], domains: [natural], subsets: [64], seeds: [0]}\n"
+        "pretrain: {epochs: 2, batch_size: 1024, threads: 1, backbone: {arch: cnn4, width: 4}, views: {size: 32}}\n"
+        f"data: {{root: '{tiny_data}'}}\ndomain: {{evaluate_on: [natural]}}\n"
+    )
+    target = "results/runs/simclr/natural_n64_clean/seed0/final.pt"
+    p = run(["snakemake", target, "--cores", "1", "--configfile", "tiny.yaml", "--quiet", "rules"], cwd=wf, check=False)
+    assert p.returncode != 0
+    assert (
+        "logs/pretrain/simclr/natural_n64_clean/seed0.log: sslstudy pretrain: error: "
+        "results/subsets/natural/seed0/n64.npy: 64 images, fewer than one batch of 1024; lower "
+        "methods.simclr.batch_size, else pretrain.batch_size"
+    ) in p.stderr.splitlines(), p.stderr
+
+
+def test_failed_job_lines_reads_only_this_run_s_logs(tmp_path):
+    import os
+    import time
+
+    from sslstudy.errors import failed_job_lines
+
+    logs = tmp_path / "logs"
+    (logs / "a").mkdir(parents=True)
+    (logs / "a/old.log").write_text("sslstudy subset: error: from an earlier run\n")
+    os.utime(logs / "a/old.log", (0, 0))
+    (logs / "a/ok.log").write_text("2026 INFO done\n")
+    (logs / "a/mine.log").write_text("x\nsslstudy evaluate: error: first\nsslstudy evaluate: error: last\ncpu line\n")
+    (logs / "crash.log").write_text('Traceback (most recent call last):\n  File "x"\nValueError: boom\n')
+    assert failed_job_lines(logs, time.time() - 60) == [
+        f"{logs / 'a/mine.log'}: sslstudy evaluate: error: last",
+        f"{logs / 'crash.log'}: ValueError: boom",
+    ]
+
+
 def test_command_line_strings_get_schema_types():
     from sslstudy.config import validate
 

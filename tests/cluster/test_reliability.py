@@ -60,11 +60,10 @@ def test_stopped_launcher_stops_its_local_job_and_the_rerun_resumes(tiny_data, s
 
 
 @pytest.mark.parametrize("executor", ["inline", "local"])
-def test_ctrl_c_ends_a_job_with_one_line_and_the_rerun_resumes(tiny_data, tmp_path, executor):
+def test_ctrl_c_ends_a_job_with_one_line_and_the_rerun_resumes(tiny_data, subset192, tmp_path, executor):
     """Ctrl-C (SIGINT) to a pretraining job's command: its log (stderr) ends with one line, no
     traceback, exit status 130 as a shell reports SIGINT; the rerun resumes from the last checkpoint."""
-    natural_subset(tiny_data, tmp_path / "subset.npy", 192)
-    spec = tiny_spec(tiny_data / "natural", tmp_path / "subset.npy", epochs=8, batch_size=16)
+    spec = tiny_spec(tiny_data / "natural", subset192, epochs=8, batch_size=16)
     run_dir = tmp_path / "run"
     launch = dict(executor=executor, poll_s=1, pretrain=dict(time_min=10))
     cmd = [str(BIN / "sslstudy"), "pretrain", "--run-dir", str(run_dir), "--spec", json.dumps(spec)]

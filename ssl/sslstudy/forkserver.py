@@ -18,7 +18,7 @@ that its parent ended: prctl PR_SET_PDEATHSIG), so no trainer runs on after a ki
 The command the server runs is named when it starts (ENTRY, "module:function", default the
 `sslstudy` console script's sslstudy.cli:main): the server imports it with the preloaded modules and
 each worker calls it with the job's argv, so this module imports nothing of the command layer. It
-imports only the standard library (and sslstudy.cpu_line and sslstudy.errors, which do too): the client side runs
+imports only the standard library (and sslstudy.cpu_line, which does too): the client side runs
 before anything else.
 """
 
@@ -279,16 +279,11 @@ def _work(request: dict, fds: list[int], command: Callable[[list[str]], int]) ->
         code = command(request["argv"])
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except KeyboardInterrupt:  # before the command's own handling (cli.main) began
-        from .errors import INTERRUPTED
-
-        print(f"sslstudy: {INTERRUPTED}", file=sys.stderr)
-        code = 128 + signal.SIGINT
-    except BaseException:  # noqa: BLE001 - printed as an uncaught exception would be
+    except BaseException as e:  # noqa: BLE001 - printed as an uncaught exception would be
         import traceback
 
         traceback.print_exc()
-        code = 1
+        code = 128 + signal.SIGINT if isinstance(e, KeyboardInterrupt) else 1
     finally:
         _exit(code)
 

@@ -90,7 +90,8 @@ def test_imagenet_layout_keeps_its_splits_and_resizes_shorter_side_then_centre(t
                 replicas.save(replicas.noise_image(rng), tmp_path / "imnet" / split / wnid / f"{wnid}_{i}.JPEG")
     wide = replicas.noise_image(rng, 40, 80)
     replicas.save(wide, tmp_path / "imnet" / "train" / "n01440764" / "wide.png")
-    (tmp_path / "h.csv").write_text("wnid,group\nn01440764,fish\nn01443537,fish\nn09999999,rock\n")
+    # two groups (a one-class level is refused); rock has no images and is left out
+    (tmp_path / "h.csv").write_text("wnid,group\nn01440764,fish\nn01443537,shark\nn09999999,rock\n")
     ingest(
         "imagenet",
         tmp_path / "imnet",
@@ -101,7 +102,7 @@ def test_imagenet_layout_keeps_its_splits_and_resizes_shorter_side_then_centre(t
         workers=1,
     )
     ds = load_dataset(tmp_path / "data" / "imnet")
-    assert ds.levels == ["group", "wnid"] and ds.class_names("group") == ["fish"]
+    assert ds.levels == ["group", "wnid"] and ds.class_names("group") == ["fish", "shark"]
     split_of = dict(zip(ds.labels["file"], ds.labels["split"]))
     assert {s for f, s in split_of.items() if f.startswith("train/")} == {"train"}
     assert {s for f, s in split_of.items() if f.startswith("val/")} == {"test"}  # val is ImageNet's test set

@@ -1,9 +1,21 @@
 # sslstudy: when does self-supervised visual representation learning work?
 # The table of contents; each stage lives in workflow/rules/. Config: params/study.yaml
 # (validated against workflow/schemas/config.schema.yaml before any job runs).
+import os
+import sys
+
 from snakemake.utils import min_version
 
+from sslstudy.config import read_yaml
+from sslstudy.errors import UserError
+
 min_version("9.0")
+
+try:  # a YAML syntax error: file, line and column (Snakemake's own message names neither)
+    if os.path.isfile("params/study.yaml"):
+        read_yaml("params/study.yaml")
+except UserError as e:
+    sys.exit(f"error: {e}")
 
 
 configfile: "params/study.yaml"

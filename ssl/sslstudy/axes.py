@@ -8,6 +8,7 @@ Axes other than quantity use each domain's *reference* subset: the largest of ``
 from __future__ import annotations
 
 import copy
+import difflib
 
 from .errors import UserError
 from .names import (
@@ -367,11 +368,22 @@ def check(config: dict, source: str = "params") -> list[str]:
     for d in sorted(plain):
         if POOL_SEP in d or "_" in d:
             raise UserError(f"{source}: domain name {d!r} may not contain '+' or '_' (they separate pools and run ids)")
-    methods = {r["method"] for r in ssl_runs(config)}
-    missing = sorted(m for m in methods if m not in config["methods"])
-    if missing:
-        raise UserError(f"{source}: method(s) {', '.join(missing)} have no hyper-parameters under methods:; add them")
+    _check_method_names(config, source)
     return sorted(plain)
+
+
+def _check_method_names(config: dict, source: str) -> None:
+    """Every method an axis names is one of the schema's (methods:, all filled in by config.validate);
+    else one line naming it, where it is named, the closest known name and all of them."""
+    known = sorted(config["methods"])
+    lists = [("study.methods", config["study"]["methods"])]
+    lists += [(f"{k}.methods", v.get("methods")) for k, v in config.items() if isinstance(v, dict) and k != "study"]
+    for key, methods in lists:
+        for m in methods if isinstance(methods, list) else []:
+            if m not in known:
+                close = difflib.get_close_matches(m, known, n=1)
+                guess = f" (did you mean {close[0]}?)" if close else ""
+                raise UserError(f"{source}: unknown method {m!r} in {key}{guess}; the methods are {', '.join(known)}")
 
 
 METHOD_PRETRAIN = ("batch_size", "epochs")  # the pretrain settings a method may override

@@ -15,18 +15,14 @@ from pathlib import Path
 import torch
 
 from . import distributed, names, provenance, run_record
-from .atomic import atomic_path
+from .atomic import atomic_torch_save
+from .divergence import resumes_with_lower_lr
 from .errors import UserError
 from .models import build_backbone
 
 log = logging.getLogger("sslstudy.checkpoint")
 
 BACKBONE = "backbone."  # the backbone's prefix in a Method's state_dict
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
 
 
 def save_full(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: dict, **extra) -> None:
@@ -71,7 +67,8 @@ def resume_state(run_dir: Path, cfg: dict) -> dict | None:
     state = load_checkpoint(path) if path.is_file() else None
     distributed.barrier()
     stale = []
-    if state is not None and _same_run(state.get("config") or {}) != _same_run(cfg):
+    old = _same_run(state.get("config") or {}) if state is not None else None
+    if state is not None and old != _same_run(cfg) and not resumes_with_lower_lr(run_dir, old, _same_run(cfg)):
         log.info("checkpoints in %s were made with another config; starting over", run_dir)
         state, stale = None, list(ckpts.glob("*.pt"))
     if distributed.rank() == 0:

@@ -6,11 +6,12 @@ import argparse
 import functools
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
 from . import names
-from .errors import UserError
+from .errors import INTERRUPTED, UserError
 from .names import parse_labels_tag
 
 
@@ -682,6 +683,16 @@ def _strip_launch(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `sslstudy` command: 0, 2 with one line on a UserError, 130 with one line on Ctrl-C (SIGINT)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        cmd = " ".join(["sslstudy", *(sys.argv[1:] if argv is None else argv)[:1]])
+        print(f"{cmd}: {INTERRUPTED}", file=sys.stderr)
+        return 128 + signal.SIGINT
+
+
+def _main(argv: list[str] | None) -> int:
     if argv is None:  # the console command: in the study's fork server if one answers (sslstudy.forkserver)
         from .forkserver import run
 

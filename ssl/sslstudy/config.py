@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 from pathlib import Path
 
 import jsonschema
 import yaml
 
 from .axes import check, method_pretrain
+from .data.levels import refuse_one_class
 from .errors import UserError
-from .names import IMAGES_FILE, SYNTH_ROOT, dataset_path
+from .names import IMAGES_FILE, META_FILE, SYNTH_ROOT, dataset_path
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 RENAMED = {  # old keys: their error names the new one
@@ -155,13 +157,21 @@ def load(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such params file; pass an existing one (e.g. params/study.yaml)")
+    return validate(read_yaml(path) or {}, str(path))
+
+
+def read_yaml(path: str | Path):
+    """A params file parsed; a syntax error is one UserError line: file:line:column, the problem and
+    where the construct it breaks opened (Snakemake's own message for it names neither file nor line)."""
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(Path(path).read_text())
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark else ""
-        raise UserError(f"{path}:{line} is not valid YAML; fix the syntax") from None
-    return validate(raw, str(path))
+        mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None) or str(e).splitlines()[0]
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        context, opened = getattr(e, "context", None), getattr(e, "context_mark", None)
+        if context:
+            problem += f" ({context}" + (f" at {opened.line + 1}:{opened.column + 1}" if opened else "") + ")"
+        raise UserError(f"{where}: not valid YAML: {problem}; fix the syntax there") from None
 
 
 def check_datasets(config: dict) -> None:
@@ -173,6 +183,8 @@ def check_datasets(config: dict) -> None:
         if d in config["data"].get("ingest", {}):
             continue  # the ingest rule writes it
         path = Path(dataset_path(config, d))
+        if (path / META_FILE).is_file():
+            _check_levels(path, d)
         if not (path / IMAGES_FILE).is_file():
             if d in config["data"].get("datasets", {}):
                 hint = f"ingest it (`sslstudy ingest <source> <path> --name {path.name}`) or fix data.datasets.{d}"
@@ -183,3 +195,19 @@ def check_datasets(config: dict) -> None:
             raise UserError(
                 f"{path}: no such dataset folder (domain {d!r} in study.domains); {hint}, or `dvc checkout data.dvc`"
             )
+
+
+def _check_levels(path: Path, domain: str) -> None:
+    """Every label level of a domain's packed folder has two or more classes (meta.json, read alone)."""
+    try:
+        meta = json.loads((path / META_FILE).read_text())
+        levels, classes = meta["levels"], meta["classes"]
+        refuse_one_class(
+            f"{path / META_FILE}: dataset {domain!r} (study.domains)",
+            levels,
+            classes,
+            drop=f"re-ingest it without that level (sslstudy ingest ... --name {path.name} --levels {{others}})",
+            more=f"re-ingest it from a collection of two or more classes (sslstudy ingest ... --name {path.name})",
+        )
+    except (ValueError, KeyError, TypeError):
+        return  # unreadable meta.json: the job that loads the folder says what is wrong with it

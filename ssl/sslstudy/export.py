@@ -24,7 +24,7 @@ import yaml
 from safetensors.torch import save_file
 
 from . import __version__, names
-from .atomic import atomic_path, write_bytes
+from .atomic import atomic_path, tensor_bytes, write_bytes
 from .augment import MEAN, STD
 from .checkpoint import load_backbone, load_checkpoint
 from .errors import UserError
@@ -114,7 +114,7 @@ def export(run: Path, out: Path, epoch: int | None = None, data_dvc: Path | None
     backbone, cfg = load_backbone(src)
     tensors = state_dict(backbone)
     info = describe(cfg, arch, int(state.get("epoch", cfg.get("epochs", 0))), backbone.out_dim, data_md5(data_dvc), src)
-    with atomic_path(out / WEIGHTS) as tmp:
+    with atomic_path(out / WEIGHTS, tensor_bytes(tensors)) as tmp:
         save_file(tensors, str(tmp), metadata=dict(architecture=arch, key_names=info["key_names"]))
     write_bytes(out / CONFIG, (json.dumps(info, indent=2) + "\n").encode())
     return out

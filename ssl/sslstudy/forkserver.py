@@ -10,7 +10,10 @@ its fork with it. Where no server answers, the command runs in its own process a
 
 One supervisor per connection (a fork of the server) forks the worker, reports its pid and exit
 status, and kills it if the client goes away; the server itself stays single-threaded, imports but
-never computes (so no thread pool exists at fork time), and exits with its parent.
+never computes (so no thread pool exists at fork time), and exits with its parent. Its jobs end with
+it: a server that exits (its parent gone, even by SIGKILL, or SIGTERM) stops its supervisors, and a
+supervisor stopped or killed stops its worker's process group (on Linux the kernel tells each of them
+that its parent ended: prctl PR_SET_PDEATHSIG), so no trainer runs on after a killed Snakemake.
 
 The command the server runs is named when it starts (ENTRY, "module:function", default the
 `sslstudy` console script's sslstudy.cli:main): the server imports it with the preloaded modules and
@@ -51,7 +54,8 @@ PRELOAD = (
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")  # what Snakemake sets per job
 _HEADER = struct.Struct("!Q")
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-KILL_GRACE_S = 10  # after the client is gone: SIGTERM, then SIGKILL this much later
+KILL_GRACE_S = 10  # after the client or the server is gone: SIGTERM, then SIGKILL this much later
+_PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 # ----------------------------------------------------------------------------- client
@@ -115,6 +119,7 @@ def serve(path: str, entry: str = ENTRY, preload: tuple[str, ...] = PRELOAD, pol
     module, _, function = entry.partition(":")
     command = getattr(importlib.import_module(module), function)
     parent = os.getppid()
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # the finally below runs
     tmp = f"{path}.{os.getpid()}.tmp"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(tmp)
@@ -125,10 +130,11 @@ def serve(path: str, entry: str = ENTRY, preload: tuple[str, ...] = PRELOAD, pol
         while os.getppid() == parent:
             if select.select([listener], [], [], poll_s)[0]:
                 conn, _ = listener.accept()
+                server = os.getpid()
                 pid = os.fork()
                 if pid == 0:
                     listener.close()
-                    _supervise(conn, command)  # never returns
+                    _supervise(conn, command, server)  # never returns
                 conn.close()
                 children.add(pid)
             for pid in list(children):
@@ -140,12 +146,33 @@ def serve(path: str, entry: str = ENTRY, preload: tuple[str, ...] = PRELOAD, pol
             os.unlink(path)
         except FileNotFoundError:
             pass
+        for pid in children:  # each stops its worker (see _wait)
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
 
 
-def _supervise(conn: socket.socket, command: Callable[[list[str]], int]) -> None:
+def _die_with(parent: int) -> None:
+    """SIGTERM to this process when `parent` (the process that forked it) ends (Linux: prctl
+    PR_SET_PDEATHSIG; elsewhere the server's SIGTERM to its supervisors still applies); exits at once
+    if it has already ended."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _supervise(conn: socket.socket, command: Callable[[list[str]], int], server: int) -> None:
     """In a fork of the server: read one request, fork its worker, report pid and exit status."""
     code = 0
     try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # until its worker runs (then _wait's handler)
+        _die_with(server)
         header, fds, _, _ = socket.recv_fds(conn, _HEADER.size, 3)
         (size,) = _HEADER.unpack(header)
         body = b""
@@ -155,9 +182,11 @@ def _supervise(conn: socket.socket, command: Callable[[list[str]], int]) -> None
                 raise ConnectionError("client went away")
             body += chunk
         request = json.loads(body)
+        supervisor = os.getpid()
         pid = os.fork()
         if pid == 0:
             conn.close()
+            _die_with(supervisor)
             _work(request, fds, command)  # never returns
         for fd in fds:
             os.close(fd)
@@ -171,18 +200,41 @@ def _supervise(conn: socket.socket, command: Callable[[list[str]], int]) -> None
         os._exit(code)
 
 
+class _ServerGone(Exception):
+    """SIGTERM to a supervisor: its server ended (or was told to); its worker must end too."""
+
+
+def _server_gone(signum, frame):
+    raise _ServerGone
+
+
 def _wait(pid: int, conn: socket.socket) -> tuple[int, float] | None:
     """The worker's exit status (128 + N when signal N ended it) and CPU seconds (its own and its
-    waited-for children's); None if the client went away first: the worker's group is then terminated."""
+    waited-for children's); None if the client went away first: the worker's group is then terminated.
+    When the server goes (SIGTERM), the worker's group gets SIGTERM, then SIGKILL after KILL_GRACE_S,
+    and its status goes to the client as usual."""
     exited = os.pidfd_open(pid)
+    kill_at = None  # once the server went: when to SIGKILL a worker still running (None again once sent)
+    stopping = False
+    signal.signal(signal.SIGTERM, _server_gone)
     while True:
-        ready = select.select([conn, exited], [], [])[0]
+        try:
+            wait_s = None if kill_at is None else max(0.0, kill_at - time.time())
+            ready = select.select([conn, exited], [], [], wait_s)[0]
+        except _ServerGone:
+            if not stopping:
+                stopping, kill_at = True, time.time() + KILL_GRACE_S
+                _forward(pid, signal.SIGTERM)
+            continue
         if exited in ready:
             _, wait_status, usage = os.wait4(pid, 0)
             return _status(wait_status), usage.ru_utime + usage.ru_stime
-        if not conn.recv(1):  # the client is gone (its job was killed): so goes the worker
+        if conn in ready and not conn.recv(1):  # the client is gone (its job was killed): so goes the worker
             _terminate(pid)
             return None
+        if kill_at is not None and time.time() >= kill_at:
+            _forward(pid, signal.SIGKILL)
+            kill_at = None
 
 
 def _status(wait_status: int) -> int:
@@ -191,6 +243,7 @@ def _status(wait_status: int) -> int:
 
 
 def _terminate(pid: int) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # already stopping it: a server going away changes nothing
     _forward(pid, signal.SIGTERM)
     deadline = time.time() + KILL_GRACE_S
     while time.time() < deadline:
@@ -300,10 +353,20 @@ def start(log: str, entry: str = ENTRY, wait_s: float = 120) -> str | None:
 
 
 if __name__ == "__main__":
+    status = 0
     try:
         serve(*sys.argv[1:3])  # the socket's path and, if given, the entry point
+    except SystemExit as e:  # SIGTERM
+        status = e.code if isinstance(e.code, int) else 1
+    except BaseException:  # noqa: BLE001 - into the server's log
+        import traceback
+
+        traceback.print_exc()
+        status = 1
     finally:
         try:
             os.rmdir(os.path.dirname(sys.argv[1]))  # start()'s folder, empty now
         except OSError:
             pass
+        sys.stderr.flush()
+        os._exit(status)  # no interpreter shutdown: with torch loaded it takes seconds, and the server holds no state

@@ -252,7 +252,8 @@ def run_job(
             except UserError as e:
                 log.warning("previous job failed, submitting again: %s", e)
         with _cancel_local_on_exit(launch) as started:
-            job = executor(folder, launch, threads, name=job_name(folder), kind=kind).submit(fn)
+            with _controller_stderr(launch, folder):
+                job = executor(folder, launch, threads, name=job_name(folder), kind=kind).submit(fn)
             started(job)
             log.info("submitted %s job %s for %s", launch["executor"], job.job_id, what)
             write_bytes(
@@ -280,6 +281,8 @@ def _cancel_local_on_exit(launch: dict) -> Iterator:
     def stop(signum, frame):
         for job in submitted:
             job.cancel()
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt  # Ctrl-C: the command's one line (cli.main)
         sys.exit(128 + signum)
 
     old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
@@ -295,6 +298,28 @@ def _cancel_local_on_exit(launch: dict) -> Iterator:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+@contextmanager
+def _controller_stderr(launch: dict, folder: Path) -> Iterator[None]:
+    """submitit's local controller (the process that runs a local job) inherits the launcher's stderr,
+    the rule's log, and writes a KeyboardInterrupt traceback there when Ctrl-C or a cancel stops it:
+    it starts with stderr in submitit/controller.err instead."""
+    if launch["executor"] != "local":
+        yield
+        return
+    path = folder / "submitit" / "controller.err"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(path, "ab") as err:
+            os.dup2(err.fileno(), 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _wait(job, launch: dict, what: str, kind: str):
@@ -363,7 +388,7 @@ def _tail(path: Path, n: int = 6) -> list[str]:
 
 def _last_error(message: str) -> str:
     lines = [ln.strip() for ln in message.splitlines() if ln.strip() and not set(ln.strip()) <= {"-"}]
-    errs = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception|Diverged|Collapsed)\b", ln)]
+    errs = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception|Diverged|Collapsed|DiskFull)\b", ln)]
     return "failed: " + (errs[-1] if errs else lines[0] if lines else "no message")[:300]
 
 

@@ -24,6 +24,7 @@ from .data.packed import load_dataset
 from .data.prefetch import Prefetcher, views_ahead
 from .data.subsets import load_indices
 from .device import choose_device, choose_precision
+from .divergence import clear_divergence, nonfinite_checkpoint, record_divergence
 from .errors import UserError
 from .eval.features import embed
 from .health import collapse_check, embedding_health, trivial_info, trivial_loss
@@ -37,7 +38,7 @@ log = logging.getLogger("sslstudy.train")
 
 
 class Diverged(UserError):
-    """The loss stopped being finite."""
+    """The loss, the embeddings or a tensor about to be checkpointed stopped being finite (sslstudy.divergence)."""
 
 
 class Collapsed(UserError):
@@ -89,7 +90,9 @@ def train(cfg: dict, run_dir: str | Path, stop_after: int | None = None) -> Path
     training images (health.embedding_health) and the method's trivial loss to metrics.jsonl;
     when health.collapse_check says collapsed, the record gets collapsed/collapse_reason, train.log
     the reason (once per collapse) and, with cfg on_collapse "stop", Collapsed is raised once the
-    epoch's checkpoints are saved. Non-finite embeddings raise Diverged, as a non-finite loss does.
+    epoch's checkpoints are saved. Non-finite embeddings raise Diverged, as a non-finite loss does, and
+    so does a non-finite value in the state about to be checkpointed (sslstudy.divergence): a rerun with
+    a lower lr resumes from the last finite checkpoint.
 
     stop_after: stop (raising Stopped) once this many steps are done in this call, as a
     preemption would; SIGUSR2 (SLURM's preemption/timeout warning) does the same at the next step
@@ -276,8 +279,9 @@ class _Trainer:
         self.batches.after_forward()  # the forward has drawn its random numbers: the next batch's views may be
         if not torch.isfinite(loss):
             raise Diverged(
-                f"{self.run_dir}: loss is {loss.item()} at epoch {pos.epoch + 1} step {pos.it}; "
-                f"lower pretrain.optim.lr (now {self.cfg['optim']['lr']}) in params"
+                record_divergence(
+                    self.run_dir, self.cfg, f"loss is {loss.item()} at epoch {pos.epoch + 1} step {pos.it}"
+                )
             )
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -292,6 +296,8 @@ class _Trainer:
 
     def _stop(self, gen_state: torch.Tensor) -> None:
         pos = self.pos
+        if line := nonfinite_checkpoint(self.model, self.opt, self.run_dir, self.cfg, f"at epoch {pos.epoch + 1}"):
+            raise Diverged(line)
         self._save_last(gen_state)
         log.info("stopped at epoch %d step %d; state in checkpoints/last.pt", pos.epoch, pos.it)
         self.preempt.pass_on()
@@ -315,9 +321,14 @@ class _Trainer:
         )  # every rank acts on the lead's verdict
         if health == _NOT_FINITE:
             raise Diverged(
-                f"{self.run_dir}: the backbone's embeddings of fixed training images are not finite after epoch "
-                f"{epoch}; lower pretrain.optim.lr (now {self.cfg['optim']['lr']}) in params"
+                record_divergence(
+                    self.run_dir,
+                    self.cfg,
+                    f"the backbone's embeddings of fixed training images are not finite after epoch {epoch}",
+                )
             )
+        if line := nonfinite_checkpoint(self.model, self.opt, self.run_dir, self.cfg, f"after epoch {epoch}"):
+            raise Diverged(line)
         if self.lead:
             self._log_epoch(rec, seconds)
         if epoch % self.cfg["checkpoint_every"] == 0 or epoch == self.epochs:
@@ -385,6 +396,7 @@ class _Trainer:
         if self.lead:
             checkpoint.save_full(final, self.model, self.opt, self.cfg, epoch=self.epochs)
             log.info("done: %s", final)
+        clear_divergence(self.run_dir)
         return final
 
 

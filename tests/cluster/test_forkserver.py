@@ -110,8 +110,8 @@ def _worker_of(server_proc, cwd: Path) -> psutil.Process:
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
 def test_a_stopped_client_stops_its_worker(server, tiny_data, subset192, tmp_path, how):
     """SIGTERM and SIGINT to the client are forwarded (the client exits as its worker did: 128 + the
-    signal, as a shell reports it); a client killed outright (SIGKILL: nothing forwarded) takes the
-    worker with it."""
+    signal, as a shell reports it; the job's log holds no traceback, and after Ctrl-C one line); a
+    client killed outright (SIGKILL: nothing forwarded) takes the worker with it."""
     proc, path = server
     spec = json.dumps(tiny_spec(tiny_data / "natural", subset192, epochs=50, batch_size=16))
     env = dict(os.environ, OMP_NUM_THREADS="1", **{forkserver.ENV: path})
@@ -128,7 +128,7 @@ def test_a_stopped_client_stops_its_worker(server, tiny_data, subset192, tmp_pat
         ],
         cwd=tmp_path,
         env=env,
-        stderr=subprocess.DEVNULL,
+        stderr=(tmp_path / "job.log").open("w"),
     )
     worker = _worker_of(proc, tmp_path)
     wait_for(lambda: (tmp_path / "run/checkpoints/ep001.pt").exists(), "training", timeout=120)
@@ -136,6 +136,10 @@ def test_a_stopped_client_stops_its_worker(server, tiny_data, subset192, tmp_pat
     assert client.wait(30) == (-signal.SIGKILL if how == signal.SIGKILL else 128 + how)
     wait_for(lambda: not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE, "the worker to stop", 30)
     assert not (tmp_path / "run/final.pt").exists()
+    log = (tmp_path / "job.log").read_text()
+    assert "Traceback" not in log, log
+    if how == signal.SIGINT:
+        assert log.splitlines()[-2] == "sslstudy pretrain: interrupted; rerun resumes", log
 
 
 def test_the_server_runs_the_command_it_was_started_with(tmp_path, capfd):
@@ -180,3 +184,44 @@ def test_the_server_ends_with_its_parent(tmp_path):
     sock = Path(path)
     wait_for(lambda: not sock.parent.exists(), "the server to end", 30)
     assert (tmp_path / "fs.log").read_text() == ""
+
+
+def test_a_killed_parent_takes_the_server_and_its_workers_with_it(tiny_data, subset192, tmp_path):
+    """kill -9 of the Snakemake that started the server (here: a process that called start()): the
+    server, the supervisor and the worker training in it all end within seconds (they once ran on,
+    trainers named `python -m sslstudy.forkserver`); the job's command gets the worker's status."""
+    code = (
+        "import sys, time; from sslstudy import forkserver; "
+        "print(forkserver.start(sys.argv[1]), flush=True); time.sleep(600)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "fs.log")], stdout=subprocess.PIPE, text=True)
+    path = parent.stdout.readline().strip()
+    assert path != "None"
+    server = psutil.Process(parent.pid).children()[0]
+    spec = json.dumps(tiny_spec(tiny_data / "natural", subset192, epochs=50, batch_size=16))
+    client = subprocess.Popen(
+        [str(BIN / "sslstudy"), "pretrain", "--run-dir", "run", "--spec", spec, "--launch", '{"executor": "inline"}'],
+        cwd=tmp_path,
+        env=dict(os.environ, OMP_NUM_THREADS="1", **{forkserver.ENV: path}),
+        stderr=subprocess.DEVNULL,
+    )
+    worker = _worker_of(server, tmp_path)
+    supervisor = worker.parent()
+    try:
+        wait_for(lambda: (tmp_path / "run/checkpoints/ep001.pt").exists(), "training", timeout=120)
+        parent.kill()
+        parent.wait(10)
+
+        def gone(p: psutil.Process) -> bool:
+            return not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
+
+        wait_for(lambda: gone(server) and gone(supervisor) and gone(worker), "the server and its jobs to end", 15)
+        assert client.wait(30) == 128 + signal.SIGTERM
+        assert not (tmp_path / "run/final.pt").exists() and not Path(path).exists()
+    finally:  # whatever still runs after a failure
+        for p in (worker, supervisor, server):
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        client.kill()

@@ -59,6 +59,26 @@ def test_stopped_launcher_stops_its_local_job_and_the_rerun_resumes(tiny_data, s
     assert len((run_dir / "train.log").read_text().split("starting ")) == 2  # started once, resumed after
 
 
+@pytest.mark.parametrize("executor", ["inline", "local"])
+def test_ctrl_c_ends_a_job_with_one_line_and_the_rerun_resumes(tiny_data, subset192, tmp_path, executor):
+    """Ctrl-C (SIGINT) to a pretraining job's command: its log (stderr) ends with one line, no
+    traceback, exit status 130 as a shell reports SIGINT; the rerun resumes from the last checkpoint."""
+    spec = tiny_spec(tiny_data / "natural", subset192, epochs=8, batch_size=16)
+    run_dir = tmp_path / "run"
+    launch = dict(executor=executor, poll_s=1, pretrain=dict(time_min=10))
+    cmd = [str(BIN / "sslstudy"), "pretrain", "--run-dir", str(run_dir), "--spec", json.dumps(spec)]
+    cmd += ["--launch", json.dumps(launch)]
+    job = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: (run_dir / "checkpoints/ep002.pt").exists(), "training")
+    job.send_signal(signal.SIGINT)
+    _, err = job.communicate(timeout=60)
+    assert job.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == "sslstudy pretrain: interrupted; rerun resumes"
+    assert not (run_dir / "final.pt").exists()
+    subprocess.run(cmd, check=True, stderr=subprocess.DEVNULL, timeout=600)
+    assert "resumed from last.pt" in (run_dir / "train.log").read_text()
+
+
 @pytest.mark.skipif(nvidia_devices(), reason="a GPU machine asks torch whether CUDA works")
 def test_a_local_launcher_without_gpus_does_not_import_torch(tmp_path):
     """The launcher of a local job only submits and waits: torch (seconds of start-up per job) is

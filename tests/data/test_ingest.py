@@ -90,7 +90,8 @@ def test_imagenet_layout_keeps_its_splits_and_resizes_shorter_side_then_centre(t
                 replicas.save(replicas.noise_image(rng), tmp_path / "imnet" / split / wnid / f"{wnid}_{i}.JPEG")
     wide = replicas.noise_image(rng, 40, 80)
     replicas.save(wide, tmp_path / "imnet" / "train" / "n01440764" / "wide.png")
-    (tmp_path / "h.csv").write_text("wnid,group\nn01440764,fish\nn01443537,fish\nn09999999,rock\n")
+    # two groups (a one-class level is refused); rock has no images and is left out
+    (tmp_path / "h.csv").write_text("wnid,group\nn01440764,fish\nn01443537,shark\nn09999999,rock\n")
     ingest(
         "imagenet",
         tmp_path / "imnet",
@@ -101,7 +102,7 @@ def test_imagenet_layout_keeps_its_splits_and_resizes_shorter_side_then_centre(t
         workers=1,
     )
     ds = load_dataset(tmp_path / "data" / "imnet")
-    assert ds.levels == ["group", "wnid"] and ds.class_names("group") == ["fish"]
+    assert ds.levels == ["group", "wnid"] and ds.class_names("group") == ["fish", "shark"]
     split_of = dict(zip(ds.labels["file"], ds.labels["split"]))
     assert {s for f, s in split_of.items() if f.startswith("train/")} == {"train"}
     assert {s for f, s in split_of.items() if f.startswith("val/")} == {"test"}  # val is ImageNet's test set
@@ -124,6 +125,43 @@ def test_hierarchy_file_errors_name_the_file_and_fix(folder, tmp_path):
     with pytest.raises(UserError, match="0/1 membership sheet"):
         ingest("imagefolder", base / "tree", tmp_path / "x", hierarchy=bad, progress=False)
     assert not (tmp_path / "x").exists()
+
+
+def test_a_level_with_one_class_is_refused(tmp_path):
+    """A one-class collection once ingested and then scored 1.0 on every metric for any weights."""
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        replicas.save(replicas.noise_image(rng), tmp_path / "pets" / "cat" / f"{i}.png")
+    p = run(
+        [str(BIN / "sslstudy"), "ingest", "imagefolder", "pets", "--name", "pets", "--size", "16"],
+        cwd=tmp_path,
+        check=False,
+    )
+    assert p.returncode == 2 and p.stderr.strip().splitlines() == [
+        "sslstudy ingest: error: dataset pets (pets): level 'class' has one class ('cat'); a level with one class "
+        "is not a level: kNN, linear, NMI and ARI all score 1.0 on it, for any weights; ingest a collection with "
+        "images of two or more classes"
+    ]
+    assert not (tmp_path / "data").exists()
+
+    # two classes under one coarse class: the coarse level is the one-class level; the fix drops it
+    for i in range(6):
+        replicas.save(replicas.noise_image(rng), tmp_path / "pets" / "dog" / f"{i}.png")
+    (tmp_path / "tree.csv").write_text("class,kingdom\ncat,animal\ndog,animal\n")
+    with pytest.raises(UserError) as e:
+        ingest("imagefolder", tmp_path / "pets", tmp_path / "two", hierarchy=tmp_path / "tree.csv", progress=False)
+    assert "level 'kingdom' has one class ('animal')" in str(e.value)
+    assert str(e.value).endswith("leave it out: --levels class (data.ingest.two.levels in params)")
+    assert not (tmp_path / "two").exists()
+    ingest(
+        "imagefolder",
+        tmp_path / "pets",
+        tmp_path / "two",
+        hierarchy=tmp_path / "tree.csv",
+        levels=["class"],
+        progress=False,
+    )
+    assert load_dataset(tmp_path / "two").class_names("class") == ["cat", "dog"]
 
 
 # --------------------------------------------------------------------------- CIFAR-100

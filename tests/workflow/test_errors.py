@@ -119,6 +119,15 @@ def test_corrupt_image_array(tiny_data, tmp_path, capsys):
             "study={'methods': ['simclr'], 'domains': ['natural'], 'seeds': [0, 0]}",
             "study.seeds: [0, 0] has non-unique elements",
         ),
+        (
+            "study={'methods': ['simclr', 'mocco'], 'domains': ['natural']}",
+            "unknown method 'mocco' in study.methods (did you mean moco?); the methods are barlow, byol, deepcluster, "
+            "densecl, moco, pcl, simclr, swav",
+        ),
+        (
+            "quantity={'methods': ['simclr', 'xyz']}",
+            "unknown method 'xyz' in quantity.methods; the methods are barlow, byol,",
+        ),
     ],
 )
 def test_snakemake_rejects_bad_config_before_any_job(tmp_path, tiny_data, extra, needle):
@@ -129,6 +138,97 @@ def test_snakemake_rejects_bad_config_before_any_job(tmp_path, tiny_data, extra,
     assert len(lines) == 1 and needle in lines[0], p.stderr
     assert "Traceback" not in p.stderr
     assert not (wf / "results").exists()
+
+
+def test_snakemake_refuses_a_dataset_with_a_one_class_level(tmp_path, tiny_data):
+    """A packed domain whose coarse level has one class: refused before any job, naming it and the fix."""
+    import numpy as np
+    import pandas as pd
+    from sslstudy.data.packed import write_dataset
+
+    n = 12
+    labels = pd.DataFrame(dict(index=range(n), split=["train", "val", "test"] * 4, domain="solo"))
+    labels["kingdom"], labels["class"] = 0, [0, 1] * 6
+    meta = dict(
+        name="solo",
+        levels=["kingdom", "class"],
+        classes=dict(kingdom=["animal"], **{"class": ["cat", "dog"]}),
+        parents=dict(**{"class": [0, 0]}),
+        image_size=8,
+        n_images=n,
+        source={},
+    )
+    write_dataset(tmp_path / "solo", np.zeros((n, 8, 8, 3), np.uint8), labels, meta)
+    (tmp_path / "wf").mkdir()
+    wf = copy_workflow(tmp_path / "wf")
+    data = f"data={{'root': '{tiny_data}', 'datasets': {{'solo': '{tmp_path / 'solo'}'}}}}"
+    study = "study={'methods': ['simclr'], 'domains': ['natural', 'solo']}"
+    p = run(
+        ["snakemake", "-n", "--config", data, study, "domain={'evaluate_on': ['natural', 'aerial']}"],
+        cwd=wf,
+        check=False,
+    )
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
+    assert lines == [
+        f"error: {tmp_path / 'solo/meta.json'}: dataset 'solo' (study.domains): level 'kingdom' has one class "
+        "('animal'); a level with one class is not a level: kNN, linear, NMI and ARI all score 1.0 on it, for any "
+        "weights; re-ingest it without that level (sslstudy ingest ... --name solo --levels class)"
+    ], p.stderr
+    assert not (wf / "results").exists()
+
+
+def test_a_yaml_syntax_error_names_the_file_line_and_column(tmp_path, capsys):
+    """Snakemake's own message for it ("Config file is not valid JSON or YAML") names neither."""
+    wf = copy_workflow(tmp_path)
+    params = wf / "params/study.yaml"
+    params.write_text("study: {methods: [simclr], domains: [natural]}\npretrain:\n  epochs: [3\n  batch_size: 32\n")
+    line = (
+        "params/study.yaml:4:13: not valid YAML: expected ',' or ']', but got ':' (while parsing a flow "
+        "sequence at 3:11); fix the syntax there"
+    )
+    p = run(["snakemake", "-n"], cwd=wf, check=False)
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert [ln for ln in p.stderr.splitlines() if ln.startswith("error:")] == [f"error: {line}"], p.stderr
+    assert one_line_error(capsys, ["validate", str(params)]) == f"sslstudy validate: error: {params}{line[17:]}"
+
+
+def test_a_failed_job_s_one_line_reaches_the_terminal_under_quiet_rules(tmp_path, tiny_data):
+    """`--quiet rules` hides the failed job's log (and --show-failed-logs with it): the workflow's
+    onerror prints the job's one-line error with its log's path."""
+    wf = copy_workflow(tmp_path)
+    (wf / "tiny.yaml").write_text(
+        "study: {methods: [simclr], domains: [natural], subsets: [64], seeds: [0]}\n"
+        "pretrain: {epochs: 2, batch_size: 1024, threads: 1, backbone: {arch: cnn4, width: 4}, views: {size: 32}}\n"
+        f"data: {{root: '{tiny_data}'}}\ndomain: {{evaluate_on: [natural]}}\n"
+    )
+    target = "results/runs/simclr/natural_n64_clean/seed0/final.pt"
+    p = run(["snakemake", target, "--cores", "1", "--configfile", "tiny.yaml", "--quiet", "rules"], cwd=wf, check=False)
+    assert p.returncode != 0
+    assert (
+        "logs/pretrain/simclr/natural_n64_clean/seed0.log: sslstudy pretrain: error: "
+        "results/subsets/natural/seed0/n64.npy: 64 images, fewer than one batch of 1024; lower "
+        "methods.simclr.batch_size, else pretrain.batch_size"
+    ) in p.stderr.splitlines(), p.stderr
+
+
+def test_failed_job_lines_reads_only_this_run_s_logs(tmp_path):
+    import os
+    import time
+
+    from sslstudy.errors import failed_job_lines
+
+    logs = tmp_path / "logs"
+    (logs / "a").mkdir(parents=True)
+    (logs / "a/old.log").write_text("sslstudy subset: error: from an earlier run\n")
+    os.utime(logs / "a/old.log", (0, 0))
+    (logs / "a/ok.log").write_text("2026 INFO done\n")
+    (logs / "a/mine.log").write_text("x\nsslstudy evaluate: error: first\nsslstudy evaluate: error: last\ncpu line\n")
+    (logs / "crash.log").write_text('Traceback (most recent call last):\n  File "x"\nValueError: boom\n')
+    assert failed_job_lines(logs, time.time() - 60) == [
+        f"{logs / 'a/mine.log'}: sslstudy evaluate: error: last",
+        f"{logs / 'crash.log'}: ValueError: boom",
+    ]
 
 
 def test_command_line_strings_get_schema_types():

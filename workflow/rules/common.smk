@@ -5,10 +5,11 @@ import os
 import re
 import shlex
 import sys
+import time
 
 from sslstudy import axes, names, provenance
 from sslstudy import config as studyconfig
-from sslstudy.errors import UserError
+from sslstudy.errors import UserError, failed_job_lines
 from sslstudy.names import pattern
 from sslstudy.report.dag import named
 
@@ -198,3 +199,12 @@ onstart:
                 f"sslstudy: the fork server did not start (see {names.FORKSERVER_LOG}); every job imports torch itself",
                 file=sys.stderr,
             )
+
+
+STARTED = time.time()  # the jobs of this run write their logs after this
+
+
+onerror:
+    # each failed job's one-line error with its log: with --quiet rules Snakemake shows neither
+    for line in failed_job_lines("logs", STARTED):
+        print(line, file=sys.stderr)

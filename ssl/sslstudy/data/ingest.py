@@ -35,9 +35,10 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from ..atomic import atomic_path, write_bytes
+from ..atomic import atomic_path, require_space, write_bytes
 from ..errors import UserError
 from ..names import IGNORE, META_FILE, ingest_report
+from .levels import refuse_one_class
 from .packed import load_dataset, write_dataset
 from .sources import SOURCES, scanner
 from .sources.hierarchy import build_tables
@@ -282,7 +283,10 @@ def _decode_chunks(
                     bar.update(len(err))
                 decoded += hi - lo
                 extra = dict(masks=np.concatenate(masks)) if mask_refs else {}
-                with atomic_path(f) as tmp, open(tmp, "wb") as fh:
+                with (
+                    atomic_path(f, sum(a.nbytes for a in images + masks if a is not None)) as tmp,
+                    open(tmp, "wb") as fh,
+                ):
                     np.savez(fh, images=np.concatenate(images), errors=np.array(errors, dtype=str), **extra)
     finally:
         if pool is not None:
@@ -335,6 +339,13 @@ def ingest(
     t0 = time.perf_counter()
     listing = scanner(source)(Path(root), **{k: v for k, v in given.items() if k in takes and v is not None})
     p = plan(listing, levels, val_fraction, test_fraction, seed, max_per_class)
+    refuse_one_class(
+        f"dataset {out.name} ({root})",
+        p["levels"],
+        p["classes"],
+        drop=f"leave it out: --levels {{others}} (data.ingest.{out.name}.levels in params)",
+        more="ingest a collection with images of two or more classes",
+    )
     options = dict(
         source=source,
         size=size,
@@ -375,9 +386,11 @@ def ingest(
     n, n_failed = len(ok), int((~ok).sum())
     _check_failed(out, n_failed, n, max_failed)
 
-    images = np.lib.format.open_memmap(
-        work / "images.npy", mode="w+", dtype=np.uint8, shape=(int(ok.sum()), size, size, 3)
-    )
+    shape = (int(ok.sum()), size, size, 3)
+    # the work copy (a memory map: a full disk would be a SIGBUS there) and the packed folder beside it
+    need = 2 * int(np.prod(shape)) + (int(np.prod(shape[:3])) if listing.mask_reader else 0)
+    require_space(out.parent, need, out)
+    images = np.lib.format.open_memmap(work / "images.npy", mode="w+", dtype=np.uint8, shape=shape)
     masks = np.empty((int(ok.sum()), size, size, 1), dtype=np.uint8) if listing.mask_reader else None
     at = 0
     for f, lo in zip(chunks, range(0, n, CHUNK)):

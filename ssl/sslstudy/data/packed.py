@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sslstudy.atomic import DiskFull, disk_full, out_of_space
 from sslstudy.errors import UserError
 from sslstudy.names import DATASET_FILES, IMAGES_FILE, LABELS_FILE, MASKS_FILE, META_FILE
 
@@ -223,12 +224,14 @@ def write_dataset(
             else:
                 path.unlink()
         os.rename(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
         # If we moved the old folder aside but failed to put the new one in, restore it.
         if old.exists() and not path.exists():
             os.rename(old, path)
+        if not isinstance(e, DiskFull) and out_of_space(e):
+            raise disk_full(path, images.nbytes + (masks.nbytes if masks is not None else 0)) from None
         raise
     if old.exists():
         shutil.rmtree(old, ignore_errors=True)

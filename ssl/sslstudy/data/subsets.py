@@ -108,7 +108,7 @@ def save_indices(path: str | os.PathLike, idx: np.ndarray) -> None:
     if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
         raise UserError(f"{path}: indices must be a 1-D integer array, got {arr.dtype} {arr.shape}")
     arr = arr.astype(np.int64, copy=False)
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+    with atomic_path(path, arr.nbytes) as tmp, open(tmp, "wb") as fh:
         np.save(fh, arr, allow_pickle=False)
 
 

@@ -78,7 +78,7 @@ class Features:
         return self.x[pos].astype(np.float32)
 
     def save(self, path: str | Path) -> None:
-        with atomic_path(path) as tmp:
+        with atomic_path(path, self.x.nbytes + self.index.nbytes) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, x=self.x, index=self.index, model_config=np.str_(self.model_config))
 

@@ -13,6 +13,8 @@ from sslstudy.launch import nvidia_devices
 
 from tests.helpers import BIN, TINY_JOB, copy_workflow, run, tiny_params, tiny_spec, wait_for
 
+pytestmark = pytest.mark.slow  # local studies and launchers, stopped and resumed
+
 
 def alive(pid: int) -> bool:
     try:

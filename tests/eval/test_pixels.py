@@ -113,6 +113,7 @@ def digits_train(built, tmp_path_factory):
     return base / "digits", subset, ds
 
 
+@pytest.mark.slow  # trains every method for minutes
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_learns_from_real_pixels_with_its_defaults(method, digits_train, tmp_path):
     """params/study.yaml's pretraining of each method on the digits' train split: kNN on the digits

@@ -191,7 +191,7 @@ def test_a_gpu_request_without_cuda_is_one_line(tiny_data, subset, tmp_path, mon
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     spec = tiny_spec(tiny_data / "natural", subset)
     for over, asked in (
-        (dict(gpus=2), "the job has 2 GPU(s) (launch.pretrain.gpus)"),
+        (dict(device="auto", gpus=2), "the job has 2 GPU(s) (launch.pretrain.gpus)"),
         (dict(device="cuda"), "pretrain.device is cuda"),
     ):
         with pytest.raises(UserError) as e:

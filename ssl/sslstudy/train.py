@@ -650,8 +650,8 @@ class _DeferredSignal:
 
     def requested(self) -> bool:
         """Whether to stop before this step. One process: once the signal came. Several: every rank
-        stops at the same step; each call starts summing the ranks' flags (asynchronously, on the
-        process group's device: NCCL reduces only GPU tensors) and reads the sum the call before
+        stops at the same step; each call starts summing the ranks' flags (asynchronously, on the host:
+        D.host_group, so reading the sum never waits for the GPU) and reads the sum the call before
         started, so no step waits for the others' flags and a signal stops the ranks a step later."""
         if D.world() == 1:
             return self._flag
@@ -660,8 +660,8 @@ class _DeferredSignal:
             work, flags = self._pending
             work.wait()
             stop = bool(flags.item() > 0)
-        flags = torch.tensor(float(self._flag), device=D.device())
-        self._pending = (D.all_reduce_sum_async(flags), flags)
+        flags = torch.tensor(float(self._flag))
+        self._pending = (D.all_reduce_sum_async(flags, D.host_group()), flags)
         return stop
 
     def pass_on(self) -> None:

@@ -27,10 +27,10 @@ Faiss behaviour worth knowing, handled here:
   the rest of the process was told to use; small jobs (``N * k * d`` < 16M)
   run on one thread, which is faster there (see :func:`faiss_threads`).
 * On CPU the result is deterministic for a fixed seed and thread count.
-* GPU: faiss's GPU index when faiss sees GPUs; otherwise, where torch sees CUDA (a faiss-cpu
-  install on a GPU machine), the same Lloyd iterations written in torch (:func:`lloyd_torch`,
-  ``init="random"`` only). Its steps mirror faiss's ``Clustering.train``; the tests check it
-  against faiss on the CPU.
+* GPU: faiss's GPU index, on this process's own GPU (:func:`gpu_index`), when faiss sees
+  GPUs; otherwise, where torch sees CUDA (a faiss-cpu install on a GPU machine), the same Lloyd
+  iterations written in torch (:func:`lloyd_torch`, ``init="random"`` only). Its steps mirror
+  faiss's ``Clustering.train``; the tests check it against faiss on the CPU.
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ __all__ = [
     "as_float32_matrix",
     "faiss_threads",
     "use_gpu",
+    "gpu_index",
+    "this_gpu",
 ]
 
 # faiss stores the seed in a C int.
@@ -240,11 +242,26 @@ def _nearest_torch(x, c):
     return torch.cat(idx), torch.cat(dist)
 
 
+def this_gpu() -> int:
+    """The GPU this process works on (CUDA's numbering, which faiss shares): torch's current device,
+    which sslstudy.distributed.init_from_env sets to each rank's own; 0 where torch sees no CUDA."""
+    try:
+        import torch
+
+        return int(torch.cuda.current_device()) if torch.cuda.is_available() else 0
+    except Exception:  # torch missing or broken: the first GPU
+        return 0
+
+
+def gpu_index(index: faiss.Index) -> faiss.Index:
+    """A copy of the CPU ``index`` on this process's GPU only (:func:`this_gpu`), not spread over every
+    GPU of the node (faiss.index_cpu_to_all_gpus), whose memory the other ranks of a job hold."""
+    return faiss.index_cpu_to_gpus_list(index, gpus=[this_gpu()])
+
+
 def _flat_l2_index(d: int, gpu: bool) -> faiss.Index:
     index = faiss.IndexFlatL2(d)
-    if gpu:
-        index = faiss.index_cpu_to_all_gpus(index)
-    return index
+    return gpu_index(index) if gpu else index
 
 
 def kmeans(

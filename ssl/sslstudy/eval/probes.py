@@ -6,7 +6,7 @@ predicted fine classes to their parents). They are deliberately generic: no
 knowledge of datasets or hierarchies lives here.
 
 kNN: cosine similarity via faiss ``IndexFlatIP`` on L2-normalised float32
-features (GPU index when faiss sees a GPU). ``weighting="exp"`` is the weighted
+features (GPU index, on this process's GPU, when faiss sees a GPU). ``weighting="exp"`` is the weighted
 vote of InstDisc / DINO: each of the k neighbours votes for its class with
 weight ``exp(sim / T)``; ``"uniform"`` is a plain majority vote. Ties go to the
 smallest label.
@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from sslstudy.errors import UserError
-from sslstudy.eval.kmeans import as_float32_matrix, faiss_threads, use_gpu
+from sslstudy.eval.kmeans import as_float32_matrix, faiss_threads, gpu_index, use_gpu
 
 __all__ = [
     "l2_normalize",
@@ -140,7 +140,7 @@ def _neighbours(
     with faiss_threads(work=float(xtr.shape[0]) * xtr.shape[1] * min(xte.shape[0], _CHUNK)):
         index = faiss.IndexFlatIP(xtr.shape[1])
         if backend == "faiss-gpu":
-            index = faiss.index_cpu_to_all_gpus(index)
+            index = gpu_index(index)
         index.add(xtr)
         for start in range(0, xte.shape[0], _CHUNK):
             sims, nbrs = index.search(xte[start : start + _CHUNK], k)

@@ -304,11 +304,11 @@ def cmd_lowshot(a) -> None:
         feats = Features.load(a.embeddings)
         scores = {tag: lowshot.frozen_linear(feats, ds, train, cfg, device) for tag, train in labelled.items()}
     else:
-        backbone, run_cfg = load_backbone(a.checkpoint)
+        backbone, run_cfg = load_backbone(a.checkpoint)  # on the CPU: each count copies it to the device
         scores = {}
         for tag, train in labelled.items():  # each count fine-tunes its own copy of the loaded weights
             model = lowshot.train_classifier(
-                copy.deepcopy(backbone), ds, train, json.loads(a.finetune), a.size, run_cfg["seed"]
+                copy.deepcopy(backbone), ds, train, json.loads(a.finetune), a.size, run_cfg["seed"], device
             )
             scores[tag] = lowshot.trained_rows(model, ds, a.size, "finetune")
     pretrain_images = _count(run_cfg["data"]["subset"])
@@ -341,16 +341,18 @@ def cmd_supervised(a) -> None:
 
     from .data.packed import load_dataset
     from .eval import lowshot
+    from .eval.features import eval_device
     from .models import build_backbone
     from .train import BACKBONE, atomic_torch_save
 
     _log_stderr()
     torch.set_num_threads(a.threads)
+    device = eval_device(a.device)
     ds = load_dataset(a.dataset)
     ft, arch = json.loads(a.finetune), json.loads(a.backbone)
     train = lowshot.labelled_indices(ds, parse_labels_tag(a.labels), json.loads(a.eval))
-    torch.manual_seed(a.seed)
-    model = lowshot.train_classifier(build_backbone(**arch), ds, train, ft, a.size, a.seed)
+    torch.manual_seed(a.seed)  # the weights are initialised on the CPU: the same on every device
+    model = lowshot.train_classifier(build_backbone(**arch), ds, train, ft, a.size, a.seed, device)
     df = lowshot.trained_rows(model, ds, a.size, "supervised")
     ids = dict(
         run=a.run,
@@ -363,8 +365,8 @@ def cmd_supervised(a) -> None:
     )
     # the checkpoint format of pretraining runs, so load_backbone (evaluate, fusion) reads it; the
     # epochs trained, not 0 (the random weights' epoch)
-    state = {BACKBONE + k: v for k, v in model.backbone.state_dict().items()}
-    state.update({"head." + k: v for k, v in model.head.state_dict().items()})
+    state = {BACKBONE + k: v.cpu() for k, v in model.backbone.state_dict().items()}
+    state.update({"head." + k: v.cpu() for k, v in model.head.state_dict().items()})
     atomic_torch_save(
         dict(
             epoch=model.epochs,

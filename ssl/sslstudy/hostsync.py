@@ -76,12 +76,12 @@ class LossWatch:
         return (step + 1) % self.every == 0
 
     def check(self, device) -> tuple[int, float, list[int]] | None:
-        """(the first non-finite step, its loss, the ranks whose loss was not finite) over all ranks, or
-        None if every loss so far was finite. Every rank must call it at the same step."""
+        """(the first non-finite step of any rank, its loss, the ranks whose loss was not finite at that
+        step), or None if every loss so far was finite. Every rank must call it at the same step."""
         mine = self.first if self.first is not None else torch.full((2,), -1.0, dtype=torch.float64, device=device)
         rows = read_on_host(D.gather(mine[None]))
         bad = [(int(step), value, rank) for rank, (step, value) in enumerate(rows) if step >= 0]
         if not bad:
             return None
         step, value, _ = min(bad)
-        return step, value, [rank for _, _, rank in bad]
+        return step, value, [rank for s, _, rank in bad if s == step]

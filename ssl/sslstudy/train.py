@@ -25,6 +25,7 @@ from .data.packed import load_dataset
 from .data.subsets import load_indices
 from .errors import UserError
 from .health import collapse_check, embedding_health, trivial_info, trivial_loss
+from .hostsync import LossWatch
 from .lean_optim import skip_dynamo_import
 from .methods import build_method
 from .methods.base import Batch, Method
@@ -256,7 +257,8 @@ def train(cfg: dict, run_dir: str | Path, stop_after: int | None = None) -> Path
     training images (health.embedding_health) and the method's trivial loss to metrics.jsonl;
     when health.collapse_check says collapsed, the record gets collapsed/collapse_reason, train.log
     the reason (once per collapse) and, with cfg on_collapse "stop", Collapsed is raised once the
-    epoch's checkpoints are saved. Non-finite embeddings raise Diverged, as a non-finite loss does.
+    epoch's checkpoints are saved. Non-finite embeddings raise Diverged, as a non-finite loss does (decided by
+    all ranks together, at most hostsync.CHECK_EVERY steps later and before anything is saved).
 
     stop_after: stop (raising Stopped) once this many steps are done in this call, as a
     preemption would; SIGUSR2 (SLURM's preemption/timeout warning) does the same at the next step
@@ -354,6 +356,7 @@ class _Trainer:
             mininterval=5,
         )
         self.stop_after, self.done_here = stop_after, 0  # done_here: steps done in this call
+        self.watch = LossWatch()
         try:
             with (
                 _DeferredSignal() as self.preempt,
@@ -469,11 +472,7 @@ class _Trainer:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype is not None):
             loss, logs = self.net(batch)
         self._draw_next(gen)
-        if not torch.isfinite(loss):
-            raise Diverged(
-                f"{self.run_dir}: loss is {loss.item()} at epoch {pos.epoch + 1} step {pos.it}; "
-                f"lower pretrain.optim.lr (now {self.cfg['optim']['lr']}) in params"
-            )
+        self.watch.add(loss, step)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         model.before_optimizer_step(step)
@@ -481,12 +480,28 @@ class _Trainer:
         model.after_step(step, self.total)
         for k, v in dict(loss=loss.item(), **logs).items():
             pos.sums[k] = pos.sums.get(k, 0.0) + float(v)
+        if self.watch.due(step):
+            self._check_loss()
+
+    def _check_loss(self) -> None:
+        """Diverged on every rank at once if any rank's loss was not finite (hostsync.LossWatch): every
+        CHECK_EVERY steps and before anything is saved."""
+        bad = self.watch.check(self.device)
+        if bad is not None:
+            step, value, ranks = bad
+            epoch, it = divmod(step, self.steps_per_epoch)
+            where = f" on rank {', '.join(map(str, ranks))} of {self.world}" if self.world > 1 else ""
+            raise Diverged(
+                f"{self.run_dir}: loss is {value} at epoch {epoch + 1} step {it}{where}; "
+                f"lower pretrain.optim.lr (now {self.cfg['optim']['lr']}) in params"
+            )
 
     def _stop_requested(self) -> bool:
         return (self.stop_after is not None and self.done_here >= self.stop_after) or self.preempt.requested()
 
     def _stop(self, gen_state: torch.Tensor) -> None:
         pos = self.pos
+        self._check_loss()
         self._save_last(gen_state)
         log.info("stopped at epoch %d step %d; state in checkpoints/last.pt", pos.epoch, pos.it)
         self.preempt.pass_on()
@@ -494,6 +509,7 @@ class _Trainer:
 
     def _end_epoch(self, seconds: float) -> None:
         """Log the finished epoch, move pos to the next one and save the checkpoints."""
+        self._check_loss()
         spe, epoch = self.steps_per_epoch, self.pos.epoch + 1
         rec = dict(
             epoch=epoch,

@@ -240,7 +240,7 @@ sys.path.insert(0, sys.argv[3])
 from sslstudy import distributed as D
 from sslstudy.methods.swav import sinkhorn
 from tests.methods.test_swav import _local_steps
-D.init_from_env()
+D.init_from_env(cuda=False)  # gloo on the CPU, on a GPU machine too
 s = torch.from_numpy(np.load(sys.argv[1]))
 np.save(sys.argv[2] + f"codes{D.rank()}.npy", sinkhorn(s[D.local_slice(s.shape[0])], 0.05, 3).numpy())
 losses, queue = _local_steps()

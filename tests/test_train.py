@@ -214,6 +214,24 @@ def test_a_nonfinite_loss_on_one_rank_stops_every_rank(tiny_data, subset, tmp_pa
     assert not (tmp_path / "rank0" / "checkpoints" / "ep002.pt").exists()
 
 
+@pytest.mark.parametrize("wanted", [True, False])
+def test_the_trainer_applies_the_methods_sync_batchnorm(tiny_data, subset, tmp_path, monkeypatch, wanted):
+    """methods.<m>.sync_batchnorm reaches distributed.sync_batchnorm with the run's device, before the
+    optimiser is built (test_distributed.py: what it converts, and when)."""
+    import sslstudy.distributed as D
+
+    asked = []
+    monkeypatch.setattr(
+        D, "sync_batchnorm", lambda model, want, device, what: asked.append((want, device.type)) or model
+    )
+    spec = tiny_spec(
+        tiny_data / "natural", subset, epochs=1, optim=dict(tiny_spec(tiny_data, subset)["optim"], warmup_epochs=0)
+    )
+    spec["method"]["params"]["sync_batchnorm"] = wanted
+    train(spec, tmp_path / "run")
+    assert asked == [(wanted, "cpu")]
+
+
 def test_batch_larger_than_subset(tiny_data, subset, tmp_path):
     spec = tiny_spec(tiny_data / "natural", subset, batch_size=1024)
     with pytest.raises(

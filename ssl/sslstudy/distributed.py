@@ -4,11 +4,14 @@ CPU. With a single process every helper is the identity, so methods call them un
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
+
+log = logging.getLogger("sslstudy.distributed")
 
 
 def init_from_env(cuda: bool | None = None) -> None:
@@ -99,3 +102,22 @@ def barrier() -> None:
     """Wait until every rank gets here."""
     if world() > 1:
         dist.barrier()
+
+
+def sync_batchnorm(model: torch.nn.Module, wanted: bool, device: torch.device, what: str) -> torch.nn.Module:
+    """model with every batch norm computing its statistics over the global batch of all ranks
+    (torch.nn.SyncBatchNorm; the same parameters and state_dict keys) when ``wanted`` (a method's
+    sync_batchnorm) and several ranks train on GPUs. torch's SyncBatchNorm has no CPU version: CPU
+    ranks keep their own statistics, and the log says so. ``what``: the run, for the log."""
+    if not wanted or world() == 1:
+        return model
+    if device.type != "cuda":
+        log.info(
+            "%s: sync_batchnorm asked, but torch's SyncBatchNorm runs on GPUs only: each of the %d CPU ranks "
+            "keeps its own batch-norm statistics",
+            what,
+            world(),
+        )
+        return model
+    log.info("%s: batch norm synchronised across the %d ranks (SyncBatchNorm)", what, world())
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)

@@ -332,6 +332,9 @@ class _Trainer:
         )
 
         self.model = build_model(cfg, len(self.idx)).to(self.device, memory_format=torch.channels_last)
+        self.model = D.sync_batchnorm(
+            self.model, cfg["method"]["params"].get("sync_batchnorm", False), self.device, cfg["run"]
+        )
         self.opt = build_optimizer(self.model, ocfg, lr)
         if self.compile:
             self.model.backbone.compile()  # in place: the state_dict keeps its keys

@@ -4,13 +4,15 @@ On a GPU the host queues kernels ahead of the device; reading a value the device
 ``float(t)``, ``bool(t)``, ``if torch.isfinite(loss)``) makes the host wait until every kernel queued
 before it has run, and the GPU then idles while the host queues the next ones. So the step keeps its
 numbers on the device: the logged sums (`accumulate`) and the loss check (`LossWatch`) are read once
-every so many steps, through `read_on_host`, the one place the step's code reads device values (the
-fake-CUDA test replaces it). Host tensors go to the device through `to_device`, which does not wait
+every so many steps. Every read of device values in the loops (training, fine-tuning, the torch
+k-means, kNN and linear heads) goes through `read_on_host`, which the fake-CUDA test replaces (fake
+tensors hold no values). Host tensors go to the device through `to_device`, which does not wait
 either. docs/performance.md lists the syncs per step that remain and why.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from . import distributed as D
@@ -18,9 +20,9 @@ from . import distributed as D
 CHECK_EVERY = 50  # steps between two reads of LossWatch (and before anything is saved)
 
 
-def read_on_host(t: torch.Tensor) -> list:
-    """t's values as Python numbers: a host sync on a GPU (waits for every kernel queued before it)."""
-    return t.tolist()
+def read_on_host(t: torch.Tensor) -> np.ndarray:
+    """t's values on the host: a sync on a GPU (waits for every kernel queued before it)."""
+    return t.detach().cpu().numpy()
 
 
 def to_device(t: torch.Tensor, device) -> torch.Tensor:
@@ -46,7 +48,7 @@ def host_sums(sums: dict) -> dict[str, float]:
     if not tensors:
         return {k: float(v) for k, v in sums.items()}
     values = read_on_host(torch.stack([v.to(next(iter(tensors.values())).device) for v in tensors.values()]))
-    read = dict(zip(tensors, values))
+    read = dict(zip(tensors, values.tolist()))
     return {k: float(read[k]) if k in read else float(v) for k, v in sums.items()}
 
 
@@ -79,7 +81,7 @@ class LossWatch:
         """(the first non-finite step of any rank, its loss, the ranks whose loss was not finite at that
         step), or None if every loss so far was finite. Every rank must call it at the same step."""
         mine = self.first if self.first is not None else torch.full((2,), -1.0, dtype=torch.float64, device=device)
-        rows = read_on_host(D.gather(mine[None]))
+        rows = read_on_host(D.gather(mine[None])).tolist()
         bad = [(int(step), value, rank) for rank, (step, value) in enumerate(rows) if step >= 0]
         if not bad:
             return None

@@ -25,7 +25,7 @@ from .data.packed import load_dataset
 from .data.subsets import load_indices
 from .errors import UserError
 from .health import collapse_check, embedding_health, trivial_info, trivial_loss
-from .hostsync import LossWatch
+from .hostsync import LossWatch, accumulate, host_sums, to_device
 from .lean_optim import skip_dynamo_import
 from .methods import build_method
 from .methods.base import Batch, Method
@@ -275,7 +275,7 @@ class _Position:
     it: int = 0  # steps done in this epoch
     gen: torch.Tensor | None = None  # generator state to resume the epoch from; None at an epoch start
     order: np.ndarray | None = None  # this epoch's image order (positions in the subset)
-    sums: dict = field(default_factory=dict)  # this epoch's summed step logs
+    sums: dict = field(default_factory=dict)  # this epoch's summed step logs (float64, on the device in a step)
 
 
 class _Trainer:
@@ -470,7 +470,8 @@ class _Trainer:
         picked, rows = self._picked(pos.it), D.local_slice(bs)
         if views is None:
             views = self._views(images, self._draw(gen))
-        batch = Batch(views, torch.from_numpy(picked[rows]).to(self.device), step, self.total, pos.epoch, gen)
+        mine = picked[rows]
+        batch = Batch(views, to_device(torch.from_numpy(mine), self.device), step, self.total, pos.epoch, gen, mine)
         model.before_step(step, self.total)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype is not None):
             loss, logs = self.net(batch)
@@ -481,8 +482,8 @@ class _Trainer:
         model.before_optimizer_step(step)
         self.opt.step()
         model.after_step(step, self.total)
-        for k, v in dict(loss=loss.item(), **logs).items():
-            pos.sums[k] = pos.sums.get(k, 0.0) + float(v)
+        for k, v in dict(loss=loss, **logs).items():
+            pos.sums[k] = accumulate(pos.sums.get(k, 0.0), v)  # on the device: read at the epoch's end
         if self.watch.due(step):
             self._check_loss()
 
@@ -517,7 +518,7 @@ class _Trainer:
         rec = dict(
             epoch=epoch,
             step=epoch * spe,
-            **{k: v / spe for k, v in self.pos.sums.items()},
+            **{k: v / spe for k, v in host_sums(self.pos.sums).items()},
             lr=float(self.lr_sched[epoch * spe - 1]),
             seconds=round(seconds, 3),
             views_per_s=round(len(self.model.view_specs) * self.bs * spe / max(seconds, 1e-9), 1),
@@ -575,7 +576,7 @@ class _Trainer:
         pos = self.pos
         self._save(
             self.run_dir / names.CHECKPOINTS / names.LAST,
-            dict(epoch=pos.epoch, it=pos.it, gen=gen_state, order=pos.order, sums=pos.sums),
+            dict(epoch=pos.epoch, it=pos.it, gen=gen_state, order=pos.order, sums=host_sums(pos.sums)),
         )
 
     def _save_backbone(self, epoch: int) -> None:

@@ -195,6 +195,8 @@ def lloyd_torch(
     """
     import torch
 
+    from sslstudy import hostsync
+
     xt = torch.as_tensor(x, dtype=torch.float32).to(device)
     g = torch.Generator().manual_seed(int(seed) % _SEED_MODULUS)
     n = xt.shape[0]
@@ -209,17 +211,20 @@ def lloyd_torch(
         obj = float("inf")
         for _ in range(niter):
             assign, dist = _nearest_torch(xt, c)
-            obj = float(dist.sum())
-            counts = torch.bincount(assign, minlength=k)
+            # not torch.bincount: on CUDA it reads the largest label back to size its output (a host sync)
+            counts = torch.zeros(k, dtype=torch.long, device=c.device).index_add_(0, assign, torch.ones_like(assign))
             c = torch.zeros_like(c).index_add_(0, assign, xt) / counts.clamp_min(1).unsqueeze(1).to(c.dtype)
-            for ci in (counts == 0).nonzero().flatten().tolist():  # few; faiss's split, largest first
-                cj = int(counts.argmax())
+            # one read per iteration: the objective and the cluster sizes (which clusters emptied)
+            read = hostsync.read_on_host(torch.cat([dist.sum().double()[None], counts.double()]))
+            obj, sizes = float(read[0]), read[1:].astype(np.int64)
+            for ci in np.flatnonzero(sizes == 0).tolist():  # few; faiss's split, largest first
+                cj = int(sizes.argmax())
                 sign = torch.ones(c.shape[1], device=c.device)
                 sign[1::2] = -1
                 c[ci] = c[cj] * (1 + _SPLIT_EPS * sign)
                 c[cj] = c[cj] * (1 - _SPLIT_EPS * sign)
-                counts[ci] = counts[cj] // 2
-                counts[cj] -= counts[ci]
+                sizes[ci] = sizes[cj] // 2
+                sizes[cj] -= sizes[ci]
             if spherical:
                 c = torch.nn.functional.normalize(c, dim=1)
         if obj < best_obj or best is None:
@@ -337,11 +342,13 @@ def kmeans(
             n_train=n_train,
             device=_TORCH_DEVICE,
         )
+        from sslstudy import hostsync
+
         assign, dist = _nearest_torch(torch.from_numpy(xf).to(c.device), c)
         return (
-            np.ascontiguousarray(c.cpu().numpy(), dtype=np.float32),
-            assign.cpu().numpy().astype(np.int64),
-            dist.cpu().numpy().astype(np.float32),
+            np.ascontiguousarray(hostsync.read_on_host(c), dtype=np.float32),
+            hostsync.read_on_host(assign).astype(np.int64),
+            hostsync.read_on_host(dist).astype(np.float32),
         )
 
     cp = faiss.ClusteringParameters()

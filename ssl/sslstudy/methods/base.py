@@ -91,9 +91,11 @@ def momentum_copy(module: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def ema_update(target: nn.Module, online: nn.Module, m: float) -> None:
-    """target = m * target + (1 - m) * online over parameters; BN running stats stay the target's own."""
-    for t, o in zip(target.parameters(), online.parameters()):
-        t.mul_(m).add_(o.detach(), alpha=1 - m)
+    """target = m * target + (1 - m) * online over parameters; BN running stats stay the target's own.
+    Two multi-tensor ops (torch._foreach_*), not two small kernels per parameter."""
+    targets = list(target.parameters())
+    torch._foreach_mul_(targets, m)
+    torch._foreach_add_(targets, [o.detach() for o in online.parameters()], alpha=1 - m)
 
 
 def cosine_momentum(base: float, step: int, total_steps: int) -> float:

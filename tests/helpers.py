@@ -104,6 +104,35 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_ranks(script: str, args_of_rank, world: int = 2, timeout: float = 600) -> list[str]:
+    """`python -c script *args_of_rank(rank)` in `world` processes that form one gloo group (a free
+    localhost port, one thread each); asserts that every one exits 0 and returns their outputs
+    (stdout and stderr together), in rank order."""
+    port, procs = free_port(), []
+    for rank in range(world):
+        env = dict(
+            os.environ,
+            WORLD_SIZE=str(world),
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            OMP_NUM_THREADS="1",
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", script, *args_of_rank(rank)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outs = [p.communicate(timeout=timeout)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    return outs
+
+
 def wait_for(ok, what: str, timeout: float = 240, every: float = 0.2):
     t0 = time.time()
     while time.time() - t0 < timeout:

@@ -1,17 +1,27 @@
 #!/usr/bin/env bash
-# The GPU checks in one run (the parts' time limits add up to 8 minutes, on one H100/H200): the CUDA tests, the tiny study on
-# CUDA (pretraining and evaluation on the GPU), bench_step at ResNet-50 224 px bf16 batch 256 (eager
-# and compiled), and the GPU rows of bench_augment and bench_kmeans. Writes one summary file,
-# $OUT/gpu_check.txt (OUT defaults to ./gpu_check_out), and each part's log beside it.
-#   bash benchmarks/gpu_check.sh            (in the repository root, the venv's python on PATH)
-# Every part has its own time limit; a part that fails or times out is marked in the summary and
-# the rest still run.
+# The GPU checks in one run, for the GPU machines this project gets: Python 3.12 with their own torch
+# (CUDA), no package index, none of snakemake, dvc, submitit, jsonschema or faiss. Prepare the wheels
+# here first (`bash benchmarks/gpu_wheels.sh` fills .whl/, which travels with the repository); this
+# script installs them beside the machine's torch (pip --no-index --no-deps --target) and runs, with
+# the machine's own torch:
+#   install           the wheels of .whl/ (or $WHEELS_DIR) into a folder put on PYTHONPATH
+#   cuda_tests        the tests that need CUDA (tests/test_cuda.py, the augmentation's CUDA test)
+#   tiny_study        benchmarks/gpu_tiny_study.py on CUDA: pretraining, evaluation, fine-tuning and
+#                     a supervised baseline, through the study's own commands (no Snakemake)
+#   bench_step_eager  bench_step at ResNet-50, 224 px, bf16, batch 256, eager (GPU_CHECK_COMPILE=1
+#                     adds the compiled run, outside the time budget)
+#   nccl              the tiny study's pretraining on two processes (NCCL), where there are two GPUs
+# The parts' time limits add up to 7.5 minutes, leaving half a minute of the 8 for its start. Without CUDA, the CUDA parts say "no CUDA" and the
+# install and summary still run (CI rehearses it so: tests/workflow/test_benchmarks.py).
+#   bash benchmarks/gpu_check.sh            (in the repository root; PYTHON=python3 by default)
+# Writes one summary, $OUT/gpu_check.txt (OUT defaults to ./gpu_check_out), and each part's log
+# beside it. A part that fails or times out is marked in the summary and the rest still run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_check_out}
+WHEELS_DIR=${WHEELS_DIR:-$PWD/.whl}
 mkdir -p "$OUT"
-export PYTHONPATH="$PWD/ssl${PYTHONPATH:+:$PYTHONPATH}"
-PY=${PYTHON:-python}
+PY=${PYTHON:-python3}
 SUMMARY="$OUT/gpu_check.txt"
 WORK=$(mktemp -d /tmp/gpu_check.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
@@ -31,47 +41,70 @@ part() {  # part NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAM
   say "== $name: $status in $((SECONDS - t0)) s (log: $name.log)"
 }
 
+cuda_part() {  # cuda_part NAME SECONDS COMMAND...: a part that needs CUDA; without it, one "no CUDA" line
+  if [ "$GPUS" -eq 0 ]; then
+    say "== $1: no CUDA: skipped"
+    return
+  fi
+  part "$@"
+}
+
 say "gpu_check $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | sed 's/^/gpu: /' | tee -a "$SUMMARY"
-$PY - <<'EOF' 2>&1 | tee -a "$SUMMARY"
-import faiss, torch
-print(f"torch {torch.__version__} (CUDA {torch.version.cuda}), cuda available {torch.cuda.is_available()}, "
-      f"faiss {faiss.__version__} with {getattr(faiss, 'get_num_gpus', lambda: 0)()} GPU(s)")
+if command -v nvidia-smi > /dev/null; then
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | sed 's/^/gpu: /' | tee -a "$SUMMARY"
+else
+  say "gpu: no nvidia-smi"
+fi
+
+# 1. the wheels the machine lacks, beside its own torch
+part install 30 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  --target "$WORK/site" "$WHEELS_DIR"/*.whl
+export PYTHONPATH="$PWD/ssl:$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
+SITE="$WORK/site" "$PY" - <<'EOF' 2>&1 | tee -a "$SUMMARY"
+import os, sys, torch
+from importlib.metadata import version
+try:
+    import faiss, jsonschema
+    where = "the wheels" if faiss.__file__.startswith(os.environ["SITE"]) else os.path.dirname(faiss.__file__)
+    have = (f"faiss {faiss.__version__} from {where} ({getattr(faiss, 'get_num_gpus', lambda: 0)()} GPU(s)), "
+            f"jsonschema {version('jsonschema')}")
+except ImportError as e:
+    have = f"missing: {e.name}"
+print(f"python {sys.version.split()[0]}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
+      f"{torch.cuda.device_count()} CUDA device(s); {have}")
 EOF
+GPUS=$("$PY" -c "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)" 2>/dev/null || echo 0)
 
-# 1. the tests that only run with CUDA (skipped on CPU machines), and the trainer/methods on the GPU
-part cuda_tests 80 $PY -m pytest -x -q -p no:cacheprovider tests/test_augment.py tests/test_kmeans_torch.py tests/test_eval.py \
-  tests/test_train.py -k "cuda or gpu or bf16 or resumes_exactly"
-grep -E "passed|failed|error" "$OUT/cuda_tests.log" | tail -n 1 | sed 's/^/   /' | tee -a "$SUMMARY"
+# 2. the tests that need CUDA (they skip without it)
+cuda_part cuda_tests 100 "$PY" -m pytest -x -q -p no:cacheprovider -o addopts="" tests/test_cuda.py \
+  tests/test_augment.py::test_cuda_views_match_cpu_views
+[ -f "$OUT/cuda_tests.log" ] && grep -E "passed|failed|error" "$OUT/cuda_tests.log" | tail -n 1 | sed 's/^/   /' | tee -a "$SUMMARY"
 
-# 2. the tiny study on CUDA: pretraining (local executor, launch.pretrain.gpus 1) and evaluation on the GPU
-$PY - "$WORK" <<'EOF' > "$OUT/tiny_study_setup.log" 2>&1
-import shutil, sys
-from pathlib import Path
-sys.path.insert(0, "tests")
-from conftest import copy_workflow
-from sslstudy.data.synth import generate
-from test_slurm import tiny_params
-work = Path(sys.argv[1])
-generate(work / "data", domains=("natural", "aerial"), n_images=256, image_size=32, seed=0)
-(work / "wf").mkdir()
-copy_workflow(work / "wf")
-tiny_params(work / "wf", work / "data")
-EOF
-part tiny_study 80 bash -c "cd '$WORK/wf' && snakemake --cores 4 --configfile tiny.yaml --quiet rules"
-grep -h "device\|precision" "$WORK"/wf/results/runs/*/*/*/train.log 2>/dev/null | head -n 2 | sed 's/^/   /' | tee -a "$SUMMARY"
+# 3. the tiny study on CUDA, fine-tuning and a supervised baseline included
+cuda_part tiny_study 110 "$PY" benchmarks/gpu_tiny_study.py --work "$WORK/tiny" --device cuda
+[ -f "$OUT/tiny_study.log" ] && grep -E "^(data|pretrain|evaluate|lowshot|supervised)" "$OUT/tiny_study.log" \
+  | sed 's/^/   /' | tee -a "$SUMMARY"
 
-# 3. bench_step at paper scale: ResNet-50, 224 px, bf16, batch 256; eager, then compiled
-part bench_step_eager 110 $PY benchmarks/bench_step.py --precision bf16 --steps 4 --rounds 1 --threads 8 --json "$OUT/bench_step_eager.json"
-grep "ratio=" "$OUT/bench_step_eager.log" | sed 's/^/   /' | tee -a "$SUMMARY"
-part bench_step_compiled 120 $PY benchmarks/bench_step.py --methods simclr --precision bf16 --compile --steps 4 --rounds 1 \
-  --threads 8 --json "$OUT/bench_step_compiled.json"
-grep "ratio=" "$OUT/bench_step_compiled.log" | sed 's/^/   /' | tee -a "$SUMMARY"
+# 4. bench_step at paper scale: ResNet-50, 224 px, bf16, batch 256, eager (compiled on request)
+cuda_part bench_step_eager 140 "$PY" benchmarks/bench_step.py --methods simclr --precision bf16 --steps 4 \
+  --rounds 1 --threads 8 --json "$OUT/bench_step_eager.json"
+[ -f "$OUT/bench_step_eager.log" ] && grep "ratio=" "$OUT/bench_step_eager.log" | sed 's/^/   /' | tee -a "$SUMMARY"
+if [ "${GPU_CHECK_COMPILE:-0}" = 1 ]; then
+  cuda_part bench_step_compiled 240 "$PY" benchmarks/bench_step.py --methods simclr --precision bf16 --compile \
+    --steps 4 --rounds 1 --threads 8 --json "$OUT/bench_step_compiled.json"
+  grep -s "ratio=" "$OUT/bench_step_compiled.log" | sed 's/^/   /' | tee -a "$SUMMARY"
+fi
 
-# 4. the GPU rows of the augmentation and k-means benchmarks
-part bench_augment 45 $PY benchmarks/bench_augment.py --quick
-grep -i "cuda\|gpu" "$OUT/bench_augment.log" | sed 's/^/   /' | tee -a "$SUMMARY"
-part bench_kmeans 45 $PY benchmarks/bench_kmeans.py --quick
-grep -i "cuda\|gpu" "$OUT/bench_kmeans.log" | sed 's/^/   /' | tee -a "$SUMMARY"
+# 5. two processes on two GPUs (NCCL)
+if [ "$GPUS" -ge 2 ]; then
+  part nccl 70 bash -c "'$PY' benchmarks/gpu_tiny_study.py --work '$WORK/ddp' --device cuda --stage data && \
+    '$PY' -m torch.distributed.run --nproc_per_node 2 benchmarks/gpu_tiny_study.py --work '$WORK/ddp' \
+    --device cuda --stage pretrain --methods simclr"
+  grep -s "^pretrain" "$OUT/nccl.log" | sed 's/^/   /' | tee -a "$SUMMARY"
+elif [ "$GPUS" -eq 1 ]; then
+  say "== nccl: 1 GPU: skipped (needs 2)"
+else
+  say "== nccl: no CUDA: skipped"
+fi
 
 say "done $(date -u +%FT%TZ)"

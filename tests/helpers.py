@@ -1,7 +1,8 @@
 """Helpers the tests share: paths, a subprocess runner, the tiny run specs, study params and
-subsets, metrics.jsonl files, gloo process groups, waiting, small hand-built models.
+subsets, metrics.jsonl files, gloo process groups, waiting, small hand-built models, fake CUDA.
 Fixtures live in tests/conftest.py; everything else a test file needs from another is here."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.utils._pytree as pytree
 import yaml
 from sslstudy import axes, config, names
 from sslstudy import distributed as dist
@@ -20,6 +22,7 @@ from sslstudy.augment import ViewSpec
 from sslstudy.methods.base import Batch
 from sslstudy.methods.swav import SwAV
 from sslstudy.models import build_backbone
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -35,6 +38,7 @@ def natural_subset(tiny_data: Path, path: Path, n: int) -> Path:
 
 
 def tiny_spec(dataset: Path, subset: Path, **over) -> dict:
+    """A tiny SimCLR run on the CPU (device cpu, as every run spec of the suite: see method_spec)."""
     spec = dict(
         run="simclr/natural_frac1_clean/seed0",
         seed=0,
@@ -42,6 +46,7 @@ def tiny_spec(dataset: Path, subset: Path, **over) -> dict:
         batch_size=32,
         checkpoint_every=1,
         threads=1,
+        device="cpu",
         backbone=dict(arch="cnn4", width=4, small_stem=True),
         optim=dict(name="lars", lr=1.0, final_lr=0.0, momentum=0.9, weight_decay=1e-6, eta=1e-3, warmup_epochs=1),
         views=[dict(size=32, scale=[0.2, 1.0])] * 2,
@@ -175,12 +180,15 @@ def copy_workflow(dst: Path) -> Path:
 
 
 def method_spec(method: str, dataset, subset, **pretrain) -> dict:
-    """The run spec the workflow would build for `method` (its schema defaults), on a tiny backbone."""
+    """The run spec the workflow would build for `method` (its schema defaults), on a tiny backbone, on the
+    CPU: the suite's runs mean CPU semantics (exact bits on resume, gloo ranks, CPU bf16), so on a GPU
+    machine too they train on the CPU; a test that means CUDA says device cuda and skips without it."""
     p = dict(
         epochs=3,
         batch_size=32,
         checkpoint_every=1,
         threads=1,
+        device="cpu",
         backbone=dict(arch="cnn4", width=4),
         optim=dict(warmup_epochs=1),
     )
@@ -307,3 +315,43 @@ def swav_local_steps():
         m.before_step(0, 1)
         losses.append(m(Batch([v[rows] for v in b.views], b.index[rows], 0, 10, 0, b.gen))[0].item())
     return np.array(losses), m.queues[0].keys.numpy()
+
+
+@contextlib.contextmanager
+def fake_cuda():
+    """A FakeCuda mode, with CUDA's bf16 autocast on (autocast turns itself off where torch sees no CUDA)."""
+    import torch.cuda.amp.common as amp
+
+    saved = amp.amp_definitely_not_available, torch.cuda.is_bf16_supported
+    amp.amp_definitely_not_available, torch.cuda.is_bf16_supported = (lambda: False), (lambda *a, **k: True)
+    try:
+        with FakeCuda() as mode:
+            yield mode
+    finally:
+        amp.amp_definitely_not_available, torch.cuda.is_bf16_supported = saved
+
+
+class FakeCuda(FakeTensorMode):
+    """CUDA without a GPU, for the device checks of tests/test_fake_cuda.py: every op that touches a CUDA
+    tensor, or makes one (``device="cuda"``, ``with torch.device("cuda"):``, ``.to("cuda")``), runs on
+    fake tensors, which carry shapes, dtypes and devices but no data; every other op runs for real on
+    the CPU. So, as on a GPU, a CPU tensor (other than a 0-dim one) mixed into a CUDA op raises
+    "Expected all tensors to be on the same device", and reading a CUDA tensor's values on the host
+    (``.item()``, ``int(t)``, ``if t.any():``, ``.tolist()``, ``.cpu().numpy()``) raises
+    DataDependentOutputException: a host sync. Forward passes only: backward needs a real GPU."""
+
+    def __init__(self):
+        super().__init__(allow_non_fake_inputs=True)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.ops.aten._pin_memory.default:  # page-locking needs the driver: a copy stands in
+            return args[0].clone()
+        if func is torch.ops.aten.is_pinned.default:
+            return False
+        flat = pytree.tree_leaves((args, kwargs))
+        if any(isinstance(a, FakeTensor) for a in flat) or any(
+            isinstance(a, torch.device) and a.type == "cuda" for a in flat
+        ):
+            return super().__torch_dispatch__(func, types, args, kwargs)
+        return func(*args, **kwargs)

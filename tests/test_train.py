@@ -1,5 +1,7 @@
 """The shared trainer: schedules, LARS, checkpoints, resume, divergence."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -144,6 +146,68 @@ def test_nonfinite_loss_stops_at_once(tiny_data, subset128, tmp_path):
     assert not (tmp_path / "run" / "final.pt").exists()
 
 
+DIVERGE_SCRIPT = """
+import json, sys
+import sslstudy.train as T
+from sslstudy import distributed as dist
+from sslstudy.methods.simclr import SimCLR
+
+forward = SimCLR.forward
+def forward_nan_on_rank_1(self, batch):
+    loss, logs = forward(self, batch)
+    return (loss * float("nan") if dist.rank() == 1 and batch.step == 5 else loss), logs
+SimCLR.forward = forward_nan_on_rank_1
+try:
+    T.train(json.loads(sys.argv[1]), sys.argv[2])
+except T.Diverged as e:
+    print("DIVERGED", str(e).split(": ", 1)[1])
+"""
+
+
+def test_a_nonfinite_loss_on_one_rank_stops_every_rank(tiny_data, subset128, tmp_path):
+    """2 gloo processes on one run folder, rank 1's loss NaN at the 2nd epoch's 2nd step: both ranks raise
+    Diverged with that loss, step and rank (before the epoch is saved), instead of rank 0 waiting in DDP's
+    all-reduce for a rank that already left; the line says the rerun resumes from the epoch before."""
+    from tests.helpers import run_ranks
+
+    spec = tiny_spec(tiny_data / "natural", subset128, batch_size=32, epochs=3)
+    run_dir = tmp_path / "run"
+    outs = run_ranks(DIVERGE_SCRIPT, lambda r: [json.dumps(spec), str(run_dir)], timeout=300)
+    steps = len(np.load(subset128)) // 32
+    assert steps == 4  # step 5 is the 2nd epoch's 2nd step (1-based epoch 2, 0-based step 1)
+    said = [next((ln for ln in o.splitlines() if ln.startswith("DIVERGED")), o[-2000:]) for o in outs]
+    line = (
+        "DIVERGED loss is nan at epoch 2 step 1 on rank 1 of 2; lower pretrain.optim.lr (or methods.simclr.optim.lr "
+        "where set; now 1.0) in params and rerun: it resumes from checkpoints/last.pt, the last finite state"
+    )
+    assert said == [line] * 2
+    last = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
+    assert last["epoch"] == 1  # the epoch with the NaN was not saved
+    assert not (run_dir / "checkpoints" / "ep002.pt").exists()
+    assert (run_dir / "checkpoints" / "diverged.json").is_file()  # what lets the rerun with a lower lr resume
+
+
+@pytest.mark.parametrize("wanted", [True, False])
+def test_the_trainer_applies_the_methods_sync_batchnorm(tiny_data, subset128, tmp_path, monkeypatch, wanted):
+    """methods.<m>.sync_batchnorm reaches distributed.sync_batchnorm with the run's device, before the
+    optimiser is built (test_distributed.py: what it converts, and when)."""
+    from sslstudy import distributed as dist
+
+    asked = []
+    monkeypatch.setattr(
+        dist, "sync_batchnorm", lambda model, want, device, what: asked.append((want, device.type)) or model
+    )
+    spec = tiny_spec(
+        tiny_data / "natural",
+        subset128,
+        epochs=1,
+        optim=dict(tiny_spec(tiny_data, subset128)["optim"], warmup_epochs=0),
+    )
+    spec["method"]["params"]["sync_batchnorm"] = wanted
+    train(spec, tmp_path / "run")
+    assert asked == [(wanted, "cpu")]
+
+
 def test_batch_larger_than_subset(tiny_data, subset128, tmp_path):
     spec = tiny_spec(tiny_data / "natural", subset128, batch_size=1024)
     with pytest.raises(
@@ -181,7 +245,7 @@ def test_a_gpu_request_without_cuda_is_one_line(tiny_data, subset128, tmp_path, 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     spec = tiny_spec(tiny_data / "natural", subset128)
     for over, asked in (
-        (dict(gpus=2), "the job has 2 GPU(s) (launch.pretrain.gpus)"),
+        (dict(device="auto", gpus=2), "the job has 2 GPU(s) (launch.pretrain.gpus)"),
         (dict(device="cuda"), "pretrain.device is cuda"),
     ):
         with pytest.raises(UserError) as e:

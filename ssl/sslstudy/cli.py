@@ -328,11 +328,11 @@ def cmd_lowshot(args) -> None:
         model_config = feats.model_config  # the scores are of the cached embeddings' model
         scores = {tag: lowshot.frozen_linear(feats, ds, train, cfg, device) for tag, train in labelled.items()}
     else:
-        backbone, run_cfg = load_backbone(args.checkpoint)
+        backbone, run_cfg = load_backbone(args.checkpoint)  # on the CPU: each count copies it to the device
         model_config, scores = of_config(run_cfg), {}
         for tag, train in labelled.items():  # each count fine-tunes its own copy of the loaded weights
             model = lowshot.train_classifier(
-                copy.deepcopy(backbone), ds, train, json.loads(args.finetune), args.size, run_cfg["seed"]
+                copy.deepcopy(backbone), ds, train, json.loads(args.finetune), args.size, run_cfg["seed"], device
             )
             scores[tag] = lowshot.trained_rows(model, ds, args.size, "finetune")
     pretrain_images = _count(run_cfg["data"]["subset"])
@@ -367,15 +367,17 @@ def cmd_supervised(args) -> None:
     from .checkpoint import BACKBONE, atomic_torch_save
     from .data.packed import load_dataset
     from .eval import lowshot
+    from .eval.features import eval_device
     from .models import build_backbone
 
     _log_stderr()
     torch.set_num_threads(args.threads)
+    device = eval_device(args.device)
     ds = load_dataset(args.dataset)
     finetune, backbone = json.loads(args.finetune), json.loads(args.backbone)
     train = lowshot.labelled_indices(ds, parse_labels_tag(args.labels), json.loads(args.eval))
-    torch.manual_seed(args.seed)
-    model = lowshot.train_classifier(build_backbone(**backbone), ds, train, finetune, args.size, args.seed)
+    torch.manual_seed(args.seed)  # the weights are initialised on the CPU: the same on every device
+    model = lowshot.train_classifier(build_backbone(**backbone), ds, train, finetune, args.size, args.seed, device)
     df = lowshot.trained_rows(model, ds, args.size, "supervised")
     ids = dict(
         run=args.run,
@@ -389,8 +391,8 @@ def cmd_supervised(args) -> None:
     )
     # the checkpoint format of pretraining runs, so load_backbone (evaluate, fusion) reads it; the
     # epochs trained, not 0 (the random weights' epoch)
-    state = {BACKBONE + k: v for k, v in model.backbone.state_dict().items()}
-    state.update({"head." + k: v for k, v in model.head.state_dict().items()})
+    state = {BACKBONE + k: v.cpu() for k, v in model.backbone.state_dict().items()}
+    state.update({"head." + k: v.cpu() for k, v in model.head.state_dict().items()})
     atomic_torch_save(
         dict(
             epoch=model.epochs,

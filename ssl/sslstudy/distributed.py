@@ -4,36 +4,55 @@ CPU. With a single process every helper is the identity, so methods call them un
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 
+log = logging.getLogger("sslstudy.distributed")
+
 
 def init_from_env(cuda: bool | None = None) -> None:
     """Join the process group described by the environment (no-op for a single process): NCCL when
-    the ranks train on GPUs (cuda; default: whenever torch sees CUDA), else gloo."""
+    the ranks train on GPUs (cuda; default: whenever torch sees CUDA), else gloo. With NCCL, a second
+    group on gloo carries the host-side flags (see host_group)."""
+    global _host_group
     cuda = torch.cuda.is_available() if cuda is None else cuda
     if cuda and torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(local_gpu())
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
+        if dist.get_backend() == "nccl":
+            _host_group = dist.new_group(backend="gloo")  # every rank creates it, in the same order
         atexit.register(_leave)
+
+
+def local_gpu() -> int:
+    """This process's GPU among those it sees: LOCAL_RANK when every task of the node sees all its GPUs,
+    and the task's own GPU where the cluster binds GPUs to tasks (SLURM's --gpus-per-task or --gpu-bind
+    show each task only its own, numbered from 0): LOCAL_RANK modulo the GPUs this process sees."""
+    return int(os.environ.get("LOCAL_RANK", "0")) % max(1, torch.cuda.device_count())
+
+
+_host_group = None  # the gloo group of an NCCL job (init_from_env), for flags that live on the host
+
+
+def host_group():
+    """The process group for small host-side tensors (a stop flag): gloo, so summing them never waits
+    for the GPU's queue (NCCL reduces only GPU tensors, whose value the host reads only once the
+    kernels before it ran). None: the default group, itself gloo (or a single process)."""
+    return _host_group
 
 
 def _leave() -> None:
     """Leave the process group before the interpreter exits: a group still alive at exit can abort the
     process from its communication threads ("terminate called without an active exception")."""
+    global _host_group
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-def device() -> torch.device:
-    """The device the process group's collectives run on (NCCL: this rank's GPU; gloo: the CPU)."""
-    if dist.is_initialized() and dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+    _host_group = None
 
 
 def world() -> int:
@@ -67,18 +86,39 @@ def local_slice(n_global: int) -> slice:
     return slice(rank() * n, (rank() + 1) * n)
 
 
-def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+def all_reduce_sum(x: torch.Tensor, group=None) -> torch.Tensor:
+    """x summed over ranks (of ``group``; None: all), in place."""
     if world() > 1:
-        dist.all_reduce(x)
+        dist.all_reduce(x, group=group)
     return x
 
 
-def all_reduce_sum_async(x: torch.Tensor):
-    """Start summing x over ranks in place; returns the work to wait() on (None for a single process)."""
-    return dist.all_reduce(x, async_op=True) if world() > 1 else None
+def all_reduce_sum_async(x: torch.Tensor, group=None):
+    """Start summing x over ranks (of ``group``; None: all) in place; returns the work to wait() on (None
+    for a single process)."""
+    return dist.all_reduce(x, group=group, async_op=True) if world() > 1 else None
 
 
 def barrier() -> None:
     """Wait until every rank gets here."""
     if world() > 1:
         dist.barrier()
+
+
+def sync_batchnorm(model: torch.nn.Module, wanted: bool, device: torch.device, what: str) -> torch.nn.Module:
+    """model with every batch norm computing its statistics over the global batch of all ranks
+    (torch.nn.SyncBatchNorm; the same parameters and state_dict keys) when ``wanted`` (a method's
+    sync_batchnorm) and several ranks train on GPUs. torch's SyncBatchNorm has no CPU version: CPU
+    ranks keep their own statistics, and the log says so. ``what``: the run, for the log."""
+    if not wanted or world() == 1:
+        return model
+    if device.type != "cuda":
+        log.info(
+            "%s: sync_batchnorm asked, but torch's SyncBatchNorm runs on GPUs only: each of the %d CPU ranks "
+            "keeps its own batch-norm statistics",
+            what,
+            world(),
+        )
+        return model
+    log.info("%s: batch norm synchronised across the %d ranks (SyncBatchNorm)", what, world())
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)

@@ -72,7 +72,7 @@ def nonfinite_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimize
     (on every rank) the line to raise Diverged with, naming the first bad tensor and `when`."""
     bad, name = _first_bad(_tensors(model, optimizer)) if distributed.rank() == 0 else (torch.zeros(()), None)
     if distributed.world() > 1:
-        bad = distributed.all_reduce_sum(bad.to(distributed.device())).cpu()
+        bad = distributed.all_reduce_sum(bad.cpu(), distributed.host_group())  # a host flag: gloo even under NCCL
     if not bad.item():
         return None
     return record_divergence(

@@ -29,25 +29,28 @@ class LARS(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self):
+        """Each group in a few multi-tensor (torch._foreach_*) ops, not a Python loop of small kernels per
+        parameter; element for element the same arithmetic, so the same numbers on the CPU."""
         for g in self.param_groups:
-            for p in g["params"]:
-                if p.grad is None:
-                    continue
-                d = p.grad
-                if g["weight_decay"]:
-                    d = d.add(p, alpha=g["weight_decay"])
-                if g["lars"]:
-                    w_norm, d_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(d)
-                    trust = torch.where(
-                        (w_norm > 0) & (d_norm > 0), g["eta"] * w_norm / d_norm, torch.ones_like(w_norm)
-                    )
-                    d = d.mul(trust)
-                buf = self.state[p].get("momentum_buffer")
-                if buf is None:
-                    buf = self.state[p]["momentum_buffer"] = torch.clone(d)
-                else:
-                    buf.mul_(g["momentum"]).add_(d)
-                p.add_(buf, alpha=-g["lr"])
+            params = [p for p in g["params"] if p.grad is not None]
+            if not params:
+                continue
+            d = [p.grad for p in params]
+            if g["weight_decay"]:
+                d = torch._foreach_add(d, params, alpha=g["weight_decay"])
+            if g["lars"]:
+                w_norm, d_norm = torch.stack(torch._foreach_norm(params)), torch.stack(torch._foreach_norm(d))
+                trust = torch.where((w_norm > 0) & (d_norm > 0), g["eta"] * w_norm / d_norm, torch.ones_like(w_norm))
+                d = torch._foreach_mul(d, list(trust.unbind()))
+            fresh = {i for i, p in enumerate(params) if "momentum_buffer" not in self.state[p]}
+            for i in fresh:
+                self.state[params[i]]["momentum_buffer"] = torch.clone(d[i])
+            old = [i for i in range(len(params)) if i not in fresh]
+            if old:
+                bufs = [self.state[params[i]]["momentum_buffer"] for i in old]
+                torch._foreach_mul_(bufs, g["momentum"])
+                torch._foreach_add_(bufs, [d[i] for i in old])
+            torch._foreach_add_(params, [self.state[p]["momentum_buffer"] for p in params], alpha=-g["lr"])
 
 
 def build_optimizer(model, cfg: dict, lr: float) -> torch.optim.Optimizer:

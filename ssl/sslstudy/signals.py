@@ -29,8 +29,8 @@ class DeferredSignal:
 
     def requested(self) -> bool:
         """Whether to stop before this step. One process: once the signal came. Several: every rank
-        stops at the same step; each call starts summing the ranks' flags (asynchronously, on the
-        process group's device: NCCL reduces only GPU tensors) and reads the sum the call before
+        stops at the same step; each call starts summing the ranks' flags (asynchronously, on the host:
+        distributed.host_group, so reading the sum never waits for the GPU) and reads the sum the call before
         started, so no step waits for the others' flags and a signal stops the ranks a step later."""
         if distributed.world() == 1:
             return self._flag
@@ -39,8 +39,8 @@ class DeferredSignal:
             work, flags = self._pending
             work.wait()
             stop = bool(flags.item() > 0)
-        flags = torch.tensor(float(self._flag), device=distributed.device())
-        self._pending = (distributed.all_reduce_sum_async(flags), flags)
+        flags = torch.tensor(float(self._flag))
+        self._pending = (distributed.all_reduce_sum_async(flags, distributed.host_group()), flags)
         return stop
 
     def pass_on(self) -> None:

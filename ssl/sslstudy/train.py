@@ -28,6 +28,7 @@ from .divergence import clear_divergence, nonfinite_checkpoint, record_divergenc
 from .errors import UserError
 from .eval.features import embed
 from .health import collapse_check, embedding_health, trivial_info, trivial_loss
+from .hostsync import LossWatch, accumulate, host_sums
 from .methods import build_method
 from .methods.base import Batch, Method
 from .models import build_backbone
@@ -90,9 +91,10 @@ def train(cfg: dict, run_dir: str | Path, stop_after: int | None = None) -> Path
     training images (health.embedding_health) and the method's trivial loss to metrics.jsonl;
     when health.collapse_check says collapsed, the record gets collapsed/collapse_reason, train.log
     the reason (once per collapse) and, with cfg on_collapse "stop", Collapsed is raised once the
-    epoch's checkpoints are saved. Non-finite embeddings raise Diverged, as a non-finite loss does, and
-    so does a non-finite value in the state about to be checkpointed (sslstudy.divergence): a rerun with
-    a lower lr resumes from the last finite checkpoint.
+    epoch's checkpoints are saved. Non-finite embeddings raise Diverged, as a non-finite loss does (decided
+    by all ranks together, at most hostsync.CHECK_EVERY steps later and before anything is saved), and so
+    does a non-finite value in the state about to be checkpointed (sslstudy.divergence): a rerun with a
+    lower lr resumes from the last finite checkpoint.
 
     stop_after: stop (raising Stopped) once this many steps are done in this call, as a
     preemption would; SIGUSR2 (SLURM's preemption/timeout warning) does the same at the next step
@@ -109,7 +111,7 @@ class _Position:
     it: int = 0  # steps done in this epoch
     gen: torch.Tensor | None = None  # generator state to resume the epoch from; None at an epoch start
     order: np.ndarray | None = None  # this epoch's image order (positions in the subset)
-    sums: dict = field(default_factory=dict)  # this epoch's summed step logs
+    sums: dict = field(default_factory=dict)  # this epoch's summed step logs (float64, on the device in a step)
 
 
 class _Trainer:
@@ -167,6 +169,9 @@ class _Trainer:
 
         # ---- model, optimiser, batches, health check
         self.model = build_model(cfg, len(self.idx)).to(self.device, memory_format=torch.channels_last)
+        self.model = distributed.sync_batchnorm(
+            self.model, cfg["method"]["params"].get("sync_batchnorm", False), self.device, cfg["run"]
+        )
         self.opt = build_optimizer(self.model, ocfg, lr)
         if self.compile:
             self.model.backbone.compile()  # in place: the state_dict keeps its keys
@@ -187,6 +192,7 @@ class _Trainer:
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, broadcast_buffers=False)
         self._open_logs()
         self.stop_after, self.done_here = stop_after, 0  # done_here: steps done in this call
+        self.watch = LossWatch()
         try:
             with DeferredSignal() as self.preempt, self.batches:
                 while self.pos.epoch < self.epochs:
@@ -272,30 +278,40 @@ class _Trainer:
         rows, views = self.batches.next()
         for g in self.opt.param_groups:
             g["lr"] = self.lr_sched[step]
-        batch = Batch(views, rows, step, self.total, pos.epoch, gen)
+        batch = Batch(views, rows, step, self.total, pos.epoch, gen, self.batches.rows_on_host)
         model.before_step(step, self.total)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype is not None):
             loss, logs = self.net(batch)
         self.batches.after_forward()  # the forward has drawn its random numbers: the next batch's views may be
-        if not torch.isfinite(loss):
-            raise Diverged(
-                record_divergence(
-                    self.run_dir, self.cfg, f"loss is {loss.item()} at epoch {pos.epoch + 1} step {pos.it}"
-                )
-            )
+        self.watch.add(loss, step)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         model.before_optimizer_step(step)
         self.opt.step()
         model.after_step(step, self.total)
-        for k, v in dict(loss=loss.item(), **logs).items():
-            pos.sums[k] = pos.sums.get(k, 0.0) + float(v)
+        for k, v in dict(loss=loss, **logs).items():
+            pos.sums[k] = accumulate(pos.sums.get(k, 0.0), v)  # on the device: read at the epoch's end
+        if self.watch.due(step):
+            self._check_loss()
+
+    def _check_loss(self) -> None:
+        """Diverged on every rank at once if any rank's loss was not finite (hostsync.LossWatch): every
+        CHECK_EVERY steps and before anything is saved."""
+        bad = self.watch.check(self.device)
+        if bad is not None:
+            step, value, ranks = bad
+            epoch, it = divmod(step, self.steps_per_epoch)
+            where = f" on rank {', '.join(map(str, ranks))} of {self.world}" if self.world > 1 else ""
+            raise Diverged(
+                record_divergence(self.run_dir, self.cfg, f"loss is {value} at epoch {epoch + 1} step {it}{where}")
+            )
 
     def _stop_requested(self) -> bool:
         return (self.stop_after is not None and self.done_here >= self.stop_after) or self.preempt.requested()
 
     def _stop(self, gen_state: torch.Tensor) -> None:
         pos = self.pos
+        self._check_loss()
         if line := nonfinite_checkpoint(self.model, self.opt, self.run_dir, self.cfg, f"at epoch {pos.epoch + 1}"):
             raise Diverged(line)
         self._save_last(gen_state)
@@ -305,11 +321,12 @@ class _Trainer:
 
     def _end_epoch(self, seconds: float) -> None:
         """Log the finished epoch, move pos to the next one and save the checkpoints."""
+        self._check_loss()
         spe, epoch = self.steps_per_epoch, self.pos.epoch + 1
         rec = dict(
             epoch=epoch,
             step=epoch * spe,
-            **{k: v / spe for k, v in self.pos.sums.items()},
+            **{k: v / spe for k, v in host_sums(self.pos.sums).items()},
             lr=float(self.lr_sched[epoch * spe - 1]),
             seconds=round(seconds, 3),
             views_per_s=round(len(self.model.view_specs) * self.bs * spe / max(seconds, 1e-9), 1),
@@ -381,7 +398,7 @@ class _Trainer:
                 it=pos.it,
                 gen=gen_state,
                 order=pos.order,
-                sums=pos.sums,
+                sums=host_sums(pos.sums),
                 records=self.records,  # metrics.jsonl's, restored from here on resume (sslstudy.run_record)
             )
 

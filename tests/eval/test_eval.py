@@ -255,6 +255,7 @@ def test_linear_probe_input_validation():
 
 
 # ---------------------------------------------------------------- k-means
+# faiss on the CPU (gpu=False: on a GPU machine too); the GPU paths: tests/eval/test_kmeans_torch.py
 
 
 def test_kmeans_blobs_scores_and_outputs():
@@ -264,7 +265,7 @@ def test_kmeans_blobs_scores_and_outputs():
         assert scores["k"] == 8
         assert scores["nmi"] > 0.99 and scores["ari"] > 0.99
 
-    cent, assign, sq = kmeans(x, 8, seed=0)
+    cent, assign, sq = kmeans(x, 8, seed=0, gpu=False)
     assert cent.shape == (8, 16) and cent.dtype == np.float32
     assert assign.shape == (3000,) and assign.dtype == np.int64
     assert sq.shape == (3000,) and np.all(sq >= 0)
@@ -277,16 +278,16 @@ def test_kmeans_blobs_scores_and_outputs():
 def test_kmeans_deterministic_and_input_conversion():
     rng = np.random.default_rng(13)
     x = rng.normal(size=(1500, 20))  # float64
-    c1, a1, d1 = kmeans(x, 12, seed=5)
-    c2, a2, d2 = kmeans(x, 12, seed=5)
+    c1, a1, d1 = kmeans(x, 12, seed=5, gpu=False)
+    c2, a2, d2 = kmeans(x, 12, seed=5, gpu=False)
     np.testing.assert_array_equal(c1, c2)
     np.testing.assert_array_equal(a1, a2)
     np.testing.assert_array_equal(d1, d2)
     # float64 non-contiguous view == the same values as contiguous float32
     wide = np.repeat(x, 2, axis=1)[:, ::2]
     assert not wide.flags["C_CONTIGUOUS"]
-    c3, a3, _ = kmeans(wide, 12, seed=5)
-    c4, a4, _ = kmeans(np.ascontiguousarray(x, dtype=np.float32), 12, seed=5)
+    c3, a3, _ = kmeans(wide, 12, seed=5, gpu=False)
+    c4, a4, _ = kmeans(np.ascontiguousarray(x, dtype=np.float32), 12, seed=5, gpu=False)
     np.testing.assert_array_equal(a3, a4)
     np.testing.assert_array_equal(c3, c4)
 
@@ -294,7 +295,7 @@ def test_kmeans_deterministic_and_input_conversion():
 def test_kmeans_inertia_close_to_sklearn():
     rng = np.random.default_rng(14)
     x = rng.normal(size=(2000, 8))
-    _, _, sq = kmeans(x, 10, seed=0, niter=50, nredo=3)
+    _, _, sq = kmeans(x, 10, seed=0, niter=50, nredo=3, gpu=False)
     with single_threaded():
         ref = KMeans(n_clusters=10, n_init=3, random_state=0).fit(x).inertia_
     assert float(sq.sum()) <= 1.01 * ref
@@ -314,19 +315,19 @@ def test_kmeans_k_larger_than_n_raises_before_faiss():
 
 def test_kmeans_few_points_per_centroid_is_silent(capfd):
     x = np.random.default_rng(15).normal(size=(50, 4))
-    cent, assign, _ = kmeans(x, 10, seed=1)  # 5 points per centroid, far below faiss's 39
+    cent, assign, _ = kmeans(x, 10, seed=1, gpu=False)  # 5 points per centroid, far below faiss's 39
     out, err = capfd.readouterr()
     assert "WARNING" not in err and "WARNING" not in out
     assert cent.shape == (10, 4) and len(np.unique(assign)) == 10
     # k == N: every point is its own centroid
-    _, assign_n, sq_n = kmeans(x[:7], 7)
+    _, assign_n, sq_n = kmeans(x[:7], 7, gpu=False)
     assert sorted(assign_n.tolist()) == list(range(7)) and np.allclose(sq_n, 0.0, atol=1e-5)
 
 
 def test_kmeans_spherical_unit_centroids_and_thread_count_restored():
     x = l2_normalize(np.random.default_rng(16).normal(size=(800, 10)))
     before = faiss.omp_get_max_threads()
-    cent, _, _ = kmeans(x, 6, spherical=True)
+    cent, _, _ = kmeans(x, 6, spherical=True, gpu=False)
     assert faiss.omp_get_max_threads() == before
     np.testing.assert_allclose(np.linalg.norm(cent, axis=1), 1.0, rtol=1e-5)
 

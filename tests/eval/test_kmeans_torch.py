@@ -44,7 +44,7 @@ def test_finds_the_same_clusters_as_faiss_on_separated_blobs():
     rng = np.random.default_rng(1)
     y = rng.integers(0, 8, 2400)
     x = (5 * rng.normal(size=(8, 16))[y] + 0.5 * rng.normal(size=(2400, 16))).astype(np.float32)
-    _, ref_assign, ref_sq = kmeans(x, 8, seed=0, nredo=10)
+    _, ref_assign, ref_sq = kmeans(x, 8, seed=0, nredo=10, gpu=False)
     c = lloyd_torch(x, 8, seed=0, nredo=10).numpy()
     assign = nearest(x, c)
     assert adjusted_rand_score(ref_assign, assign) == 1.0 and adjusted_rand_score(y, assign) == 1.0
@@ -102,3 +102,36 @@ def test_backend_choice(monkeypatch, gpu, init, faiss_gpus, cuda, want):
             kmeans_mod._kmeans_backend(gpu, init)
     else:
         assert kmeans_mod._kmeans_backend(gpu, init) == want
+
+
+def test_faiss_gpu_indexes_sit_on_this_ranks_gpu_only(monkeypatch):
+    """With faiss GPUs, k-means and kNN copy their index to this process's GPU (torch's current device,
+    the rank's own after distributed.init_from_env), not to every GPU of the node: a stand-in faiss
+    records where the index goes and keeps it on the CPU."""
+    from sslstudy.eval.probes import knn_predict
+
+    calls = []
+    monkeypatch.setattr(kmeans_mod, "_num_gpus", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 2)
+    monkeypatch.setattr(faiss, "index_cpu_to_gpus_list", lambda index, gpus=None, **kw: calls.append(gpus) or index)
+    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", lambda *a, **kw: pytest.fail("index spread over all GPUs"))
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(300, 6)).astype(np.float32)
+    cent, assign, _ = kmeans(x, 5, seed=0)
+    np.testing.assert_array_equal(assign, nearest(x, cent))
+    knn_predict(x, assign, x[:10], k=3)
+    assert calls == [[2], [2]]
+
+
+def test_pseudo_labels_of_a_cpu_run_come_from_faiss_on_the_cpu(monkeypatch):
+    """DeepCluster/PCL's k-means runs where the features are: a CPU run on a GPU machine (torch sees
+    CUDA, faiss-cpu installed) does not send its k-means to the GPU's torch Lloyd."""
+    from sslstudy.methods.clustering import shared_kmeans
+
+    monkeypatch.setattr(kmeans_mod, "_torch_cuda", lambda: True)
+    monkeypatch.setattr(kmeans_mod, "lloyd_torch", lambda *a, **kw: pytest.fail("k-means of CPU features on a GPU"))
+    x = torch.from_numpy(np.random.default_rng(5).normal(size=(200, 4)).astype(np.float32))
+    c, a, sq = shared_kmeans(x, 3, seed=0)
+    ref_c, ref_a, _ = kmeans(x.numpy(), 3, seed=0, gpu=False)
+    assert torch.equal(a, torch.from_numpy(ref_a)) and np.array_equal(c.numpy(), ref_c)

@@ -64,6 +64,19 @@ def test_official_defaults_validate():
         assert spec["views"][0]["size"] == 224
 
 
+def test_official_recipes_synchronise_batch_norm_and_the_study_does_not():
+    """sync_batchnorm: true where the official code synchronises batch norm across GPUs (SimCLR's
+    global_bn, BYOL's cross-replica BN, SwAV's --sync_bn, Barlow Twins' convert_sync_batchnorm); the
+    study's default (one process) is false for every method."""
+    import yaml
+
+    files = sorted((config.SCHEMA.parents[2] / "params" / "methods").glob("*.yaml"))
+    synced = {f.stem for f in files if yaml.safe_load(f.read_text())["methods"][f.stem].get("sync_batchnorm")}
+    assert synced == {"simclr", "byol", "swav", "barlow"}
+    cfg = config.validate(dict(study=dict(methods=METHODS, domains=["natural"])))
+    assert all(cfg["methods"][m]["sync_batchnorm"] is False for m in METHODS)
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_trains_under_cpu_bf16_autocast(method, tiny_data, subset128, tmp_path, monkeypatch):
     """precision bf16 on the CPU (this CPU's native-bf16 check forced on): every loss, queue, Sinkhorn,

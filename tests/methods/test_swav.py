@@ -218,7 +218,7 @@ sys.path.insert(0, sys.argv[3])
 from sslstudy import distributed as dist
 from sslstudy.methods.swav import sinkhorn
 from tests.helpers import swav_local_steps
-dist.init_from_env()
+dist.init_from_env(cuda=False)  # gloo on the CPU, on a GPU machine too
 s = torch.from_numpy(np.load(sys.argv[1]))
 np.save(sys.argv[2] + f"codes{dist.rank()}.npy", sinkhorn(s[dist.local_slice(s.shape[0])], 0.05, 3).numpy())
 losses, queue = swav_local_steps()

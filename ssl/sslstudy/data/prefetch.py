@@ -23,6 +23,7 @@ import torch
 
 from .. import augment, distributed
 from ..augment import ViewSpec, batch_params, views_from
+from ..hostsync import to_device
 
 
 def views_ahead(device: torch.device, threads: int) -> bool:
@@ -53,6 +54,7 @@ class Prefetcher:
         self._it = 0
         self._ahead: Future | None = None  # the next batch: its images and, made ahead, its views
         self._state_before_ahead: torch.Tensor | None = None  # gen's state before the views drawn ahead
+        self.rows_on_host: np.ndarray | None = None  # the rows `next` handed out last, on the host
 
     def __enter__(self) -> Prefetcher:
         self._reader = ThreadPoolExecutor(
@@ -72,8 +74,9 @@ class Prefetcher:
         self._ahead, self._state_before_ahead = self._reader.submit(self._read, it), None
 
     def next(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """The next batch: this rank's rows (their positions in the subset, int64 on the device) and
-        its views (one channels_last float tensor per view spec)."""
+        """The next batch: this rank's rows (their positions in the subset, int64 on the device, copied
+        without the host waiting; `rows_on_host` keeps them on the host) and its views (one channels_last
+        float tensor per view spec)."""
         it = self._it
         images, views = self._ahead.result()
         self._state_before_ahead = None
@@ -83,8 +86,8 @@ class Prefetcher:
         if views is None:
             views = self._views(images, self._draw())
         self._it = it + 1
-        rows = self._picked(it)[distributed.local_slice(self.bs)]
-        return torch.from_numpy(rows).to(self.device), views
+        self.rows_on_host = self._picked(it)[distributed.local_slice(self.bs)]
+        return to_device(torch.from_numpy(self.rows_on_host), self.device), views
 
     def after_forward(self) -> None:
         """Call once the step's forward has drawn its random numbers. With views made ahead: draw the next

@@ -27,10 +27,10 @@ Faiss behaviour worth knowing, handled here:
   the rest of the process was told to use; small jobs (``N * k * d`` < 16M)
   run on one thread, which is faster there (see :func:`faiss_threads`).
 * On CPU the result is deterministic for a fixed seed and thread count.
-* GPU: faiss's GPU index when faiss sees GPUs; otherwise, where torch sees CUDA (a faiss-cpu
-  install on a GPU machine), the same Lloyd iterations written in torch (:func:`lloyd_torch`,
-  ``init="random"`` only). Its steps mirror faiss's ``Clustering.train``; the tests check it
-  against faiss on the CPU.
+* GPU: faiss's GPU index, on this process's own GPU (:func:`gpu_index`), when faiss sees
+  GPUs; otherwise, where torch sees CUDA (a faiss-cpu install on a GPU machine), the same Lloyd
+  iterations written in torch (:func:`lloyd_torch`, ``init="random"`` only). Its steps mirror
+  faiss's ``Clustering.train``; the tests check it against faiss on the CPU.
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ __all__ = [
     "as_float32_matrix",
     "faiss_threads",
     "use_gpu",
+    "gpu_index",
+    "this_gpu",
 ]
 
 # faiss stores the seed in a C int.
@@ -193,6 +195,8 @@ def lloyd_torch(
     """
     import torch
 
+    from sslstudy import hostsync
+
     xt = torch.as_tensor(x, dtype=torch.float32).to(device)
     g = torch.Generator().manual_seed(int(seed) % _SEED_MODULUS)
     n = xt.shape[0]
@@ -207,17 +211,20 @@ def lloyd_torch(
         obj = float("inf")
         for _ in range(niter):
             assign, dist = _nearest_torch(xt, c)
-            obj = float(dist.sum())
-            counts = torch.bincount(assign, minlength=k)
+            # not torch.bincount: on CUDA it reads the largest label back to size its output (a host sync)
+            counts = torch.zeros(k, dtype=torch.long, device=c.device).index_add_(0, assign, torch.ones_like(assign))
             c = torch.zeros_like(c).index_add_(0, assign, xt) / counts.clamp_min(1).unsqueeze(1).to(c.dtype)
-            for ci in (counts == 0).nonzero().flatten().tolist():  # few; faiss's split, largest first
-                cj = int(counts.argmax())
+            # one read per iteration: the objective and the cluster sizes (which clusters emptied)
+            read = hostsync.read_on_host(torch.cat([dist.sum().double()[None], counts.double()]))
+            obj, sizes = float(read[0]), read[1:].astype(np.int64)
+            for ci in np.flatnonzero(sizes == 0).tolist():  # few; faiss's split, largest first
+                cj = int(sizes.argmax())
                 sign = torch.ones(c.shape[1], device=c.device)
                 sign[1::2] = -1
                 c[ci] = c[cj] * (1 + _SPLIT_EPS * sign)
                 c[cj] = c[cj] * (1 - _SPLIT_EPS * sign)
-                counts[ci] = counts[cj] // 2
-                counts[cj] -= counts[ci]
+                sizes[ci] = sizes[cj] // 2
+                sizes[cj] -= sizes[ci]
             if spherical:
                 c = torch.nn.functional.normalize(c, dim=1)
         if obj < best_obj or best is None:
@@ -240,11 +247,26 @@ def _nearest_torch(x, c):
     return torch.cat(idx), torch.cat(dist)
 
 
+def this_gpu() -> int:
+    """The GPU this process works on (CUDA's numbering, which faiss shares): torch's current device,
+    which sslstudy.distributed.init_from_env sets to each rank's own; 0 where torch sees no CUDA."""
+    try:
+        import torch
+
+        return int(torch.cuda.current_device()) if torch.cuda.is_available() else 0
+    except Exception:  # torch missing or broken: the first GPU
+        return 0
+
+
+def gpu_index(index: faiss.Index) -> faiss.Index:
+    """A copy of the CPU ``index`` on this process's GPU only (:func:`this_gpu`), not spread over every
+    GPU of the node (faiss.index_cpu_to_all_gpus), whose memory the other ranks of a job hold."""
+    return faiss.index_cpu_to_gpus_list(index, gpus=[this_gpu()])
+
+
 def _flat_l2_index(d: int, gpu: bool) -> faiss.Index:
     index = faiss.IndexFlatL2(d)
-    if gpu:
-        index = faiss.index_cpu_to_all_gpus(index)
-    return index
+    return gpu_index(index) if gpu else index
 
 
 def kmeans(
@@ -320,11 +342,13 @@ def kmeans(
             n_train=n_train,
             device=_TORCH_DEVICE,
         )
+        from sslstudy import hostsync
+
         assign, dist = _nearest_torch(torch.from_numpy(xf).to(c.device), c)
         return (
-            np.ascontiguousarray(c.cpu().numpy(), dtype=np.float32),
-            assign.cpu().numpy().astype(np.int64),
-            dist.cpu().numpy().astype(np.float32),
+            np.ascontiguousarray(hostsync.read_on_host(c), dtype=np.float32),
+            hostsync.read_on_host(assign).astype(np.int64),
+            hostsync.read_on_host(dist).astype(np.float32),
         )
 
     cp = faiss.ClusteringParameters()

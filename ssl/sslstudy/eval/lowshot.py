@@ -27,6 +27,7 @@ from ..data.packed import PackedDataset
 from ..data.subsets import balanced_order
 from ..device import choose_precision
 from ..errors import UserError
+from ..hostsync import LossWatch, to_device
 from ..names import ALL
 from .features import Features, embed, probe_splits
 from .frozen import choose_linear, level_accuracy, tidy
@@ -93,17 +94,20 @@ class Classifier(nn.Module):
 
 
 def train_classifier(
-    backbone: nn.Module, ds: PackedDataset, train: np.ndarray, cfg: dict, size: int, seed: int
+    backbone: nn.Module, ds: PackedDataset, train: np.ndarray, cfg: dict, size: int, seed: int, device=None
 ) -> Classifier:
-    """Train backbone + a new linear head end to end on the finest labels of ``train``; the forward pass
-    in bf16 autocast where ``cfg["precision"]`` (finetune.precision) auto finds native bf16, as pretraining does."""
+    """Train backbone + a new linear head end to end on the finest labels of ``train``, on ``device``
+    (default: the backbone's; the backbone is moved there): the network, the views, the labels and the
+    step all run there, the images read on the host and copied over without waiting. The head is
+    initialised on the CPU, so every device starts from the same weights. The forward pass runs in bf16
+    autocast where ``cfg["precision"]`` (finetune.precision) auto finds native bf16, as pretraining does."""
     finest = ds.levels[-1]
-    device = next(backbone.parameters()).device
+    device = torch.device(device) if device is not None else next(backbone.parameters()).device
     dtype, what = choose_precision(dict(precision=cfg.get("precision", "auto")), device)
-    log.info("fine-tuning on %d images: %s", len(train), what)
+    log.info("fine-tuning on %d images on %s: %s", len(train), device, what)
     torch.manual_seed(seed)
-    model = Classifier(backbone, ds.n_classes(finest))
-    y = torch.from_numpy(ds.label_array(finest, train))
+    model = Classifier(backbone, ds.n_classes(finest)).to(device)
+    y = to_device(torch.from_numpy(ds.label_array(finest, train)), device)
     bs = min(cfg["batch_size"], len(train))
     per_epoch = math.ceil(len(train) / bs)
     steps = max(cfg["min_steps"], cfg["epochs"] * per_epoch)
@@ -117,26 +121,40 @@ def train_classifier(
     )
     spec = ViewSpec(size=size, scale=cfg["scale"], hflip=0.5, jitter_p=0.0, gray_p=0.0, blur_p=0.0)
     gen = torch.Generator().manual_seed(seed)
+    watch = LossWatch()
     model.train()
     perm = torch.empty(0, dtype=torch.long)
     for step in range(steps):
         if len(perm) < bs:  # next epoch's shuffle
             perm = torch.cat([perm, torch.randperm(len(train), generator=gen)])
         pick, perm = perm[:bs], perm[bs:]
-        batch = torch.from_numpy(np.asarray(ds.images[train[np.sort(pick.numpy())]]))
+        rows = torch.from_numpy(np.sort(pick.numpy()))
+        batch = to_device(torch.from_numpy(np.asarray(ds.images[train[rows.numpy()]])), device)
         views = make_views(batch, spec, gen)
         for g in opt.param_groups:
             g["lr"] = cfg["lr"] * 0.5 * (1 + math.cos(math.pi * step / steps))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype is not None):
             logits = model(views)
-        loss = nn.functional.cross_entropy(logits.float(), y[np.sort(pick.numpy())])
-        if not torch.isfinite(loss):
-            raise UserError(f"{ds.path}: fine-tuning loss is {loss.item()} at step {step}; lower finetune.lr in params")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        loss = nn.functional.cross_entropy(logits.float(), y[to_device(rows, device)])
+        watch.add(loss, step)
+        if watch.due(step) or step == steps - 1:
+            _stop_if_diverged(watch, device, ds)
+        _update(opt, loss)
     model.epochs = steps * bs // len(train)
     return model.eval()
+
+
+def _update(opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """One optimiser step on loss (backward needs a real GPU: the fake-CUDA test replaces this)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def _stop_if_diverged(watch: LossWatch, device, ds: PackedDataset) -> None:
+    bad = watch.check(device)
+    if bad is not None:
+        raise UserError(f"{ds.path}: fine-tuning loss is {bad[1]} at step {bad[0]}; lower finetune.lr in params")
 
 
 @torch.no_grad()

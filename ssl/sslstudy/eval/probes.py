@@ -6,7 +6,7 @@ predicted fine classes to their parents). They are deliberately generic: no
 knowledge of datasets or hierarchies lives here.
 
 kNN: cosine similarity via faiss ``IndexFlatIP`` on L2-normalised float32
-features (GPU index when faiss sees a GPU). ``weighting="exp"`` is the weighted
+features (GPU index, on this process's GPU, when faiss sees a GPU). ``weighting="exp"`` is the weighted
 vote of InstDisc / DINO: each of the k neighbours votes for its class with
 weight ``exp(sim / T)``; ``"uniform"`` is a plain majority vote. Ties go to the
 smallest label.
@@ -44,8 +44,9 @@ import faiss
 import numpy as np
 import torch
 
+from sslstudy import hostsync
 from sslstudy.errors import UserError
-from sslstudy.eval.kmeans import as_float32_matrix, faiss_threads, use_gpu
+from sslstudy.eval.kmeans import as_float32_matrix, faiss_threads, gpu_index, use_gpu
 
 __all__ = [
     "l2_normalize",
@@ -135,12 +136,12 @@ def _neighbours(
         for start in range(0, xte.shape[0], rows):
             q = torch.from_numpy(xte[start : start + rows]).to(device)
             sims, nbrs = torch.topk(q @ index.t(), k, dim=1)  # sorted, as faiss's search
-            yield start, sims.cpu().numpy(), nbrs.cpu().numpy()
+            yield start, hostsync.read_on_host(sims), hostsync.read_on_host(nbrs)
         return
     with faiss_threads(work=float(xtr.shape[0]) * xtr.shape[1] * min(xte.shape[0], _CHUNK)):
         index = faiss.IndexFlatIP(xtr.shape[1])
         if backend == "faiss-gpu":
-            index = faiss.index_cpu_to_all_gpus(index)
+            index = gpu_index(index)
         index.add(xtr)
         for start in range(0, xte.shape[0], _CHUNK):
             sims, nbrs = index.search(xte[start : start + _CHUNK], k)
@@ -263,8 +264,8 @@ class LinearHeads:
         out = []
         for s in range(0, x.shape[0], _CHUNK):
             xb = (torch.from_numpy(as_float32_matrix(x[s : s + _CHUNK], "x")).to(w.device) - self.mean) / self.std
-            out.append((xb @ w).reshape(-1, h, c).add_(self.bias).argmax(dim=2).t().cpu())
-        return torch.cat(out, dim=1).numpy().astype(np.int64)
+            out.append((xb @ w).reshape(-1, h, c).add_(self.bias).argmax(dim=2).t())
+        return hostsync.read_on_host(torch.cat(out, dim=1)).astype(np.int64)
 
 
 def linear_heads(

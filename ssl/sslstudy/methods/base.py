@@ -14,6 +14,7 @@ from torch import nn
 
 from .. import distributed as dist
 from ..augment import ViewSpec
+from ..hostsync import to_device
 
 
 @dataclass
@@ -26,6 +27,10 @@ class Batch:
     total_steps: int
     epoch: int  # 0-based
     gen: torch.Generator  # CPU generator: the only source of randomness a method may use
+    rows: np.ndarray | None = None  # index on the host (None: read it from the device, a host sync)
+
+    def index_on_host(self) -> np.ndarray:
+        return self.rows if self.rows is not None else self.index.cpu().numpy()
 
 
 class Method(nn.Module):
@@ -87,9 +92,10 @@ def momentum_copy(module: nn.Module) -> nn.Module:
 @torch.no_grad()
 def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
     """target = momentum * target + (1 - momentum) * online over parameters; BN running stats stay the
-    target's own."""
-    for target_param, online_param in zip(target.parameters(), online.parameters()):
-        target_param.mul_(momentum).add_(online_param.detach(), alpha=1 - momentum)
+    target's own. Two multi-tensor ops (torch._foreach_*), not two small kernels per parameter."""
+    targets = list(target.parameters())
+    torch._foreach_mul_(targets, momentum)
+    torch._foreach_add_(targets, [o.detach() for o in online.parameters()], alpha=1 - momentum)
 
 
 def cosine_momentum(base: float, step: int, total_steps: int) -> float:
@@ -112,14 +118,23 @@ class Queue(nn.Module):
             )
         self.register_buffer("keys", nn.functional.normalize(torch.randn(dim, length), dim=0))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+        # ptr as a Python int: it advances by the global batch each push, so the step never reads the
+        # buffer back from the device (a host sync); the buffer is what the checkpoint saves
+        self.at = 0
+        self.register_load_state_dict_post_hook(Queue._read_ptr)
+
+    @staticmethod
+    def _read_ptr(queue: "Queue", incompatible) -> None:
+        queue.at = int(queue.ptr)  # once, on loading a checkpoint
 
     @torch.no_grad()
     def push(self, k: torch.Tensor) -> None:
         """k: (n, dim) keys of this rank's batch."""
         k = dist.gather(k.float())
-        p = int(self.ptr)
+        p = self.at
         self.keys[:, p : p + k.shape[0]] = k.T
-        self.ptr.fill_((p + k.shape[0]) % self.keys.shape[1])
+        self.at = (p + k.shape[0]) % self.keys.shape[1]
+        self.ptr.fill_(self.at)
 
 
 def shuffled_forward(encoder, x: torch.Tensor, groups: int, gen: torch.Generator):
@@ -130,7 +145,7 @@ def shuffled_forward(encoder, x: torch.Tensor, groups: int, gen: torch.Generator
     a plain forward. The encoder may return a tensor or a tuple of tensors (batch first); each
     comes back contiguous, whatever the encoder's memory format."""
     xg = dist.gather(x)
-    perm = torch.randperm(xg.shape[0], generator=gen).to(x.device)
+    perm = to_device(torch.randperm(xg.shape[0], generator=gen), x.device)
     mine = perm[dist.local_slice(xg.shape[0])]
     outs = [encoder(c) for c in xg[mine].chunk(groups)]
     single = isinstance(outs[0], torch.Tensor)

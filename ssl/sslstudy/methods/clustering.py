@@ -27,12 +27,14 @@ def stream_seed(seed: int, epoch: int, stream: int) -> int:
 
 
 def shared_kmeans(x: torch.Tensor, k: int, seed: int, **kw) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The project's faiss k-means (GPU index when faiss has GPUs) of x (N, d), run on rank 0 and
-    sent to every rank, so all ranks train on the same pseudo-labels.
+    """The project's k-means of x (N, d), run on rank 0 and sent to every rank, so all ranks train on the
+    same pseudo-labels. Where x is, it runs: on a GPU, faiss's GPU index on this rank's GPU where faiss
+    has GPUs, else torch's Lloyd there (eval.kmeans); on the CPU, faiss on the CPU, even on a GPU node.
     -> (centroids (k, d) float32, assignments (N,) int64, squared distances (N,) float32) on x's device."""
     n, d = x.shape
     if dist.rank() == 0:
-        c, a, sq = kmeans(x.detach().float().cpu().numpy(), k, seed=seed, **kw)
+        gpu = None if x.device.type == "cuda" else False
+        c, a, sq = kmeans(x.detach().float().cpu().numpy(), k, seed=seed, gpu=gpu, **kw)
         out = [torch.from_numpy(v).to(x.device) for v in (c, a, sq)]
     else:
         out = [

@@ -5,6 +5,7 @@ network is trained on them with cross-entropy, every cluster visited about equal
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import torch
@@ -82,6 +83,12 @@ class DeepCluster(Method):
         self.register_buffer("labels", torch.full((self.n_train,), -1, dtype=torch.long))
         self.register_buffer("class_weight", torch.ones(self.k))
         self.register_buffer("nmi", torch.tensor(float("nan")))  # vs the previous epoch's labels
+        self.nmi_prev = math.nan  # nmi as a Python float, for the step's logs without a host sync
+        self.register_load_state_dict_post_hook(DeepCluster._read_nmi)
+
+    @staticmethod
+    def _read_nmi(model: "DeepCluster", incompatible) -> None:
+        model.nmi_prev = float(model.nmi)  # once, on loading a checkpoint
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(self.backbone(x))
@@ -93,7 +100,9 @@ class DeepCluster(Method):
         x = pca_whiten(feats, self.cfg["pca_dim"])
         _, labels, _ = shared_kmeans(x, self.k, stream_seed(ctx.seed, epoch, 0), niter=KMEANS_ITERS)
         if epoch > 0 and bool((self.labels >= 0).all()):
-            self.nmi.fill_(assignment_scores(self.labels.cpu().numpy(), labels.cpu().numpy())["nmi"])
+            nmi = assignment_scores(self.labels.cpu().numpy(), labels.cpu().numpy())["nmi"]
+            self.nmi_prev = float(np.float32(nmi))  # what the float32 buffer holds
+            self.nmi.fill_(self.nmi_prev)
         self.labels.copy_(labels)
         sizes = torch.bincount(labels, minlength=self.k).float()
         # inverse-size weights, normalised so a uniform clustering weighs every image 1
@@ -109,7 +118,7 @@ class DeepCluster(Method):
             self.k,
             int((sizes == 0).sum()),
             int(sizes.max()),
-            float(self.nmi),
+            self.nmi_prev,
         )
 
     def epoch_order(self, epoch, gen):
@@ -123,7 +132,7 @@ class DeepCluster(Method):
         logits = self.top(F.relu(self.embed(x))).float()
         weight = self.class_weight if self.cfg["balance"] == "loss" else None
         loss = F.cross_entropy(logits, y, weight=weight)
-        logs = {} if self.nmi.isnan() else {"nmi_prev": float(self.nmi)}
+        logs = {} if math.isnan(self.nmi_prev) else {"nmi_prev": self.nmi_prev}
         return loss, logs
 
     def optim_groups(self, weight_decay):

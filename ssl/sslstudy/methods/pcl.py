@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
+from ..hostsync import to_device
 from .base import float32_without_autocast
 from .clustering import check_k, shared_kmeans, stream_seed
 from .moco import MoCo, info_nce
@@ -42,12 +43,13 @@ def concentration(
 
 
 def sample_negatives(pos: torch.Tensor, k: int, r: int, gen: torch.Generator) -> torch.Tensor:
-    """r cluster ids drawn without replacement among the k clusters that are no query's own (pos);
-    fewer when the batch leaves fewer than r (the official code would fail there)."""
+    """r cluster ids drawn without replacement among the k clusters that are no query's own (pos, on
+    the host: which clusters are free decides how many numbers are drawn); fewer when the batch leaves
+    fewer than r (the official code would fail there). On the host."""
     free = torch.ones(k, dtype=torch.bool)
-    free[pos.cpu()] = False
+    free[pos] = False
     ids = free.nonzero()[:, 0]
-    return ids[torch.randperm(len(ids), generator=gen)[:r]].to(pos.device)
+    return ids[torch.randperm(len(ids), generator=gen)[:r]]
 
 
 @float32_without_autocast
@@ -82,6 +84,14 @@ class PCL(MoCo):
             self.register_buffer(f"assign{i}", torch.zeros(self.n_train, dtype=torch.long))
             self.register_buffer(f"prototypes{i}", torch.zeros(k, cfg["proj_dim"]))
             self.register_buffer(f"phi{i}", torch.ones(k))
+        # the assignments on the host too: sampling negatives needs a batch's clusters there, and the
+        # step must not read them back from the device
+        self.assign_host = [np.zeros(self.n_train, dtype=np.int64) for _ in self.ks]
+        self.register_load_state_dict_post_hook(PCL._read_assignments)
+
+    @staticmethod
+    def _read_assignments(model: "PCL", incompatible) -> None:
+        model.assign_host = [model.clustering(i)[0].cpu().numpy() for i in range(len(model.ks))]  # on loading
 
     def clustering(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return getattr(self, f"assign{i}"), getattr(self, f"prototypes{i}"), getattr(self, f"phi{i}")
@@ -93,7 +103,8 @@ class PCL(MoCo):
         x = F.normalize(ctx.features(nn.Sequential(self.key_backbone, self.key_head)), dim=1)
         for i, k in enumerate(self.ks):
             centroids, assign, sq = shared_kmeans(x, k, stream_seed(ctx.seed, epoch, i), **KMEANS)
-            phi = concentration(sq.cpu().numpy(), assign.cpu().numpy(), k, self.cfg["temperature"])
+            self.assign_host[i] = assign.cpu().numpy()
+            phi = concentration(sq.cpu().numpy(), self.assign_host[i], k, self.cfg["temperature"])
             a, p, f = self.clustering(i)
             a.copy_(assign)
             p.copy_(F.normalize(centroids, dim=1))
@@ -111,17 +122,15 @@ class PCL(MoCo):
         c = self.cfg
         q, k = self.query_and_key(batch)
         loss = nce = info_nce(q, k, self.queue.keys.clone(), c["temperature"])
-        logs = {"infonce": nce.item()}
+        logs = {"infonce": nce.detach()}
         if batch.epoch >= c["proto_warmup_epochs"]:
-            proto = 0.0
+            proto, rows = 0.0, batch.index_on_host()
             for i, kk in enumerate(self.ks):
                 assign, prototypes, phi = self.clustering(i)
-                pos = assign[batch.index]
-                proto = proto + proto_nce(
-                    q, prototypes, phi, pos, sample_negatives(pos, kk, c["proto_negatives"], batch.gen)
-                )
+                neg = sample_negatives(torch.from_numpy(self.assign_host[i][rows]), kk, c["proto_negatives"], batch.gen)
+                proto = proto + proto_nce(q, prototypes, phi, assign[batch.index], to_device(neg, q.device))
             proto = proto / len(self.ks)
             loss = loss + proto
-            logs["proto"] = proto.item()
+            logs["proto"] = proto.detach()
         self.queue.push(k)
         return loss, logs

@@ -87,6 +87,12 @@ class SwAV(Method):
                 for _ in self.ASSIGN
             )
         self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))  # samples pushed so far
+        self.filled = 0  # queue_filled as a Python int (read from the buffer only on loading): no host sync
+        self.register_load_state_dict_post_hook(SwAV._read_filled)
+
+    @staticmethod
+    def _read_filled(swav: "SwAV", incompatible) -> None:
+        swav.filled = int(swav.queue_filled)
 
     def embed(self, views: list[torch.Tensor]) -> torch.Tensor:
         """All crops -> (n_crops * n, dim) L2-normalised embeddings, in crop order. As the official
@@ -105,7 +111,7 @@ class SwAV(Method):
         z = self.embed(batch.views)
         scores = self.prototypes(z).chunk(len(batch.views))
         use_queue = bool(self.queues) and batch.epoch >= c["queue_start_epoch"]
-        queue_full = use_queue and int(self.queue_filled) >= c["queue_length"]
+        queue_full = use_queue and self.filled >= c["queue_length"]
         codes = []
         with torch.no_grad(), torch.autocast(z.device.type, enabled=False):
             w = self.prototypes.weight.float()
@@ -118,7 +124,8 @@ class SwAV(Method):
                 if use_queue:
                     self.queues[i].push(mine)
             if use_queue and not queue_full:
-                self.queue_filled += n * dist.world()
+                self.filled += n * dist.world()
+                self.queue_filled.fill_(self.filled)
         loss = swav_loss(list(scores), codes, list(self.ASSIGN), c["temperature"])
         return loss, dict(queue_used=float(queue_full))
 

@@ -22,6 +22,7 @@ from .clustering import check_k, shared_kmeans, stream_seed
 log = logging.getLogger("sslstudy.methods.deepcluster")
 
 KMEANS_ITERS = 20  # deepcluster clustering.py run_kmeans: niter = 20
+NMI_NONE = -1.0  # the nmi buffer before a second clustering to compare with (an NMI is in [0, 1])
 EIGEN_FLOOR = 1e-8  # eigenvalues below this fraction of the largest are floored before whitening
 
 
@@ -82,13 +83,19 @@ class DeepCluster(Method):
         self.top = nn.Linear(dim, self.k)  # re-initialised every epoch
         self.register_buffer("labels", torch.full((self.n_train,), -1, dtype=torch.long))
         self.register_buffer("class_weight", torch.ones(self.k))
-        self.register_buffer("nmi", torch.tensor(float("nan")))  # vs the previous epoch's labels
-        self.nmi_prev = math.nan  # nmi as a Python float, for the step's logs without a host sync
+        # vs the previous epoch's labels; NMI_NONE before there is one (finite: a checkpoint holds no NaN,
+        # sslstudy.divergence)
+        self.register_buffer("nmi", torch.tensor(NMI_NONE))
+        self.nmi_prev = math.nan  # nmi as a Python float (nan: none yet), for the step's logs without a host sync
         self.register_load_state_dict_post_hook(DeepCluster._read_nmi)
 
     @staticmethod
     def _read_nmi(model: "DeepCluster", incompatible) -> None:
-        model.nmi_prev = float(model.nmi)  # once, on loading a checkpoint
+        """Once, on loading a checkpoint (one written with NaN for "none yet" reads as NMI_NONE)."""
+        nmi = float(model.nmi)
+        model.nmi_prev = nmi if nmi >= 0 else math.nan
+        if not nmi >= 0:
+            model.nmi.fill_(NMI_NONE)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(self.backbone(x))

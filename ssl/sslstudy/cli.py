@@ -21,6 +21,12 @@ def cmd_validate(a) -> None:
     print(f"{a.params}: ok")
 
 
+def cmd_preflight(a) -> None:
+    from . import preflight
+
+    preflight.main(a.configfile, a.out, workers=a.workers)
+
+
 def cmd_synth(a) -> None:
     from . import config
     from .data.synth import generate
@@ -481,6 +487,20 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("validate", help="check a params file against the schema")
     s.add_argument("params", type=Path)
     s.set_defaults(fn=cmd_validate)
+
+    s = sub.add_parser(
+        "preflight",
+        help="check, size and price every job of the grid Snakemake would run, on the CPU (see docs/preflight.md)",
+    )
+    s.add_argument(
+        "--configfile",
+        nargs="*",
+        default=[],
+        help="the config files of the snakemake command, merged over params/study.yaml in this order",
+    )
+    s.add_argument("--out", type=Path, default=Path("results/preflight.csv"), help="the cost table (CSV)")
+    s.add_argument("--workers", type=int, default=2, help="processes sizing the jobs under fake tensors (2)")
+    s.set_defaults(fn=cmd_preflight)
 
     s = sub.add_parser("synth", help="generate the built-in synthetic domains")
     s.add_argument("--params", type=Path, default=Path("params/study.yaml"))

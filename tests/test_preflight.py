@@ -1,0 +1,99 @@
+"""`sslstudy preflight`: each planted error gives its one line (job kind, value, limit, key to change)
+and the command fails; the default study passes."""
+
+import pytest
+import yaml
+from sslstudy import preflight
+from sslstudy.errors import UserError
+
+from tests.helpers import ROOT, sparse_dataset
+
+STUDY = str(ROOT / "params/study.yaml")
+
+
+@pytest.fixture(scope="module")
+def small_root(tmp_path_factory):
+    """natural and aerial at 32 px, as the default study's, 3 levels (4, 16, 64 classes), no pixels."""
+    root = tmp_path_factory.mktemp("data")
+    for name in ("natural", "aerial", "texture"):
+        sparse_dataset(root / name, dict(train=3000, test=1000), [4, 16, 64], size=32)
+    return root
+
+
+def problems(tmp_path, root, change: dict) -> list[str]:
+    """The preflight problems of params/study.yaml with data.root = root and `change` merged over it."""
+    f = tmp_path / "grid.yaml"
+    f.write_text(yaml.safe_dump(preflight.merge(dict(data=dict(root=str(root))), change)))
+    grid = preflight.load_grid([str(f)], study=STUDY)
+    return preflight.run(grid, tmp_path / "preflight.csv", estimate=False)
+
+
+def test_the_default_study_passes_its_checks(tmp_path, small_root):
+    assert problems(tmp_path, small_root, {}) == []
+
+
+def test_a_queue_not_a_multiple_of_the_global_batch(tmp_path, small_root):
+    (line,) = problems(tmp_path, small_root, dict(methods=dict(moco=dict(queue=1000))))
+    assert line == (
+        "pretrain moco: methods.moco.queue 1000 is not a multiple of the global batch 128 (pretrain.batch_size); "
+        "set methods.moco.queue to 896 (5 jobs)"
+    )
+
+
+def test_one_image_per_gpu(tmp_path, small_root):
+    launch = dict(executor="slurm", pretrain=dict(nodes=2, gpus=8, cpus=64))
+    (line,) = problems(tmp_path, small_root, dict(launch=launch, methods=dict(byol=dict(batch_size=16))))
+    assert line == (
+        "pretrain byol: 1 image per GPU (global batch 16 over 16 GPUs) is below the 2 batch norm needs; "
+        "raise methods.byol.batch_size to at least 32 or lower launch.pretrain.gpus (5 jobs)"
+    )
+
+
+def test_a_subset_larger_than_its_dataset(tmp_path, small_root):
+    lines = problems(tmp_path, small_root, dict(study=dict(subsets=[5000]), quantity=dict(subsets=[2000, 4000])))
+    assert lines == [
+        f"subset natural n5000: 5000 images exceed the 3000 train images of {small_root}/natural; "
+        "lower study.subsets to at most 3000",
+        f"subset natural n4000: 4000 images exceed the 3000 train images of {small_root}/natural; "
+        "lower quantity.subsets to at most 3000",
+        f"subset aerial n5000: 5000 images exceed the 3000 train images of {small_root}/aerial; "
+        "lower study.subsets to at most 3000",
+        "subset natural+aerial n5000: 5000 images exceed the 3000 train images of "
+        "results/data/seed0/natural+aerial; lower study.subsets to at most 3000",
+    ]
+
+
+def test_more_labelled_images_per_class_than_a_class_has(tmp_path):
+    root = tmp_path / "data"
+    sparse_dataset(root / "natural", dict(train=64 * 300, test=2000), [4, 16, 64], size=32, small=(5, 50))
+    sparse_dataset(root / "aerial", dict(train=3000, test=1000), [4, 16, 64], size=32)
+    sparse_dataset(root / "texture", dict(train=3000, test=1000), [4, 16, 64], size=32)
+    (line,) = problems(tmp_path, root, dict(quantity=dict(labels=[200])))
+    assert line == (
+        f"lowshot natural: 200 labelled images per class (quantity.labels) but class 'level2-5' of {root}/natural "
+        "has 50 train images (20 less the val holdout); lower quantity.labels to at most 20"
+    )
+
+
+def test_views_larger_than_the_stored_images(tmp_path, small_root):
+    lines = problems(tmp_path, small_root, dict(pretrain=dict(views=dict(size=48))))
+    assert f"evaluate natural: the evaluation view is 48 px (pretrain.views.size) but {small_root}/natural stores " \
+        "32 px images; ingest larger images or lower pretrain.views.size" in lines
+    assert any(ln.startswith("pretrain simclr (natural frac1 clean): view 1 is 48 px") for ln in lines)
+
+
+def test_a_method_setting_from_study_yaml_in_a_grid_at_another_scale(tmp_path, small_root):
+    lines = problems(tmp_path, small_root, dict(pretrain=dict(backbone=dict(arch="resnet18"))))
+    assert (
+        "pretrain byol: methods.byol.batch_size = 32 comes from params/study.yaml (chosen for cnn4 at 32 px) but "
+        "this grid trains resnet18 at 32 px; set methods.byol.batch_size in the grid's own files "
+        "(official values: params/methods/byol.yaml)"
+    ).replace("params/study.yaml", STUDY) in lines
+
+
+def test_the_command_prints_each_line_and_fails(tmp_path, small_root, capsys):
+    f = tmp_path / "grid.yaml"
+    f.write_text(yaml.safe_dump(dict(data=dict(root=str(small_root)), methods=dict(moco=dict(queue=1000)))))
+    with pytest.raises(UserError, match=r"^1 problem\(s\) in .*; fix them before submitting$"):
+        preflight.main([str(f)], tmp_path / "preflight.csv", study=STUDY)
+    assert capsys.readouterr().out.startswith("pretrain moco: methods.moco.queue 1000 is not a multiple")

@@ -249,10 +249,10 @@ def check_pretrain(config: dict, job: Pretrain) -> list[str]:
             f"batch norm needs; raise {bkey} to at least {2 * world} or lower launch.pretrain.gpus"
         )
     elif m in SHUFFLED and batch // world // c["shuffle_groups"] < 2:
-        per = batch // world
+        per, groups = batch // world, c["shuffle_groups"]
         out.append(
-            f"{kind}: {per} images per GPU in {c['shuffle_groups']} shuffle-BN groups (methods.{m}.shuffle_groups) leave "
-            f"{per // c['shuffle_groups']} per group, below the 2 batch norm needs; lower methods.{m}.shuffle_groups"
+            f"{kind}: {per} images per GPU in {groups} shuffle-BN groups (methods.{m}.shuffle_groups) leave "
+            f"{per // groups} per group, below the 2 batch norm needs; lower methods.{m}.shuffle_groups"
         )
     if job.n_train < batch:
         out.append(

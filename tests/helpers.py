@@ -159,9 +159,7 @@ def sparse_dataset(folder: Path, splits: dict[str, int], classes: list[int], siz
     )
     (folder / "meta.json").write_text(json.dumps(meta))
     with open(folder / "images.npy", "wb") as f:
-        np.lib.format.write_array_header_1_0(
-            f, dict(descr="|u1", fortran_order=False, shape=(n, size, size, 3))
-        )
+        np.lib.format.write_array_header_1_0(f, dict(descr="|u1", fortran_order=False, shape=(n, size, size, 3)))
         f.truncate(f.tell() + n * size * size * 3)
     return folder
 

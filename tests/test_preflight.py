@@ -77,8 +77,10 @@ def test_more_labelled_images_per_class_than_a_class_has(tmp_path):
 
 def test_views_larger_than_the_stored_images(tmp_path, small_root):
     lines = problems(tmp_path, small_root, dict(pretrain=dict(views=dict(size=48))))
-    assert f"evaluate natural: the evaluation view is 48 px (pretrain.views.size) but {small_root}/natural stores " \
+    assert (
+        f"evaluate natural: the evaluation view is 48 px (pretrain.views.size) but {small_root}/natural stores "
         "32 px images; ingest larger images or lower pretrain.views.size" in lines
+    )
     assert any(ln.startswith("pretrain simclr (natural frac1 clean): view 1 is 48 px") for ln in lines)
 
 

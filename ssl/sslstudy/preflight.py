@@ -235,9 +235,7 @@ def check_pretrain(config: dict, job: Pretrain) -> list[str]:
     if m in QUEUES and c.get(QUEUES[m]) and c[QUEUES[m]] % batch:
         key, length = f"methods.{m}.{QUEUES[m]}", c[QUEUES[m]]
         fit = max(batch, length // batch * batch)
-        out.append(
-            f"{kind}: {key} {length} is not a multiple of the global batch {batch} ({bkey}); set {key} to {fit}"
-        )
+        out.append(f"{kind}: {key} {length} is not a multiple of the global batch {batch} ({bkey}); set {key} to {fit}")
     if batch % world:
         out.append(
             f"{kind}: the global batch {batch} ({bkey}) does not divide over {world} GPUs "

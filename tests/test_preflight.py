@@ -20,12 +20,13 @@ def small_root(tmp_path_factory):
     return root
 
 
-def problems(tmp_path, root, change: dict) -> list[str]:
-    """The preflight problems of params/study.yaml with data.root = root and `change` merged over it."""
+def problems(tmp_path, root, change: dict, estimate: bool = False) -> list[str]:
+    """The preflight problems of params/study.yaml with data.root = root and `change` merged over it
+    (estimate: the jobs sized too, else the checks alone)."""
     f = tmp_path / "grid.yaml"
     f.write_text(yaml.safe_dump(preflight.merge(dict(data=dict(root=str(root))), change)))
     grid = preflight.load_grid([str(f)], study=STUDY)
-    return preflight.run(grid, tmp_path / "preflight.csv", estimate=False)
+    return preflight.run(grid, tmp_path / "preflight.csv", estimate=estimate).problems
 
 
 def test_the_default_study_passes_its_checks(tmp_path, small_root):
@@ -99,3 +100,37 @@ def test_the_command_prints_each_line_and_fails(tmp_path, small_root, capsys):
     with pytest.raises(UserError, match=r"^1 problem\(s\) in .*; fix them before submitting$"):
         preflight.main([str(f)], tmp_path / "preflight.csv", study=STUDY)
     assert capsys.readouterr().out.startswith("pretrain moco: methods.moco.queue 1000 is not a multiple")
+
+
+def test_deepcluster_official_head_on_a_40gb_gpu(tmp_path):
+    """DeepCluster's official head (k 10,000 over 4,096-d features, params/methods/deepcluster.yaml) on all
+    of an ImageNet-size train split, one 40 GB GPU per run: its share of the features does not fit, and
+    the line says to split them over more GPUs; on 8 GPUs each holds an eighth and it fits."""
+    root = tmp_path / "data"
+    sparse_dataset(root / "imagenet", dict(train=1_281_167, test=50_000), [1000], size=256)
+    official = yaml.safe_load((ROOT / "params/methods/deepcluster.yaml").read_text())
+    off = dict(
+        quantity=dict(labels=[]),
+        domain=dict(domains=[], pools=[]),
+        quality=dict(downup=[], jpeg=[], saltpepper=[], lowres=[]),
+        granularity=dict(supervised=False, seeds=None),
+        fusion=dict(kinds=[], pairs=[]),
+        dense=dict(enabled=False),
+        clustering=dict(enabled=False),
+    )
+    grid = dict(
+        study=dict(methods=["deepcluster"], domains=["imagenet"], subsets=[1.0], seeds=[0]),
+        pretrain=dict(backbone=dict(arch="resnet50", small_stem=False), views=dict(size=224), epochs=100),
+        launch=dict(executor="slurm", pretrain=dict(gpus=1, cpus=8, gpu_mem_gb=40), evaluation=dict(mem_gb=480)),
+        **off,
+        **official,
+    )
+    (line,) = problems(tmp_path, root, grid, estimate=True)
+    assert line.startswith("pretrain deepcluster (study axis, 1 job): ") and line.endswith(
+        " GB per GPU exceeds 90% of launch.pretrain.gpu_mem_gb 40 (36.0 GB); raise launch.pretrain.gpus or nodes "
+        "(each GPU clusters its share of the features), or lower methods.deepcluster.proj_hidden"
+    )
+    # the features of 1,281,167 images, 4,096 floats each, as train.embed makes them: batches, then concatenated
+    assert 2 * 1_281_167 * 4096 * 4 / 1e9 < float(line.split(": ")[1].split(" GB")[0]) < 50
+    grid["launch"]["pretrain"].update(gpus=8, cpus=64)
+    assert problems(tmp_path, root, grid, estimate=True) == []

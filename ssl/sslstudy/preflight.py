@@ -396,19 +396,87 @@ def plain_data(config: dict) -> dict[str, Data]:
 
 
 # ----------------------------------------------------------------------------- the command
-def run(grid: Grid, out: str | Path = TABLE, estimate: bool = True) -> list[str]:
-    """Check the grid; returns its problems (empty: it passes)."""
-    plain = plain_data(grid.config)
-    jobs = pretrain_jobs(grid.config, plain)
-    return checks(grid, plain, jobs)
+@dataclass
+class Report:
+    problems: list[str]
+    rows: list = field(default_factory=list)  # cost.Row
+    disk: list[dict] = field(default_factory=list)
+    worked_around: dict[str, str] = field(default_factory=dict)  # method -> what its estimate replaces
+
+
+def run(grid: Grid, out: str | Path = TABLE, estimate: bool = True, workers: int = 2) -> Report:
+    """Check the grid, then (estimate) size and price every job, write the cost table to `out`.
+    Report.problems is empty when the grid passes."""
+    from . import cost
+
+    config = grid.config
+    plain = plain_data(config)
+    jobs = pretrain_jobs(config, plain)
+    problems = checks(grid, plain, jobs)
+    if problems or not estimate:
+        return Report(problems)
+    task_list = cost.tasks(config, jobs, plain)
+    out = Path(out)
+    sizes = cost.estimates(task_list, out.with_name(f".{out.stem}-estimates.json"), workers)
+    failed = {k: v["error"] for k, v in sizes.items() if "error" in v}
+    if failed:
+        return Report([f"{_what(task_list[k])}: could not be sized ({why})" for k, why in failed.items()])
+    rows = cost.pretrain_rows(config, jobs, sizes) + cost.eval_rows(config, plain, sizes, derived)
+    disk = cost.disk_rows(config, jobs, plain, sizes, derived)
+    from .atomic import write_bytes
+    from .estimate import WORKED_AROUND
+
+    write_bytes(out, cost.table(rows, disk).to_csv(index=False).encode())
+    methods = sorted({j.method for j in jobs})
+    return Report(cost.fit_problems(rows), rows, disk, {m: WORKED_AROUND[m] for m in methods if m in WORKED_AROUND})
+
+
+def _what(task: dict) -> str:
+    if task["kind"] == "pretrain":
+        return f"pretrain {task['spec']['method']['name']} ({task['per_gpu']} images per GPU)"
+    return f"{task['kind']} ({task['backbone']['arch']})"
+
+
+def _num(v: float) -> str:
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
+
+
+def summary(report: Report) -> list[str]:
+    """The printed table: every method's peak per GPU and GPU-hours, the GPU-hours per axis and in total, the disk."""
+    df = pd.DataFrame([r.__dict__ for r in report.rows])
+    pre = df[df["kind"] == "pretrain"]
+    lines = ["pretraining, per method (largest run): peak GB per GPU at its per-GPU batch, GFLOP per image, GPU-hours"]
+    for method, g in pre.groupby("method", sort=False):
+        top = g.loc[g["peak_gb"].idxmax()]
+        lines.append(
+            f"  {method:12s} {_num(top['peak_gb']):>6s} GB at {top['per_gpu_batch']:g} per GPU x {top['gpus']} GPUs  "
+            f"{_num(top['gflop_per_image']):>6s} GFLOP/image  {g['images_per_job'].max():,.0f} images per run  "
+            f"{g['jobs'].sum():4d} runs  {_num(g['gpu_hours'].sum()):>10s} GPU-h"
+        )
+    lines.append("evaluation-type jobs: peak GB per GPU, host GB, GPU-hours")
+    for (kind, axis), g in df[df["kind"] != "pretrain"].groupby(["kind", "axis"], sort=False):
+        lines.append(
+            f"  {kind:17s} {axis:12s} {_num(g['peak_gb'].max()):>6s} GB  {_num(g['host_gb'].max()):>6s} GB host  "
+            f"{g['jobs'].sum():5d} jobs  {_num(g['gpu_hours'].sum()):>10s} GPU-h"
+        )
+    by_axis = df.groupby("axis", sort=False)["gpu_hours"].sum()
+    lines.append("GPU-hours per axis: " + ", ".join(f"{a} {_num(h)}" for a, h in by_axis.items()))
+    lines.append(f"GPU-hours in total: {_num(df['gpu_hours'].sum())}")
+    lines.append("disk: " + ", ".join(f"{d['what']} {_num(d['bytes'] / GB)} GB" for d in report.disk))
+    for m, what in report.worked_around.items():
+        lines.append(f"sized around fake tensors' limits, {m}: {what}")
+    return lines
 
 
 def main(configfiles: list[str], out: str | Path = TABLE, workers: int = 2, study: str = STUDY_PARAMS) -> None:
-    """The command: print every problem (one line each) and raise UserError if there is one."""
+    """The command: print every problem (one line each) and raise UserError if there is one; else the
+    cost summary (the table: `out`)."""
     grid = load_grid(configfiles, study)
-    problems = run(grid, out)
-    for p in problems:
+    report = run(grid, out, workers=workers)
+    for p in report.problems:
         print(p)
-    if problems:
-        raise UserError(f"{len(problems)} problem(s) in {' + '.join(grid.files)}; fix them before submitting")
-    print(f"preflight: {' + '.join(grid.files)}: ok")
+    if report.problems:
+        raise UserError(f"{len(report.problems)} problem(s) in {' + '.join(grid.files)}; fix them before submitting")
+    for line in summary(report):
+        print(line)
+    print(f"preflight: {' + '.join(grid.files)}: ok; the table: {out}")

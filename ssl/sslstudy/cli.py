@@ -247,6 +247,7 @@ def cmd_report(a) -> None:
         benchmarks=split_named(a.benchmarks),
         datasets=dict(split_named(a.datasets)),
         data_dvc=a.data_dvc,
+        preflight=a.preflight,
     )
 
 
@@ -498,7 +499,7 @@ def parser() -> argparse.ArgumentParser:
         default=[],
         help="the config files of the snakemake command, merged over params/study.yaml in this order",
     )
-    s.add_argument("--out", type=Path, default=Path("results/preflight.csv"), help="the cost table (CSV)")
+    s.add_argument("--out", type=Path, default=Path(names.PREFLIGHT), help=f"the cost table (CSV; {names.PREFLIGHT})")
     s.add_argument("--workers", type=int, default=2, help="processes sizing the jobs under fake tensors (2)")
     s.set_defaults(fn=cmd_preflight)
 
@@ -608,6 +609,7 @@ def parser() -> argparse.ArgumentParser:
         help="packed folder of each evaluation domain (drawn as a contact sheet)",
     )
     s.add_argument("--data-dvc", type=Path, help="the data's DVC file (its md5 is shown)")
+    s.add_argument("--preflight", type=Path, help="the cost table of `sslstudy preflight` (shown where it exists)")
     s.set_defaults(fn=cmd_report)
 
     s = sub.add_parser("densecl-matches", help="draw DenseCL's matched locations between two views of test images")

@@ -32,7 +32,7 @@ from .config import validate
 from .errors import UserError
 
 STUDY_PARAMS = "params/study.yaml"  # the Snakefile's configfile: every grid is merged over it
-TABLE = "results/preflight.csv"
+TABLE = names.PREFLIGHT
 GB = 1e9  # memory and disk in decimal gigabytes, as GPU memory is sold (80 GB)
 
 
@@ -466,6 +466,24 @@ def summary(report: Report) -> list[str]:
     for m, what in report.worked_around.items():
         lines.append(f"sized around fake tensors' limits, {m}: {what}")
     return lines
+
+
+def before_jobs(config: dict, configfiles: list, out: str | Path = TABLE) -> bool:
+    """The workflow's gate (workflow/rules/common.smk, onstart): the preflight of the config Snakemake
+    validated (its config files: Snakemake's list, the Snakefile's params/study.yaml last) -> whether
+    it passed; prints its problems or its summary."""
+    files = [str(f) for f in configfiles]
+    study = [f for f in files if Path(f).resolve() == Path(STUDY_PARAMS).resolve()]
+    files = study + [f for f in files if f not in study]
+    print(f"sslstudy preflight: checking, sizing and pricing every job of {' + '.join(files)} before the first runs")
+    try:
+        report = run(Grid(config, files, origins(files)), out)
+    except UserError as e:
+        print(f"sslstudy preflight: error: {e}")
+        return False
+    for line in report.problems or summary(report):
+        print(line)
+    return not report.problems
 
 
 def main(configfiles: list[str], out: str | Path = TABLE, workers: int = 2, study: str = STUDY_PARAMS) -> None:

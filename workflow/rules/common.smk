@@ -43,7 +43,7 @@ def remote(rule):
     if not EVAL_REMOTE:
         return ""
     job_dir = pattern(names.job_dir(rule))
-    return lambda w: f"--launch {q(C['launch'])} --job-dir {job_dir.format(**dict(w.items()))}"
+    return lambda w: f"--launch {q(studyconfig.job_launch(C['launch']))} --job-dir {job_dir.format(**dict(w.items()))}"
 
 
 def eval_cpus(w, threads):
@@ -177,7 +177,13 @@ FORKSERVER = (
 )
 
 
+# Before the first job (Snakemake runs onstart only when there is a job to run, and not in a dry run):
+# `sslstudy preflight` on this very config; a grid that fails it submits nothing (sslstudy.preflight).
 onstart:
+    from sslstudy.preflight import before_jobs
+
+    if not before_jobs(C, workflow.configfiles):
+        sys.exit("sslstudy preflight failed: nothing was submitted; the lines above say what to change")
     if FORKSERVER:
         from sslstudy import forkserver
 

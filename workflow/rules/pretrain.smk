@@ -23,7 +23,7 @@ rule pretrain:
     threads: 1 if C["launch"]["executor"] == "slurm" else THREADS
     params:
         spec=lambda w: q(axes.pretrain_spec(C, run_of(w))),
-        launch=q(C["launch"]),
+        launch=q(studyconfig.job_launch(C["launch"])),
         run_dir=lambda w: names.model_dir(run_of(w)),
     shell:
         "sslstudy pretrain --run-dir {params.run_dir} --spec {params.spec} --launch {params.launch} 2> {log[0]}"

@@ -134,3 +134,27 @@ def test_deepcluster_official_head_on_a_40gb_gpu(tmp_path):
     assert 2 * 1_281_167 * 4096 * 4 / 1e9 < float(line.split(": ")[1].split(" GB")[0]) < 50
     grid["launch"]["pretrain"].update(gpus=8, cpus=64)
     assert problems(tmp_path, root, grid, estimate=True) == []
+
+
+def test_the_default_study_passes_its_preflight_within_30_cpu_seconds(tmp_path, small_root):
+    """params/study.yaml (on domains of its size: 32 px, 4 / 16 / 64 classes) passes its whole
+    preflight, every job sized, with the cost table written; in at most 30 s of CPU, worker processes
+    included (no cached estimate: a fresh table path)."""
+    import resource
+
+    def cpu() -> float:
+        return sum(
+            getattr(resource.getrusage(who), f)
+            for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+            for f in ("ru_utime", "ru_stime")
+        )
+
+    f = tmp_path / "grid.yaml"
+    f.write_text(yaml.safe_dump(dict(data=dict(root=str(small_root)))))
+    start = cpu()
+    report = preflight.run(preflight.load_grid([str(f)], study=STUDY), tmp_path / "preflight.csv")
+    seconds = cpu() - start
+    assert report.problems == [] and (tmp_path / "preflight.csv").is_file()
+    methods = {r.method for r in report.rows if r.kind == "pretrain"}
+    assert methods == {"simclr", "moco", "byol", "swav", "barlow", "densecl", "deepcluster", "pcl"}
+    assert seconds <= 30, seconds

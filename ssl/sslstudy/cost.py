@@ -11,8 +11,13 @@ were chosen and how the estimate compares with measured peaks.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import math
+import os
+import subprocess
+import sys
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,6 +34,18 @@ PROBE_BATCH = 256  # eval.probes.linear_heads's minibatch (eval.frozen.choose_li
 TORCH_SIMS = 1 << 28  # eval.probes._TORCH_SIMS: similarities the CUDA kNN holds at once
 F32, F16, F64, I64 = 4, 2, 8, 8
 GB = 1e9
+
+MOMENTUM = "the momentum copy made without deepcopy"
+WORKED_AROUND = dict(  # method -> what its estimate replaces (sslstudy.estimate's harness; preflight prints it)
+    moco=f"{MOMENTUM}; Queue.push's int(ptr) reads 0",
+    densecl=f"{MOMENTUM}; Queue.push's int(ptr) reads 0",
+    byol=MOMENTUM,
+    pcl=f"{MOMENTUM}; Queue.push's int(ptr) and the logged .item() read 0; negative prototypes drawn without "
+    "nonzero; the E-step's k-means by formula",
+    swav="sized with the queue in use (its fill counter a plain int); Queue.push's int(ptr) reads 0",
+    deepcluster="the NMI log's isnan() reads False; the per-epoch whitening sized on fake features, "
+    "its k-means by formula",
+)
 
 
 @dataclass
@@ -106,10 +123,9 @@ def tasks(config: dict, jobs: list, plain: dict) -> dict[str, dict]:
 
 
 def code_version() -> str:
-    """A digest of the package's source: a cached estimate is reused only by the code that made it."""
-    import torch
-
-    h = hashlib.sha1(torch.__version__.encode())
+    """A digest of the package's source and torch's version: a cached estimate is reused only by the
+    code that made it."""
+    h = hashlib.sha1(importlib.metadata.version("torch").encode())
     for f in sorted(Path(__file__).parent.rglob("*.py")):
         h.update(f.read_bytes())
     return h.hexdigest()[:16]
@@ -119,7 +135,6 @@ def estimates(task_list: dict[str, dict], cache: Path, workers: int) -> dict[str
     """estimate.estimate of every task not in the cache file (same code, same task) -> {key: result,
     or {"error": why}}; results (not errors) are added to the cache."""
     from .atomic import write_bytes
-    from .estimate import estimate
 
     version = code_version()
     known = json.loads(cache.read_text()) if cache.is_file() else {}
@@ -129,6 +144,38 @@ def estimates(task_list: dict[str, dict], cache: Path, workers: int) -> dict[str
     known.update({k: v for k, v in fresh.items() if "error" not in v})
     write_bytes(cache, json.dumps(known, sort_keys=True).encode())
     return {k: fresh.get(k) or known[k] for k in task_list}
+
+
+def estimate(tasks: dict[str, dict], workers: int = 2) -> dict[str, dict]:
+    """run_task of every task, shared among `workers` processes (`python -m sslstudy.estimate`) -> {key:
+    result, or {"error": why}}. A process that dies (fake tensors have crashed the interpreter) fails
+    only its task: the tasks it left unfinished run again, each in a process of its own."""
+    results: dict[str, dict] = {}
+    keys = list(tasks)
+    shares = [keys[i :: max(1, workers)] for i in range(max(1, workers))]
+    for attempt in ("shared", "alone"):
+        procs = [_worker({k: tasks[k] for k in share}) for share in shares if share]
+        for proc in procs:
+            out, _ = proc.communicate()
+            for line in out.splitlines():
+                results.update(json.loads(line))
+        left = [k for k in keys if k not in results]
+        if not left:
+            break
+        shares = [[k] for k in left] if attempt == "shared" else []
+    for key in keys:
+        results.setdefault(key, dict(error="the sizing process died (an interpreter crash under fake tensors)"))
+    return results
+
+
+def _worker(tasks: dict[str, dict]) -> subprocess.Popen:
+    """A worker process on `tasks` (given in a file it reads first, then deletes)."""
+    fd, path = tempfile.mkstemp(prefix="sslstudy-estimate-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(tasks, f)
+    return subprocess.Popen(
+        [sys.executable, "-m", "sslstudy.estimate", path], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
 
 
 # ----------------------------------------------------------------------------- formulas

@@ -15,8 +15,9 @@ NMI log, PCL's logs) returns 0 (`_HostReads`); SwAV is sized with its queue full
 plain int); PCL's negative prototypes are drawn without `nonzero` (a shape that depends on values);
 faiss (k-means) and the embedding caches on the host are sized by formula in sslstudy.preflight.
 
-`estimate(tasks, workers)` runs each task in a worker process (a crash there, which fake tensors
-have caused, costs that task only); `run_task` is what a worker runs.
+`run_task` sizes one task; `python -m sslstudy.estimate TASKS.json` is a worker process
+(sslstudy.cost.estimate shares the tasks among a few, so that a crash, which fake tensors have
+caused, costs one task).
 """
 
 from __future__ import annotations
@@ -24,28 +25,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import os
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 from torch.distributed._tools.mem_tracker import MemTracker
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
-
-MOMENTUM = "the momentum copy made without deepcopy"
-WORKED_AROUND = dict(  # method -> what its estimate replaces (sslstudy.preflight prints it)
-    moco=f"{MOMENTUM}; Queue.push's int(ptr) reads 0",
-    densecl=f"{MOMENTUM}; Queue.push's int(ptr) reads 0",
-    byol=MOMENTUM,
-    pcl=f"{MOMENTUM}; Queue.push's int(ptr) and the logged .item() read 0; negative prototypes drawn without "
-    "nonzero; the E-step's k-means by formula",
-    swav="sized with the queue in use (its fill counter a plain int); Queue.push's int(ptr) reads 0",
-    deepcluster="the NMI log's isnan() reads False; the per-epoch whitening sized on fake features, "
-    "its k-means by formula",
-)
 
 
 class _HostReads(TorchDispatchMode):
@@ -157,46 +143,19 @@ def _warm(model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
 
 
 # ----------------------------------------------------------------------------- the tasks
-def pretrain_step(spec: dict, per_gpu: int, world: int, n_train: int, image_size: int) -> dict:
+def pretrain_step(
+    spec: dict, per_gpu: int, world: int, n_train: int, image_size: int, autocast: bool = True
+) -> dict:
     """One training step of a pretraining run at `per_gpu` images on each of `world` ranks (from the
     second step on: optimiser state warm, SwAV's queue in use, PCL's prototypes in the loss, no
-    prototype freeze), then the method's per-epoch clustering where it has one."""
+    prototype freeze), then the method's per-epoch clustering where it has one. autocast: the forward
+    in bf16, as on GPUs (the trainer's precision auto); off, in float32."""
     from .methods import base, pcl
-    from .methods.base import Batch
-    from .train import build_model, build_optimizer
 
-    spec = dict(spec, batch_size=per_gpu * world, seed=0)  # the seed changes no size
-    epoch = spec["epochs"] - 1
-    total = spec["epochs"] * max(1, n_train // spec["batch_size"])
-    step_index = total - 1
-    gen = torch.Generator().manual_seed(0)
     negatives = lambda pos, k, r, gen: torch.zeros(min(r, k), dtype=torch.long, device=pos.device)  # noqa: E731
     with _patched(pcl, sample_negatives=negatives), _patched(base, momentum_copy=_momentum_copy):
         with simulated_ranks(world), _fake():
-            model = build_model(spec, n_train)
-            if spec["method"]["name"] == "swav" and model.queues:
-                del model._buffers["queue_filled"]
-                model.queue_filled = spec["method"]["params"]["queue_length"]  # the queue full
-            opt = build_optimizer(model, spec["optim"], spec["optim"]["lr"])
-            _warm(model, opt)
-            # the rank's batch as read (uint8, pinned, copied to the GPU), before its views are made
-            images = torch.empty(per_gpu, image_size, image_size, 3, dtype=torch.uint8)
-
-            def step():
-                views = [
-                    torch.empty(per_gpu, 3, v.size, v.size).contiguous(memory_format=torch.channels_last)
-                    for v in model.view_specs
-                ]
-                batch = Batch(views, torch.arange(per_gpu), step_index, total, epoch, gen)
-                model.before_step(step_index, total)
-                with torch.autocast("cpu", dtype=torch.bfloat16):
-                    loss, _ = model(batch)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                model.before_optimizer_step(step_index)
-                opt.step()
-                model.after_step(step_index, total)
-
+            model, opt, images, step = pretrain_setup(spec, per_gpu, world, n_train, image_size, autocast)
             peak, flops = measure(step, model, opt, images)
             params = [p for p in model.parameters()]
             out = dict(
@@ -209,27 +168,95 @@ def pretrain_step(spec: dict, per_gpu: int, world: int, n_train: int, image_size
                 embed_dim=int(model.backbone.out_dim),
             )
             if spec["method"]["name"] == "deepcluster":
-                out["clustering_peak_bytes"] = deepcluster_whitening(model, opt, n_train, world)
+                out["clustering_peak_bytes"] = measure(deepcluster_epoch(model, n_train, world), model, opt)[0]
     return out
+
+
+def pretrain_setup(
+    spec: dict, per_gpu: int, world: int, n_train: int, image_size: int, autocast: bool = True
+) -> tuple:
+    """(model, optimiser, the rank's batch of images, step()) of a pretraining run as it is at a late
+    step (see pretrain_step), with fake tensors or real ones, whichever mode is on."""
+    from .methods.base import Batch
+    from .train import build_model, build_optimizer
+
+    spec = dict(spec, batch_size=per_gpu * world, seed=0)  # the seed changes no size
+    epoch = spec["epochs"] - 1
+    total = spec["epochs"] * max(1, n_train // spec["batch_size"])
+    step_index = total - 1
+    gen = torch.Generator().manual_seed(0)
+    model = build_model(spec, n_train)
+    if spec["method"]["name"] == "swav" and model.queues:
+        del model._buffers["queue_filled"]
+        model.queue_filled = spec["method"]["params"]["queue_length"]  # the queue full
+    if spec["method"]["name"] == "deepcluster":
+        model.labels.zero_()  # as after the first k-means
+    opt = build_optimizer(model, spec["optim"], spec["optim"]["lr"])
+    _warm(model, opt)
+    # the rank's batch as read (uint8, pinned, copied to the GPU), before its views are made
+    images = torch.zeros(per_gpu, image_size, image_size, 3, dtype=torch.uint8)
+
+    def step():
+        views = [
+            torch.rand(per_gpu, 3, v.size, v.size, generator=gen).contiguous(memory_format=torch.channels_last)
+            for v in model.view_specs
+        ]
+        batch = Batch(views, torch.arange(per_gpu), step_index, total, epoch, gen)
+        model.before_step(step_index, total)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss, _ = model(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        model.before_optimizer_step(step_index)
+        opt.step()
+        model.after_step(step_index, total)
+
+    return model, opt, images, step
+
+
+def measured(step, *tracked) -> int:
+    """Peak bytes of step() run with real tensors on the CPU: the tensors of ``tracked`` (modules,
+    optimisers, tensors) alive at its start, plus the highest level the CPU allocator reached during it
+    (torch.profiler's memory events: every allocation and free, in order). What an estimate is checked
+    against (tests/test_estimate.py, docs/preflight.md)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    storages = {}
+    for obj in tracked:
+        if isinstance(obj, torch.nn.Module):
+            tensors = [*obj.parameters(), *obj.buffers()]
+        elif isinstance(obj, torch.optim.Optimizer):
+            tensors = [t for s in obj.state.values() for t in s.values() if torch.is_tensor(t)]
+        else:
+            tensors = [obj]
+        for t in tensors:
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    level = peak = 0
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]  # one per allocation/free
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        level += e.nbytes()
+        peak = max(peak, level)
+    return sum(storages.values()) + peak
 
 
 EMBED_BATCH = 256  # train.Context.features' batch
 
 
-def deepcluster_whitening(model, opt, n_train: int, world: int) -> int:
-    """Peak bytes of DeepCluster's per-epoch clustering on one rank beside the model and optimiser
-    state, under the fake mode and ranks already set: its share of the features as train.embed makes
-    them (a batch at a time, then concatenated), then pca_whiten (float64 covariance and chunks, the
-    gathered (N, pca_dim) result). k-means (faiss) is sized by sslstudy.cost."""
+def deepcluster_epoch(model, n_train: int, world: int):
+    """DeepCluster's per-epoch clustering on one rank, as a step to size: its share of the features as
+    train.embed makes them (a batch at a time, then concatenated), then pca_whiten (float64 covariance
+    and chunks, the gathered (N, pca_dim) result). k-means (faiss) is sized by sslstudy.cost."""
     from .methods.deepcluster import pca_whiten
 
     per, dim = -(-n_train // world), model.top.in_features
 
     def epoch():
-        feats = torch.cat([torch.empty(min(EMBED_BATCH, per - i), dim) for i in range(0, per, EMBED_BATCH)])
+        feats = torch.cat([torch.randn(min(EMBED_BATCH, per - i), dim) for i in range(0, per, EMBED_BATCH)])
         pca_whiten(feats, model.cfg["pca_dim"], n_train)
 
-    return measure(epoch, model, opt)[0]
+    return epoch
 
 
 def embed_forward(backbone: dict, batch: int, image_size: int, size: int) -> dict:
@@ -287,38 +314,6 @@ def run_task(task: dict) -> dict:
     return TASKS[task["kind"]](**args)
 
 
-def estimate(tasks: dict[str, dict], workers: int = 2) -> dict[str, dict]:
-    """run_task of every task, shared among `workers` processes (`python -m sslstudy.estimate`) -> {key:
-    result, or {"error": why}}. A process that dies (fake tensors have crashed the interpreter) fails
-    only its task: the tasks it left unfinished run again, each in a process of its own."""
-    results: dict[str, dict] = {}
-    keys = list(tasks)
-    shares = [keys[i :: max(1, workers)] for i in range(max(1, workers))]
-    for attempt in ("shared", "alone"):
-        procs = [_worker({k: tasks[k] for k in share}) for share in shares if share]
-        for proc in procs:
-            out, _ = proc.communicate()
-            for line in out.splitlines():
-                results.update(json.loads(line))
-        left = [k for k in keys if k not in results]
-        if not left:
-            break
-        shares = [[k] for k in left] if attempt == "shared" else []
-    for key in keys:
-        results.setdefault(key, dict(error="the sizing process died (an interpreter crash under fake tensors)"))
-    return results
-
-
-def _worker(tasks: dict[str, dict]) -> subprocess.Popen:
-    """A worker process on `tasks` (given in a file it reads first, then deletes)."""
-    fd, path = tempfile.mkstemp(prefix="sslstudy-estimate-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(tasks, f)
-    return subprocess.Popen(
-        [sys.executable, "-m", "sslstudy.estimate", path], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    )
-
-
 def _serve(path: str) -> None:
     """A worker: {key: task} (a JSON file), one {key: result or {"error": why}} line per task on stdout."""
     tasks = json.loads(Path(path).read_text())
@@ -329,11 +324,6 @@ def _serve(path: str) -> None:
         except Exception as e:  # noqa: BLE001 - reported as that job's problem
             result = dict(error=f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}")
         print(json.dumps({key: result}), flush=True)
-
-
-def hours(flops: float, tflops: float) -> float:
-    """GPU-hours of `flops` at `tflops` sustained TFLOP/s per GPU."""
-    return flops / (tflops * 1e12) / 3600
 
 
 if __name__ == "__main__":

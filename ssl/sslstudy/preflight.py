@@ -424,11 +424,10 @@ def run(grid: Grid, out: str | Path = TABLE, estimate: bool = True, workers: int
     rows = cost.pretrain_rows(config, jobs, sizes) + cost.eval_rows(config, plain, sizes, derived)
     disk = cost.disk_rows(config, jobs, plain, sizes, derived)
     from .atomic import write_bytes
-    from .estimate import WORKED_AROUND
 
     write_bytes(out, cost.table(rows, disk).to_csv(index=False).encode())
-    methods = sorted({j.method for j in jobs})
-    return Report(cost.fit_problems(rows), rows, disk, {m: WORKED_AROUND[m] for m in methods if m in WORKED_AROUND})
+    around = {m: cost.WORKED_AROUND[m] for m in sorted({j.method for j in jobs}) if m in cost.WORKED_AROUND}
+    return Report(cost.fit_problems(rows), rows, disk, around)
 
 
 def _what(task: dict) -> str:

@@ -143,9 +143,7 @@ def _warm(model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
 
 
 # ----------------------------------------------------------------------------- the tasks
-def pretrain_step(
-    spec: dict, per_gpu: int, world: int, n_train: int, image_size: int, autocast: bool = True
-) -> dict:
+def pretrain_step(spec: dict, per_gpu: int, world: int, n_train: int, image_size: int, autocast: bool = True) -> dict:
     """One training step of a pretraining run at `per_gpu` images on each of `world` ranks (from the
     second step on: optimiser state warm, SwAV's queue in use, PCL's prototypes in the loss, no
     prototype freeze), then the method's per-epoch clustering where it has one. autocast: the forward
@@ -172,9 +170,7 @@ def pretrain_step(
     return out
 
 
-def pretrain_setup(
-    spec: dict, per_gpu: int, world: int, n_train: int, image_size: int, autocast: bool = True
-) -> tuple:
+def pretrain_setup(spec: dict, per_gpu: int, world: int, n_train: int, image_size: int, autocast: bool = True) -> tuple:
     """(model, optimiser, the rank's batch of images, step()) of a pretraining run as it is at a late
     step (see pretrain_step), with fake tensors or real ones, whichever mode is on."""
     from .methods.base import Batch

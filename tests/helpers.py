@@ -43,6 +43,17 @@ def tiny_spec(dataset: Path, subset: Path, **over) -> dict:
     return spec
 
 
+AXES_OFF = dict(  # every axis of params/study.yaml switched off: the method comparison alone
+    quantity=dict(labels=[]),
+    domain=dict(domains=[], pools=[]),
+    quality=dict(downup=[], jpeg=[], saltpepper=[], lowres=[]),
+    granularity=dict(supervised=False, seeds=None),
+    fusion=dict(kinds=[], pairs=[]),
+    dense=dict(enabled=False),
+    clustering=dict(enabled=False),
+)
+
+
 def follow_study_seeds(params: dict) -> None:
     """The axes to which the shipped params/study.yaml gives seeds of their own follow study.seeds
     instead (tests that shrink study.seeds)."""

@@ -6,7 +6,7 @@ import yaml
 from sslstudy import preflight
 from sslstudy.errors import UserError
 
-from tests.helpers import ROOT, sparse_dataset
+from tests.helpers import AXES_OFF, ROOT, sparse_dataset
 
 STUDY = str(ROOT / "params/study.yaml")
 
@@ -109,20 +109,11 @@ def test_deepcluster_official_head_on_a_40gb_gpu(tmp_path):
     root = tmp_path / "data"
     sparse_dataset(root / "imagenet", dict(train=1_281_167, test=50_000), [1000], size=256)
     official = yaml.safe_load((ROOT / "params/methods/deepcluster.yaml").read_text())
-    off = dict(
-        quantity=dict(labels=[]),
-        domain=dict(domains=[], pools=[]),
-        quality=dict(downup=[], jpeg=[], saltpepper=[], lowres=[]),
-        granularity=dict(supervised=False, seeds=None),
-        fusion=dict(kinds=[], pairs=[]),
-        dense=dict(enabled=False),
-        clustering=dict(enabled=False),
-    )
     grid = dict(
         study=dict(methods=["deepcluster"], domains=["imagenet"], subsets=[1.0], seeds=[0]),
         pretrain=dict(backbone=dict(arch="resnet50", small_stem=False), views=dict(size=224), epochs=100),
         launch=dict(executor="slurm", pretrain=dict(gpus=1, cpus=8, gpu_mem_gb=40), evaluation=dict(mem_gb=480)),
-        **off,
+        **AXES_OFF,
         **official,
     )
     (line,) = problems(tmp_path, root, grid, estimate=True)

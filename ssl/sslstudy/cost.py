@@ -350,27 +350,33 @@ def eval_rows(config: dict, plain: dict, sizes: dict[str, dict], derived) -> lis
             flops += checkpoints * per
         axis = "supervised" if m["kind"] == "supervised" else axis_of.get(rid, "study")
         add("evaluate", axis, m["method"], peak, host, 0.0, images, flops, "lower eval.batch_size")
+
+    def training(kind, axis, method, data, labelled):
+        """Fine-tuning or training from scratch on each of the labelled counts (one job)."""
+        s = sizes[task_key(finetune_task(config, data))]
+        seen = sum(finetune_steps(config, n) for n in labelled) * config["finetune"]["batch_size"]
+        batch = config["finetune"]["batch_size"]
+        per_image = s["flops_per_image"]
+        add(
+            kind,
+            axis,
+            method,
+            s["peak_bytes"],
+            0.0,
+            per_image,
+            seen,
+            seen * per_image,
+            "lower finetune.batch_size",
+            batch,
+        )
+
     for rid, mode in axes.lowshot_jobs(config):
         m = models[rid]
         data = plain[m["domain"]]
         counts = [n for n in config["quantity"]["labels"]]
         labelled = [lowshot_images(data, n) for n in counts]
         if mode == "finetune":
-            s = sizes[task_key(finetune_task(config, data))]
-            steps = [finetune_steps(config, n) for n in labelled]
-            seen = sum(steps) * config["finetune"]["batch_size"]
-            add(
-                "lowshot finetune",
-                "quantity",
-                m["method"],
-                s["peak_bytes"],
-                0.0,
-                s["flops_per_image"],
-                seen,
-                seen * s["flops_per_image"],
-                "lower finetune.batch_size",
-                config["finetune"]["batch_size"],
-            )
+            training("lowshot finetune", "quantity", m["method"], data, labelled)
         else:
             e = sizes[task_key(embed_task(config, data))]
             heads = len(config["eval"]["linear_lr"]) * len(config["eval"]["linear_wd"])
@@ -391,20 +397,8 @@ def eval_rows(config: dict, plain: dict, sizes: dict[str, dict], derived) -> lis
             )
     for m in axes.supervised_models(config):
         data = plain[m["domain"]]
-        s = sizes[task_key(finetune_task(config, data))]
-        n = lowshot_images(data, names.parse_labels_tag(m["labels"]))
-        seen = finetune_steps(config, n) * config["finetune"]["batch_size"]
-        add(
-            "supervised",
-            "supervised",
-            "supervised",
-            s["peak_bytes"],
-            0.0,
-            s["flops_per_image"],
-            seen,
-            seen * s["flops_per_image"],
-            "lower finetune.batch_size",
-            config["finetune"]["batch_size"],
+        training(
+            "supervised", "supervised", "supervised", data, [lowshot_images(data, names.parse_labels_tag(m["labels"]))]
         )
     for a, b in axes.fusion_pairs(config):
         for on in axes.fusion_domains(a, b):

@@ -4,7 +4,7 @@ and reruns no job."""
 
 import yaml
 
-from tests.helpers import copy_workflow, run
+from tests.helpers import AXES_OFF, copy_workflow, run
 
 SUBSET = "results/subsets/natural/seed0/n64.npy"
 RUN = "results/runs/simclr/natural_n64_clean/seed0/final.pt"
@@ -16,13 +16,7 @@ def grid(tiny_data, **change) -> dict:
         data=dict(root=str(tiny_data)),
         study=dict(methods=["simclr"], domains=["natural"], subsets=[64], seeds=[0]),
         pretrain=dict(epochs=2, batch_size=32, backbone=dict(arch="cnn4", width=4), optim=dict(warmup_epochs=1)),
-        quantity=dict(labels=[]),
-        domain=dict(domains=[], pools=[]),
-        quality=dict(downup=[], jpeg=[], saltpepper=[], lowres=[]),
-        granularity=dict(supervised=False, seeds=None),
-        fusion=dict(kinds=[], pairs=[]),
-        dense=dict(enabled=False),
-        clustering=dict(enabled=False),
+        **AXES_OFF,
     )
     g.update(change)
     return g

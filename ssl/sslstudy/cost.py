@@ -25,14 +25,13 @@ import pandas as pd
 
 from . import axes, names
 
-HEADROOM = (
-    0.9  # the share of a GPU's memory the tensors may take; the rest: CUDA context, library workspaces, fragmentation
-)
+# the share of a GPU's memory the tensors may take; the rest: CUDA context, library workspaces, fragmentation
+HEADROOM = 0.9
 KMEANS_NITER = 20  # eval.kmeans.kmeans's Lloyd iterations
-KMEANS_NREDO = 5  # eval.kmeans.cluster_scores's restarts
+KMEANS_NREDO = 5  # eval.kmeans.cluster_scores's restarts, as methods.pcl.KMEANS's
 PROBE_BATCH = 256  # eval.probes.linear_heads's minibatch (eval.frozen.choose_linear passes none)
 TORCH_SIMS = 1 << 28  # eval.probes._TORCH_SIMS: similarities the CUDA kNN holds at once
-F32, F16, F64, I64 = 4, 2, 8, 8
+F32, F16, I64 = 4, 2, 8
 GB = 1e9
 
 MOMENTUM = "the momentum copy made without deepcopy"
@@ -132,8 +131,8 @@ def code_version() -> str:
 
 
 def estimates(task_list: dict[str, dict], cache: Path, workers: int) -> dict[str, dict]:
-    """estimate.estimate of every task not in the cache file (same code, same task) -> {key: result,
-    or {"error": why}}; results (not errors) are added to the cache."""
+    """`estimate` of every task not in the cache file (same code, same task) -> {key: result, or
+    {"error": why}}; results (not errors) are added to the cache."""
     from .atomic import write_bytes
 
     version = code_version()
@@ -249,7 +248,7 @@ def pretrain_rows(config: dict, jobs: list, sizes: dict[str, dict]) -> list[Row]
         s = sizes[task_key(pretrain_task(job))]
         peak = pretrain_peak(job, s)
         seen = job.spec["epochs"] * (job.n_train // job.spec["batch_size"]) * job.spec["batch_size"]
-        flops = seen * s["flops_per_image"] + job.spec["epochs"] * clustering_flops(job, s)
+        flops = seen * s["flops_per_image"] + clustering_flops(job, s)
         key = (axis_of[job.run["id"]], job.method)
         row = rows.get(key) or Row(
             "pretrain", *key, 0, job.world, job.per_gpu, 0.0, gpu, 0.0, host, s["flops_per_image"] / 1e9, 0.0, 0.0, ""
@@ -272,29 +271,35 @@ def pretrain_peak(job, s: dict) -> float:
 
 
 def clustering_bytes(job, s: dict) -> float:
-    """The per-epoch clustering on a rank beside the model and optimiser state: DeepCluster's whitening
-    (estimated) then faiss on the gathered (N, pca_dim) features; PCL's gathered (N, proj_dim) features
-    (Context.features: each rank's share, then all_gather's buffers and their concatenation) and faiss."""
+    """The per-epoch clustering on a rank beside the model and optimiser state. DeepCluster: its
+    whitening (estimated), then faiss on rank 0 with the gathered (N, pca_dim) features and their host
+    copy, the centroids, the shared assignments and distances. PCL: train.Context.features (the rank's
+    share embedded in batches and concatenated, all_gather's buffers and their concatenation, the
+    normalised copy), then faiss the same way at its largest k."""
     c, n = job.spec["method"]["params"], job.n_train
     state = s["model_bytes"] + s["optimizer_bytes"]
-    if job.method == "deepcluster":  # faiss on rank 0: the features, centroids; assignments and distances shared
-        kmeans = 2 * n * c["pca_dim"] * F32 + c["k"] * c["pca_dim"] * F32 + n * (I64 + F32)
-        return max(s["clustering_peak_bytes"], state + kmeans)
+    shared = n * (I64 + F32)  # assignments, squared distances
+    if job.method == "deepcluster":
+        d = c["pca_dim"]
+        return max(s["clustering_peak_bytes"], state + 2 * n * d * F32 + c["k"] * d * F32 + shared)
     if job.method == "pcl":
-        per = -(-n // job.world)
-        return state + 2 * per * c["proj_dim"] * F32 + 3 * n * c["proj_dim"] * F32 + max(c["num_clusters"]) * F32 * 128
+        d, per = c["proj_dim"], -(-n // job.world)
+        features = 2 * per * d * F32 + 3 * n * d * F32
+        return state + features + n * d * F32 + max(c["num_clusters"]) * d * F32 + shared
     return 0.0
 
 
 def clustering_flops(job, s: dict) -> float:
-    """FLOPs of one epoch's clustering: embedding the subset (a forward, a third of a one-view step)
-    and k-means."""
-    c, n = job.spec["method"]["params"], job.n_train
+    """FLOPs of the run's clustering, every epoch (PCL: from proto_warmup_epochs on): embedding the
+    subset (a forward: a third of a step's FLOPs per view) and k-means (DeepCluster: one run; PCL: its
+    restarts, at every k)."""
+    c, n, epochs = job.spec["method"]["params"], job.n_train, job.spec["epochs"]
     forward = s["flops_per_image"] / 3 / len(job.spec["views"])
     if job.method == "deepcluster":
-        return n * forward + kmeans_flops(n, c["k"], c["pca_dim"], nredo=1)
+        return epochs * (n * forward + kmeans_flops(n, c["k"], c["pca_dim"], nredo=1))
     if job.method == "pcl":
-        return n * forward + sum(kmeans_flops(n, k, c["proj_dim"]) for k in c["num_clusters"])
+        per_epoch = n * forward + sum(kmeans_flops(n, k, c["proj_dim"]) for k in c["num_clusters"])
+        return max(0, epochs - c["proto_warmup_epochs"]) * per_epoch
     return 0.0
 
 
@@ -310,7 +315,7 @@ def pretrain_key(config: dict, job, s: dict) -> str:
     return f"lower {batch} or raise launch.pretrain.gpus / nodes"
 
 
-def eval_rows(config: dict, plain: dict, sizes: dict[str, dict], derived) -> list[Row]:
+def eval_rows(config: dict, plain: dict, sizes: dict[str, dict]) -> list[Row]:
     """The evaluation-type jobs: evaluate (embedding + frozen probes, periodic clustering), lowshot
     (linear on the cache, fine-tuning), supervised, fusion; one row per kind and axis."""
     gpu, mem, tflops = _limits(config, "evaluation")
@@ -458,13 +463,15 @@ def fit_problems(rows: list[Row]) -> list[str]:
     return out
 
 
-def disk_rows(config: dict, jobs: list, plain: dict, sizes: dict[str, dict], derived) -> list[dict]:
+def disk_rows(config: dict, jobs: list, plain: dict, sizes: dict[str, dict]) -> list[dict]:
     """Bytes on disk: the packed datasets (plain, corrupted copies, pools), every run's checkpoints
     (ep*.pt backbones, last.pt and final.pt with the optimiser), the embedding caches (float16)."""
     image = lambda d: sum(d.splits.values()) * d.image_size**2 * 3  # noqa: E731
     plain_bytes = sum(image(d) for d in plain.values())
-    derived_sets = {(j.run["domain"], j.run["quality"]) for j in jobs} - {(d, names.CLEAN) for d in plain}
-    derived_bytes = sum(image(derived(config, plain, d, q)) for d, q in derived_sets)
+    derived = {(j.run["domain"], j.run["quality"]): j.data for j in jobs}  # each run's dataset
+    derived_bytes = sum(
+        image(data) for (d, q), data in derived.items() if (d, q) not in {(p, names.CLEAN) for p in plain}
+    )
     ckpt = 0.0
     for job in jobs:
         s = sizes[task_key(pretrain_task(job))]

@@ -421,8 +421,8 @@ def run(grid: Grid, out: str | Path = TABLE, estimate: bool = True, workers: int
     failed = {k: v["error"] for k, v in sizes.items() if "error" in v}
     if failed:
         return Report([f"{_what(task_list[k])}: could not be sized ({why})" for k, why in failed.items()])
-    rows = cost.pretrain_rows(config, jobs, sizes) + cost.eval_rows(config, plain, sizes, derived)
-    disk = cost.disk_rows(config, jobs, plain, sizes, derived)
+    rows = cost.pretrain_rows(config, jobs, sizes) + cost.eval_rows(config, plain, sizes)
+    disk = cost.disk_rows(config, jobs, plain, sizes)
     from .atomic import write_bytes
 
     write_bytes(out, cost.table(rows, disk).to_csv(index=False).encode())

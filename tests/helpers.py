@@ -163,6 +163,17 @@ def _axes_off(params: dict) -> None:
     params["dense"].update(enabled=False)
 
 
+AXES_OFF = dict(  # every axis of params/study.yaml switched off: the method comparison alone
+    quantity=dict(labels=[]),
+    domain=dict(domains=[], pools=[]),
+    quality=dict(downup=[], jpeg=[], saltpepper=[], lowres=[]),
+    granularity=dict(supervised=False, seeds=None),
+    fusion=dict(kinds=[], pairs=[]),
+    dense=dict(enabled=False),
+    clustering=dict(enabled=False),
+)
+
+
 def run(cmd, cwd, check=True, timeout=900, **kw) -> subprocess.CompletedProcess:
     env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}")
     p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, **kw)
@@ -355,3 +366,63 @@ class FakeCuda(FakeTensorMode):
         ):
             return super().__torch_dispatch__(func, types, args, kwargs)
         return func(*args, **kwargs)
+
+
+def sparse_dataset(folder: Path, splits: dict[str, int], classes: list[int], size: int = 256, small=None) -> Path:
+    """A packed domain folder of the given split sizes that uses no disk for its pixels: images.npy is
+    a header and a sparse file of zeros (load_dataset accepts it), labels.csv real. ``classes``: the
+    classes per level, coarse to fine (each class's parent: proportional); images cycle over the
+    finest classes. ``small`` = (class, images): that finest class keeps only that many train images."""
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    folder.mkdir(parents=True, exist_ok=True)
+    n = sum(splits.values())
+    split = np.repeat(list(splits), list(splits.values()))
+    fine = np.arange(n) % classes[-1]
+    if small is not None:
+        cls, keep = small
+        train = np.flatnonzero((split == "train") & (fine == cls))
+        fine[train[keep:]] = (cls + 1) % classes[-1]
+    levels = [f"level{i}" for i in range(len(classes))]
+    parents = {lv: [j * classes[i] // classes[i + 1] for j in range(classes[i + 1])] for i, lv in enumerate(levels[1:])}
+    columns, y = {}, fine
+    for i in range(len(levels) - 1, -1, -1):
+        columns[levels[i]] = y
+        if i:
+            y = np.asarray(parents[levels[i]])[y]
+    labels = pd.DataFrame(dict(index=np.arange(n), split=split, domain=folder.name, **dict(reversed(columns.items()))))
+    labels.to_csv(folder / "labels.csv", index=False, lineterminator="\n")
+    meta = dict(
+        name=folder.name,
+        levels=levels,
+        classes={lv: [f"{lv}-{j}" for j in range(c)] for lv, c in zip(levels, classes)},
+        parents=parents,
+        image_size=size,
+        n_images=n,
+        source="sparse",
+    )
+    (folder / "meta.json").write_text(json.dumps(meta))
+    with open(folder / "images.npy", "wb") as f:
+        np.lib.format.write_array_header_1_0(f, dict(descr="|u1", fortran_order=False, shape=(n, size, size, 3)))
+        f.truncate(f.tell() + n * size * size * 3)
+    return folder
+
+
+# The paper grid's four domains at their released sizes (train, test; val held out of train by the
+# evaluation) and label hierarchies, ingested at 256 px (params/paper.yaml); GLC20's split is a choice.
+PAPER_DOMAINS = dict(
+    imagenet=(dict(train=1_281_167, test=50_000), [1000]),
+    inat21=(dict(train=2_686_843, test=100_000), [3, 13, 51, 273, 1103, 4884, 10000]),
+    places365=(dict(train=1_803_460, test=36_500), [3, 16, 365]),
+    glc20=(dict(train=1_000_000, test=100_000), [16]),
+)
+
+
+def paper_datasets(root: Path) -> Path:
+    """The paper grid's domains under root (data.root of params/paper.yaml), sparse (no pixels)."""
+    for name, (splits, classes) in PAPER_DOMAINS.items():
+        sparse_dataset(root / name, splits, classes)
+    return root

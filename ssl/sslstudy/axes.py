@@ -93,53 +93,70 @@ def _unique(items: list[dict]) -> list[dict]:
 
 def ssl_runs(config: dict) -> list[dict]:
     """Every pretraining run of the study, in a stable order, without duplicates."""
+    return _unique([r for runs in runs_by_axis(config).values() for r in runs])
+
+
+def runs_by_axis(config: dict) -> dict[str, list[dict]]:
+    """The pretraining runs each part of the study asks for (a run may serve several): the method
+    comparison (study), then each axis in the order ssl_runs lists them."""
     s, ref = config["study"], reference_subset(config)
-    out = [
-        _run(m, d, subset_tag(v), sd)
-        for m in s["methods"]
-        for d in s["domains"]
-        for v in s["subsets"]
-        for sd in s["seeds"]
-    ]
+    out = dict(
+        study=[
+            _run(m, d, subset_tag(v), sd)
+            for m in s["methods"]
+            for d in s["domains"]
+            for v in s["subsets"]
+            for sd in s["seeds"]
+        ]
+    )
     q = config["quantity"]
-    if q["labels"]:
-        out += [
+    out["quantity"] = (
+        [
             _run(m, d, t, sd)
             for m in pick(config, "quantity", "methods")
             for d in pick(config, "quantity", "domains")
             for t in dict.fromkeys([ref, *map(subset_tag, q["subsets"])])
             for sd in seeds(config, "quantity")
         ]
-    if qualities(config):
-        out += [
+        if q["labels"]
+        else []
+    )
+    out["quality"] = (
+        [
             _run(m, d, quality_subset(config), sd, ql)
             for m in pick(config, "quality", "methods")
             for d in pick(config, "quality", "domains")
             for ql in [CLEAN, *qualities(config)]
             for sd in seeds(config, "quality")
         ]
+        if qualities(config)
+        else []
+    )
     dom = config["domain"]
-    out += [
+    out["domain"] = [
         _run(m, d, ref, sd)
         for m in pick(config, "domain", "methods")
         for d in dom["domains"] + pools(config)
         for sd in seeds(config, "domain")
     ]
-    out += [
+    out["granularity"] = [
         _run(m, d, ref, sd)
         for m in pick(config, "granularity", "methods")
         for d in pick(config, "granularity", "domains")
         for sd in seeds(config, "granularity")
     ]
-    out += [m for a, b in fusion_pairs(config) for m in (a, b) if m["kind"] == "ssl"]
-    if config["dense"]["enabled"]:
-        out += [
+    out["fusion"] = [m for a, b in fusion_pairs(config) for m in (a, b) if m["kind"] == "ssl"]
+    out["dense"] = (
+        [
             _run(m, d, ref, sd)
             for m in pick(config, "dense", "methods")
             for d in pick(config, "dense", "domains")
             for sd in seeds(config, "dense")
         ]
-    return _unique(out)
+        if config["dense"]["enabled"]
+        else []
+    )
+    return out
 
 
 def supervised_models(config: dict) -> list[dict]:

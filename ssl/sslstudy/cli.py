@@ -22,6 +22,12 @@ def cmd_validate(args) -> None:
     print(f"{args.params}: ok")
 
 
+def cmd_preflight(args) -> None:
+    from . import preflight
+
+    preflight.main(args.configfile, args.out, workers=args.workers)
+
+
 def cmd_synth(args) -> None:
     from . import config
     from .data.synth import generate
@@ -263,6 +269,7 @@ def cmd_report(args) -> None:
         datasets=dict(split_named(args.datasets)),
         data_dvc=args.data_dvc,
         verify_models=args.verify_models,
+        preflight=args.preflight,
     )
 
 
@@ -521,6 +528,20 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("params", type=Path)
     s.set_defaults(fn=cmd_validate)
 
+    s = sub.add_parser(
+        "preflight",
+        help="check, size and price every job of the grid Snakemake would run, on the CPU (see docs/preflight.md)",
+    )
+    s.add_argument(
+        "--configfile",
+        nargs="*",
+        default=[],
+        help="the config files of the snakemake command, merged over params/study.yaml in this order",
+    )
+    s.add_argument("--out", type=Path, default=Path(names.PREFLIGHT), help=f"the cost table (CSV; {names.PREFLIGHT})")
+    s.add_argument("--workers", type=int, default=2, help="processes sizing the jobs under fake tensors (2)")
+    s.set_defaults(fn=cmd_preflight)
+
     s = sub.add_parser("synth", help="generate the built-in synthetic domains")
     s.add_argument("--params", type=Path, default=Path("params/study.yaml"))
     s.add_argument("--out", type=Path, default=Path(names.SYNTH_ROOT))
@@ -633,6 +654,7 @@ def parser() -> argparse.ArgumentParser:
         help="refuse results whose model_config is not the one --config gives their model, and models without "
         "final.pt (sslstudy.provenance; what the workflow runs)",
     )
+    s.add_argument("--preflight", type=Path, help="the cost table of `sslstudy preflight` (shown where it exists)")
     s.set_defaults(fn=cmd_report)
 
     s = sub.add_parser("densecl-matches", help="draw DenseCL's matched locations between two views of test images")

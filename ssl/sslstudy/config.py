@@ -153,6 +153,18 @@ def validate_launch(launch: dict, source: str = "--launch") -> dict:
     return launch
 
 
+PREFLIGHT_ONLY = ("gpu_mem_gb", "tflops_per_gpu")  # launch.pretrain / launch.evaluation keys no job reads
+
+
+def job_launch(launch: dict) -> dict:
+    """The launch section as the jobs get it (their --launch): without the keys only `sslstudy preflight`
+    reads, so changing them reruns no job."""
+    return {
+        k: {kk: vv for kk, vv in v.items() if kk not in PREFLIGHT_ONLY} if k in ("pretrain", "evaluation") else v
+        for k, v in launch.items()
+    }
+
+
 def load(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():

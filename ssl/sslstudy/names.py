@@ -227,6 +227,7 @@ LOWSHOT_TABLE = f"results/lowshot/{JOBS['lowshot']}.csv"
 SUPERVISED_TABLE = f"{SUPERVISED_DIR}/scores.csv"
 FUSION_TABLE = f"results/fusion/{JOBS['fusion']}.csv"
 CLUSTERS_TABLE = f"{EVAL_DIR}/{CLUSTERS_FILE}"
+PREFLIGHT = "results/preflight.csv"  # `sslstudy preflight`'s cost table (the report's Cost section)
 
 
 def evaluation(weights: str, on: str) -> str:

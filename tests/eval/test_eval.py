@@ -542,3 +542,13 @@ def test_knn_backend_choice_and_the_torch_search_match_faiss(monkeypatch):
     monkeypatch.setattr(probes, "_TORCH_SIMS", 500 * 64)  # several chunks of query rows
     got = knn_predict_grid(xtr, ytr, xte, [3, 20], device="cpu")
     assert all(np.array_equal(ref[k], got[k]) for k in (3, 20))
+
+
+def test_probe_standardisation_moments_are_numpys_without_its_float64_copy():
+    """eval.probes._moments (chunked, float64 sums) equals numpy's mean and std of the features."""
+    from sslstudy.eval import probes
+
+    x = (np.random.default_rng(0).standard_normal((20_000, 7)) * [1, 2, 3, 4, 5, 6, 1e-3] + 5).astype(np.float32)
+    mean, std = probes._moments(x)
+    np.testing.assert_allclose(mean, x.mean(axis=0, dtype=np.float64), rtol=1e-12)
+    np.testing.assert_allclose(std, x.std(axis=0, dtype=np.float64), rtol=1e-10)

@@ -157,3 +157,51 @@ def test_gray_normalized_is_the_luma_of_every_channel():
         torch.testing.assert_close(g01[:, c], luma, rtol=0, atol=1e-5)
     grey = luma.unsqueeze(1).expand(-1, 3, -1, -1)  # already grey: unchanged
     torch.testing.assert_close(gray_normalized((grey - mean) / std) * std + mean, grey, rtol=0, atol=1e-5)
+
+
+def _whiten_direct(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """The whitening on all rows at once in float64 (what pca_whiten computed before it was sharded)."""
+    x = x.double()
+    xc = x - x.mean(0)
+    evals, evecs = torch.linalg.eigh(xc.T @ xc / x.shape[0])
+    evals, evecs = evals.flip(0)[:dim], evecs.flip(1)[:, :dim]
+    evals = evals.clamp_min(1e-8 * float(evals[0]))
+    return F.normalize(xc @ (evecs * evals.rsqrt()), dim=1).float()
+
+
+def test_pca_whiten_in_chunks_equals_all_rows_at_once(monkeypatch):
+    from sslstudy.methods import deepcluster
+
+    x = torch.randn(301, 24, generator=torch.Generator().manual_seed(0)) @ torch.randn(24, 24) + 3
+    want = _whiten_direct(x, 10)
+    monkeypatch.setattr(deepcluster, "CHUNK_BYTES", 8 * 24 * 7)  # 7 rows at a time
+    got = pca_whiten(x, 10)
+    torch.testing.assert_close(got @ got.T, want @ want.T, atol=1e-5, rtol=0)
+
+
+WHITEN_SCRIPT = """
+import sys, numpy as np, torch
+from sslstudy import distributed as dist
+from sslstudy.methods.deepcluster import pca_whiten
+dist.init_from_env(cuda=False)
+x = torch.from_numpy(np.load(sys.argv[1]))
+per = -(-len(x) // dist.world())
+mine = x[np.minimum(np.arange(dist.rank() * per, (dist.rank() + 1) * per), len(x) - 1)]  # the last share padded
+out = pca_whiten(mine, 10, len(x))
+if dist.rank() == 0:
+    np.save(sys.argv[2], out.numpy())
+"""
+
+
+def test_pca_whiten_over_two_ranks_equals_one_process(tmp_path):
+    """Two gloo processes, each with half the rows (61: the second share padded), sum the mean and
+    covariance and gather only the whitened rows: the same features as one process on all of them."""
+    from tests.helpers import run_ranks
+
+    x = (torch.randn(61, 24, generator=torch.Generator().manual_seed(1)) @ torch.randn(24, 24) + 3).numpy()
+    np.save(tmp_path / "x.npy", x)
+    run_ranks(WHITEN_SCRIPT, lambda r: [str(tmp_path / "x.npy"), str(tmp_path / "out.npy")], timeout=300)
+    got = torch.from_numpy(np.load(tmp_path / "out.npy"))
+    want = pca_whiten(torch.from_numpy(x), 10)
+    assert got.shape == (61, 10)
+    torch.testing.assert_close(got @ got.T, want @ want.T, atol=1e-5, rtol=0)

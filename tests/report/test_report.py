@@ -59,6 +59,8 @@ def report(tmp_path_factory, tiny_data):
     curve = metrics(d / "mine/metrics.jsonl", epochs=3)
     dvc = d / "mine/data.dvc"
     dvc.write_text(yaml.safe_dump(dict(outs=[dict(md5="given-md5")])))
+    preflight = d / "mine/preflight.csv"
+    preflight.write_text(preflight_table().to_csv(index=False))
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(d)  # where the stale data.dvc is
         html = report_html(
@@ -70,8 +72,44 @@ def report(tmp_path_factory, tiny_data):
             curves=f"{RUN}={curve}",
             datasets=f"natural={tiny_data / 'natural'}",
             data_dvc=dvc,
+            preflight=preflight,
         )
     return out, html
+
+
+def preflight_table() -> pd.DataFrame:
+    """A cost table as `sslstudy preflight` writes it (sslstudy.cost.table): two pretraining rows of
+    one method on two axes, an evaluation row, the disk."""
+    from sslstudy.cost import Row, table
+
+    def row(kind, axis, jobs, peak, hours):
+        return Row(kind, axis, "simclr", jobs, 8, 512, peak, 80, 0.0, 480, 48.8, 2e8, hours, "")
+
+    rows = [row("pretrain", "study", 4, 46.9, 100.0), row("pretrain", "quality", 2, 12.5, 20.0)]
+    rows.append(row("evaluate", "study", 4, 21.9, 3.5))
+    return table(rows, [dict(what="checkpoints", bytes=5e11)])
+
+
+def test_cost_section_shows_the_preflight_table(report):
+    """GPU-hours per method and per axis, their total, the largest peak per GPU and the disk, from the
+    preflight table the report is given (and its CSVs beside the page)."""
+    out, html = report
+    cost = html.split('<h2 id="cost">', 1)[1].split("<h2", 1)[0]
+    assert "123.5 GPU-hours in all" in cost
+    per_method = pd.read_csv(out / "tables/cost_per_method.csv")
+    assert per_method.to_dict("records")[0] == dict(
+        method="simclr",
+        runs=6,
+        peak_gb_per_gpu=46.9,
+        per_gpu_batch=512,
+        gpus=8,
+        gflop_per_image=48.8,
+        images_per_run=2e8,
+        gpu_hours=120.0,
+    )
+    per_axis = pd.read_csv(out / "tables/cost_per_axis.csv").set_index("axis")
+    assert per_axis.loc["study", "total"] == 103.5 and per_axis.loc["quality", "total"] == 20.0
+    assert pd.read_csv(out / "tables/cost_disk.csv").to_dict("records") == [dict(what="checkpoints", disk_gb=500.0)]
 
 
 def test_walltime_counts_only_the_given_benchmark_files(report):

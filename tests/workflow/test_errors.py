@@ -247,6 +247,8 @@ def test_command_line_strings_get_schema_types():
     assert c["pretrain"]["epochs"] == 7 and c["pretrain"]["optim"]["lr"] == 0.5
     assert c["study"]["subsets"] == [0.5, 1000] and c["pretrain"]["views"]["scale"] == [0.1, 1]
     assert c["launch"]["slurm"] == dict(partition=None, account="gpu", qos=None, signal_delay_s=90, extra={})
-    assert c["launch"]["pretrain"] == dict(nodes=1, gpus=1, tasks_per_node=None, cpus=8, mem_gb=0.5, time_min=120)
+    assert c["launch"]["pretrain"] == dict(
+        nodes=1, gpus=1, tasks_per_node=None, cpus=8, mem_gb=0.5, time_min=120, gpu_mem_gb=80, tflops_per_gpu=100
+    )
     with pytest.raises(Exception, match="pretrain.epochs"):
         validate({"study": {"methods": ["simclr"], "domains": ["natural"]}, "pretrain": {"epochs": "seven"}})

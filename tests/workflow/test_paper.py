@@ -6,13 +6,17 @@ import re
 import shutil
 import time
 
+import pandas as pd
+import pytest
 import yaml
 from sslstudy import config, methods
 from sslstudy.launch import EVALUATION, PRETRAIN, slurm_parameters
 
-from tests.helpers import ROOT, copy_workflow, run
+from tests.helpers import ROOT, copy_workflow, paper_datasets, run
 
 EIGHT = ["simclr", "moco", "byol", "swav", "barlow", "densecl", "deepcluster", "pcl"]
+FILES = "--configfile params/paper.yaml params/methods/*.yaml"  # the paper grid's config files, everywhere
+PREFLIGHT = f"sslstudy preflight {FILES}"
 
 
 def test_paper_grid_declares_eight_methods_resnet50_and_every_axis():
@@ -37,11 +41,10 @@ def test_paper_dag_builds_in_seconds(tmp_path):
     p = run(["snakemake", "-n", "--quiet", "rules", "--configfile", "params/paper.yaml", *official], cwd=wf)
     seconds = time.time() - t0
     n = {m.group(1): int(m.group(2)) for m in re.finditer(r"^([a-z_]+)\s+(\d+)$", p.stdout + p.stderr, re.M)}
-    per_method = len(EIGHT)
-    assert n["pretrain"] == per_method * (4 + 3 * 4 + 9 + 4), n  # domains, quantity subsets, corruptions, pools
-    assert n["lowshot"] == per_method * 3 * 5 * 2 and n["supervised"] == 3 * 6, (
-        n
-    )  # per (run, mode): every labelled count
+    quantity = len(EIGHT) - 1  # every method but PCL (params/paper.yaml: its prototypes exceed the 50k subset)
+    # domains, corruptions and pools for every method; the quantity axis's subsets for its seven
+    assert n["pretrain"] == len(EIGHT) * (4 + 9 + 4) + quantity * 3 * 4, n
+    assert n["lowshot"] == quantity * 3 * 5 * 2 and n["supervised"] == 3 * 6, n  # per (run, mode): every count
     assert seconds < 120, seconds  # generous: a busy shared machine; see the README for the measured time
 
 
@@ -121,3 +124,36 @@ def test_official_method_blocks_survive_the_merge_over_study_yaml():
         for m, block in yaml.safe_load(f.read_text())["methods"].items():
             found += leaks(study.get(m, {}), block, f"methods.{m}")
     assert not found, f"params/study.yaml settings the paper grid would inherit: {found}"
+
+
+def test_one_documented_command_everywhere():
+    """README and params/paper.yaml's header give the same two commands (the preflight, then the
+    cluster run) with the same config files; docs/study.md names the preflight's."""
+    for f in ("README.md", "params/paper.yaml"):
+        text = (ROOT / f).read_text()
+        assert PREFLIGHT in text and f"snakemake --profile slurm {FILES}" in text, f
+        assert not re.search(r"--configfile params/paper\.yaml(?! params/methods/\*\.yaml)", text), f
+    assert PREFLIGHT in " ".join((ROOT / "docs/study.md").read_text().split())
+
+
+@pytest.mark.slow
+def test_the_paper_grid_passes_its_preflight(tmp_path):
+    """The documented command on paper-size datasets (sparse: labels.csv real, no pixels) passes and
+    prints every method's peak per GPU at the paper's per-GPU batch (each within 90% of an 80 GB GPU)
+    and the grid's GPU-hours; the table is written."""
+    wf = copy_workflow(tmp_path)
+    paper_datasets(wf / "data/real")
+    t0 = time.time()
+    p = run(["bash", "-c", PREFLIGHT], cwd=wf, timeout=1800)
+    seconds = time.time() - t0
+    peaks = {
+        m.group(1): float(m.group(2)) for m in re.finditer(r"^  (\w+) +([\d.]+) GB at \d+ per GPU", p.stdout, re.M)
+    }
+    assert sorted(peaks) == sorted(EIGHT), p.stdout
+    assert all(0.5 < gb <= 0.9 * 80 for gb in peaks.values()), peaks
+    total = re.search(r"^GPU-hours in total: ([\d,]+)$", p.stdout, re.M)
+    assert total and float(total.group(1).replace(",", "")) > 1000, p.stdout
+    table = pd.read_csv(wf / "results/preflight.csv")
+    assert set(table.loc[table["kind"] == "pretrain", "method"]) == set(EIGHT)
+    assert p.stdout.rstrip().endswith("ok; the table: results/preflight.csv")
+    print(f"paper-grid preflight: {seconds:.0f} s")  # docs/preflight.md quotes the measured time

@@ -49,7 +49,8 @@ def remote(rule):
     if not EVAL_REMOTE:
         return ""
     job_dir = pattern(names.job_dir(rule))
-    return lambda w: f"--launch {shell_json(STUDY['launch'])} --job-dir {job_dir.format(**dict(w.items()))}"
+    launch = shell_json(studyconfig.job_launch(STUDY["launch"]))
+    return lambda w: f"--launch {launch} --job-dir {job_dir.format(**dict(w.items()))}"
 
 
 def eval_cpus(w, threads):
@@ -190,7 +191,13 @@ FORKSERVER = (
 )
 
 
+# Before the first job (Snakemake runs onstart only when there is a job to run, and not in a dry run):
+# `sslstudy preflight` on this very config; a grid that fails it submits nothing (sslstudy.preflight).
 onstart:
+    from sslstudy.preflight import before_jobs
+
+    if not before_jobs(STUDY, workflow.configfiles):
+        sys.exit("sslstudy preflight failed: nothing was submitted; the lines above say what to change")
     if FORKSERVER:
         from sslstudy import forkserver
 

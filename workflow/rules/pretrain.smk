@@ -25,7 +25,7 @@ rule pretrain:
     threads: 1 if STUDY["launch"]["executor"] == "slurm" else THREADS
     params:
         spec=lambda w: shell_json(axes.pretrain_spec(STUDY, run_of(w))),
-        launch=shell_json(STUDY["launch"]),
+        launch=shell_json(studyconfig.job_launch(STUDY["launch"])),
         run_dir=lambda w: names.model_dir(run_of(w)),
     shell:
         "sslstudy pretrain --run-dir {params.run_dir} --spec {params.spec} --launch {params.launch} 2> {log[0]}"

@@ -45,8 +45,11 @@ rule report:
         benchmarks=named((r, f) for f, r in BENCHMARKS.items()),
         datasets=named((d, dataset_dir(d)) for d in REPORT_DOMAINS),
         dvc=lambda w, input: f"--data-dvc {input.dvc}" if input.dvc else "",
+        # written before the first job by the preflight (common.smk, onstart): not an input, shown where it exists
+        preflight=names.PREFLIGHT,
     shell:
         "sslstudy report --config {params.config} --out {output.html} --captions {params.captions}"
         " --frozen {params.frozen} --lowshot {input.lowshot} --supervised {input.supervised}"
         " --fusion {input.fusion} --clusters {params.clusters} --dense {params.dense} --curves {params.curves}"
-        " --benchmarks {params.benchmarks} --datasets {params.datasets} {params.dvc} --verify-models 2> {log}"
+        " --benchmarks {params.benchmarks} --datasets {params.datasets} {params.dvc} --verify-models"
+        " --preflight {params.preflight} 2> {log}"

@@ -268,6 +268,17 @@ class LinearHeads:
         return hostsync.read_on_host(torch.cat(out, dim=1)).astype(np.int64)
 
 
+def _moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and (population) standard deviation in float64, _CHUNK rows at a time (numpy's
+    std would hold a float64 copy of all of x)."""
+    mean = x.mean(axis=0, dtype=np.float64)
+    squares = np.zeros(x.shape[1])
+    for s in range(0, x.shape[0], _CHUNK):
+        d = x[s : s + _CHUNK] - mean
+        squares += np.einsum("ij,ij->j", d, d)
+    return mean, np.sqrt(squares / x.shape[0])
+
+
 def linear_heads(
     train_x: np.ndarray,
     train_y: np.ndarray,
@@ -316,13 +327,12 @@ def linear_heads(
     grid = [(float(lr), float(wd)) for lr in lrs for wd in weight_decays]
     h = len(grid)
 
-    # Statistics accumulated in float64, features kept in float32.
-    mean = xtr.mean(axis=0, dtype=np.float64)
-    std = xtr.std(axis=0, dtype=np.float64)
+    # Statistics accumulated in float64, features kept in float32 (standardised in place: one copy on the device).
+    mean, std = _moments(xtr)
     std = np.where(std > 1e-12, std, 1.0)
     mean_t = torch.from_numpy(mean.astype(np.float32)).to(device)
     std_t = torch.from_numpy(std.astype(np.float32)).to(device)
-    xtr_t = (torch.from_numpy(xtr).to(device) - mean_t) / std_t
+    xtr_t = torch.from_numpy(xtr).to(device, copy=True).sub_(mean_t).div_(std_t)
     ytr_t = torch.from_numpy(np.array(ytr)).to(device)  # a copy: pandas hands out read-only arrays
 
     n, d = xtr_t.shape

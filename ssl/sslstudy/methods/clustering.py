@@ -21,6 +21,22 @@ def check_k(ks: list[int], n_train: int, key: str) -> None:
         )
 
 
+def local_features(ctx, encoder: torch.nn.Module) -> tuple[torch.Tensor, int]:
+    """This rank's share of ``ctx.features(encoder)``, without the gather, and the number of training
+    images N: the encoder (eval mode) on its rows of the training subset (consecutive shares of
+    ceil(N / ranks), the last one padded with the last image, as Context.features), float32 on
+    ctx.device. One process: ctx.features itself."""
+    if dist.world() == 1:
+        x = ctx.features(encoder)
+        return x, len(x)
+    from ..eval.features import embed
+
+    n = len(ctx.idx)
+    per = -(-n // dist.world())
+    mine = ctx.idx[np.minimum(np.arange(dist.rank() * per, (dist.rank() + 1) * per), n - 1)]
+    return embed(encoder, ctx.dataset.images, mine, ctx.cfg["views"][0]["size"], ctx.device), n
+
+
 def stream_seed(seed: int, epoch: int, stream: int) -> int:
     """A seed for one random choice of one epoch (stream tells the choices apart), from the run seed."""
     return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1)[0]) % 2**31

@@ -12,31 +12,50 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import distributed as dist
 from ..augment import gray_normalized
 from ..errors import UserError
 from ..eval.kmeans import assignment_scores
 from ..models import mlp
 from .base import Method
-from .clustering import check_k, shared_kmeans, stream_seed
+from .clustering import check_k, local_features, shared_kmeans, stream_seed
 
 log = logging.getLogger("sslstudy.methods.deepcluster")
 
 KMEANS_ITERS = 20  # deepcluster clustering.py run_kmeans: niter = 20
 NMI_NONE = -1.0  # the nmi buffer before a second clustering to compare with (an NMI is in [0, 1])
 EIGEN_FLOOR = 1e-8  # eigenvalues below this fraction of the largest are floored before whitening
+CHUNK_BYTES = 1 << 28  # float64 features the whitening centres and projects at once (bounds its temporaries)
 
 
-def pca_whiten(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """x (N, d) -> (N, dim): centred, projected on the top `dim` principal axes, each scaled by
-    eigenvalue^-0.5 (faiss PCAMatrix with eigen_power=-0.5), then every row L2-normalised.
-    Computed in float64 (deterministic on CPU). Eigenvalues are floored at EIGEN_FLOOR x the largest,
-    so directions without variance (dead units) stay near 0 instead of being blown up to unit variance."""
-    x = x.double()
-    xc = x - x.mean(0)
-    evals, evecs = torch.linalg.eigh(xc.T @ xc / x.shape[0])  # ascending
+def pca_whiten(x: torch.Tensor, dim: int, n: int | None = None) -> torch.Tensor:
+    """x: this rank's rows of the (n, d) features to cluster (the training subset split over the
+    ranks in order, the last share padded; one process: all n rows) -> (n, dim) on every rank, in
+    subset order: centred, projected on the top `dim` principal axes, each scaled by eigenvalue^-0.5
+    (faiss PCAMatrix with eigen_power=-0.5), then every row L2-normalised.
+
+    The mean and covariance are summed over the ranks in float64 (the padding left out) and the rows
+    are projected CHUNK_BYTES at a time, so a rank holds its own rows, a d x d covariance and the
+    (n, dim) result, never all n features (deterministic on CPU). Eigenvalues are floored at
+    EIGEN_FLOOR x the largest, so directions without variance (dead units) stay near 0 instead of
+    being blown up to unit variance."""
+    n = len(x) if n is None else n
+    rows = max(1, CHUNK_BYTES // (8 * x.shape[1]))
+    real = x[: max(0, min(len(x), n - dist.rank() * len(x)))]  # this rank's rows less the padding
+    total = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+    for chunk in real.split(rows):
+        total += chunk.double().sum(0)
+    mean = dist.all_reduce_sum(total) / n
+    cov = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
+    for chunk in real.split(rows):
+        centred = chunk.double() - mean
+        cov.addmm_(centred.T, centred)
+    evals, evecs = torch.linalg.eigh(dist.all_reduce_sum(cov) / n)  # ascending
     evals, evecs = evals.flip(0)[:dim], evecs.flip(1)[:, :dim]
     evals = evals.clamp_min(EIGEN_FLOOR * float(evals[0]))
-    return F.normalize(xc @ (evecs * evals.rsqrt()), dim=1).float()
+    project = evecs * evals.rsqrt()
+    out = torch.cat([F.normalize((chunk.double() - mean) @ project, dim=1).float() for chunk in x.split(rows)])
+    return dist.gather(out)[:n]
 
 
 def uniform_over_clusters(labels: np.ndarray, gen: torch.Generator) -> np.ndarray:
@@ -103,8 +122,10 @@ class DeepCluster(Method):
     @torch.no_grad()
     def before_epoch(self, epoch, ctx):
         encoder = nn.Sequential(self.backbone, self.body)
-        feats = ctx.features(nn.Sequential(Gray(), encoder) if self.cfg["cluster_gray"] else encoder)
-        x = pca_whiten(feats, self.cfg["pca_dim"])
+        # each rank whitens its share: the (N, proj_hidden) features are never gathered, only the (N, pca_dim)
+        feats, n = local_features(ctx, nn.Sequential(Gray(), encoder) if self.cfg["cluster_gray"] else encoder)
+        x = pca_whiten(feats, self.cfg["pca_dim"], n)
+        del feats  # k-means runs without them
         _, labels, _ = shared_kmeans(x, self.k, stream_seed(ctx.seed, epoch, 0), niter=KMEANS_ITERS)
         if epoch > 0 and bool((self.labels >= 0).all()):
             nmi = assignment_scores(self.labels.cpu().numpy(), labels.cpu().numpy())["nmi"]

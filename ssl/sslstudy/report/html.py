@@ -24,6 +24,7 @@ from .. import provenance, stats
 from ..atomic import write_bytes
 from ..errors import UserError
 from . import comparisons, dvc, figures, findings, suspects, tables
+from . import cost as cost_report
 from . import dense as dense_report
 
 # templates/report.html; None renders as nothing (an absent figure or table)
@@ -310,10 +311,12 @@ def build_report(
     datasets: dict[str, Path] | None = None,
     data_dvc: Path | None = None,
     verify_models: bool = False,
+    preflight: Path | None = None,
 ) -> None:
     """The page and tidy tables from the evaluation tables (inputs: kind -> CSVs) and the files named:
     curves (run id -> metrics.jsonl), benchmarks ((rule, TSV) of each job), datasets (evaluation
-    domain -> packed folder, drawn as contact sheets) and data_dvc (its hash is shown). verify_models:
+    domain -> packed folder, drawn as contact sheets), data_dvc (its hash is shown) and preflight (the
+    cost table `sslstudy preflight` wrote before the study ran; shown where it exists). verify_models:
     first check that every model of the config has its final.pt and every row was made from the model
     the config now describes (sslstudy.provenance), else stop with one line."""
     check = _model_check(config) if verify_models else None
@@ -439,6 +442,7 @@ def build_report(
             table=table(seconds, digits=1, index=True),
             wall=page.linked("walltime", tables.walltime(benchmarks), digits=1),
         ),
+        cost=cost_report.section(page, preflight),
         data=dict(version=str(data_version), figures=_data_figures(page, datasets or {})),
         config=yaml.safe_dump(config, sort_keys=False),
         versions=table(pd.Series(versions(), name="version").to_frame(), index=True),

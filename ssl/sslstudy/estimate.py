@@ -28,6 +28,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.distributed._tools.mem_tracker import MemTracker
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -197,7 +198,8 @@ def pretrain_setup(spec: dict, per_gpu: int, world: int, n_train: int, image_siz
             torch.rand(per_gpu, 3, v.size, v.size, generator=gen).contiguous(memory_format=torch.channels_last)
             for v in model.view_specs
         ]
-        batch = Batch(views, torch.arange(per_gpu), step_index, total, epoch, gen)
+        # the index on the host too, as the trainer gives it (PCL reads its batch's clusters there)
+        batch = Batch(views, torch.arange(per_gpu), step_index, total, epoch, gen, np.arange(per_gpu))
         model.before_step(step_index, total)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             loss, _ = model(batch)

@@ -19,6 +19,7 @@ from .base import Method
 from .clustering import check_k, shared_kmeans, stream_seed
 
 log = logging.getLogger("sslstudy.methods.deepcluster")
+NO_NMI = -1.0  # the nmi buffer before a second clustering
 
 KMEANS_ITERS = 20  # deepcluster clustering.py run_kmeans: niter = 20
 EIGEN_FLOOR = 1e-8  # eigenvalues below this fraction of the largest are floored before whitening
@@ -81,7 +82,9 @@ class DeepCluster(Method):
         self.top = nn.Linear(dim, self.k)  # re-initialised every epoch
         self.register_buffer("labels", torch.full((self.n_train,), -1, dtype=torch.long))
         self.register_buffer("class_weight", torch.ones(self.k))
-        self.register_buffer("nmi", torch.tensor(float("nan")))  # vs the previous epoch's labels
+        # NMI vs the previous epoch's labels; NO_NMI (outside [0, 1]) until there is a previous epoch. Not NaN:
+        # the NaN guard (sslstudy.divergence) refuses to checkpoint a state holding one.
+        self.register_buffer("nmi", torch.tensor(NO_NMI))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(self.backbone(x))
@@ -109,7 +112,7 @@ class DeepCluster(Method):
             self.k,
             int((sizes == 0).sum()),
             int(sizes.max()),
-            float(self.nmi),
+            float("nan") if self.nmi < 0 else float(self.nmi),
         )
 
     def epoch_order(self, epoch, gen):
@@ -123,7 +126,7 @@ class DeepCluster(Method):
         logits = self.top(F.relu(self.embed(x))).float()
         weight = self.class_weight if self.cfg["balance"] == "loss" else None
         loss = F.cross_entropy(logits, y, weight=weight)
-        logs = {} if self.nmi.isnan() else {"nmi_prev": float(self.nmi)}
+        logs = {} if self.nmi < 0 else {"nmi_prev": float(self.nmi)}
         return loss, logs
 
     def optim_groups(self, weight_decay):

@@ -380,12 +380,12 @@ def evaluation_plan(config: dict) -> dict[str, dict[str, list]]:
 
 def check(config: dict, source: str = "params") -> list[str]:
     """Names an axis uses are well formed and methods have hyper-parameters; returns the plain domains."""
+    _check_method_names(config, source)
     plain = {d for r in models(config).values() for d in pool_members(r["domain"])}
     plain |= {e for _, _, e in evaluations(config) + dense_jobs(config)}
     for d in sorted(plain):
         if POOL_SEP in d or "_" in d:
             raise UserError(f"{source}: domain name {d!r} may not contain '+' or '_' (they separate pools and run ids)")
-    _check_method_names(config, source)
     return sorted(plain)
 
 
@@ -417,6 +417,7 @@ def pretrain_spec(config: dict, run: dict) -> dict:
     """Everything one pretraining run depends on (saved in every checkpoint)."""
     p = config["pretrain"]
     if run["method"] not in config["methods"]:
+        _check_method_names(config, "params")  # names the unknown method and the known ones
         raise UserError(f"method {run['method']!r} has no hyper-parameters under methods: in params; add them")
     params = copy.deepcopy(config["methods"][run["method"]])
     optim = dict(p["optim"], **params.pop("optim", {}))

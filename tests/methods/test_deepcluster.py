@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from sslstudy.augment import MEAN, STD, gray_normalized
 from sslstudy.errors import UserError
 from sslstudy.methods.base import Batch
-from sslstudy.methods.deepcluster import NMI_NONE, DeepCluster, pca_whiten, uniform_over_clusters
+from sslstudy.methods.deepcluster import NO_NMI, DeepCluster, pca_whiten, uniform_over_clusters
 from sslstudy.models import build_backbone
 from sslstudy.optim import build_optimizer
 
@@ -81,7 +81,7 @@ def test_before_epoch_clusters_and_reinitialises_the_classifier(ctx):
     m.before_epoch(0, ctx)
     labels0, w0 = m.labels.clone(), m.top.weight.detach().clone()
     assert labels0.min() >= 0 and labels0.max() < 5 and len(labels0.unique()) >= 4
-    assert float(m.nmi) == NMI_NONE and math.isnan(m.nmi_prev)  # nothing to compare with yet
+    assert float(m.nmi) == NO_NMI and math.isnan(m.nmi_prev)  # nothing to compare with yet
     assert (m.top.bias == 0).all() and 0.007 < w0.std() < 0.013 and abs(float(w0.mean())) < 0.004
     with torch.no_grad():
         m.top.weight.add_(1.0)

@@ -21,9 +21,9 @@ from .base import Method
 from .clustering import check_k, local_features, shared_kmeans, stream_seed
 
 log = logging.getLogger("sslstudy.methods.deepcluster")
+NO_NMI = -1.0  # the nmi buffer before a second clustering
 
 KMEANS_ITERS = 20  # deepcluster clustering.py run_kmeans: niter = 20
-NMI_NONE = -1.0  # the nmi buffer before a second clustering to compare with (an NMI is in [0, 1])
 EIGEN_FLOOR = 1e-8  # eigenvalues below this fraction of the largest are floored before whitening
 CHUNK_BYTES = 1 << 28  # float64 features the whitening centres and projects at once (bounds its temporaries)
 
@@ -102,19 +102,19 @@ class DeepCluster(Method):
         self.top = nn.Linear(dim, self.k)  # re-initialised every epoch
         self.register_buffer("labels", torch.full((self.n_train,), -1, dtype=torch.long))
         self.register_buffer("class_weight", torch.ones(self.k))
-        # vs the previous epoch's labels; NMI_NONE before there is one (finite: a checkpoint holds no NaN,
-        # sslstudy.divergence)
-        self.register_buffer("nmi", torch.tensor(NMI_NONE))
+        # NMI vs the previous epoch's labels; NO_NMI (outside [0, 1]) until there is a previous epoch. Not NaN:
+        # the NaN guard (sslstudy.divergence) refuses to checkpoint a state holding one.
+        self.register_buffer("nmi", torch.tensor(NO_NMI))
         self.nmi_prev = math.nan  # nmi as a Python float (nan: none yet), for the step's logs without a host sync
         self.register_load_state_dict_post_hook(DeepCluster._read_nmi)
 
     @staticmethod
     def _read_nmi(model: "DeepCluster", incompatible) -> None:
-        """Once, on loading a checkpoint (one written with NaN for "none yet" reads as NMI_NONE)."""
+        """Once, on loading a checkpoint (one written with NaN for "none yet" reads as NO_NMI)."""
         nmi = float(model.nmi)
         model.nmi_prev = nmi if nmi >= 0 else math.nan
         if not nmi >= 0:
-            model.nmi.fill_(NMI_NONE)
+            model.nmi.fill_(NO_NMI)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(self.backbone(x))

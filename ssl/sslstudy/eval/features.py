@@ -136,24 +136,11 @@ def embed_dataset(
     """The backbone (on its device) on the eval view of every image of ``splits``, streamed into
     one host array: float16 when every value fits, else float32."""
     rows = np.sort(np.concatenate([ds.split_indices(s) for s in splits]))
-    out = embed(
-        backbone,
-        ds.images,
-        rows,
-        size,
-        batch_size=batch_size,
-        out=torch.empty(len(rows), backbone.out_dim, dtype=torch.float16),
-    )
-    if not torch.isfinite(out).all():  # a value beyond float16's range (or a non-finite embedding)
-        log.info("embeddings exceed the float16 range; cached as float32")
-        out = embed(
-            backbone,
-            ds.images,
-            rows,
-            size,
-            batch_size=batch_size,
-            out=torch.empty(len(rows), backbone.out_dim, dtype=torch.float32),
-        )
-        if not torch.isfinite(out).all():
-            raise UserError(f"{ds.path}: the backbone's embeddings are not finite; its checkpoint is broken")
-    return Features(out.numpy(), rows)
+    for dtype in (torch.float16, torch.float32):
+        out = torch.empty(len(rows), backbone.out_dim, dtype=dtype)
+        out = embed(backbone, ds.images, rows, size, batch_size=batch_size, out=out)
+        if torch.isfinite(out).all():
+            return Features(out.numpy(), rows)
+        if dtype == torch.float16:  # a value beyond float16's range (or a non-finite embedding)
+            log.info("embeddings exceed the float16 range; cached as float32")
+    raise UserError(f"{ds.path}: the backbone's embeddings are not finite; its checkpoint is broken")

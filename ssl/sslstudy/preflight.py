@@ -114,34 +114,61 @@ class Data:
 
 
 def read_data(path: str, eval_cfg: dict) -> Data:
-    """A plain domain's facts. The fit split is the evaluation's (eval.features.probe_splits): train,
-    less the first eval.val_fraction of its class-balanced order where the domain has no val split."""
-    from .data.subsets import balanced_order
-
+    """A plain domain's facts: meta.json, labels.csv's split and finest-label columns, images.npy's header."""
     folder = Path(path)
     for f in names.DATASET_FILES:
         if not (folder / f).is_file():
             raise UserError(f"{folder / f}: missing file; ingest the domain or fix its path in params (data:)")
     meta = json.loads((folder / names.META_FILE).read_text())
-    levels = list(meta["levels"])
-    finest = levels[-1]
+    finest = list(meta["levels"])[-1]
     labels = pd.read_csv(folder / names.LABELS_FILE, usecols=["index", "split", finest], dtype={"split": str})
+    shape = np.load(folder / names.IMAGES_FILE, mmap_mode="r").shape
+    return _facts(str(path), int(shape[1]), meta["levels"], meta["classes"], labels, eval_cfg)
+
+
+def planned_data(config: dict, name: str) -> Data:
+    """The facts of a data.ingest domain that is not packed yet (its ingest job runs after the
+    preflight): the collection's listing and the ingest's plan (sslstudy.data.ingest), no image
+    decoded. Images that will fail to decode (at most its max_failed share) are not known yet."""
+    from .data.ingest import plan
+    from .data.sources import SOURCES, scanner
+
+    entry = config["data"]["ingest"][name]
+    takes = SOURCES[entry["source"]][1]
+    kwargs = {k: entry[k] for k in ("hierarchy", "train_split") if k in takes and entry[k] is not None}
+    listing = scanner(entry["source"])(Path(entry["path"]), **kwargs)
+    p = plan(
+        listing, entry["levels"], entry["val_fraction"], entry["test_fraction"], entry["seed"], entry["max_per_class"]
+    )
+    finest = p["levels"][-1]
+    labels = pd.DataFrame({"index": np.arange(len(p["keep"])), "split": p["split"], finest: p["labels"][-1]})
+    return _facts(
+        names.dataset_path(config, name), int(entry["size"]), p["levels"], p["classes"], labels, config["eval"]
+    )
+
+
+def _facts(path: str, image_size: int, levels: list, classes: dict, labels: pd.DataFrame, eval_cfg: dict) -> Data:
+    """The fit split is the evaluation's (eval.features.probe_splits): train, less the first
+    eval.val_fraction of its class-balanced order where the domain has no val split."""
+    from .data.subsets import balanced_order
+
+    levels = list(levels)
+    finest = levels[-1]
     splits = {s: int((labels["split"] == s).sum()) for s in ("train", "val", "test")}
     train = fit = labels[labels["split"] == "train"]
     if not splits["val"] and splits["train"]:
         order = balanced_order(labels, eval_cfg["cluster_seed"], stratify=finest, split="train", dataset=path)
         held = order[: int(round(eval_cfg["val_fraction"] * len(order)))]
         fit = fit[~fit["index"].isin(held)]
-    n_fine = len(meta["classes"][finest])
-    shape = np.load(folder / names.IMAGES_FILE, mmap_mode="r").shape
+    n_fine = len(classes[finest])
     return Data(
         path=str(path),
-        image_size=int(shape[1]),
+        image_size=image_size,
         splits=splits,
-        classes={lv: len(meta["classes"][lv]) for lv in levels},
+        classes={lv: len(classes[lv]) for lv in levels},
         train_per_class=np.bincount(train[finest].to_numpy(dtype=np.int64), minlength=n_fine),
         fit_per_class=np.bincount(fit[finest].to_numpy(dtype=np.int64), minlength=n_fine),
-        class_names=[str(c) for c in meta["classes"][finest]],
+        class_names=[str(c) for c in classes[finest]],
     )
 
 
@@ -387,11 +414,9 @@ def plain_data(config: dict) -> dict[str, Data]:
     out = {}
     for d in axes.check(config):
         if d in config["data"].get("ingest", {}) and not Path(names.dataset_path(config, d)).is_dir():
-            raise UserError(
-                f"{names.dataset_path(config, d)}: not ingested yet; run `sslstudy ingest` for data.ingest.{d} "
-                "(or the workflow's ingest rule) before the preflight"
-            )
-        out[d] = read_data(names.dataset_path(config, d), config["eval"])
+            out[d] = planned_data(config, d)
+        else:
+            out[d] = read_data(names.dataset_path(config, d), config["eval"])
     return out
 
 

@@ -401,6 +401,8 @@ def test_snakemake_ingest_rule_driven_by_params(tmp_path):
         dict(ingest={"pets": {"source": "imagefolder", "path": str(tmp_path / "pets"), "size": 24}}),
         ["pets"],
         shipped=False,
+        batch_size=16,
+        views={"size": 24},  # the stored size: the workflow's preflight refuses larger views
     )
     params["study"]["subsets"] = [1.0]
     (wf / "params/study.yaml").write_text(yaml.safe_dump(params))  # alone: --configfile would merge into it
@@ -423,6 +425,26 @@ def test_snakemake_ingest_rule_driven_by_params(tmp_path):
     assert re.search(r"^ingest\s+1$", changed.stdout + changed.stderr, re.M)
     lint = run(["snakemake", "--lint"], cwd=wf)
     assert "Congratulations, your workflow is in a good condition!" in lint.stdout + lint.stderr
+
+
+def test_preflight_reads_a_domain_not_ingested_yet_from_its_listing(folder, tmp_path, monkeypatch):
+    """The workflow's preflight runs before the ingest job: its facts of a data.ingest domain come
+    from the collection's listing and the ingest plan, and equal the packed folder's once ingested."""
+    from sslstudy import preflight
+
+    base, src = folder
+    monkeypatch.chdir(tmp_path)
+    entry = dict(source="imagefolder", path=str(base / "tree"), size=24, hierarchy=str(src["hierarchy"]))
+    cfg = config.validate(tiny_params(dict(ingest={"shapes": entry}), ["shapes"], shipped=False))
+    planned = preflight.plain_data(cfg)["shapes"]
+    assert not (tmp_path / "data/shapes").exists()
+    ingest("imagefolder", base / "tree", tmp_path / "data/shapes", size=24, hierarchy=src["hierarchy"], progress=False)
+    packed = preflight.plain_data(cfg)["shapes"]
+    assert planned.splits == packed.splits and planned.splits["train"] > 0
+    assert planned.classes == packed.classes and planned.class_names == packed.class_names
+    assert planned.image_size == packed.image_size == 24
+    assert np.array_equal(planned.train_per_class, packed.train_per_class)
+    assert np.array_equal(planned.fit_per_class, packed.fit_per_class)
 
 
 # --------------------------------------------------------------------------- PASCAL VOC segmentation

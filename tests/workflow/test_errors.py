@@ -3,9 +3,10 @@
 import shutil
 
 import pytest
+import yaml
 from sslstudy.cli import main
 
-from tests.helpers import copy_workflow, run
+from tests.helpers import AXES_OFF, copy_workflow, run
 
 
 def one_line_error(capsys, argv) -> str:
@@ -197,18 +198,22 @@ def test_a_failed_job_s_one_line_reaches_the_terminal_under_quiet_rules(tmp_path
     """`--quiet rules` hides the failed job's log (and --show-failed-logs with it): the workflow's
     onerror prints the job's one-line error with its log's path."""
     wf = copy_workflow(tmp_path)
-    (wf / "tiny.yaml").write_text(
-        "study: {methods: [simclr], domains: [natural], subsets: [64], seeds: [0]}\n"
-        "pretrain: {epochs: 2, batch_size: 1024, threads: 1, backbone: {arch: cnn4, width: 4}, views: {size: 32}}\n"
-        f"data: {{root: '{tiny_data}'}}\ndomain: {{evaluate_on: [natural]}}\n"
+    tiny = dict(
+        AXES_OFF,
+        study=dict(methods=["simclr"], domains=["natural"], subsets=[64], seeds=[0]),
+        # a failure no preflight can see: the loss diverges while training
+        pretrain=dict(epochs=2, batch_size=32, threads=1, backbone=dict(arch="cnn4", width=4), optim=dict(lr=1e30)),
+        data=dict(root=str(tiny_data)),
     )
+    (wf / "tiny.yaml").write_text(yaml.safe_dump(tiny))
     target = "results/runs/simclr/natural_n64_clean/seed0/final.pt"
     p = run(["snakemake", target, "--cores", "1", "--configfile", "tiny.yaml", "--quiet", "rules"], cwd=wf, check=False)
     assert p.returncode != 0
     assert (
         "logs/pretrain/simclr/natural_n64_clean/seed0.log: sslstudy pretrain: error: "
-        "results/subsets/natural/seed0/n64.npy: 64 images, fewer than one batch of 1024; lower "
-        "methods.simclr.batch_size, else pretrain.batch_size"
+        "results/runs/simclr/natural_n64_clean/seed0: the backbone's embeddings of fixed training images are not "
+        "finite after epoch 1; lower pretrain.optim.lr (or methods.simclr.optim.lr where set; now 1e+30) in params "
+        "and rerun: it starts over"
     ) in p.stderr.splitlines(), p.stderr
 
 

@@ -6,7 +6,16 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats as st
-from sslstudy.stats import cell, compare, differences, interval, paired_difference, summarise, summarise_differences
+from sslstudy.stats import (
+    cell,
+    compare,
+    differences,
+    interval,
+    paired_difference,
+    seeds_to_decide,
+    summarise,
+    summarise_differences,
+)
 
 
 def test_interval_by_hand():
@@ -147,3 +156,11 @@ def test_cell_text():
     assert cell(0.412, float("nan"), float("nan"), 1) == ".412 (1 seed, no interval)"
     assert cell(-0.031, -0.05, -0.012, 2, sign=True) == "-.031 ± .019 (n=2)"
     assert cell(float("nan"), float("nan"), float("nan"), 0) == "–"
+
+
+def test_seeds_to_decide_is_the_first_count_whose_interval_is_narrower_than_the_gap():
+    iv = interval([0.06, 0.01, 0.02])  # mean .03, s = .0265
+    assert seeds_to_decide(iv, 0.03) == 6  # t_4 · s/√5 = .033, t_5 · s/√6 = .028
+    assert seeds_to_decide(iv, 0.5) == 2  # already narrower at any count
+    assert seeds_to_decide(iv, 0.0) is None and seeds_to_decide(iv, 1e-6) is None
+    assert seeds_to_decide(interval([0.03]), 0.03) is None  # no spread measured

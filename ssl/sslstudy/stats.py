@@ -102,6 +102,20 @@ def difference(values: Iterable[float], seeds: Iterable = (), level: float = 0.9
     return Difference(**asdict(iv), seeds=tuple(sorted(x.index)), significant=significant, verdict=verdict)
 
 
+def seeds_to_decide(iv: Interval, gap: float, most: int = 1000) -> int | None:
+    """A power line: the fewest seeds whose t interval, at the spread iv's values showed, is narrower
+    than `gap` (the distance from iv's mean to the value the interval must exclude to decide), i.e.
+    how many paired seeds would decide the comparison if its mean and spread stayed as observed.
+    None below 2 values, for a zero gap, or when no count up to `most` would."""
+    if iv.n < 2 or not gap > 0:
+        return None
+    q = (1 + iv.level) / 2
+    sd = iv.half_width * math.sqrt(iv.n) / float(st.t.ppf(q, iv.n - 1))
+    n = np.arange(2, most + 1)
+    narrow = st.t.ppf(q, n - 1) * sd / np.sqrt(n) < gap
+    return int(n[narrow.argmax()]) if narrow.any() else None
+
+
 def paired_difference(a, b, level: float = 0.95) -> Difference:
     """a, b: seed -> value (mappings or Series indexed by seed). Seeds missing or NaN on either
     side are dropped; the rest give the differences a_s - b_s and their t interval."""

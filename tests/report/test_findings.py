@@ -331,3 +331,20 @@ def test_densecl_claim(config, miou, linear, noise, expected):
 def test_densecl_claim_without_a_dense_evaluation_is_inconclusive(config):
     row = verdict(tables(), config, "dense", method="densecl")
     assert row["verdict"] == "inconclusive" and "dense.enabled" in row["why"]
+
+
+def test_an_undecided_part_says_how_many_seeds_would_decide_it(config):
+    """The power line: mIoU +.03 with WIDE's spread (s = .0265) needs 6 seeds (t_4 · s/√5 = .033 > .03,
+    t_5 · s/√6 = .028 < .03); linear 0 ± WIDE must fit inside ±.02: 10 seeds (t_8 · s/3 = .0203)."""
+    t = tables(
+        frozen("densecl", "natural", "frac1", "clean", "natural", dict(coarse=0.8, fine=0.50), noise=WIDE)
+        + frozen("moco", "natural", "frac1", "clean", "natural", dict(coarse=0.8, fine=0.50))
+    )
+    t["dense"] = pd.DataFrame(dense_rows("densecl", 0.33, WIDE) + dense_rows("moco", 0.30, (0, 0, 0)))
+    row = verdict(t, config, "dense", method="densecl")
+    assert row["verdict"] == "inconclusive"
+    assert row["why"] == (
+        "mIoU (mid) densecl − moco on natural: interval holds zero; 6 paired seeds would decide it at the observed "
+        "mean and spread; linear densecl − moco on natural: interval holds ±0.02; 10 paired seeds would decide it "
+        "at the observed mean and spread"
+    )

@@ -67,6 +67,30 @@ class Part:
             return "inconclusive"
         return "agrees" if (d.mean < 0) == (self.expect == "<0") else "disagrees"
 
+    @property
+    def gap(self) -> float:
+        """How far the mean lies from the value its interval must exclude to decide this part."""
+        m = self.diff.mean
+        if self.expect == "<margin":
+            return abs(m - FUSION_MARGIN)
+        if self.expect == "~0":
+            return abs(FUSION_MARGIN - abs(m))
+        return abs(m)
+
+    def undecided(self) -> str:
+        """Why an inconclusive part is, and (its power line) how many paired seeds would decide it."""
+        d = self.diff
+        if d.n < 2:
+            return f"{self.label}: n < 2"
+        holds = {"<margin": f"+{FUSION_MARGIN:.2f}", "~0": f"±{FUSION_MARGIN:.2f}"}.get(self.expect, "zero")
+        need = stats.seeds_to_decide(d, self.gap)
+        power = (
+            f"{need} paired seeds would decide it at the observed mean and spread"
+            if need is not None
+            else "no number of seeds up to 1000 would at the observed mean and spread"
+        )
+        return f"{self.label}: interval holds {holds}; {power}"
+
     def text(self) -> str:
         d = self.diff
         if d.n < 2:
@@ -235,20 +259,7 @@ def _row(finding: str, method: str, dom: str, parts: list[Part], why: str) -> di
     if not why and v == "inconclusive" and all(p.diff.n < 2 for p in parts if p.verdict == "inconclusive"):
         why = "fewer than 2 paired seeds: no interval (study.seeds)"
     elif not why and v == "inconclusive":
-        why = "; ".join(
-            f"{p.label}: n < 2"
-            if p.diff.n < 2
-            else f"{p.label}: interval holds "
-            + (
-                f"+{FUSION_MARGIN:.2f}"
-                if p.expect == "<margin"
-                else f"±{FUSION_MARGIN:.2f}"
-                if p.expect == "~0"
-                else "zero"
-            )
-            for p in parts
-            if p.verdict == "inconclusive"
-        )
+        why = "; ".join(p.undecided() for p in parts if p.verdict == "inconclusive")
     return dict(
         finding=finding,
         paper=PAPER[finding],

@@ -109,8 +109,8 @@ def tiny_params(
     pretrain: changes to pretrain, over the tiny ones."""
     if shipped:
         params = yaml.safe_load((ROOT / "params/study.yaml").read_text())
-        for axis in ("quality", "granularity", "dense"):  # seeds of their own in params/study.yaml: study.seeds
-            params[axis]["seeds"] = None
+        for axis in ("quantity", "domain", "quality", "granularity", "fusion", "clustering", "dense"):
+            params[axis]["seeds"] = None  # seeds of their own in params/study.yaml: study.seeds
         (_axes_shrunk if every_axis else _axes_off)(params)
         params["pretrain"]["batch_size"] = 32
     elif every_axis:

@@ -205,6 +205,9 @@ class _ServerGone(Exception):
 
 
 def _server_gone(signum, frame):
+    # once: the server's own SIGTERM and PR_SET_PDEATHSIG's both come, and a second one raised outside
+    # the wait below would lose the worker's status
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise _ServerGone
 
 
@@ -221,14 +224,15 @@ def _wait(pid: int, conn: socket.socket) -> tuple[int, float] | None:
         try:
             wait_s = None if kill_at is None else max(0.0, kill_at - time.time())
             ready = select.select([conn, exited], [], [], wait_s)[0]
+            if exited in ready:
+                _, wait_status, usage = os.wait4(pid, 0)
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)  # nothing left to stop: the status goes out whole
+                return _status(wait_status), usage.ru_utime + usage.ru_stime
         except _ServerGone:
             if not stopping:
                 stopping, kill_at = True, time.time() + KILL_GRACE_S
                 _forward(pid, signal.SIGTERM)
             continue
-        if exited in ready:
-            _, wait_status, usage = os.wait4(pid, 0)
-            return _status(wait_status), usage.ru_utime + usage.ru_stime
         if conn in ready and not conn.recv(1):  # the client is gone (its job was killed): so goes the worker
             _terminate(pid)
             return None

@@ -130,21 +130,14 @@ def planned_data(config: dict, name: str) -> Data:
     """The facts of a data.ingest domain that is not packed yet (its ingest job runs after the
     preflight): the collection's listing and the ingest's plan (sslstudy.data.ingest), no image
     decoded. Images that will fail to decode (at most its max_failed share) are not known yet."""
-    from .data.ingest import plan
-    from .data.sources import SOURCES, scanner
+    from .data.ingest import listed_plan
 
-    entry = config["data"]["ingest"][name]
-    takes = SOURCES[entry["source"]][1]
-    kwargs = {k: entry[k] for k in ("hierarchy", "train_split") if k in takes and entry[k] is not None}
-    listing = scanner(entry["source"])(Path(entry["path"]), **kwargs)
-    p = plan(
-        listing, entry["levels"], entry["val_fraction"], entry["test_fraction"], entry["seed"], entry["max_per_class"]
-    )
+    e = config["data"]["ingest"][name]
+    keys = ("hierarchy", "train_split", "levels", "val_fraction", "test_fraction", "seed", "max_per_class")
+    _, p = listed_plan(e["source"], e["path"], **{k: e[k] for k in keys})
     finest = p["levels"][-1]
     labels = pd.DataFrame({"index": np.arange(len(p["keep"])), "split": p["split"], finest: p["labels"][-1]})
-    return _facts(
-        names.dataset_path(config, name), int(entry["size"]), p["levels"], p["classes"], labels, config["eval"]
-    )
+    return _facts(names.dataset_path(config, name), int(e["size"]), p["levels"], p["classes"], labels, config["eval"])
 
 
 def _facts(path: str, image_size: int, levels: list, classes: dict, labels: pd.DataFrame, eval_cfg: dict) -> Data:

@@ -102,7 +102,10 @@ def difference(values: Iterable[float], seeds: Iterable = (), level: float = 0.9
     return Difference(**asdict(iv), seeds=tuple(sorted(x.index)), significant=significant, verdict=verdict)
 
 
-def seeds_to_decide(iv: Interval, gap: float, most: int = 1000) -> int | None:
+MOST_SEEDS = 1000  # the largest count seeds_to_decide tries
+
+
+def seeds_to_decide(iv: Interval, gap: float, most: int = MOST_SEEDS) -> int | None:
     """A power line: the fewest seeds whose t interval, at the spread iv's values showed, is narrower
     than `gap` (the distance from iv's mean to the value the interval must exclude to decide), i.e.
     how many paired seeds would decide the comparison if its mean and spread stayed as observed.

@@ -183,6 +183,25 @@ def plan(
     )
 
 
+def listed_plan(
+    source: str,
+    root: str | os.PathLike,
+    hierarchy: str | os.PathLike | None,
+    train_split: str | None,
+    levels: Sequence[str] | None,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    max_per_class: int | None,
+) -> tuple[Listing, dict[str, Any]]:
+    """The collection's listing and its plan (what an ingest writes), no image decoded; `hierarchy`
+    and `train_split` go to the sources that take them."""
+    given = {"hierarchy": hierarchy, "train_split": train_split}
+    takes = SOURCES[source][1]
+    listing = scanner(source)(Path(root), **{k: v for k, v in given.items() if k in takes and v is not None})
+    return listing, plan(listing, levels, val_fraction, test_fraction, seed, max_per_class)
+
+
 def fingerprint(listing: Listing, p: dict, options: dict) -> str:
     """sha256 of everything the output depends on: options, classes, each kept image's reference,
     labels and split, and the size of every listed file (-1: missing)."""
@@ -337,8 +356,9 @@ def ingest(
     if extra:
         raise UserError(f"source {source} takes no --{extra[0].replace('_', '-')}; leave it out")
     t0 = time.perf_counter()
-    listing = scanner(source)(Path(root), **{k: v for k, v in given.items() if k in takes and v is not None})
-    p = plan(listing, levels, val_fraction, test_fraction, seed, max_per_class)
+    listing, p = listed_plan(
+        source, root, hierarchy, train_split, levels, val_fraction, test_fraction, seed, max_per_class
+    )
     refuse_one_class(
         f"dataset {out.name} ({root})",
         p["levels"],

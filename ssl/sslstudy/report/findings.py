@@ -87,7 +87,7 @@ class Part:
         power = (
             f"{need} paired seeds would decide it at the observed mean and spread"
             if need is not None
-            else "no number of seeds up to 1000 would at the observed mean and spread"
+            else f"no number of seeds up to {stats.MOST_SEEDS} would at the observed mean and spread"
         )
         return f"{self.label}: interval holds {holds}; {power}"
 

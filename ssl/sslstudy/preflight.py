@@ -134,7 +134,7 @@ def planned_data(config: dict, name: str) -> Data:
 
     e = config["data"]["ingest"][name]
     keys = ("hierarchy", "train_split", "levels", "val_fraction", "test_fraction", "seed", "max_per_class")
-    _, p = listed_plan(e["source"], e["path"], **{k: e[k] for k in keys})
+    _, p = listed_plan(e["source"], e["path"], name, **{k: e[k] for k in keys})
     finest = p["levels"][-1]
     labels = pd.DataFrame({"index": np.arange(len(p["keep"])), "split": p["split"], finest: p["labels"][-1]})
     return _facts(names.dataset_path(config, name), int(e["size"]), p["levels"], p["classes"], labels, config["eval"])
@@ -400,16 +400,23 @@ def checks(grid: Grid, plain: dict[str, Data], jobs: list[Pretrain]) -> list[str
 
 
 def plain_data(config: dict) -> dict[str, Data]:
-    """Facts of every plain domain of the grid (UserError for a missing folder, as the workflow's)."""
+    """Facts of every plain domain of the grid (UserError for a missing folder, as the workflow's, and
+    for a data.ingest argument its source does not take, as its ingest job's)."""
     from .config import check_datasets
+    from .data.ingest import source_options
 
     check_datasets(config)
     out = {}
     for d in axes.check(config):
-        if d in config["data"].get("ingest", {}) and not Path(names.dataset_path(config, d)).is_dir():
-            out[d] = planned_data(config, d)
+        entry = config["data"].get("ingest", {}).get(d)
+        path = names.dataset_path(config, d)
+        if entry is None:
+            out[d] = read_data(path, config["eval"])
+        elif Path(path).is_dir():  # packed; a changed entry reruns its ingest job, which would refuse it
+            source_options(entry["source"], d, hierarchy=entry["hierarchy"], train_split=entry["train_split"])
+            out[d] = read_data(path, config["eval"])
         else:
-            out[d] = read_data(names.dataset_path(config, d), config["eval"])
+            out[d] = planned_data(config, d)  # its listed_plan refuses it
     return out
 
 

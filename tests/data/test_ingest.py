@@ -447,6 +447,49 @@ def test_preflight_reads_a_domain_not_ingested_yet_from_its_listing(folder, tmp_
     assert np.array_equal(planned.fit_per_class, packed.fit_per_class)
 
 
+def test_preflight_refuses_a_source_argument_its_ingest_job_would_refuse(folder, tmp_path, monkeypatch):
+    """A data.ingest argument its source takes none of (a hierarchy on cifar100, a train_split on an
+    ImageFolder) is refused by the preflight, before any job, naming its params key: not ingested yet
+    or packed (a changed entry reruns the ingest job); the ingest job refuses it with the same line."""
+    from sslstudy import preflight
+
+    base, src = folder
+    monkeypatch.chdir(tmp_path)
+
+    def grid(**entry):
+        ingest = {"shapes": dict(path=str(base / "tree"), size=24, **entry)}
+        f = tmp_path / "study.yaml"
+        f.write_text(yaml.safe_dump(tiny_params(dict(ingest=ingest), ["shapes"], shipped=False, views={"size": 24})))
+        return preflight.load_grid([], study=str(f))
+
+    def refusal(**entry):
+        with pytest.raises(UserError) as e:
+            preflight.run(grid(**entry), tmp_path / "preflight.csv", estimate=False)
+        return str(e.value)
+
+    assert refusal(source="cifar100", hierarchy=str(src["hierarchy"])) == (
+        "source cifar100 takes no --hierarchy (data.ingest.shapes.hierarchy in params); remove it, or use a source "
+        "that takes it: imagefolder, imagenet, places365"
+    )
+    wrong_split_args = dict(hierarchy=str(src["hierarchy"]), train_split="train_mini")
+    wrong_split = dict(source="imagefolder", **wrong_split_args)
+    line = (
+        "source imagefolder takes no --train-split (data.ingest.shapes.train_split in params); remove it, or use a "
+        "source that takes it: inat2021"
+    )
+    assert refusal(**wrong_split) == line
+    valid = dict(source="imagefolder", hierarchy=str(src["hierarchy"]))
+    assert preflight.run(grid(**valid), tmp_path / "preflight.csv", estimate=False).problems == []
+    assert not (tmp_path / "data/shapes").exists()  # planned from the listing, nothing written
+
+    with pytest.raises(UserError) as e:
+        ingest("imagefolder", base / "tree", tmp_path / "data/shapes", size=24, progress=False, **wrong_split_args)
+    assert str(e.value) == line and not (tmp_path / "data/shapes").exists()
+    ingest("imagefolder", base / "tree", tmp_path / "data/shapes", size=24, hierarchy=src["hierarchy"], progress=False)
+    assert refusal(**wrong_split) == line  # packed: the rerun its changed entry asks for would be refused
+    assert preflight.run(grid(**valid), tmp_path / "preflight.csv", estimate=False).problems == []
+
+
 # --------------------------------------------------------------------------- PASCAL VOC segmentation
 
 

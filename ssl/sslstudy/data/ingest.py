@@ -183,9 +183,24 @@ def plan(
     )
 
 
+def source_options(source: str, name: str, **given: Any) -> dict[str, Any]:
+    """The scan options given (those not None) for the data.ingest entry ``name`` of ``source``; a
+    UserError names the first one its source does not take, by its option and its params key."""
+    takes = SOURCES[source][1]
+    for key, value in given.items():
+        if value is not None and key not in takes:
+            others = ", ".join(s for s, (_, options) in SOURCES.items() if key in options)
+            raise UserError(
+                f"source {source} takes no --{key.replace('_', '-')} (data.ingest.{name}.{key} in params); "
+                f"remove it, or use a source that takes it: {others}"
+            )
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def listed_plan(
     source: str,
     root: str | os.PathLike,
+    name: str,
     hierarchy: str | os.PathLike | None,
     train_split: str | None,
     levels: Sequence[str] | None,
@@ -194,11 +209,11 @@ def listed_plan(
     seed: int,
     max_per_class: int | None,
 ) -> tuple[Listing, dict[str, Any]]:
-    """The collection's listing and its plan (what an ingest writes), no image decoded; `hierarchy`
-    and `train_split` go to the sources that take them."""
-    given = {"hierarchy": hierarchy, "train_split": train_split}
-    takes = SOURCES[source][1]
-    listing = scanner(source)(Path(root), **{k: v for k, v in given.items() if k in takes and v is not None})
+    """The listing of the collection at ``root`` and its plan (what an ingest into the dataset
+    ``name`` writes), no image decoded; `hierarchy` or `train_split` given to a source that takes
+    none is refused (source_options)."""
+    options = source_options(source, name, hierarchy=hierarchy, train_split=train_split)
+    listing = scanner(source)(Path(root), **options)
     return listing, plan(listing, levels, val_fraction, test_fraction, seed, max_per_class)
 
 
@@ -350,14 +365,9 @@ def ingest(
     _check(out.name, size, val_fraction, test_fraction, max_failed)
     if source not in SOURCES:
         raise UserError(f"unknown source {source!r}; use one of {', '.join(SOURCES)}")
-    takes = SOURCES[source][1]
-    given = {"hierarchy": hierarchy, "train_split": train_split}
-    extra = [k for k, v in given.items() if v is not None and k not in takes]
-    if extra:
-        raise UserError(f"source {source} takes no --{extra[0].replace('_', '-')}; leave it out")
     t0 = time.perf_counter()
     listing, p = listed_plan(
-        source, root, hierarchy, train_split, levels, val_fraction, test_fraction, seed, max_per_class
+        source, root, out.name, hierarchy, train_split, levels, val_fraction, test_fraction, seed, max_per_class
     )
     refuse_one_class(
         f"dataset {out.name} ({root})",

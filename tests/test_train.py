@@ -1,6 +1,8 @@
 """The shared trainer: schedules, LARS, checkpoints, resume, divergence."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ from sslstudy.errors import UserError
 from sslstudy.optim import LARS, cosine_schedule
 from sslstudy.train import Diverged, Stopped, build_model, train
 
-from tests.helpers import read_metrics, tiny_spec
+from tests.helpers import final_weights, read_metrics, tiny_spec, wait_for
 
 
 def test_cosine_schedule():
@@ -90,6 +92,46 @@ def test_train_writes_checkpoints_and_resumes_exactly(tiny_data, subset128, tmp_
     assert cfg == spec
     assert not torch.equal(rand.state_dict()["features.0.weight"], trained.state_dict()["features.0.weight"])
     assert not any(p.name.startswith(".") for p in (full / "checkpoints").iterdir())  # no temp files left
+
+
+# a trainer that hangs once it has written part of the last.pt of epoch 2 (torch.save, into the temp
+# file), and then touches the file argv[3]
+HANGS_IN_A_SAVE = """
+import json, pathlib, sys, time, torch
+from sslstudy.train import train
+save = torch.save
+def save_or_hang(obj, f, *args, **kwargs):
+    if isinstance(obj, dict) and obj.get("epoch") == 2 and "optimizer" in obj:
+        f.write(b"the first bytes of a checkpoint")
+        f.flush()
+        pathlib.Path(sys.argv[3]).touch()
+        time.sleep(600)
+    return save(obj, f, *args, **kwargs)
+torch.save = save_or_hang
+train(json.loads(sys.argv[1]), sys.argv[2])
+"""
+
+
+def test_a_trainer_killed_while_saving_leaves_no_temp_file_once_resumed(tiny_data, subset128, tmp_path):
+    """SIGKILL mid-write (a lost node; SLURM once its grace after SIGTERM is over) leaves the temp file, which
+    no cleanup of the killed process removes: the run's next trainer does, and resumes exactly."""
+    spec = tiny_spec(tiny_data / "natural", subset128)
+    train(spec, tmp_path / "full")
+    run, ck = tmp_path / "killed", tmp_path / "killed" / "checkpoints"
+    hanging = tmp_path / "hanging"
+    trainer = subprocess.Popen([sys.executable, "-c", HANGS_IN_A_SAVE, json.dumps(spec), str(run), str(hanging)])
+    try:
+        wait_for(hanging.exists, "the trainer to hang in its save of last.pt", 120)
+    finally:
+        trainer.kill()
+        trainer.wait()
+    assert [p.name for p in ck.glob(".*")] == [f".last.pt.tmp-{trainer.pid}"]  # what the kill left
+    train(spec, run)
+    assert not list(run.rglob(".*.tmp-*"))
+    assert "resumed from last.pt (epoch 1 of 3, step 0 of 4)" in (run / "train.log").read_text()
+    assert f"removed checkpoints/.last.pt.tmp-{trainer.pid}" in (run / "train.log").read_text()
+    a, b = final_weights(tmp_path / "full"), final_weights(run)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_epoch_checkpoints_hold_only_the_backbone(tiny_data, subset128, tmp_path):

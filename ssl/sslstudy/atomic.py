@@ -1,5 +1,6 @@
 """Write to a temp name beside the target, then rename: a killed writer never leaves a file that
-looks complete (the temp name starts with a dot and is removed on error). A write that runs out of
+looks complete (the temp name starts with a dot and is removed on error; one killed outright, by
+SIGKILL, leaves it: `remove_killed_writes` clears a folder of them). A write that runs out of
 space (ENOSPC, a quota) is one DiskFull line naming the file, what it needed, the folder and its
 free space; the temp file is removed and any earlier file of that name is left as it was."""
 
@@ -69,13 +70,31 @@ def out_of_space(e: BaseException, path: str | os.PathLike | None = None, needed
     return False
 
 
+def temp_path(path: Path) -> Path:
+    """The hidden sibling this process writes `path` to before the rename."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def remove_killed_writes(folder: Path, name: str = "*") -> list[Path]:
+    """Delete the temp files and folders of `name` (a glob) in `folder` that writers killed outright left
+    (SIGKILL, a lost node: their cleanup never ran), whatever their process; returns them. Only for files
+    whose writers have all ended, e.g. a run's when its trainer starts."""
+    left = sorted(folder.glob(f".{name}.tmp-*"))
+    for p in left:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return left
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, size: int | None = None) -> Iterator[Path]:
     """Yields the temp path to write; renames it to `path` when the block succeeds. size: the bytes
     the block writes, when known (named by the DiskFull line)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temp_path(path)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -126,7 +145,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     block succeeds, and is removed on error."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temp_path(path)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:

@@ -1,6 +1,6 @@
 """A run's checkpoints on disk: saving them (atomically), listing and loading them, the backbone in
 them, and what a resumed run reads back (checkpoints/last.pt; it restores metrics.jsonl from it:
-sslstudy.run_record).
+sslstudy.run_record, and removes the temp files a trainer killed mid-write left).
 
 A full checkpoint (last.pt, final.pt) holds the whole Method's state_dict, the optimiser's, the run
 config and where training is; an epoch checkpoint (epNNN.pt) holds only the backbone's weights (keys
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from . import distributed, names, provenance, run_record
-from .atomic import atomic_torch_save
+from .atomic import atomic_torch_save, remove_killed_writes
 from .divergence import resumes_with_lower_lr
 from .errors import UserError
 from .models import build_backbone
@@ -61,7 +61,8 @@ def load_backbone(path: str | Path, device: torch.device | str = "cpu") -> tuple
 # ----------------------------------------------------------------------------- resuming
 def resume_state(run_dir: Path, cfg: dict) -> dict | None:
     """The state to resume from: last.pt if it was written for this config (else the run starts over,
-    its checkpoints and metrics dropped). Every rank reads it; only the lead changes files, once all have read."""
+    its checkpoints and metrics dropped). Every rank reads it; only the lead changes files, once all have read:
+    it also removes what a trainer of this run killed mid-write left (_remove_killed_writes)."""
     ckpts = run_dir / names.CHECKPOINTS
     path = ckpts / names.LAST
     state = load_checkpoint(path) if path.is_file() else None
@@ -74,8 +75,22 @@ def resume_state(run_dir: Path, cfg: dict) -> dict | None:
     if distributed.rank() == 0:
         for p in stale:
             p.unlink()
+        _remove_killed_writes(run_dir)
         run_record.restore(run_dir / names.METRICS, state)  # metrics.jsonl as the checkpoint left it
     return dict(state, path=path) if state else None
+
+
+def _remove_killed_writes(run_dir: Path) -> None:
+    """The temp files of the run's checkpoints, metrics.jsonl and final.pt that a trainer killed while writing
+    one left (SIGKILL: a lost node, or `scontrol requeue` once SLURM's grace after its SIGTERM is over, which
+    submitit ignores). Only this run's trainer writes them, and it is starting: none of them is being written."""
+    left = remove_killed_writes(run_dir / names.CHECKPOINTS)
+    for name in (names.METRICS, names.FINAL):
+        left += remove_killed_writes(run_dir, name)
+    if left:
+        log.info(
+            "removed %s, left half-written by a killed trainer", ", ".join(str(p.relative_to(run_dir)) for p in left)
+        )
 
 
 def _same_run(cfg: dict) -> dict:

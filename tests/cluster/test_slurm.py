@@ -62,11 +62,23 @@ def job_id(run_dir: Path) -> str:
     return json.loads((run_dir / "job.json").read_text())["job_id"]
 
 
+def last_epoch(run_dir: Path) -> int:
+    """The epoch of the run's checkpoints/last.pt (-1 before there is one; it is replaced atomically)."""
+    path = run_dir / "checkpoints" / "last.pt"
+    return torch.load(path, weights_only=False)["epoch"] if path.is_file() else -1
+
+
+def task_pids(cluster, job_id: str) -> list[int]:
+    """The PIDs of a running job's tasks (its step 0: submitit's process) on the test cluster's one node."""
+    out = cluster.run(["scontrol", "listpids", f"{job_id}.0"]).stdout
+    return [int(ln.split()[0]) for ln in out.splitlines()[1:] if ln.strip()]
+
+
 def test_preempted_and_requeued_job_resumes_to_identical_weights(slurm_cluster, tiny_data, subset192, tmp_path):
     """Two faults on one job: submitit's preemption (SIGTERM + USR2: checkpoint() and requeue by
-    submitit), then `scontrol requeue` (killed without warning). It resumes from its checkpoints both
-    times and ends with exactly the weights of an uninterrupted run of the same spec."""
-    # 120 short epochs (0.1-0.4 s each on an idle node, by CPU): both faults land while the job still trains
+    submitit), then `scontrol requeue` with its task killed at once (SIGKILL, no warning). It resumes from
+    its checkpoints both times and ends with exactly the weights of an uninterrupted run of the same spec."""
+    # 120 short epochs (0.1-0.4 s each on an idle node, by CPU): both faults land in the first 25 or so
     spec = tiny_spec(tiny_data / "natural", subset192, epochs=120, batch_size=16, backbone=dict(arch="cnn4", width=8))
     launch = slurm_launch()
     ref = Background(spec, tmp_path / "ref", launch)
@@ -80,14 +92,22 @@ def test_preempted_and_requeued_job_resumes_to_identical_weights(slurm_cluster, 
     wait_for(lambda: "resumed from" in log.read_text(), "the first resume")
     first = int(re.search(r"resumed from last\.pt \(epoch (\d+) of", log.read_text()).group(1))
     assert 2 <= first < 20
-    wait_for(lambda: (ck / f"ep{first + 2:03d}.pt").exists(), "two more epochs")
-    assert slurm_cluster.job(jid)["JobState"] == "RUNNING", "the job ended before the second fault"
+    # the second fault. `scontrol requeue` alone sends SIGTERM, which submitit ignores, and SIGKILL only
+    # max(KillWait, 5) s later: the job trains on meanwhile, to its end on a fast CPU, and is killed wherever
+    # it is then. So once SLURM holds the requeue, the test kills the job's task itself, at once.
+    wait_for(lambda: last_epoch(run_dir) >= first + 2, "last.pt to hold two more epochs")
+    tasks = task_pids(slurm_cluster, jid)
+    assert tasks and slurm_cluster.job(jid)["JobState"] == "RUNNING", "the job ended before the second fault"
     assert slurm_cluster.run(["scontrol", "requeue", jid]).returncode == 0
+    wait_for(lambda: slurm_cluster.job(jid)["JobState"] != "RUNNING", "SLURM to take the requeue")
+    for pid in tasks:
+        os.kill(pid, signal.SIGKILL)
     for t in (ref, cut):
         t.join(600)
         assert t.error is None, t.error
-    resumes = re.findall(r"resumed from last\.pt \(epoch (\d+) of", log.read_text())
-    assert len(resumes) == 2 and int(resumes[1]) >= first + 2, log.read_text()
+    resumes = re.findall(r"resumed from last\.pt \(epoch (\d+) of 120, step (\d+) of", log.read_text())
+    assert len(resumes) == 2 and int(resumes[1][0]) >= first + 2, log.read_text()
+    assert resumes[1][1] == "0", log.read_text()  # killed outright: from the last.pt of an epoch's end
     assert job_id(run_dir) == jid and slurm_cluster.job(jid)["Restarts"] == "2"  # one job, requeued twice
     submitit_log = (run_dir / "submitit" / f"{jid}_0_log.out").read_text()
     assert "Requeued job" in submitit_log
@@ -96,7 +116,7 @@ def test_preempted_and_requeued_job_resumes_to_identical_weights(slurm_cluster, 
     assert a["epoch"] == b["epoch"] == 120
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
-    assert not list(run_dir.rglob(".*.tmp-*"))  # no half-written file left by the kills
+    assert not list(run_dir.rglob(".*.tmp-*"))  # none left half-written by the kills (the resumed trainer clears them)
 
 
 @pytest.mark.usefixtures("idle_cluster")

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -262,6 +263,13 @@ def run_ranks(script: str, args_of_rank, world: int = 2, timeout: float = 600) -
     outs = [p.communicate(timeout=timeout)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     return outs
+
+
+def sigint_as_a_terminal_sends_it() -> None:
+    """Popen's preexec_fn for a child a test Ctrl-Cs: SIGINT handled by default, as under a terminal,
+    even when the tests run in the background (a shell's `cmd &` starts them with SIGINT ignored,
+    and a child inherits that: it would train on through the test's SIGINT)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for(ok, what: str, timeout: float = 240, every: float = 0.2):

@@ -20,7 +20,17 @@ from sslstudy import config as studyconfig
 from sslstudy.errors import UserError
 from sslstudy.launch import distributed_env, executor, launch_pretrain
 
-from tests.helpers import BIN, ROOT, TINY_JOB, copy_workflow, run, tiny_params, tiny_spec, wait_for
+from tests.helpers import (
+    BIN,
+    ROOT,
+    TINY_JOB,
+    copy_workflow,
+    run,
+    sigint_as_a_terminal_sends_it,
+    tiny_params,
+    tiny_spec,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slurm
 
@@ -319,7 +329,6 @@ def test_killed_snakemake_reattaches_to_its_running_job(slurm_cluster, tiny_data
     env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}")
     run_dir = wf / "results/runs/simclr/natural_frac1_clean/seed0"
     out1, out2 = (open(tmp_path / f"snakemake{i}.out", "w+") for i in (1, 2))  # an orphan keeps a pipe open
-    # a terminal's Ctrl-C: SIGINT handled by default even when this test runs in the background (ignored there)
     first = subprocess.Popen(
         cmd,
         cwd=wf,
@@ -327,7 +336,7 @@ def test_killed_snakemake_reattaches_to_its_running_job(slurm_cluster, tiny_data
         stdout=out1,
         stderr=subprocess.STDOUT,
         start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=sigint_as_a_terminal_sends_it,
     )
     wait_for(lambda: (run_dir / "checkpoints/ep002.pt").exists(), "training on SLURM")
     jid = job_id(run_dir)

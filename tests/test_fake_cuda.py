@@ -123,7 +123,7 @@ def test_views_are_made_on_cuda_from_host_parameters(over, tiny_data):
     spec = ViewSpec(**dict(dict(size=32, scale=[0.2, 1.0]), **over))
     params = batch_params(spec, 32, 32, torch.Generator().manual_seed(0), 16)
     with fake_cuda():
-        images = hostsync.to_device(torch.from_numpy(np.asarray(ds.images[:16])), "cuda")
+        images = hostsync.to_device(torch.from_numpy(np.array(ds.images[:16])), "cuda")
         v = views_from(images, params, spec)
         assert (v.device.type, v.dtype, tuple(v.shape)) == ("cuda", torch.float32, (16, 3, spec.size, spec.size))
 

@@ -11,16 +11,8 @@ import pytest
 import yaml
 from sslstudy.launch import nvidia_devices
 
-from tests.helpers import (
-    BIN,
-    TINY_JOB,
-    copy_workflow,
-    run,
-    sigint_as_a_terminal_sends_it,
-    tiny_params,
-    tiny_spec,
-    wait_for,
-)
+from tests import helpers
+from tests.helpers import BIN, TINY_JOB, copy_workflow, run, tiny_params, tiny_spec, wait_for
 
 pytestmark = pytest.mark.slow  # local studies and launchers, stopped and resumed
 
@@ -79,7 +71,7 @@ def test_ctrl_c_ends_a_job_with_one_line_and_the_rerun_resumes(tiny_data, subset
     launch = dict(executor=executor, poll_s=1, pretrain=dict(time_min=10))
     cmd = [str(BIN / "sslstudy"), "pretrain", "--run-dir", str(run_dir), "--spec", json.dumps(spec)]
     cmd += ["--launch", json.dumps(launch)]
-    job = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_as_a_terminal_sends_it)
+    job = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, preexec_fn=helpers.sigint_as_a_terminal_sends_it)
     wait_for(lambda: (run_dir / "checkpoints/ep002.pt").exists(), "training")
     job.send_signal(signal.SIGINT)
     _, err = job.communicate(timeout=60)
